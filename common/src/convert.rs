@@ -1,0 +1,562 @@
+//! Conversions between wire messages and the domain model.
+//!
+//! `TryFrom<proto>` validates: a missing or bad field becomes a
+//! [`ValidationError`] naming it. `From<domain>` builds wire messages.
+
+use lts_proto::v1 as pb;
+
+use crate::limits::*;
+use crate::model::*;
+
+/// A field of a message is missing or wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// Path of the field, e.g. `jobs[3].task_id`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ValidationError> for tonic::Status {
+    fn from(e: ValidationError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+fn check(field: &str, r: Result<(), String>) -> Result<(), ValidationError> {
+    r.map_err(|m| ValidationError::new(field, m))
+}
+
+fn check_delay(field: &str, ms: u64) -> Result<u64, ValidationError> {
+    if ms > MAX_DELAY_MS {
+        return Err(ValidationError::new(
+            field,
+            format!("{ms} ms is longer than the limit of {MAX_DELAY_MS} ms (365 days)"),
+        ));
+    }
+    Ok(ms)
+}
+
+impl TryFrom<pb::JobSpec> for JobSpec {
+    type Error = ValidationError;
+
+    fn try_from(p: pb::JobSpec) -> Result<Self, ValidationError> {
+        check("task_id", check_task_id(&p.task_id))?;
+        check(
+            "task_tracker_node_group",
+            check_node_group(&p.task_tracker_node_group),
+        )?;
+        if !p.submit_node_group.is_empty() || p.need_feedback {
+            check("submit_node_group", check_node_group(&p.submit_node_group))?;
+        }
+        if p.params.len() > MAX_PARAMS {
+            return Err(ValidationError::new(
+                "params",
+                format!("has {} entries, the limit is {MAX_PARAMS}", p.params.len()),
+            ));
+        }
+        let params_bytes: usize = p.params.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if params_bytes > MAX_PARAMS_BYTES {
+            return Err(ValidationError::new(
+                "params",
+                format!("holds {params_bytes} bytes, the limit is {MAX_PARAMS_BYTES}"),
+            ));
+        }
+        if p.params.keys().any(|k| k.is_empty()) {
+            return Err(ValidationError::new("params", "has an empty key"));
+        }
+        if p.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(ValidationError::new(
+                "payload",
+                format!(
+                    "is {} bytes, the limit is {MAX_PAYLOAD_BYTES}",
+                    p.payload.len()
+                ),
+            ));
+        }
+        if p.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(ValidationError::new(
+                "timeout_ms",
+                format!(
+                    "{} ms is longer than the limit of {MAX_TIMEOUT_MS} ms (7 days)",
+                    p.timeout_ms
+                ),
+            ));
+        }
+        let schedule = match p.schedule.and_then(|s| s.kind) {
+            None | Some(pb::schedule::Kind::Now(_)) => Schedule::Now,
+            Some(pb::schedule::Kind::At(at)) => {
+                if at.at_unix_ms < 0 {
+                    return Err(ValidationError::new(
+                        "schedule.at.at_unix_ms",
+                        "is before 1970",
+                    ));
+                }
+                Schedule::At(at.at_unix_ms)
+            }
+            Some(pb::schedule::Kind::Cron(c)) => {
+                if c.expression.trim().is_empty() {
+                    return Err(ValidationError::new("schedule.cron.expression", "is empty"));
+                }
+                Schedule::Cron {
+                    expression: c.expression,
+                    time_zone: c.time_zone,
+                    misfire: match pb::MisfirePolicy::try_from(c.misfire) {
+                        Ok(pb::MisfirePolicy::Unspecified) | Ok(pb::MisfirePolicy::FireOnce) => {
+                            MisfirePolicy::FireOnce
+                        }
+                        Ok(pb::MisfirePolicy::Skip) => MisfirePolicy::Skip,
+                        Ok(pb::MisfirePolicy::FireAll) => MisfirePolicy::FireAll,
+                        Err(_) => {
+                            return Err(ValidationError::new(
+                                "schedule.cron.misfire",
+                                format!("{} is not a misfire policy", c.misfire),
+                            ))
+                        }
+                    },
+                }
+            }
+            Some(pb::schedule::Kind::Repeat(r)) => {
+                if r.interval_ms == 0 {
+                    return Err(ValidationError::new(
+                        "schedule.repeat.interval_ms",
+                        "must be at least 1",
+                    ));
+                }
+                Schedule::Repeat {
+                    interval_ms: check_delay("schedule.repeat.interval_ms", r.interval_ms)?,
+                    count: r.count,
+                }
+            }
+        };
+        let retry_plan = p.retry_plan.map(RetryPlan::try_from).transpose()?;
+        Ok(JobSpec {
+            task_id: p.task_id,
+            task_tracker_node_group: p.task_tracker_node_group,
+            submit_node_group: p.submit_node_group,
+            priority: p.priority.unwrap_or(DEFAULT_PRIORITY),
+            params: p.params.into_iter().collect(),
+            payload: p.payload,
+            schedule,
+            need_feedback: p.need_feedback,
+            replace_on_exist: p.replace_on_exist,
+            rely_on_prev_cycle: p.rely_on_prev_cycle,
+            retry_plan,
+            timeout_ms: p.timeout_ms,
+        })
+    }
+}
+
+impl TryFrom<pb::RetryPlan> for RetryPlan {
+    type Error = ValidationError;
+
+    fn try_from(p: pb::RetryPlan) -> Result<Self, ValidationError> {
+        if p.steps.is_empty() {
+            return Err(ValidationError::new("retry_plan.steps", "is empty"));
+        }
+        if p.steps.len() > MAX_RETRY_STEPS {
+            return Err(ValidationError::new(
+                "retry_plan.steps",
+                format!(
+                    "has {} steps, the limit is {MAX_RETRY_STEPS}",
+                    p.steps.len()
+                ),
+            ));
+        }
+        let mut steps = Vec::with_capacity(p.steps.len());
+        for (i, step) in p.steps.into_iter().enumerate() {
+            let field = format!("retry_plan.steps[{i}]");
+            use pb::retry_step::Step;
+            steps.push(match step.step {
+                None => return Err(ValidationError::new(field, "names no step")),
+                Some(Step::Retry(_)) => RetryStep::Retry,
+                Some(Step::RetryAfter(r)) => {
+                    RetryStep::RetryAfter(check_delay(&field, r.delay_ms)?)
+                }
+                Some(Step::Backoff(b)) => {
+                    if !(b.factor.is_finite() && b.factor >= 1.0) {
+                        return Err(ValidationError::new(
+                            format!("{field}.factor"),
+                            format!("{} must be a number of at least 1", b.factor),
+                        ));
+                    }
+                    if b.max_ms < b.base_ms {
+                        return Err(ValidationError::new(
+                            format!("{field}.max_ms"),
+                            "is smaller than base_ms",
+                        ));
+                    }
+                    RetryStep::Backoff {
+                        base_ms: b.base_ms,
+                        factor: b.factor,
+                        max_ms: check_delay(&field, b.max_ms)?,
+                    }
+                }
+                Some(Step::Suspend(_)) => RetryStep::Suspend,
+                Some(Step::GiveUp(_)) => RetryStep::GiveUp,
+            });
+        }
+        if !p.forever && p.count == 0 {
+            return Err(ValidationError::new(
+                "retry_plan.count",
+                "is 0; say at least 1, or set forever",
+            ));
+        }
+        Ok(RetryPlan {
+            steps,
+            count: p.count,
+            forever: p.forever,
+        })
+    }
+}
+
+impl From<RetryPlan> for pb::RetryPlan {
+    fn from(p: RetryPlan) -> Self {
+        use pb::retry_step::Step;
+        pb::RetryPlan {
+            steps: p
+                .steps
+                .into_iter()
+                .map(|s| pb::RetryStep {
+                    step: Some(match s {
+                        RetryStep::Retry => Step::Retry(pb::Retry {}),
+                        RetryStep::RetryAfter(ms) => {
+                            Step::RetryAfter(pb::RetryAfter { delay_ms: ms })
+                        }
+                        RetryStep::Backoff {
+                            base_ms,
+                            factor,
+                            max_ms,
+                        } => Step::Backoff(pb::Backoff {
+                            base_ms,
+                            factor,
+                            max_ms,
+                        }),
+                        RetryStep::Suspend => Step::Suspend(pb::Suspend {}),
+                        RetryStep::GiveUp => Step::GiveUp(pb::GiveUp {}),
+                    }),
+                })
+                .collect(),
+            count: p.count,
+            forever: p.forever,
+        }
+    }
+}
+
+impl From<Schedule> for pb::Schedule {
+    fn from(s: Schedule) -> Self {
+        use pb::schedule::Kind;
+        pb::Schedule {
+            kind: Some(match s {
+                Schedule::Now => Kind::Now(pb::Now {}),
+                Schedule::At(ms) => Kind::At(pb::At { at_unix_ms: ms }),
+                Schedule::Cron {
+                    expression,
+                    time_zone,
+                    misfire,
+                } => Kind::Cron(pb::Cron {
+                    expression,
+                    time_zone,
+                    misfire: match misfire {
+                        MisfirePolicy::FireOnce => pb::MisfirePolicy::FireOnce,
+                        MisfirePolicy::Skip => pb::MisfirePolicy::Skip,
+                        MisfirePolicy::FireAll => pb::MisfirePolicy::FireAll,
+                    } as i32,
+                }),
+                Schedule::Repeat { interval_ms, count } => {
+                    Kind::Repeat(pb::Repeat { interval_ms, count })
+                }
+            }),
+        }
+    }
+}
+
+impl From<JobSpec> for pb::JobSpec {
+    fn from(s: JobSpec) -> Self {
+        pb::JobSpec {
+            task_id: s.task_id,
+            task_tracker_node_group: s.task_tracker_node_group,
+            submit_node_group: s.submit_node_group,
+            priority: Some(s.priority),
+            params: s.params.into_iter().collect(),
+            payload: s.payload,
+            schedule: Some(s.schedule.into()),
+            need_feedback: s.need_feedback,
+            replace_on_exist: s.replace_on_exist,
+            rely_on_prev_cycle: s.rely_on_prev_cycle,
+            retry_plan: s.retry_plan.map(Into::into),
+            timeout_ms: s.timeout_ms,
+        }
+    }
+}
+
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Pending => pb::JobState::Pending,
+            JobState::Running => pb::JobState::Running,
+            JobState::Suspended => pb::JobState::Suspended,
+            JobState::Succeeded => pb::JobState::Succeeded,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        }
+    }
+}
+
+/// Reads a wire job state; `None` for UNSPECIFIED or an unknown number.
+pub fn job_state_from_wire(v: i32) -> Option<JobState> {
+    Some(match pb::JobState::try_from(v).ok()? {
+        pb::JobState::Unspecified => return None,
+        pb::JobState::Pending => JobState::Pending,
+        pb::JobState::Running => JobState::Running,
+        pb::JobState::Suspended => JobState::Suspended,
+        pb::JobState::Succeeded => JobState::Succeeded,
+        pb::JobState::Failed => JobState::Failed,
+        pb::JobState::Cancelled => JobState::Cancelled,
+    })
+}
+
+impl From<Outcome> for pb::Outcome {
+    fn from(o: Outcome) -> Self {
+        use pb::outcome::Kind;
+        pb::Outcome {
+            kind: Some(match o {
+                Outcome::Success(message) => Kind::Success(pb::Success { message }),
+                Outcome::Failed(message) => Kind::Failed(pb::Failed { message }),
+                Outcome::Later { delay_ms, message } => {
+                    Kind::Later(pb::Later { delay_ms, message })
+                }
+                Outcome::Error(message) => Kind::Error(pb::Error { message }),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::Outcome> for Outcome {
+    type Error = ValidationError;
+
+    fn try_from(o: pb::Outcome) -> Result<Self, ValidationError> {
+        use pb::outcome::Kind;
+        Ok(match o.kind {
+            None => return Err(ValidationError::new("outcome", "names no kind")),
+            Some(Kind::Success(s)) => Outcome::Success(clip_message(s.message)),
+            Some(Kind::Failed(f)) => Outcome::Failed(clip_message(f.message)),
+            Some(Kind::Later(l)) => Outcome::Later {
+                delay_ms: check_delay("outcome.later.delay_ms", l.delay_ms)?,
+                message: clip_message(l.message),
+            },
+            Some(Kind::Error(e)) => Outcome::Error(clip_message(e.message)),
+        })
+    }
+}
+
+impl From<Job> for pb::Job {
+    fn from(j: Job) -> Self {
+        pb::Job {
+            job_id: j.job_id,
+            spec: Some(j.spec.into()),
+            state: pb::JobState::from(j.state) as i32,
+            attempt: j.attempt,
+            submitted_at_unix_ms: j.submitted_at_ms,
+            trigger_at_unix_ms: j.trigger_at_ms,
+            updated_at_unix_ms: j.updated_at_ms,
+            worker: j.worker,
+            last_outcome: j.last_outcome.map(Into::into),
+            failures: j.failures,
+        }
+    }
+}
+
+impl From<LogLevel> for pb::LogLevel {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Debug => pb::LogLevel::Debug,
+            LogLevel::Info => pb::LogLevel::Info,
+            LogLevel::Warn => pb::LogLevel::Warn,
+            LogLevel::Error => pb::LogLevel::Error,
+        }
+    }
+}
+
+/// Reads a wire log level; UNSPECIFIED and unknown numbers are info.
+pub fn log_level_from_wire(v: i32) -> LogLevel {
+    match pb::LogLevel::try_from(v) {
+        Ok(pb::LogLevel::Debug) => LogLevel::Debug,
+        Ok(pb::LogLevel::Warn) => LogLevel::Warn,
+        Ok(pb::LogLevel::Error) => LogLevel::Error,
+        _ => LogLevel::Info,
+    }
+}
+
+impl From<LogKind> for pb::LogKind {
+    fn from(k: LogKind) -> Self {
+        match k {
+            LogKind::Received => pb::LogKind::Received,
+            LogKind::Dispatched => pb::LogKind::Dispatched,
+            LogKind::Started => pb::LogKind::Started,
+            LogKind::Biz => pb::LogKind::Biz,
+            LogKind::Outcome => pb::LogKind::Outcome,
+            LogKind::Retry => pb::LogKind::Retry,
+            LogKind::Cancelled => pb::LogKind::Cancelled,
+            LogKind::Requeued => pb::LogKind::Requeued,
+            LogKind::Replaced => pb::LogKind::Replaced,
+            LogKind::StaleOutcome => pb::LogKind::StaleOutcome,
+        }
+    }
+}
+
+/// Reads a wire log kind; unknown numbers are biz lines.
+pub fn log_kind_from_wire(v: i32) -> LogKind {
+    match pb::LogKind::try_from(v) {
+        Ok(pb::LogKind::Received) => LogKind::Received,
+        Ok(pb::LogKind::Dispatched) => LogKind::Dispatched,
+        Ok(pb::LogKind::Started) => LogKind::Started,
+        Ok(pb::LogKind::Outcome) => LogKind::Outcome,
+        Ok(pb::LogKind::Retry) => LogKind::Retry,
+        Ok(pb::LogKind::Cancelled) => LogKind::Cancelled,
+        Ok(pb::LogKind::Requeued) => LogKind::Requeued,
+        Ok(pb::LogKind::Replaced) => LogKind::Replaced,
+        Ok(pb::LogKind::StaleOutcome) => LogKind::StaleOutcome,
+        _ => LogKind::Biz,
+    }
+}
+
+impl From<LogEntry> for pb::LogEntry {
+    fn from(e: LogEntry) -> Self {
+        pb::LogEntry {
+            job_id: e.job_id,
+            at_unix_ms: e.at_ms,
+            kind: pb::LogKind::from(e.kind) as i32,
+            attempt: e.attempt,
+            level: pb::LogLevel::from(e.level) as i32,
+            message: e.message,
+            worker: e.worker,
+        }
+    }
+}
+
+/// Reads a job as the tracker reports it. `None` when its spec is missing
+/// or does not validate.
+pub fn job_from_wire(j: pb::Job) -> Option<Job> {
+    let spec = JobSpec::try_from(j.spec?).ok()?;
+    Some(Job {
+        job_id: j.job_id,
+        spec,
+        state: job_state_from_wire(j.state).unwrap_or(JobState::Pending),
+        attempt: j.attempt,
+        seq: 0,
+        submitted_at_ms: j.submitted_at_unix_ms,
+        trigger_at_ms: j.trigger_at_unix_ms,
+        updated_at_ms: j.updated_at_unix_ms,
+        worker: j.worker,
+        last_outcome: j.last_outcome.and_then(|o| Outcome::try_from(o).ok()),
+        failures: j.failures,
+        cycles: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> pb::JobSpec {
+        pb::JobSpec {
+            task_id: "t-1".into(),
+            task_tracker_node_group: "workers".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = JobSpec::try_from(spec()).expect("valid");
+        assert_eq!(s.priority, DEFAULT_PRIORITY);
+        assert_eq!(s.schedule, Schedule::Now);
+        assert!(s.retry_plan.is_none());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut p = spec();
+        p.task_id.clear();
+        assert_eq!(JobSpec::try_from(p).unwrap_err().field, "task_id");
+
+        let mut p = spec();
+        p.task_tracker_node_group = "no/slash".into();
+        assert_eq!(
+            JobSpec::try_from(p).unwrap_err().field,
+            "task_tracker_node_group"
+        );
+
+        let mut p = spec();
+        p.payload = vec![0; MAX_PAYLOAD_BYTES + 1];
+        let e = JobSpec::try_from(p).unwrap_err();
+        assert_eq!(e.field, "payload");
+        assert!(e.message.contains("limit"));
+
+        let mut p = spec();
+        p.need_feedback = true;
+        assert_eq!(JobSpec::try_from(p).unwrap_err().field, "submit_node_group");
+
+        let mut p = spec();
+        p.params.insert("k".into(), "v".repeat(MAX_PARAMS_BYTES));
+        assert_eq!(JobSpec::try_from(p).unwrap_err().field, "params");
+
+        let mut p = spec();
+        p.retry_plan = Some(pb::RetryPlan {
+            steps: vec![pb::RetryStep {
+                step: Some(pb::retry_step::Step::Backoff(pb::Backoff {
+                    base_ms: 10,
+                    factor: 0.5,
+                    max_ms: 100,
+                })),
+            }],
+            count: 1,
+            forever: false,
+        });
+        assert_eq!(
+            JobSpec::try_from(p).unwrap_err().field,
+            "retry_plan.steps[0].factor"
+        );
+    }
+
+    #[test]
+    fn spec_round_trips() {
+        let mut s = JobSpec::new("a", "g");
+        s.retry_plan = Some(RetryPlan::default_plan());
+        s.schedule = Schedule::Repeat {
+            interval_ms: 1000,
+            count: 5,
+        };
+        s.params.insert("k".into(), "v".into());
+        let back = JobSpec::try_from(pb::JobSpec::from(s.clone())).expect("valid");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in [
+            Outcome::Success("ok".into()),
+            Outcome::Failed("no".into()),
+            Outcome::Later {
+                delay_ms: 5,
+                message: "m".into(),
+            },
+            Outcome::Error("e".into()),
+        ] {
+            assert_eq!(Outcome::try_from(pb::Outcome::from(o.clone())), Ok(o));
+        }
+        assert!(Outcome::try_from(pb::Outcome { kind: None }).is_err());
+    }
+}
