@@ -1,0 +1,1 @@
+//! The `jobclient` command line tool.

@@ -1,0 +1,808 @@
+//! [`JobClient`]: submit, query and cancel jobs on any of several
+//! JobTrackers.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lts_common::convert::{
+    job_from_wire, job_state_from_wire, log_kind_from_wire, log_level_from_wire,
+};
+use lts_common::limits::{MAX_BATCH, MAX_MESSAGE_BYTES};
+use lts_common::{Job, JobSpec, JobState, LogEntry, Outcome};
+use lts_proto::v1 as pb;
+use lts_proto::v1::job_service_client::JobServiceClient;
+use prost::Message;
+use rand::Rng;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::feedback::FeedbackSubscription;
+
+/// The address the CLI and the examples use when none is given.
+pub const DEFAULT_JOBTRACKER: &str = "http://127.0.0.1:7070";
+
+/// Room left in a submit request for everything but the job specs.
+const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Page size used when [`JobClient::log`] reads every page.
+const LOG_PAGE_SIZE: u32 = 1000;
+
+/// How a [`JobClient`] talks to its trackers.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Longest wait for a TCP + HTTP/2 connection to one tracker before the
+    /// next one is tried.
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer to one call (not the feedback stream).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What became of one submitted job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+// A spooling client will add a `Spooled` variant; callers must not assume
+// these two are all there is.
+#[non_exhaustive]
+pub enum SubmitOutcome {
+    /// The tracker stored the job: it survives a crash of that tracker.
+    Accepted {
+        /// The caller's key.
+        task_id: String,
+        /// The id the tracker gave the job.
+        job_id: String,
+    },
+    /// The tracker refused the job; nothing was stored for it.
+    Refused(SubmitRefusal),
+}
+
+/// Why a tracker refused a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SubmitRefusal {
+    /// The caller's key.
+    pub task_id: String,
+    /// A gRPC status code name, e.g. `INVALID_ARGUMENT`, `ALREADY_EXISTS`.
+    pub code: String,
+    /// The offending field, when one is to blame; may be empty.
+    pub field: String,
+    /// What is wrong, for people.
+    pub message: String,
+    /// For `ALREADY_EXISTS`: the job that holds the task id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existing_job_id: Option<String>,
+}
+
+impl SubmitOutcome {
+    /// The caller's key of the job.
+    pub fn task_id(&self) -> &str {
+        match self {
+            SubmitOutcome::Accepted { task_id, .. } => task_id,
+            SubmitOutcome::Refused(r) => &r.task_id,
+        }
+    }
+
+    /// The job id, when the job was accepted.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            SubmitOutcome::Accepted { job_id, .. } => Some(job_id),
+            SubmitOutcome::Refused(_) => None,
+        }
+    }
+
+    /// Whether the job was stored.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, SubmitOutcome::Accepted { .. })
+    }
+}
+
+/// Which jobs [`JobClient::list`] returns. The default is every job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs of this task tracker node group.
+    pub node_group: Option<String>,
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs whose task id starts with this.
+    pub task_id_prefix: Option<String>,
+}
+
+/// One page of [`JobClient::list`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPage {
+    /// The jobs of this page.
+    pub jobs: Vec<Job>,
+    /// Pass it to the next call for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// One feedback item: the outcome of a job that asked for feedback.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feedback {
+    /// Id to pass to [`FeedbackSubscription::ack`].
+    pub feedback_id: String,
+    /// The job.
+    pub job_id: String,
+    /// Its task id.
+    pub task_id: String,
+    /// Where it ran.
+    pub task_tracker_node_group: String,
+    /// The run that finished.
+    pub attempt: u32,
+    /// Final state of the job, or pending for one cycle of a recurring job;
+    /// `None` when the tracker sent a state this client does not know.
+    pub state: Option<JobState>,
+    /// The run's outcome, when the tracker sent a readable one.
+    pub outcome: Option<Outcome>,
+    /// When the run finished (Unix milliseconds).
+    pub finished_at_ms: i64,
+}
+
+impl From<pb::FeedbackItem> for Feedback {
+    fn from(f: pb::FeedbackItem) -> Self {
+        Feedback {
+            feedback_id: f.feedback_id,
+            job_id: f.job_id,
+            task_id: f.task_id,
+            task_tracker_node_group: f.task_tracker_node_group,
+            attempt: f.attempt,
+            state: job_state_from_wire(f.state),
+            outcome: f.outcome.and_then(|o| Outcome::try_from(o).ok()),
+            finished_at_ms: f.finished_at_unix_ms,
+        }
+    }
+}
+
+/// A client of the JobTrackers' `JobService`.
+///
+/// It holds several tracker addresses, picks one at random, and sticks to it
+/// until it fails; then it tries the others in turn (a call fails with
+/// [`Error::Unavailable`] only when none answers). Cloning is cheap and
+/// clones share the connection.
+///
+/// A call that is cut off mid-way may be retried on another tracker. For a
+/// submit this is safe because trackers dedup on the task id: a job the
+/// first tracker did store comes back refused with `ALREADY_EXISTS` and its
+/// [`SubmitRefusal::existing_job_id`].
+#[derive(Clone, Debug)]
+pub struct JobClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    targets: Vec<Target>,
+    options: ClientOptions,
+    // std Mutex: only held to read or swap the sticky connection, never
+    // across an await.
+    current: Mutex<Option<Connected>>,
+    // The tracker that failed last, so the next attempt starts after it.
+    last_failed: Mutex<Option<usize>>,
+}
+
+#[derive(Debug)]
+struct Target {
+    address: String,
+    endpoint: Endpoint,
+}
+
+#[derive(Clone, Debug)]
+struct Connected {
+    index: usize,
+    client: JobServiceClient<Channel>,
+}
+
+/// Whether a call failed in a way that lets the next tracker be tried.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Only when the tracker could not be reached (safe for every call).
+    Unreachable,
+    /// Also when the tracker did not answer in time (reads and cancels).
+    UnreachableOrSlow,
+}
+
+impl JobClient {
+    /// Checks the addresses (`http://host:port` or `host:port`) and makes a
+    /// client that connects on its first call. Use it when trackers may be
+    /// down at start-up.
+    pub fn new(addrs: Vec<String>, options: ClientOptions) -> Result<Self> {
+        if addrs.is_empty() {
+            return Err(Error::NoAddresses);
+        }
+        let mut targets = Vec::with_capacity(addrs.len());
+        for raw in addrs {
+            let address = normalize_address(&raw)?;
+            let endpoint = Endpoint::from_shared(address.clone())
+                .map_err(|e| Error::InvalidAddress {
+                    address: raw.clone(),
+                    reason: error_chain(&e),
+                })?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                // Keepalives notice a dead tracker on an idle feedback stream.
+                .http2_keep_alive_interval(Duration::from_secs(15))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
+            targets.push(Target { address, endpoint });
+        }
+        Ok(JobClient {
+            inner: Arc::new(Inner {
+                targets,
+                options,
+                current: Mutex::new(None),
+                last_failed: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Connects to one of the trackers, chosen at random; fails with
+    /// [`Error::Unavailable`] naming every address when none answers.
+    pub async fn connect(addrs: Vec<String>) -> Result<Self> {
+        Self::connect_with(addrs, ClientOptions::default()).await
+    }
+
+    /// [`JobClient::connect`] with options.
+    pub async fn connect_with(addrs: Vec<String>, options: ClientOptions) -> Result<Self> {
+        let client = Self::new(addrs, options)?;
+        client.ensure_connected().await?;
+        Ok(client)
+    }
+
+    /// The tracker addresses, normalized to `http://host:port`.
+    pub fn addresses(&self) -> Vec<String> {
+        self.inner
+            .targets
+            .iter()
+            .map(|t| t.address.clone())
+            .collect()
+    }
+
+    /// The tracker this client sticks to now, if it has connected.
+    pub fn current_address(&self) -> Option<String> {
+        self.sticky()
+            .map(|c| self.inner.targets[c.index].address.clone())
+    }
+
+    /// Submits jobs; one outcome per job, in order. Batches larger than
+    /// [`MAX_BATCH`] jobs or the message size limit go as several requests.
+    ///
+    /// The tracker validates every job; a refused job does not stop the
+    /// others. When a later request of a large batch fails, the error is
+    /// [`Error::PartialSubmit`] with the outcomes of the jobs sent so far.
+    pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitOutcome>> {
+        let wire: Vec<pb::JobSpec> = jobs.into_iter().map(pb::JobSpec::from).collect();
+        let mut outcomes = Vec::with_capacity(wire.len());
+        for chunk in split_batches(wire) {
+            match self.submit_chunk(chunk).await {
+                Ok(mut chunk_outcomes) => outcomes.append(&mut chunk_outcomes),
+                Err(e) if outcomes.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(Error::PartialSubmit {
+                        submitted: outcomes,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn submit_chunk(&self, chunk: Vec<pb::JobSpec>) -> Result<Vec<SubmitOutcome>> {
+        let task_ids: Vec<String> = chunk.iter().map(|j| j.task_id.clone()).collect();
+        let request = pb::SubmitJobsRequest { jobs: chunk };
+        let (address, response) = self
+            .call(Retry::Unreachable, |mut client, timeout| {
+                let request = request.clone();
+                async move { client.submit_jobs(with_timeout(request, timeout)).await }
+            })
+            .await?;
+        let results = response.results;
+        if results.len() != task_ids.len() {
+            return Err(Error::InvalidResponse {
+                address,
+                reason: format!(
+                    "{} results for {} submitted jobs",
+                    results.len(),
+                    task_ids.len()
+                ),
+            });
+        }
+        task_ids
+            .into_iter()
+            .zip(results)
+            .map(|(task_id, r)| submit_outcome(&address, task_id, r))
+            .collect()
+    }
+
+    /// The job with this id; [`Error::is_not_found`] when there is none.
+    pub async fn get(&self, job_id: &str) -> Result<Job> {
+        let request = pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            ..Default::default()
+        };
+        self.get_job(request).await
+    }
+
+    /// The job with this task id in this task tracker node group.
+    pub async fn get_by_task(&self, task_id: &str, node_group: &str) -> Result<Job> {
+        let request = pb::GetJobRequest {
+            task_id: task_id.to_string(),
+            task_tracker_node_group: node_group.to_string(),
+            ..Default::default()
+        };
+        self.get_job(request).await
+    }
+
+    async fn get_job(&self, request: pb::GetJobRequest) -> Result<Job> {
+        let (address, response) = self
+            .call(Retry::UnreachableOrSlow, |mut client, timeout| {
+                let request = request.clone();
+                async move { client.get_job(with_timeout(request, timeout)).await }
+            })
+            .await?;
+        read_job(&address, response.job)
+    }
+
+    /// One page of jobs. `page_size` 0 lets the tracker choose (100); it
+    /// caps it at 1000. `page_token` is `None` for the first page.
+    pub async fn list(
+        &self,
+        filter: &JobFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<JobPage> {
+        let request = pb::ListJobsRequest {
+            task_tracker_node_group: filter.node_group.clone().unwrap_or_default(),
+            state: filter
+                .state
+                .map(|s| pb::JobState::from(s) as i32)
+                .unwrap_or_default(),
+            task_id_prefix: filter.task_id_prefix.clone().unwrap_or_default(),
+            page_size,
+            page_token: page_token.unwrap_or_default().to_string(),
+        };
+        let (address, response) = self
+            .call(Retry::UnreachableOrSlow, |mut client, timeout| {
+                let request = request.clone();
+                async move { client.list_jobs(with_timeout(request, timeout)).await }
+            })
+            .await?;
+        let jobs = response
+            .jobs
+            .into_iter()
+            .map(|j| read_job(&address, Some(j)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(JobPage {
+            jobs,
+            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Cancels a job and returns it as it is now. Cancelling a job that has
+    /// already finished is up to the tracker (it reports it unchanged or
+    /// refuses with `FAILED_PRECONDITION`).
+    pub async fn cancel(&self, job_id: &str) -> Result<Job> {
+        let request = pb::CancelJobRequest {
+            job_id: job_id.to_string(),
+        };
+        // Cancelling twice has the effect of cancelling once, so a slow
+        // tracker may be skipped like for reads.
+        let (address, response) = self
+            .call(Retry::UnreachableOrSlow, |mut client, timeout| {
+                let request = request.clone();
+                async move { client.cancel_job(with_timeout(request, timeout)).await }
+            })
+            .await?;
+        read_job(&address, response.job)
+    }
+
+    /// The whole execution log of a job, oldest first (every page).
+    pub async fn log(&self, job_id: &str) -> Result<Vec<LogEntry>> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::GetJobLogRequest {
+                job_id: job_id.to_string(),
+                page_size: LOG_PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let (address, response) = self
+                .call(Retry::UnreachableOrSlow, |mut client, timeout| {
+                    let request = request.clone();
+                    async move { client.get_job_log(with_timeout(request, timeout)).await }
+                })
+                .await?;
+            entries.extend(response.entries.into_iter().map(log_entry_from_wire));
+            if response.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            if response.next_page_token == page_token {
+                return Err(Error::InvalidResponse {
+                    address,
+                    reason: "the log's next page token repeats the last one".into(),
+                });
+            }
+            page_token = response.next_page_token;
+        }
+    }
+
+    /// Subscribes to the feedback of a submit node group. `client_id` names
+    /// this client in the trackers' logs; empty picks a unique one.
+    ///
+    /// Feedback is delivered at least once: an item not acked (or whose ack
+    /// was lost with a broken stream) comes again, maybe to another client
+    /// of the same group. Handlers must be idempotent.
+    pub async fn feedback(
+        &self,
+        submit_node_group: &str,
+        client_id: &str,
+    ) -> Result<FeedbackSubscription> {
+        let client_id = if client_id.is_empty() {
+            format!("jobclient-{}", uuid::Uuid::now_v7())
+        } else {
+            client_id.to_string()
+        };
+        FeedbackSubscription::open(self.clone(), submit_node_group.to_string(), client_id).await
+    }
+
+    /// Makes sure a tracker is connected, trying each address in turn.
+    pub async fn ensure_connected(&self) -> Result<()> {
+        if self.sticky().is_some() {
+            return Ok(());
+        }
+        let mut tried = Vec::new();
+        let mut last_error = String::new();
+        let start = self.start_index();
+        let n = self.inner.targets.len();
+        for k in 0..n {
+            let index = (start + k) % n;
+            tried.push(self.inner.targets[index].address.clone());
+            match self.connect_index(index).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(Error::Unavailable { tried, last_error })
+    }
+
+    /// Runs `f` against the sticky tracker, or the next ones in turn when a
+    /// tracker cannot be reached. Returns the address that answered.
+    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<(String, T)>
+    where
+        F: Fn(JobServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.inner.targets.len();
+        let start = self.start_index();
+        let mut tried = Vec::new();
+        let mut last_error = String::new();
+        for k in 0..n {
+            let index = (start + k) % n;
+            let address = self.inner.targets[index].address.clone();
+            tried.push(address.clone());
+            let client = match self.sticky().filter(|c| c.index == index) {
+                Some(c) => c.client,
+                None => match self.connect_index(index).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                },
+            };
+            match f(client, self.inner.options.request_timeout).await {
+                Ok(response) => return Ok((address, response.into_inner())),
+                Err(status) => {
+                    let unreachable = status.code() == tonic::Code::Unavailable;
+                    let slow = status.code() == tonic::Code::DeadlineExceeded;
+                    if unreachable || slow {
+                        // Whatever this call does next, later calls should
+                        // start with another tracker.
+                        self.forget(index);
+                    }
+                    if unreachable || (slow && retry == Retry::UnreachableOrSlow) {
+                        tracing::warn!(
+                            tracker = %address,
+                            "JobTracker did not answer ({}); trying the next one",
+                            status.message()
+                        );
+                        last_error = format!("{address}: {}", status.message());
+                        continue;
+                    }
+                    return Err(Error::from_status(&address, status));
+                }
+            }
+        }
+        Err(Error::Unavailable { tried, last_error })
+    }
+
+    fn sticky(&self) -> Option<Connected> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn forget(&self, index: usize) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| c.index == index) {
+            *current = None;
+        }
+    }
+
+    /// The sticky tracker, or the one after the last that failed, or a
+    /// random one at first.
+    fn start_index(&self) -> usize {
+        if let Some(c) = self.sticky() {
+            return c.index;
+        }
+        let n = self.inner.targets.len();
+        let mut last = self
+            .inner
+            .last_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(i) => (i + 1) % n,
+            None => {
+                let i = rand::rng().random_range(0..n);
+                *last = Some((i + n - 1) % n);
+                i
+            }
+        }
+    }
+
+    async fn connect_index(
+        &self,
+        index: usize,
+    ) -> std::result::Result<JobServiceClient<Channel>, String> {
+        let target = &self.inner.targets[index];
+        match target.endpoint.connect().await {
+            Ok(channel) => {
+                tracing::debug!(tracker = %target.address, "connected to JobTracker");
+                let client = JobServiceClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Connected {
+                    index,
+                    client: client.clone(),
+                });
+                Ok(client)
+            }
+            Err(e) => {
+                *self
+                    .inner
+                    .last_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(index);
+                let reason = format!("{}: {}", target.address, error_chain(&e));
+                tracing::debug!("cannot connect to JobTracker {reason}");
+                Err(reason)
+            }
+        }
+    }
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Accepts `http://host:port`, `https://host:port` or `host:port`.
+pub fn normalize_address(raw: &str) -> Result<String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(Error::InvalidAddress {
+            address: raw.to_string(),
+            reason: "it is empty".into(),
+        });
+    }
+    let address = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let uri: tonic::codegen::http::Uri = address.parse().map_err(|e| Error::InvalidAddress {
+        address: raw.to_string(),
+        reason: format!("{e}"),
+    })?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+        return Err(Error::InvalidAddress {
+            address: raw.to_string(),
+            reason: "use http://host:port or host:port".into(),
+        });
+    }
+    if uri.port_u16().is_none() {
+        return Err(Error::InvalidAddress {
+            address: raw.to_string(),
+            reason: "it names no port; use host:port".into(),
+        });
+    }
+    Ok(address)
+}
+
+/// Cuts specs into requests of at most [`MAX_BATCH`] jobs and at most the
+/// message size limit, keeping their order.
+fn split_batches(jobs: Vec<pb::JobSpec>) -> Vec<Vec<pb::JobSpec>> {
+    let budget = MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES;
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0usize;
+    for job in jobs {
+        // Field tag and length prefix of each repeated entry.
+        let size = job.encoded_len() + 10;
+        if !current.is_empty() && (current.len() == MAX_BATCH || bytes + size > budget) {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(job);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+fn submit_outcome(address: &str, task_id: String, r: pb::SubmitResult) -> Result<SubmitOutcome> {
+    match r.result {
+        Some(pb::submit_result::Result::JobId(job_id)) => {
+            Ok(SubmitOutcome::Accepted { task_id, job_id })
+        }
+        Some(pb::submit_result::Result::Error(e)) => Ok(SubmitOutcome::Refused(SubmitRefusal {
+            task_id,
+            code: e.code,
+            field: e.field,
+            message: e.message,
+            existing_job_id: Some(e.existing_job_id).filter(|id| !id.is_empty()),
+        })),
+        None => Err(Error::InvalidResponse {
+            address: address.to_string(),
+            reason: format!("the result for task {task_id} is empty"),
+        }),
+    }
+}
+
+fn read_job(address: &str, job: Option<pb::Job>) -> Result<Job> {
+    let job = job.ok_or_else(|| Error::InvalidResponse {
+        address: address.to_string(),
+        reason: "the reply holds no job".into(),
+    })?;
+    let job_id = job.job_id.clone();
+    job_from_wire(job).ok_or_else(|| Error::InvalidResponse {
+        address: address.to_string(),
+        reason: format!("job {job_id} has a missing or invalid spec"),
+    })
+}
+
+fn log_entry_from_wire(e: pb::LogEntry) -> LogEntry {
+    LogEntry {
+        job_id: e.job_id,
+        at_ms: e.at_unix_ms,
+        kind: log_kind_from_wire(e.kind),
+        attempt: e.attempt,
+        level: log_level_from_wire(e.level),
+        message: e.message,
+        worker: e.worker,
+    }
+}
+
+/// An error with its causes, since transport errors say little on their own.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme_and_need_a_port() {
+        assert_eq!(
+            normalize_address("127.0.0.1:7070").expect("valid"),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            normalize_address("http://tracker-1:7070/").expect("valid"),
+            "http://tracker-1:7070"
+        );
+        let e = normalize_address("tracker-1").unwrap_err().to_string();
+        assert!(e.contains("`tracker-1`") && e.contains("port"), "{e}");
+        let e = normalize_address("ftp://x:1").unwrap_err().to_string();
+        assert!(e.contains("http://host:port"), "{e}");
+        assert!(normalize_address(" ").is_err());
+    }
+
+    #[test]
+    fn batches_split_by_count_and_size_in_order() {
+        let jobs: Vec<pb::JobSpec> = (0..MAX_BATCH + 5)
+            .map(|i| pb::JobSpec {
+                task_id: format!("t{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let batches = split_batches(jobs);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].len(), MAX_BATCH);
+        assert_eq!(batches[1][0].task_id, format!("t{MAX_BATCH}"));
+
+        let big = pb::JobSpec {
+            payload: vec![0; 1024 * 1024],
+            ..Default::default()
+        };
+        let batches = split_batches(vec![big; 100]);
+        assert!(batches.len() >= 2, "{}", batches.len());
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 100);
+        for b in &batches {
+            let bytes: usize = b.iter().map(|j| j.encoded_len() + 10).sum();
+            assert!(bytes <= MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES);
+        }
+    }
+
+    #[test]
+    fn submit_results_map_to_outcomes() {
+        let ok = pb::SubmitResult {
+            result: Some(pb::submit_result::Result::JobId("j1".into())),
+        };
+        assert_eq!(
+            submit_outcome("a", "t".into(), ok).expect("readable"),
+            SubmitOutcome::Accepted {
+                task_id: "t".into(),
+                job_id: "j1".into()
+            }
+        );
+        let refused = pb::SubmitResult {
+            result: Some(pb::submit_result::Result::Error(pb::SubmitError {
+                code: "ALREADY_EXISTS".into(),
+                field: "task_id".into(),
+                message: "exists".into(),
+                existing_job_id: "j0".into(),
+            })),
+        };
+        let o = submit_outcome("a", "t".into(), refused).expect("readable");
+        assert!(!o.is_accepted());
+        match o {
+            SubmitOutcome::Refused(r) => assert_eq!(r.existing_job_id.as_deref(), Some("j0")),
+            other => panic!("{other:?}"),
+        }
+        assert!(submit_outcome("a", "t".into(), pb::SubmitResult { result: None }).is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_trackers_are_all_named() {
+        // Port 1 on localhost refuses connections at once.
+        let client = JobClient::new(
+            vec!["127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            ClientOptions::default(),
+        )
+        .expect("valid addresses");
+        let e = client.get("j").await.unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("http://127.0.0.1:1") && text.contains("http://127.0.0.1:2"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! What can go wrong talking to the JobTrackers.
+
+/// An error of the JobClient library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A JobTracker address cannot be used.
+    #[error("JobTracker address `{address}` is not valid: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// No JobTracker address was given.
+    #[error("no JobTracker address given")]
+    NoAddresses,
+
+    /// No JobTracker could be reached. Nothing was done; the call may be
+    /// retried later (a spooling client keeps the submission meanwhile).
+    #[error("no JobTracker reachable (tried {}): {last_error}", .tried.join(", "))]
+    Unavailable {
+        /// The addresses tried, in order.
+        tried: Vec<String>,
+        /// What the last attempt said.
+        last_error: String,
+    },
+
+    /// The JobTracker answered with an error.
+    #[error("JobTracker {address} refused: {code:?}: {message}")]
+    Status {
+        /// The tracker that answered.
+        address: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message, meant for people.
+        message: String,
+    },
+
+    /// The JobTracker sent something this client cannot read, e.g. a reply
+    /// of a different protocol version.
+    #[error("JobTracker {address} sent an unreadable reply: {reason}")]
+    InvalidResponse {
+        /// The tracker that answered.
+        address: String,
+        /// What is wrong with the reply.
+        reason: String,
+    },
+
+    /// A large submit went as several requests and a later one failed.
+    /// The jobs after `submitted` were not stored by this call.
+    #[error("{} jobs submitted, then: {source}", .submitted.len())]
+    PartialSubmit {
+        /// Outcomes of the first jobs, in order.
+        submitted: Vec<crate::SubmitOutcome>,
+        /// Why the rest were not submitted.
+        source: Box<Error>,
+    },
+
+    /// An ack could not be sent because the feedback stream broke. The
+    /// tracker will deliver those items again.
+    #[error(
+        "the feedback stream to {address} broke before the ack was sent; the items will come again"
+    )]
+    AckLost {
+        /// The tracker of the broken stream.
+        address: String,
+    },
+
+    /// A feedback subscription was used after it was closed.
+    #[error("the feedback subscription is closed")]
+    SubscriptionClosed,
+}
+
+impl Error {
+    /// The gRPC code of a [`Error::Status`], if it is one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the job or object asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(tonic::Code::NotFound)
+    }
+
+    /// Whether no tracker could be reached. A spooling client keeps its
+    /// submission on this error and replays it later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::PartialSubmit { source, .. } => source.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_status(address: &str, status: tonic::Status) -> Self {
+        Error::Status {
+            address: address.to_string(),
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// The result of a JobClient call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
