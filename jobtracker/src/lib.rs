@@ -1,1 +1,245 @@
-//! placeholder
+//! The JobTracker: receives, stores and dispatches jobs, and routes their
+//! results back to the clients that asked for feedback.
+//!
+//! Start reading at [`serve`]; it wires the parts together:
+//! - [`store`]: the [`store::JobStore`] trait and its backends;
+//! - [`service`]: the gRPC services for JobClients and TaskTrackers;
+//! - [`dispatch`]: hands ready jobs to TaskTrackers by their credits;
+//! - [`feedback`]: pushes results to submit node groups until acked;
+//! - [`config`]: flags, env vars and the config file.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod feedback;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lts_common::limits::MAX_MESSAGE_BYTES;
+use lts_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+pub use crate::error::{Error, Result};
+use crate::feedback::FeedbackRouter;
+use crate::metrics::Metrics;
+use crate::store::JobStore;
+
+/// Which store holds the jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreConfig {
+    /// sled under a data directory: the embedded default.
+    Sled {
+        /// The directory.
+        data_dir: PathBuf,
+    },
+}
+
+/// What a JobTracker needs to run.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Where jobs live.
+    pub store: StoreConfig,
+    /// How often TaskTrackers and the tracker send heartbeats; a stream
+    /// silent for three intervals is dropped.
+    pub heartbeat_interval: Duration,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long shutdown waits for open streams.
+    pub shutdown_timeout: Duration,
+}
+
+impl TrackerConfig {
+    /// The embedded default over `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        TrackerConfig {
+            store: StoreConfig::Sled {
+                data_dir: data_dir.into(),
+            },
+            heartbeat_interval: Duration::from_secs(2),
+            metrics_addr: None,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The state every service of one JobTracker shares.
+pub struct Tracker {
+    /// Where jobs live.
+    pub store: Arc<dyn JobStore>,
+    /// Connected TaskTrackers.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Feedback not yet acked.
+    pub feedback: Arc<FeedbackRouter>,
+    /// Exported metrics.
+    pub metrics: Metrics,
+    /// The config it runs with.
+    pub config: TrackerConfig,
+    /// This process's identity, sent to TaskTrackers.
+    pub tracker_id: String,
+    /// Fires when the tracker shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
+    Ok(match config {
+        StoreConfig::Sled { data_dir } => {
+            let dir = data_dir.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
+                    .await
+                    .map_err(|e| Error::Store(format!("opening the store: {e}")))??,
+            )
+        }
+    })
+}
+
+/// Builds a tracker: opens and recovers the store, loads feedback.
+pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
+    let store = open_store(&config.store).await?;
+    let recovery = store.recover(lts_common::now_ms()).await?;
+    tracing::info!(
+        pending = recovery.pending,
+        requeued = recovery.requeued,
+        feedback = recovery.feedback,
+        corrupt = recovery.corrupt,
+        "job store recovered"
+    );
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let dispatcher = Dispatcher::new(store.clone(), metrics.clone(), shutdown.clone());
+    let feedback = FeedbackRouter::new(store.clone());
+    feedback.push(store.pending_feedback().await?);
+    Ok(Arc::new(Tracker {
+        store,
+        dispatcher,
+        feedback,
+        metrics,
+        config,
+        tracker_id: format!("jobtracker-{}", uuid::Uuid::now_v7().simple()),
+        shutdown,
+    }))
+}
+
+/// Runs a JobTracker on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: TrackerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let tracker = create_tracker(config).await?;
+    serve_tracker(tracker, listener, shutdown).await
+}
+
+/// Serves an already built tracker (see [`create_tracker`]).
+pub async fn serve_tracker(
+    tracker: Arc<Tracker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let token = tracker.shutdown.clone();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => token.cancel(),
+                _ = token.cancelled() => {}
+            }
+        }
+    });
+
+    if let Some(addr) = tracker.config.metrics_addr {
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+        tracing::info!(
+            "metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        let registry = tracker.metrics.registry.clone();
+        let stop = token.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) =
+                lts_common::metrics::serve_metrics(metrics_listener, registry, stop).await
+            {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+    }
+    tokio::spawn(update_queue_depths(tracker.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::job_service_server::JobServiceServer<service::job::JobApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::work_service_server::WorkServiceServer<service::work::WorkApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
+    let jobs =
+        pb::job_service_server::JobServiceServer::new(service::job::JobApi::new(tracker.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let work = pb::work_service_server::WorkServiceServer::new(service::work::WorkApi::new(
+        tracker.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    tracing::info!("jobtracker listening on {}", listener.local_addr()?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(jobs)
+        .add_service(work)
+        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
+    tokio::pin!(server);
+    let deadline = tracker.config.shutdown_timeout;
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async {
+            token.cancelled().await;
+            tracker.dispatcher.close_all(tonic::Status::unavailable("the JobTracker is shutting down"));
+            tokio::time::sleep(deadline).await;
+        } => tracing::warn!("streams still open {deadline:?} after shutdown began; closing anyway"),
+    }
+    tracing::info!("jobtracker stopped");
+    Ok(())
+}
+
+async fn update_queue_depths(tracker: Arc<Tracker>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+        match tracker.store.queue_depths(lts_common::now_ms()).await {
+            Ok(depths) => {
+                for (group, n) in depths {
+                    tracker
+                        .metrics
+                        .queue_depth
+                        .with_label_values(&[group.as_str()])
+                        .set(n as i64);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read queue depths: {e}"),
+        }
+    }
+}

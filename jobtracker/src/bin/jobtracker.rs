@@ -1,0 +1,35 @@
+//! The `jobtracker` binary: parse config, set up logs, run the library.
+
+use lts_common::runtime::{init_tracing, shutdown_signal};
+use lts_jobtracker::config::Cli;
+use lts_jobtracker::TrackerConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: Cli = lts_common::config::parse_with_file();
+    let config = match TrackerConfig::try_from(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if cli.check_config {
+        println!("config OK: {config:#?}");
+        return Ok(());
+    }
+    init_tracing(cli.log_format);
+    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --listen {}: {e}", cli.listen);
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = lts_jobtracker::serve(config, listener, shutdown_signal()).await {
+        tracing::error!("{e}");
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

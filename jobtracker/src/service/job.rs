@@ -1,0 +1,325 @@
+//! `JobService`: submit, query, cancel and feedback for JobClients.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use lts_common::convert::job_state_from_wire;
+use lts_common::limits::{check_node_group, MAX_BATCH};
+use lts_common::{JobSpec, JobState, ValidationError};
+use lts_proto::v1 as pb;
+use pb::job_service_server::JobService;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::store::{ListFilter, SubmitRefusal, SubmitResult};
+use crate::Tracker;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// The `JobService` implementation.
+#[derive(Clone)]
+pub struct JobApi {
+    tracker: Arc<Tracker>,
+}
+
+impl JobApi {
+    /// The service over a tracker's state.
+    pub fn new(tracker: Arc<Tracker>) -> Self {
+        JobApi { tracker }
+    }
+}
+
+fn page_size(n: u32) -> usize {
+    match n as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn refused(code: &str, field: &str, message: String) -> pb::SubmitResult {
+    pb::SubmitResult {
+        result: Some(pb::submit_result::Result::Error(pb::SubmitError {
+            code: code.into(),
+            field: field.into(),
+            message,
+            existing_job_id: String::new(),
+        })),
+    }
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_jobs(
+        &self,
+        request: Request<pb::SubmitJobsRequest>,
+    ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        let jobs = request.into_inner().jobs;
+        if jobs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "jobs: a batch holds at most {MAX_BATCH} jobs, this one {}",
+                jobs.len()
+            )));
+        }
+        let mut results: Vec<Option<pb::SubmitResult>> = vec![None; jobs.len()];
+        let mut valid: Vec<JobSpec> = Vec::with_capacity(jobs.len());
+        let mut valid_at = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            match JobSpec::try_from(job) {
+                Ok(spec) => {
+                    valid.push(spec);
+                    valid_at.push(i);
+                }
+                Err(ValidationError { field, message }) => {
+                    results[i] = Some(refused(
+                        "INVALID_ARGUMENT",
+                        &field,
+                        format!("jobs[{i}].{field}: {message}"),
+                    ));
+                }
+            }
+        }
+        let groups: Vec<String> = {
+            let mut g: Vec<String> = valid
+                .iter()
+                .map(|s| s.task_tracker_node_group.clone())
+                .collect();
+            g.sort();
+            g.dedup();
+            g
+        };
+        let stored = self
+            .tracker
+            .store
+            .submit(valid, lts_common::now_ms())
+            .await
+            .map_err(Status::from)?;
+        let mut created = 0u64;
+        for (i, result) in valid_at.into_iter().zip(stored) {
+            results[i] = Some(match result {
+                SubmitResult::Created(job_id) => {
+                    created += 1;
+                    pb::SubmitResult {
+                        result: Some(pb::submit_result::Result::JobId(job_id)),
+                    }
+                }
+                SubmitResult::Replaced { job_id, replaced } => {
+                    created += 1;
+                    if replaced.state == JobState::Running {
+                        self.tracker.dispatcher.cancel_run(
+                            &replaced.spec.task_tracker_node_group,
+                            &replaced.worker,
+                            &replaced.job_id,
+                            replaced.attempt,
+                            "replaced by a new submit with the same task id",
+                        );
+                    }
+                    pb::SubmitResult {
+                        result: Some(pb::submit_result::Result::JobId(job_id)),
+                    }
+                }
+                SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) => {
+                    pb::SubmitResult {
+                        result: Some(pb::submit_result::Result::Error(pb::SubmitError {
+                            code: "ALREADY_EXISTS".into(),
+                            field: "task_id".into(),
+                            message: format!(
+                                "jobs[{i}].task_id: a job with this task id exists in the node group ({job_id}); set replace_on_exist to replace it"
+                            ),
+                            existing_job_id: job_id,
+                        })),
+                    }
+                }
+                SubmitResult::Refused(SubmitRefusal::Unsupported { field, message }) => {
+                    refused("UNIMPLEMENTED", &field, format!("jobs[{i}].{field}: {message}"))
+                }
+            });
+        }
+        self.tracker.metrics.submitted.inc_by(created);
+        for g in &groups {
+            self.tracker.dispatcher.wake(g);
+        }
+        Ok(Response::new(pb::SubmitJobsResponse {
+            results: results.into_iter().map(|r| r.unwrap_or_default()).collect(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let r = request.into_inner();
+        let store = &self.tracker.store;
+        let job = if !r.job_id.is_empty() {
+            store.get(&r.job_id).await?
+        } else if !r.task_id.is_empty() {
+            check_node_group(&r.task_tracker_node_group)
+                .map_err(|m| ValidationError::new("task_tracker_node_group", m))?;
+            store
+                .get_by_task(&r.task_tracker_node_group, &r.task_id)
+                .await?
+        } else {
+            return Err(Status::invalid_argument(
+                "job_id: give a job id, or a task id with its node group",
+            ));
+        };
+        match job {
+            Some(job) => Ok(Response::new(pb::GetJobResponse {
+                job: Some(job.into()),
+            })),
+            None if !r.job_id.is_empty() => Err(Error::NotFound(r.job_id).into()),
+            None => Err(Status::not_found(format!(
+                "no job with task id {} in node group {}",
+                r.task_id, r.task_tracker_node_group
+            ))),
+        }
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = request.into_inner();
+        let state = match r.state {
+            0 => None,
+            v => Some(job_state_from_wire(v).ok_or_else(|| {
+                Status::invalid_argument(format!("state: {v} is not a job state"))
+            })?),
+        };
+        let filter = ListFilter {
+            node_group: opt(r.task_tracker_node_group),
+            state,
+            task_id_prefix: opt(r.task_id_prefix),
+        };
+        let (jobs, next) = self
+            .tracker
+            .store
+            .list(
+                &filter,
+                page_size(r.page_size),
+                opt(r.page_token).as_deref(),
+            )
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.into_iter().map(Into::into).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        if job_id.is_empty() {
+            return Err(Status::invalid_argument("job_id: is empty"));
+        }
+        let c = self
+            .tracker
+            .store
+            .cancel(&job_id, lts_common::now_ms())
+            .await?;
+        if c.before.state == JobState::Running {
+            self.tracker.dispatcher.cancel_run(
+                &c.before.spec.task_tracker_node_group,
+                &c.before.worker,
+                &c.before.job_id,
+                c.before.attempt,
+                "cancelled by a client",
+            );
+        }
+        if let Some(fb) = c.feedback {
+            self.tracker.feedback.push([fb]);
+        }
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(c.after.into()),
+        }))
+    }
+
+    async fn get_job_log(
+        &self,
+        request: Request<pb::GetJobLogRequest>,
+    ) -> Result<Response<pb::GetJobLogResponse>, Status> {
+        let r = request.into_inner();
+        if r.job_id.is_empty() {
+            return Err(Status::invalid_argument("job_id: is empty"));
+        }
+        let (entries, next) = self
+            .tracker
+            .store
+            .logs(
+                &r.job_id,
+                page_size(r.page_size),
+                opt(r.page_token).as_deref(),
+            )
+            .await?;
+        if entries.is_empty() && self.tracker.store.get(&r.job_id).await?.is_none() {
+            return Err(Error::NotFound(r.job_id).into());
+        }
+        Ok(Response::new(pb::GetJobLogResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    type FeedbackStream =
+        Pin<Box<dyn Stream<Item = Result<pb::FeedbackServerMessage, Status>> + Send + 'static>>;
+
+    async fn feedback(
+        &self,
+        request: Request<Streaming<pb::FeedbackClientMessage>>,
+    ) -> Result<Response<Self::FeedbackStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let subscribe = match first.and_then(|m| m.kind) {
+            Some(pb::feedback_client_message::Kind::Subscribe(s)) => s,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a feedback stream must be a subscribe",
+                ))
+            }
+        };
+        let group = subscribe.submit_node_group;
+        check_node_group(&group)
+            .map_err(|m| ValidationError::new("subscribe.submit_node_group", m))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let router = self.tracker.feedback.clone();
+        let sub = router.subscribe(&group, tx);
+        let client = subscribe.client_id;
+        tracing::debug!(%group, %client, "feedback subscriber joined");
+        let shutdown = self.tracker.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => break,
+                };
+                match msg {
+                    Ok(Some(pb::FeedbackClientMessage {
+                        kind: Some(pb::feedback_client_message::Kind::Ack(ack)),
+                    })) => {
+                        if let Err(e) = router.ack(&group, ack.feedback_ids).await {
+                            tracing::warn!(%group, "cannot store a feedback ack: {e}");
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::debug!(%group, %client, "ignoring a second subscribe on a feedback stream");
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%group, %client, "feedback stream ended: {e}");
+                        break;
+                    }
+                }
+            }
+            router.unsubscribe(&group, sub);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,284 @@
+//! `WorkService`: one bidirectional stream per TaskTracker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use lts_common::limits::{check_node_group, MAX_SLOTS};
+use lts_common::{LogEntry, LogKind, Outcome};
+use lts_proto::v1 as pb;
+use lts_proto::PROTOCOL_VERSION;
+use pb::work_service_server::WorkService;
+use pb::worker_message::Kind;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::{CompleteResult, RunReport};
+use crate::Tracker;
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `WorkService` implementation.
+#[derive(Clone)]
+pub struct WorkApi {
+    tracker: Arc<Tracker>,
+}
+
+impl WorkApi {
+    /// The service over a tracker's state.
+    pub fn new(tracker: Arc<Tracker>) -> Self {
+        WorkApi { tracker }
+    }
+}
+
+/// Checks a hello; the error is what the TaskTracker is told.
+pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
+    if h.protocol_version != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version mismatch: the TaskTracker speaks version {}, this JobTracker speaks version {PROTOCOL_VERSION}",
+            h.protocol_version
+        )));
+    }
+    if h.identity.is_empty() || h.identity.len() > 256 {
+        return Err(Status::invalid_argument(
+            "hello.identity: must be 1 to 256 bytes",
+        ));
+    }
+    check_node_group(&h.node_group)
+        .map_err(|m| Status::invalid_argument(format!("hello.node_group: {m}")))?;
+    if h.slots == 0 || h.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "hello.slots: {} is outside 1..={MAX_SLOTS}",
+            h.slots
+        )));
+    }
+    Ok(())
+}
+
+fn msg(kind: pb::tracker_message::Kind) -> Result<pb::TrackerMessage, Status> {
+    Ok(pb::TrackerMessage { kind: Some(kind) })
+}
+
+#[tonic::async_trait]
+impl WorkService for WorkApi {
+    type WorkStream =
+        Pin<Box<dyn Stream<Item = Result<pb::TrackerMessage, Status>> + Send + 'static>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no hello within 10 s of opening the work stream",
+                ))
+            }
+            Ok(m) => match m?.and_then(|m| m.kind) {
+                Some(Kind::Hello(h)) => h,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message of a work stream must be a hello",
+                    ))
+                }
+            },
+        };
+        check_hello(&hello)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let interval = self.tracker.config.heartbeat_interval;
+        let _ = tx.send(msg(pb::tracker_message::Kind::Welcome(pb::Welcome {
+            tracker_id: self.tracker.tracker_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: interval.as_millis() as u64,
+        })));
+        let conn = self.tracker.dispatcher.register(
+            &hello.node_group,
+            &hello.identity,
+            hello.slots,
+            tx.clone(),
+        );
+        tracing::info!(
+            worker = %hello.identity,
+            node_group = %hello.node_group,
+            slots = hello.slots,
+            "TaskTracker connected"
+        );
+        let session = Session {
+            tracker: self.tracker.clone(),
+            group: hello.node_group,
+            identity: hello.identity,
+            conn,
+            tx,
+        };
+        tokio::spawn(session.run(inbound, interval));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    tracker: Arc<Tracker>,
+    group: String,
+    identity: String,
+    conn: u64,
+    tx: crate::dispatch::Outbound,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<pb::WorkerMessage>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence_limit = interval * 3;
+        let mut last_heard = tokio::time::Instant::now();
+        let shutdown = self.tracker.shutdown.clone();
+        let reason = loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(m)) => {
+                        last_heard = tokio::time::Instant::now();
+                        if let Err(e) = self.handle(m).await {
+                            // Store trouble: end the stream so the TaskTracker
+                            // reconnects and resends what was not acked.
+                            let _ = self.tx.send(Err(Status::unavailable(e.to_string())));
+                            break format!("store error: {e}");
+                        }
+                    }
+                    Ok(None) => break "the TaskTracker closed its stream".to_string(),
+                    Err(e) => break format!("stream error: {e}"),
+                },
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        let _ = self.tx.send(Err(Status::deadline_exceeded(format!(
+                            "no message from this TaskTracker for {} ms",
+                            silence_limit.as_millis()
+                        ))));
+                        break format!("silent for {} ms", silence_limit.as_millis());
+                    }
+                    let _ = self.tx.send(msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
+                        at_unix_ms: lts_common::now_ms(),
+                    })));
+                }
+                _ = shutdown.cancelled() => break "the JobTracker is shutting down".to_string(),
+            }
+        };
+        let runs = self.tracker.dispatcher.unregister(&self.group, self.conn);
+        tracing::info!(worker = %self.identity, node_group = %self.group, runs = runs.len(), "TaskTracker left: {reason}");
+        if !runs.is_empty() && !self.tracker.shutdown.is_cancelled() {
+            let why = format!("its TaskTracker {} was lost ({reason})", self.identity);
+            match self
+                .tracker
+                .store
+                .requeue(&runs, &why, lts_common::now_ms())
+                .await
+            {
+                Ok(n) => {
+                    tracing::info!(node_group = %self.group, "put back {n} runs of a lost TaskTracker");
+                    self.tracker.dispatcher.wake(&self.group);
+                }
+                Err(e) => tracing::error!("cannot put back the runs of a lost TaskTracker: {e}"),
+            }
+        }
+    }
+
+    async fn handle(&self, m: pb::WorkerMessage) -> crate::error::Result<()> {
+        let t = &self.tracker;
+        match m.kind {
+            Some(Kind::Credit(c)) => t.dispatcher.add_credits(&self.group, self.conn, c.credits),
+            Some(Kind::Started(s)) => {
+                let runs: Vec<(String, u32)> =
+                    s.runs.into_iter().map(|r| (r.job_id, r.attempt)).collect();
+                t.dispatcher
+                    .started(&self.group, self.conn, &runs, s.at_unix_ms);
+                t.store.started(&runs, &self.identity, s.at_unix_ms).await?;
+            }
+            Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
+            Some(Kind::BizLogs(b)) => {
+                let entries = b
+                    .lines
+                    .into_iter()
+                    .map(|l| LogEntry {
+                        job_id: l.job_id,
+                        at_ms: l.at_unix_ms,
+                        kind: LogKind::Biz,
+                        attempt: l.attempt,
+                        level: lts_common::convert::log_level_from_wire(l.level),
+                        message: lts_common::limits::clip_message(l.message),
+                        worker: self.identity.clone(),
+                    })
+                    .collect();
+                t.store.append_logs(entries).await?;
+            }
+            Some(Kind::Heartbeat(_)) => {}
+            Some(Kind::Hello(_)) => {
+                tracing::warn!(worker = %self.identity, "ignoring a second hello on a work stream");
+            }
+            None => {
+                tracing::warn!(worker = %self.identity, "ignoring an empty message on a work stream");
+            }
+        }
+        Ok(())
+    }
+
+    async fn outcomes(&self, reports: Vec<pb::OutcomeReport>) -> crate::error::Result<()> {
+        let t = &self.tracker;
+        let mut acks = Vec::with_capacity(reports.len());
+        let mut runs = Vec::with_capacity(reports.len());
+        let mut valid = Vec::with_capacity(reports.len());
+        for r in reports {
+            acks.push(pb::RunRef {
+                job_id: r.job_id.clone(),
+                attempt: r.attempt,
+            });
+            runs.push((r.job_id.clone(), r.attempt));
+            let outcome = match r.outcome.map(Outcome::try_from) {
+                Some(Ok(o)) => o,
+                Some(Err(e)) => Outcome::Error(format!("the TaskTracker sent a bad outcome: {e}")),
+                None => Outcome::Error("the TaskTracker sent no outcome".into()),
+            };
+            let run_ms = (r.finished_at_unix_ms - r.started_at_unix_ms).max(0);
+            t.metrics.run_time.observe(run_ms as f64 / 1000.0);
+            valid.push(RunReport {
+                job_id: r.job_id,
+                attempt: r.attempt,
+                outcome,
+                started_at_ms: r.started_at_unix_ms,
+                finished_at_ms: r.finished_at_unix_ms,
+                worker: self.identity.clone(),
+            });
+        }
+        let kinds: Vec<&'static str> = valid.iter().map(|r| r.outcome.kind()).collect();
+        let results = t.store.complete(valid, lts_common::now_ms()).await?;
+        t.dispatcher.finished(&self.group, self.conn, &runs);
+        let mut feedback = Vec::new();
+        let mut requeued = false;
+        for (result, kind) in results.into_iter().zip(kinds) {
+            match result {
+                CompleteResult::Applied { job, feedback: fb } => {
+                    t.metrics.completed.with_label_values(&[kind]).inc();
+                    requeued |= job.state == lts_common::JobState::Pending;
+                    feedback.extend(fb);
+                }
+                CompleteResult::Stale { current_attempt } => {
+                    t.metrics.stale_outcomes.inc();
+                    tracing::info!(
+                        worker = %self.identity,
+                        current_attempt,
+                        "refused a stale outcome"
+                    );
+                }
+            }
+        }
+        if !feedback.is_empty() {
+            t.feedback.push(feedback);
+        }
+        if requeued {
+            t.dispatcher.wake(&self.group);
+        }
+        let _ = self.tx.send(msg(pb::tracker_message::Kind::OutcomeAcks(
+            pb::OutcomeAcks { runs: acks },
+        )));
+        Ok(())
+    }
+}

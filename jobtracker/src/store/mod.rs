@@ -1,0 +1,484 @@
+//! The job store: where jobs, execution logs and feedback live.
+//!
+//! [`JobStore`] is the one interface the rest of the tracker uses; it has
+//! no backend dependencies. The embedded backend is [`sled::SledStore`].
+//! The state machine a job goes through on an outcome is in
+//! [`apply_outcome`], shared by every backend so that they agree.
+
+pub mod sled;
+
+use async_trait::async_trait;
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Why a job of a submitted batch was not stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubmitRefusal {
+    /// A job with the same task id exists in the node group.
+    AlreadyExists {
+        /// The existing job.
+        job_id: String,
+    },
+    /// The job names something this tracker does not do.
+    Unsupported {
+        /// The field.
+        field: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Result of one job of a submitted batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubmitResult {
+    /// Stored as a new job.
+    Created(String),
+    /// Replaced the job with the same task id (`replace_on_exist`).
+    Replaced {
+        /// The new job.
+        job_id: String,
+        /// The job it replaced; if it was running, its run is stale now.
+        replaced: Box<Job>,
+    },
+    /// Not stored.
+    Refused(SubmitRefusal),
+}
+
+/// A run's outcome as a TaskTracker reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunReport {
+    /// The job.
+    pub job_id: String,
+    /// The run's fencing token.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// When the run started (TaskTracker clock).
+    pub started_at_ms: i64,
+    /// When it ended.
+    pub finished_at_ms: i64,
+    /// Who ran it.
+    pub worker: String,
+}
+
+/// What became of one reported outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CompleteResult {
+    /// Stored.
+    Applied {
+        /// The job as it is now.
+        job: Box<Job>,
+        /// Feedback queued by it, if the job asked for feedback.
+        feedback: Option<Feedback>,
+    },
+    /// The attempt is not the job's current run (or the job is gone); the
+    /// outcome was dropped and logged.
+    Stale {
+        /// The job's current attempt, 0 if the job is unknown.
+        current_attempt: u32,
+    },
+}
+
+/// A result queued for a submit node group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Unique id, acked by clients.
+    pub feedback_id: String,
+    /// Who receives it.
+    pub submit_node_group: String,
+    /// The job.
+    pub job_id: String,
+    /// Its task id.
+    pub task_id: String,
+    /// Its node group.
+    pub task_tracker_node_group: String,
+    /// The run.
+    pub attempt: u32,
+    /// The job's state after the run.
+    pub state: JobState,
+    /// The run's outcome (none for a cancel).
+    pub outcome: Option<Outcome>,
+    /// When.
+    pub finished_at_ms: i64,
+}
+
+/// Filter of [`JobStore::list`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListFilter {
+    /// Only this node group.
+    pub node_group: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only task ids with this prefix.
+    pub task_id_prefix: Option<String>,
+}
+
+impl ListFilter {
+    /// Whether `job` passes.
+    pub fn matches(&self, job: &Job) -> bool {
+        self.node_group
+            .as_deref()
+            .is_none_or(|g| job.spec.task_tracker_node_group == g)
+            && self.state.is_none_or(|s| job.state == s)
+            && self
+                .task_id_prefix
+                .as_deref()
+                .is_none_or(|p| job.spec.task_id.starts_with(p))
+    }
+}
+
+/// Jobs handed out by one claim, per grant.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// For each `(worker, n)` grant, in order, the jobs now running there.
+    pub per_grant: Vec<Vec<Job>>,
+    /// When the next pending job of the group becomes ready, if one waits
+    /// for a future time.
+    pub next_ready_at_ms: Option<i64>,
+}
+
+/// A job a cancel stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cancelled {
+    /// As it was: a running job's worker and attempt are to be stopped.
+    pub before: Job,
+    /// As it is now.
+    pub after: Job,
+    /// Feedback queued by it, if the job asked for feedback.
+    pub feedback: Option<Feedback>,
+}
+
+/// Counts found by [`JobStore::recover`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recovery {
+    /// Jobs pending or suspended.
+    pub pending: usize,
+    /// Jobs that were running and are pending again, with a new attempt to
+    /// come.
+    pub requeued: usize,
+    /// Feedback not yet acked.
+    pub feedback: usize,
+    /// Records that could not be decoded and were skipped.
+    pub corrupt: usize,
+}
+
+/// Where jobs live. Every mutating call is durable when it returns.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Loads the queues after a start; jobs that were running are pending
+    /// again. Call once, before anything else.
+    async fn recover(&self, now_ms: i64) -> Result<Recovery>;
+
+    /// Stores a validated batch: dedup on (node group, task id), one result
+    /// per job, in order. One durable write for the batch.
+    async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>>;
+
+    /// Claims, for each `(worker, n)` grant, up to `n` ready jobs of
+    /// `node_group` in order (priority, trigger time, submit order): each
+    /// becomes running with its attempt incremented.
+    async fn claim(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+    ) -> Result<Claimed>;
+
+    /// Notes that runs started (execution log only).
+    async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()>;
+
+    /// Applies outcomes whose attempt is current; refuses the others.
+    async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>>;
+
+    /// Puts running jobs back in the queue (their TaskTracker was lost).
+    /// Runs whose attempt moved on are left alone.
+    async fn requeue(&self, runs: &[(String, u32)], reason: &str, now_ms: i64) -> Result<usize>;
+
+    /// Cancels a job that is not final.
+    async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled>;
+
+    /// A job by id.
+    async fn get(&self, job_id: &str) -> Result<Option<Job>>;
+
+    /// A job by task id.
+    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>>;
+
+    /// A page of jobs in job id order, after `page_token`.
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)>;
+
+    /// Appends lines to execution logs.
+    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()>;
+
+    /// A page of a job's execution log, oldest first.
+    async fn logs(
+        &self,
+        job_id: &str,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)>;
+
+    /// Every feedback not yet acked.
+    async fn pending_feedback(&self) -> Result<Vec<Feedback>>;
+
+    /// Drops acked feedback.
+    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()>;
+
+    /// Ready-to-run job counts per node group (pending, trigger time passed).
+    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>>;
+
+    /// Node groups that have pending jobs.
+    async fn node_groups(&self) -> Result<Vec<String>>;
+}
+
+/// Checks what the store cannot run yet. Cron schedules are refused with a
+/// clear message instead of being stored and never fired.
+pub fn unsupported(spec: &JobSpec) -> Option<SubmitRefusal> {
+    match &spec.schedule {
+        Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
+            field: "schedule.cron".into(),
+            message: "cron schedules are not supported by this JobTracker version".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// A new job for a validated spec.
+pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
+    let trigger_at_ms = match spec.schedule {
+        Schedule::At(at) => at,
+        _ => now_ms,
+    };
+    Job {
+        job_id,
+        spec,
+        state: JobState::Pending,
+        attempt: 0,
+        seq,
+        submitted_at_ms: now_ms,
+        trigger_at_ms,
+        updated_at_ms: now_ms,
+        worker: String::new(),
+        last_outcome: None,
+        failures: 0,
+        cycles: 0,
+    }
+}
+
+/// A fresh job id: time-ordered, unique across trackers.
+pub fn new_job_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// What an applied outcome produced besides the new job state.
+#[derive(Debug, Default)]
+pub struct Transition {
+    /// Lines for the execution log.
+    pub logs: Vec<LogEntry>,
+    /// Feedback to queue.
+    pub feedback: Option<Feedback>,
+}
+
+/// Applies a current run's outcome to `job` (whose attempt the caller has
+/// checked): completes, retries by plan, reschedules, or fails it.
+pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transition {
+    let mut t = Transition::default();
+    let attempt = report.attempt;
+    t.logs.push(
+        LogEntry::new(
+            &job.job_id,
+            LogKind::Outcome,
+            attempt,
+            format!(
+                "{} (ran {} ms)",
+                report.outcome,
+                (report.finished_at_ms - report.started_at_ms).max(0)
+            ),
+        )
+        .with_worker(&report.worker),
+    );
+    job.worker.clear();
+    job.updated_at_ms = now_ms;
+    let mut cycle_done = false;
+    match &report.outcome {
+        Outcome::Success(_) => {
+            job.failures = 0;
+            match job.spec.schedule {
+                Schedule::Repeat { interval_ms, count } if count == 0 || job.cycles + 1 < count => {
+                    job.cycles += 1;
+                    job.state = JobState::Pending;
+                    // Cycles keep their cadence; a cycle that ran past the
+                    // next point starts at once rather than piling up.
+                    job.trigger_at_ms = (job.trigger_at_ms + interval_ms as i64).max(now_ms);
+                    cycle_done = true;
+                }
+                Schedule::Repeat { .. } => {
+                    job.cycles += 1;
+                    job.state = JobState::Succeeded;
+                }
+                _ => job.state = JobState::Succeeded,
+            }
+        }
+        Outcome::Failed(_) => job.state = JobState::Failed,
+        Outcome::Later { delay_ms, .. } => {
+            job.state = JobState::Pending;
+            job.trigger_at_ms = now_ms + *delay_ms as i64;
+        }
+        Outcome::Error(_) => {
+            job.failures += 1;
+            match job.spec.effective_retry_plan().decide(job.failures) {
+                RetryDecision::RetryAfter(delay) => {
+                    job.state = JobState::Pending;
+                    job.trigger_at_ms = now_ms + delay as i64;
+                    t.logs.push(LogEntry::new(
+                        &job.job_id,
+                        LogKind::Retry,
+                        attempt,
+                        format!(
+                            "error {} of the retry plan; next run in {delay} ms",
+                            job.failures
+                        ),
+                    ));
+                }
+                RetryDecision::Suspend => {
+                    job.state = JobState::Suspended;
+                    t.logs.push(LogEntry::new(
+                        &job.job_id,
+                        LogKind::Retry,
+                        attempt,
+                        format!(
+                            "error {} of the retry plan; suspended until an operator resumes it",
+                            job.failures
+                        ),
+                    ));
+                }
+                RetryDecision::GiveUp => {
+                    job.state = JobState::Failed;
+                    t.logs.push(LogEntry::new(
+                        &job.job_id,
+                        LogKind::Retry,
+                        attempt,
+                        format!("error {}: the retry plan gives up", job.failures),
+                    ));
+                }
+            }
+        }
+    }
+    job.last_outcome = Some(report.outcome.clone());
+    if job.spec.need_feedback && (job.state.is_final() || cycle_done) {
+        t.feedback = Some(feedback_for(job, Some(report.outcome.clone()), now_ms));
+    }
+    t
+}
+
+/// Feedback describing `job` as it is now.
+pub fn feedback_for(job: &Job, outcome: Option<Outcome>, now_ms: i64) -> Feedback {
+    Feedback {
+        feedback_id: uuid::Uuid::now_v7().simple().to_string(),
+        submit_node_group: job.spec.submit_node_group.clone(),
+        job_id: job.job_id.clone(),
+        task_id: job.spec.task_id.clone(),
+        task_tracker_node_group: job.spec.task_tracker_node_group.clone(),
+        attempt: job.attempt,
+        state: job.state,
+        outcome,
+        finished_at_ms: now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lts_common::{RetryPlan, RetryStep};
+
+    fn running(spec: JobSpec) -> Job {
+        let mut j = new_job("j1".into(), spec, 1, 1_000);
+        j.state = JobState::Running;
+        j.attempt = 1;
+        j
+    }
+
+    fn report(outcome: Outcome) -> RunReport {
+        RunReport {
+            job_id: "j1".into(),
+            attempt: 1,
+            outcome,
+            started_at_ms: 1_000,
+            finished_at_ms: 1_010,
+            worker: "w".into(),
+        }
+    }
+
+    #[test]
+    fn success_finishes_and_feeds_back() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.need_feedback = true;
+        spec.submit_node_group = "clients".into();
+        let mut job = running(spec);
+        let t = apply_outcome(&mut job, &report(Outcome::Success("ok".into())), 2_000);
+        assert_eq!(job.state, JobState::Succeeded);
+        let fb = t.feedback.expect("feedback");
+        assert_eq!(fb.state, JobState::Succeeded);
+        assert_eq!(fb.submit_node_group, "clients");
+    }
+
+    #[test]
+    fn errors_follow_the_plan() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.retry_plan = Some(RetryPlan {
+            steps: vec![RetryStep::RetryAfter(500), RetryStep::Suspend],
+            count: 1,
+            forever: false,
+        });
+        let mut job = running(spec);
+        apply_outcome(&mut job, &report(Outcome::Error("e".into())), 2_000);
+        assert_eq!((job.state, job.trigger_at_ms), (JobState::Pending, 2_500));
+        job.state = JobState::Running;
+        apply_outcome(&mut job, &report(Outcome::Error("e".into())), 3_000);
+        assert_eq!(job.state, JobState::Suspended);
+    }
+
+    #[test]
+    fn failed_skips_the_plan_and_later_does_not_count() {
+        let mut job = running(JobSpec::new("t", "g"));
+        apply_outcome(
+            &mut job,
+            &report(Outcome::Later {
+                delay_ms: 100,
+                message: String::new(),
+            }),
+            2_000,
+        );
+        assert_eq!(
+            (job.state, job.failures, job.trigger_at_ms),
+            (JobState::Pending, 0, 2_100)
+        );
+        job.state = JobState::Running;
+        apply_outcome(
+            &mut job,
+            &report(Outcome::Failed("bad input".into())),
+            3_000,
+        );
+        assert_eq!(job.state, JobState::Failed);
+    }
+
+    #[test]
+    fn repeat_runs_count_times() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.schedule = Schedule::Repeat {
+            interval_ms: 1_000,
+            count: 2,
+        };
+        let mut job = running(spec);
+        apply_outcome(&mut job, &report(Outcome::Success(String::new())), 1_500);
+        assert_eq!((job.state, job.trigger_at_ms), (JobState::Pending, 2_000));
+        job.state = JobState::Running;
+        apply_outcome(&mut job, &report(Outcome::Success(String::new())), 2_500);
+        assert_eq!((job.state, job.cycles), (JobState::Succeeded, 2));
+    }
+}
