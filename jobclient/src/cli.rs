@@ -1,1 +1,0 @@
-//! The `jobclient` command line tool.

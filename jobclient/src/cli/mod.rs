@@ -1,0 +1,413 @@
+//! The `jobclient` command line tool. [`Cli`] holds its flags; [`run`]
+//! carries out a parsed command and returns the process exit code.
+//!
+//! Exit codes: 0 all went well; 1 a job was refused (submit) or finished
+//! without success (wait); 2 bad flags or input; 3 the JobTrackers could not
+//! be reached or answered with an error; 4 a wait or feedback timed out.
+
+mod args;
+mod output;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use lts_common::Job;
+use serde_json::Value;
+use tokio::time::Instant;
+
+pub use args::{
+    parse_duration, parse_key_value, parse_state, parse_time, retry_plan_for, shell_payload,
+    CancelArgs, Cli, Command, FeedbackArgs, GetArgs, JobLine, ListArgs, SubmitArgs, WaitArgs,
+};
+pub use output::{
+    feedback_json, feedback_text, job_json, job_text, jobs_text, log_json, log_text, schedule_text,
+    submit_json, submit_text, table,
+};
+
+use crate::client::{ClientOptions, JobClient, JobFilter};
+use crate::error::Error;
+
+/// Exit code: everything went well.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a job was refused, or finished without success.
+pub const EXIT_JOB_FAILED: u8 = 1;
+/// Exit code: bad flags or input.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: no tracker reachable, or a tracker answered with an error.
+pub const EXIT_TRACKER: u8 = 3;
+/// Exit code: a wait or feedback read timed out.
+pub const EXIT_TIMEOUT: u8 = 4;
+
+/// Longest pause between two polls of `wait`.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Jobs `wait` looks up at the same time.
+const POLL_CONCURRENCY: usize = 32;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or input; the message names the flag or file.
+    #[error("{0}")]
+    Usage(String),
+    /// The tracker could not be reached or refused.
+    #[error(transparent)]
+    Client(#[from] Error),
+    /// A deadline passed.
+    #[error("{0}")]
+    Timeout(String),
+    /// Writing the output failed (a closed pipe, say).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Client(_) | CliError::Output(_) => EXIT_TRACKER,
+            CliError::Timeout(_) => EXIT_TIMEOUT,
+        }
+    }
+}
+
+/// Runs a parsed command, printing to stdout (and errors to stderr), and
+/// returns the exit code.
+pub async fn run(cli: Cli) -> u8 {
+    match execute(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jobclient: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs a parsed command, printing results to stdout.
+pub async fn execute(cli: Cli) -> Result<u8, CliError> {
+    let options = ClientOptions {
+        connect_timeout: cli.connect_timeout,
+        ..ClientOptions::default()
+    };
+    let client = JobClient::new(cli.jobtrackers.clone(), options).map_err(|e| match e {
+        Error::InvalidAddress { .. } | Error::NoAddresses => {
+            CliError::Usage(format!("--jobtracker: {e}"))
+        }
+        other => CliError::Client(other),
+    })?;
+    let json = cli.json;
+    match cli.command {
+        Command::Submit(a) => submit(&client, *a, json).await,
+        Command::Get(a) => get(&client, a, json).await,
+        Command::List(a) => list(&client, a, json).await,
+        Command::Cancel(a) => {
+            let job = client.cancel(&a.job_id).await?;
+            if json {
+                print_json(&job_json(&job))?;
+            } else {
+                print(&format!("job {} is {}\n\n", job.job_id, job.state.name()))?;
+                print(&job_text(&job))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Wait(a) => wait(&client, a, json).await,
+        Command::Feedback(a) => feedback(&client, a, json).await,
+    }
+}
+
+async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, CliError> {
+    let payload_file = match &a.payload_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| CliError::Usage(format!("--payload-file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let from_file = match &a.from_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--from-file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let jobs = a
+        .jobs(payload_file, from_file.as_deref(), lts_common::now_ms())
+        .map_err(CliError::Usage)?;
+    let outcomes = match client.submit(jobs).await {
+        Ok(outcomes) => outcomes,
+        Err(Error::PartialSubmit { submitted, source }) => {
+            // Say what did get stored before failing, so it is not lost.
+            if json {
+                print_json(&submit_json(&submitted))?;
+            } else {
+                print(&submit_text(&submitted))?;
+            }
+            return Err(Error::PartialSubmit { submitted, source }.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        print_json(&submit_json(&outcomes))?;
+    } else {
+        print(&submit_text(&outcomes))?;
+    }
+    let refused = outcomes.iter().filter(|o| !o.is_accepted()).count();
+    if refused > 0 {
+        if outcomes.len() > 1 {
+            eprintln!(
+                "jobclient: {refused} of {} jobs were refused",
+                outcomes.len()
+            );
+        }
+        return Ok(EXIT_JOB_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
+async fn get(client: &JobClient, a: GetArgs, json: bool) -> Result<u8, CliError> {
+    let job = match (&a.job_id, &a.task_id, &a.node_group) {
+        (Some(id), _, _) => client.get(id).await?,
+        (None, Some(task_id), Some(group)) => client.get_by_task(task_id, group).await?,
+        _ => {
+            return Err(CliError::Usage(
+                "say a job id, or --task-id with --node-group".into(),
+            ))
+        }
+    };
+    let log = if a.log {
+        Some(client.log(&job.job_id).await?)
+    } else {
+        None
+    };
+    if json {
+        let mut v = job_json(&job);
+        if let (Some(log), Value::Object(map)) = (&log, &mut v) {
+            map.insert("log".into(), log_json(log));
+        }
+        print_json(&v)?;
+    } else {
+        print(&job_text(&job))?;
+        if let Some(log) = &log {
+            print(&format!("\n{}", log_text(log)))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn list(client: &JobClient, a: ListArgs, json: bool) -> Result<u8, CliError> {
+    let filter = JobFilter {
+        node_group: a.node_group,
+        state: a.state,
+        task_id_prefix: a.task_id_prefix,
+    };
+    let page = client
+        .list(&filter, a.limit, a.page_token.as_deref())
+        .await?;
+    if json {
+        print_json(&serde_json::json!({
+            "jobs": page.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }))?;
+    } else {
+        print(&jobs_text(&page.jobs))?;
+        if let Some(token) = &page.next_page_token {
+            print(&format!(
+                "more: jobclient list --page-token {token} (with the same filters)\n"
+            ))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn wait(client: &JobClient, a: WaitArgs, json: bool) -> Result<u8, CliError> {
+    let job_ids = read_job_ids(a.job_ids)?;
+    let deadline = Instant::now() + a.timeout;
+    let mut finished: HashMap<String, Job> = HashMap::new();
+    let mut pending: Vec<String> = job_ids.clone();
+    let mut interval = Duration::from_millis(100);
+    let mut last_state: HashMap<String, &'static str> = HashMap::new();
+    loop {
+        let results: Vec<(String, Result<Job, Error>)> = stream::iter(pending.clone())
+            .map(|id| async move {
+                let r = client.get(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(POLL_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, result) in results {
+            match result {
+                Ok(job) if job.state.is_final() => {
+                    finished.insert(id, job);
+                }
+                Ok(job) => {
+                    last_state.insert(id, job.state.name());
+                }
+                // Keep waiting through a tracker failover; give up only at
+                // the deadline.
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!("{e}; still waiting");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        pending.retain(|id| !finished.contains_key(id));
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() + interval > deadline {
+            let waiting: Vec<String> = pending
+                .iter()
+                .take(10)
+                .map(|id| {
+                    format!(
+                        "{id} ({})",
+                        last_state.get(id).copied().unwrap_or("unknown")
+                    )
+                })
+                .collect();
+            let more = if pending.len() > 10 {
+                format!(" and {} more", pending.len() - 10)
+            } else {
+                String::new()
+            };
+            return Err(CliError::Timeout(format!(
+                "timed out after {}: {} of {} jobs not finished: {}{more}",
+                humantime::format_duration(a.timeout),
+                pending.len(),
+                job_ids.len(),
+                waiting.join(", ")
+            )));
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(MAX_POLL_INTERVAL);
+    }
+    let jobs: Vec<&Job> = job_ids.iter().filter_map(|id| finished.get(id)).collect();
+    if json {
+        print_json(&Value::Array(jobs.iter().map(|j| job_json(j)).collect()))?;
+    } else {
+        let mut out = String::new();
+        for j in &jobs {
+            out.push_str(&format!(
+                "{} {} attempt {}: {}\n",
+                j.job_id,
+                j.state.name(),
+                j.attempt,
+                j.last_outcome
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+        print(&out)?;
+    }
+    let all_succeeded = jobs
+        .iter()
+        .all(|j| j.state == lts_common::JobState::Succeeded);
+    Ok(if all_succeeded {
+        EXIT_OK
+    } else {
+        EXIT_JOB_FAILED
+    })
+}
+
+/// Job ids from arguments; a lone `-` reads them from stdin.
+fn read_job_ids(args: Vec<String>) -> Result<Vec<String>, CliError> {
+    let mut ids = Vec::new();
+    for arg in args {
+        if arg == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::Usage(format!("cannot read job ids from stdin: {e}")))?;
+            ids.extend(text.split_whitespace().map(str::to_string));
+        } else {
+            ids.push(arg);
+        }
+    }
+    if ids.is_empty() {
+        return Err(CliError::Usage("no job ids to wait for".into()));
+    }
+    Ok(ids)
+}
+
+async fn feedback(client: &JobClient, a: FeedbackArgs, json: bool) -> Result<u8, CliError> {
+    let deadline = a.timeout.map(|t| Instant::now() + t);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    let timed_out = |seen: usize| {
+        CliError::Timeout(format!(
+            "timed out after {}: {seen} of {} feedback items received",
+            humantime::format_duration(a.timeout.unwrap_or_default()),
+            a.count
+        ))
+    };
+    let mut subscription = loop {
+        tokio::select! {
+            r = client.feedback(&a.submit_node_group, &a.client_id) => match r {
+                Ok(s) => break s,
+                Err(e) if e.is_unavailable() && deadline.is_some() => {
+                    tracing::warn!("{e}; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ = &mut until_deadline => return Err(timed_out(0)),
+        }
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    while a.count == 0 || (seen.len() as u64) < a.count {
+        let batch = tokio::select! {
+            r = subscription.next() => r,
+            _ = &mut until_deadline => return Err(timed_out(seen.len())),
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            // The subscription reconnects on the next call; a tracker
+            // failover should not end a long read.
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!("{e}; trying again");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = String::new();
+        for item in &batch {
+            // Redelivered items are acked again but printed once.
+            if seen.insert(item.feedback_id.clone()) {
+                if json {
+                    out.push_str(&feedback_json(item).to_string());
+                } else {
+                    out.push_str(&feedback_text(item));
+                }
+                out.push('\n');
+            }
+        }
+        print(&out)?;
+        let ids = batch.into_iter().map(|f| f.feedback_id);
+        if let Err(e) = subscription.ack(ids).await {
+            tracing::warn!("{e}");
+        }
+    }
+    subscription.close();
+    Ok(EXIT_OK)
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn print_json(v: &Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    print(&format!("{text}\n"))
+}

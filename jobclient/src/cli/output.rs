@@ -1,0 +1,478 @@
+//! What the CLI prints: text for people, JSON for scripts.
+
+use lts_common::{format_ms, Job, LogEntry, Schedule};
+use serde_json::{json, Value};
+
+use crate::client::{Feedback, SubmitOutcome};
+
+/// Longest payload preview in `get`.
+const PAYLOAD_PREVIEW_CHARS: usize = 200;
+
+/// One line per job: `accepted JOBID task T` or
+/// `refused task T: CODE field: message`.
+pub fn submit_text(outcomes: &[SubmitOutcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes {
+        match o {
+            SubmitOutcome::Accepted { task_id, job_id } => {
+                out.push_str(&format!("accepted {job_id} task {task_id}\n"));
+            }
+            SubmitOutcome::Refused(r) => {
+                out.push_str(&format!("refused task {}: {}", r.task_id, r.code));
+                if !r.field.is_empty() {
+                    out.push_str(&format!(" {}", r.field));
+                }
+                out.push_str(&format!(": {}", r.message));
+                if let Some(id) = &r.existing_job_id {
+                    out.push_str(&format!(" (existing job {id})"));
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A JSON array with one object per job, tagged by `status`.
+pub fn submit_json(outcomes: &[SubmitOutcome]) -> Value {
+    serde_json::to_value(outcomes).unwrap_or(Value::Null)
+}
+
+/// How a schedule reads.
+pub fn schedule_text(s: &Schedule) -> String {
+    match s {
+        Schedule::Now => "now".into(),
+        Schedule::At(ms) => format!("at {}", format_ms(*ms)),
+        Schedule::Cron {
+            expression,
+            time_zone,
+            misfire,
+        } => {
+            let zone = if time_zone.is_empty() {
+                "UTC"
+            } else {
+                time_zone
+            };
+            format!("cron \"{expression}\" in {zone}, misfire {misfire:?}")
+        }
+        Schedule::Repeat { interval_ms, count } => {
+            let every = humantime::format_duration(std::time::Duration::from_millis(*interval_ms));
+            if *count == 0 {
+                format!("every {every}, forever")
+            } else {
+                format!("every {every}, {count} runs")
+            }
+        }
+    }
+}
+
+/// A job as labelled lines.
+pub fn job_text(job: &Job) -> String {
+    let spec = &job.spec;
+    let mut rows: Vec<(&str, String)> = vec![
+        ("job", job.job_id.clone()),
+        (
+            "task",
+            format!(
+                "{} in node group {}",
+                spec.task_id, spec.task_tracker_node_group
+            ),
+        ),
+        ("state", job.state.name().to_string()),
+        (
+            "attempt",
+            format!("{} ({} errors counted)", job.attempt, job.failures),
+        ),
+        ("priority", spec.priority.to_string()),
+        ("schedule", schedule_text(&spec.schedule)),
+        ("submitted", format_ms(job.submitted_at_ms)),
+        ("trigger at", format_ms(job.trigger_at_ms)),
+        ("updated", format_ms(job.updated_at_ms)),
+    ];
+    if !job.worker.is_empty() {
+        rows.push(("worker", job.worker.clone()));
+    }
+    rows.push((
+        "last outcome",
+        job.last_outcome
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "-".into()),
+    ));
+    rows.push(("retry plan", spec.effective_retry_plan().to_string()));
+    if spec.timeout_ms > 0 {
+        rows.push((
+            "timeout",
+            humantime::format_duration(std::time::Duration::from_millis(spec.timeout_ms))
+                .to_string(),
+        ));
+    }
+    if spec.need_feedback {
+        rows.push(("feedback to", spec.submit_node_group.clone()));
+    }
+    if !spec.params.is_empty() {
+        let params: Vec<String> = spec
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        rows.push(("params", params.join(" ")));
+    }
+    if !spec.payload.is_empty() {
+        rows.push(("payload", payload_preview(&spec.payload)));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
+
+fn payload_preview(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text) => {
+            let mut preview: String = text.chars().take(PAYLOAD_PREVIEW_CHARS).collect();
+            if preview.len() < text.len() {
+                preview.push_str("...");
+            }
+            format!("{} bytes: {}", payload.len(), preview.escape_debug())
+        }
+        Err(_) => format!("{} bytes (binary)", payload.len()),
+    }
+}
+
+/// A job as a JSON object: times both as Unix milliseconds and RFC 3339.
+pub fn job_json(job: &Job) -> Value {
+    let spec = &job.spec;
+    json!({
+        "job_id": job.job_id,
+        "task_id": spec.task_id,
+        "node_group": spec.task_tracker_node_group,
+        "state": job.state.name(),
+        "final": job.state.is_final(),
+        "attempt": job.attempt,
+        "failures": job.failures,
+        "priority": spec.priority,
+        "schedule": schedule_text(&spec.schedule),
+        "submitted_at_unix_ms": job.submitted_at_ms,
+        "submitted_at": format_ms(job.submitted_at_ms),
+        "trigger_at_unix_ms": job.trigger_at_ms,
+        "trigger_at": format_ms(job.trigger_at_ms),
+        "updated_at_unix_ms": job.updated_at_ms,
+        "updated_at": format_ms(job.updated_at_ms),
+        "worker": job.worker,
+        "last_outcome": job.last_outcome.as_ref().map(|o| json!({
+            "kind": o.kind(),
+            "message": o.message(),
+        })),
+        "need_feedback": spec.need_feedback,
+        "submit_node_group": spec.submit_node_group,
+        "params": spec.params,
+        "payload": String::from_utf8_lossy(&spec.payload),
+        "payload_bytes": spec.payload.len(),
+        "timeout_ms": spec.timeout_ms,
+        "retry_plan": spec.effective_retry_plan().to_string(),
+    })
+}
+
+/// The execution log as a table.
+pub fn log_text(entries: &[LogEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                format_ms(e.at_ms),
+                e.kind.name().to_string(),
+                e.attempt.to_string(),
+                e.level.name().to_string(),
+                dash(&e.worker),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "KIND", "ATTEMPT", "LEVEL", "WORKER", "MESSAGE"],
+        rows,
+    )
+}
+
+/// The execution log as a JSON array.
+pub fn log_json(entries: &[LogEntry]) -> Value {
+    entries
+        .iter()
+        .map(|e| {
+            json!({
+                "at_unix_ms": e.at_ms,
+                "at": format_ms(e.at_ms),
+                "kind": e.kind.name(),
+                "attempt": e.attempt,
+                "level": e.level.name(),
+                "worker": e.worker,
+                "message": e.message,
+            })
+        })
+        .collect()
+}
+
+/// Jobs as a table, one row each.
+pub fn jobs_text(jobs: &[Job]) -> String {
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.job_id.clone(),
+                j.spec.task_id.clone(),
+                j.spec.task_tracker_node_group.clone(),
+                j.state.name().to_string(),
+                j.attempt.to_string(),
+                j.spec.priority.to_string(),
+                format_ms(j.trigger_at_ms),
+                j.last_outcome
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "JOB",
+            "TASK",
+            "NODE_GROUP",
+            "STATE",
+            "ATTEMPT",
+            "PRIORITY",
+            "TRIGGER_AT",
+            "LAST_OUTCOME",
+        ],
+        rows,
+    )
+}
+
+/// One line for a feedback item.
+pub fn feedback_text(f: &Feedback) -> String {
+    format!(
+        "feedback {} job {} task {} attempt {} state {} outcome {} finished {}",
+        f.feedback_id,
+        f.job_id,
+        f.task_id,
+        f.attempt,
+        f.state.map(|s| s.name()).unwrap_or("unknown"),
+        f.outcome
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "-".into()),
+        format_ms(f.finished_at_ms),
+    )
+}
+
+/// A feedback item as a JSON object (printed one per line).
+pub fn feedback_json(f: &Feedback) -> Value {
+    json!({
+        "feedback_id": f.feedback_id,
+        "job_id": f.job_id,
+        "task_id": f.task_id,
+        "node_group": f.task_tracker_node_group,
+        "attempt": f.attempt,
+        "state": f.state.map(|s| s.name()),
+        "outcome": f.outcome.as_ref().map(|o| json!({
+            "kind": o.kind(),
+            "message": o.message(),
+        })),
+        "finished_at_unix_ms": f.finished_at_ms,
+        "finished_at": format_ms(f.finished_at_ms),
+    })
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded so
+/// long messages do not drag trailing spaces.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i == last {
+                s.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                s.push_str(cell);
+                s.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::SubmitRefusal;
+    use lts_common::{JobSpec, JobState, LogKind, LogLevel, Outcome};
+
+    fn job() -> Job {
+        let mut spec = JobSpec::new("t-1", "workers");
+        spec.payload = br#"{"program":"true"}"#.to_vec();
+        spec.params.insert("k".into(), "v".into());
+        Job {
+            job_id: "j-1".into(),
+            spec,
+            state: JobState::Succeeded,
+            attempt: 2,
+            seq: 0,
+            submitted_at_ms: 1_000,
+            trigger_at_ms: 2_000,
+            updated_at_ms: 3_000,
+            worker: "tt-a".into(),
+            last_outcome: Some(Outcome::Success("done".into())),
+            failures: 1,
+            cycles: 0,
+        }
+    }
+
+    #[test]
+    fn submit_lines_say_accepted_or_refused() {
+        let outcomes = vec![
+            SubmitOutcome::Accepted {
+                task_id: "a".into(),
+                job_id: "j1".into(),
+            },
+            SubmitOutcome::Refused(SubmitRefusal {
+                task_id: "b".into(),
+                code: "INVALID_ARGUMENT".into(),
+                field: "task_tracker_node_group".into(),
+                message: "is empty".into(),
+                existing_job_id: None,
+            }),
+            SubmitOutcome::Refused(SubmitRefusal {
+                task_id: "c".into(),
+                code: "ALREADY_EXISTS".into(),
+                field: String::new(),
+                message: "task id exists".into(),
+                existing_job_id: Some("j0".into()),
+            }),
+        ];
+        assert_eq!(
+            submit_text(&outcomes),
+            "accepted j1 task a\n\
+             refused task b: INVALID_ARGUMENT task_tracker_node_group: is empty\n\
+             refused task c: ALREADY_EXISTS: task id exists (existing job j0)\n"
+        );
+        let v = submit_json(&outcomes);
+        assert_eq!(
+            v[0],
+            json!({"status": "accepted", "task_id": "a", "job_id": "j1"})
+        );
+        assert_eq!(v[1]["status"], "refused");
+        assert_eq!(v[1]["field"], "task_tracker_node_group");
+        assert!(v[1].get("existing_job_id").is_none());
+        assert_eq!(v[2]["existing_job_id"], "j0");
+    }
+
+    #[test]
+    fn job_text_shows_state_times_and_outcome() {
+        let text = job_text(&job());
+        assert!(text.contains("state         succeeded\n"), "{text}");
+        assert!(
+            text.contains("attempt       2 (1 errors counted)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("submitted     1970-01-01T00:00:01.000Z"),
+            "{text}"
+        );
+        assert!(text.contains("last outcome  success: done"), "{text}");
+        assert!(text.contains("worker        tt-a"), "{text}");
+        assert!(
+            text.contains(r#"payload       18 bytes: {\"program\":\"true\"}"#),
+            "{text}"
+        );
+        let v = job_json(&job());
+        assert_eq!(v["state"], "succeeded");
+        assert_eq!(v["final"], true);
+        assert_eq!(v["last_outcome"]["kind"], "success");
+        assert_eq!(v["params"]["k"], "v");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "LONG"], vec![vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1\n");
+        let text = jobs_text(&[job()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("JOB  TASK  NODE_GROUP  STATE"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("succeeded") && lines[1].ends_with("success: done"),
+            "{text}"
+        );
+        let entry = LogEntry {
+            job_id: "j-1".into(),
+            at_ms: 1_000,
+            kind: LogKind::Dispatched,
+            attempt: 1,
+            level: LogLevel::Info,
+            message: "to tt-a".into(),
+            worker: String::new(),
+        };
+        let text = log_text(std::slice::from_ref(&entry));
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("1970-01-01T00:00:01.000Z  dispatched  1")),
+            "{text}"
+        );
+        assert_eq!(log_json(&[entry])[0]["kind"], "dispatched");
+    }
+
+    #[test]
+    fn schedules_read_well() {
+        assert_eq!(schedule_text(&Schedule::Now), "now");
+        assert_eq!(
+            schedule_text(&Schedule::Repeat {
+                interval_ms: 90_000,
+                count: 0
+            }),
+            "every 1m 30s, forever"
+        );
+    }
+
+    #[test]
+    fn feedback_lines_name_job_and_outcome() {
+        let f = Feedback {
+            feedback_id: "f1".into(),
+            job_id: "j1".into(),
+            task_id: "t1".into(),
+            task_tracker_node_group: "w".into(),
+            attempt: 1,
+            state: Some(JobState::Failed),
+            outcome: Some(Outcome::Failed("exit 3".into())),
+            finished_at_ms: 1_000,
+        };
+        assert_eq!(
+            feedback_text(&f),
+            "feedback f1 job j1 task t1 attempt 1 state failed outcome failed: exit 3 finished 1970-01-01T00:00:01.000Z"
+        );
+        assert_eq!(feedback_json(&f)["outcome"]["message"], "exit 3");
+    }
+}
