@@ -1,0 +1,458 @@
+//! One suite of store cases, run against every backend.
+//!
+//! Each case takes a [`Backend`] that opens a store at a location and can
+//! reopen the same location (a restart).
+
+use std::sync::Arc;
+
+use lts_common::{JobSpec, JobState, LogKind, Outcome, RetryPlan, RetryStep, Schedule};
+use lts_jobtracker::store::sled::SledStore;
+use lts_jobtracker::store::{
+    CompleteResult, JobStore, ListFilter, RunReport, SubmitRefusal, SubmitResult,
+};
+
+/// Opens stores of one backend at a location, again and again.
+trait Backend {
+    fn open(&self) -> Arc<dyn JobStore>;
+}
+
+struct Sled(tempfile::TempDir);
+
+impl Backend for Sled {
+    fn open(&self) -> Arc<dyn JobStore> {
+        Arc::new(SledStore::open(self.0.path()).expect("open sled store"))
+    }
+}
+
+fn sled() -> Sled {
+    Sled(tempfile::tempdir().expect("temp dir"))
+}
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn spec(task: &str, group: &str) -> JobSpec {
+    JobSpec::new(task, group)
+}
+
+async fn fresh(b: &dyn Backend) -> Arc<dyn JobStore> {
+    let s = b.open();
+    s.recover(NOW).await.expect("recover");
+    s
+}
+
+fn created(r: &SubmitResult) -> String {
+    match r {
+        SubmitResult::Created(id) => id.clone(),
+        other => panic!("expected a created job, got {other:?}"),
+    }
+}
+
+fn report(job_id: &str, attempt: u32, outcome: Outcome) -> RunReport {
+    RunReport {
+        job_id: job_id.into(),
+        attempt,
+        outcome,
+        started_at_ms: NOW,
+        finished_at_ms: NOW + 5,
+        worker: "w1".into(),
+    }
+}
+
+async fn claim_one(s: &dyn JobStore, group: &str, now: i64) -> Option<lts_common::Job> {
+    let c = s
+        .claim(group, &[("w1".to_string(), 1)], now)
+        .await
+        .expect("claim");
+    c.per_grant.into_iter().flatten().next()
+}
+
+async fn submit_dedup_replace(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let r = s
+        .submit(
+            vec![spec("a", "g"), spec("a", "g"), spec("a", "other")],
+            NOW,
+        )
+        .await
+        .expect("submit");
+    let first = created(&r[0]);
+    assert_eq!(
+        r[1],
+        SubmitResult::Refused(SubmitRefusal::AlreadyExists {
+            job_id: first.clone()
+        }),
+        "a duplicate task id in the same batch is refused"
+    );
+    created(&r[2]);
+    let r = s.submit(vec![spec("a", "g")], NOW).await.expect("submit");
+    assert!(
+        matches!(&r[0], SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) if *job_id == first)
+    );
+    let mut again = spec("a", "g");
+    again.replace_on_exist = true;
+    again.priority = 5;
+    let r = s.submit(vec![again], NOW).await.expect("submit");
+    let SubmitResult::Replaced { job_id, replaced } = &r[0] else {
+        panic!("expected a replace, got {:?}", r[0]);
+    };
+    assert_eq!(replaced.job_id, first);
+    let now_job = s.get_by_task("g", "a").await.expect("get").expect("exists");
+    assert_eq!((&now_job.job_id, now_job.spec.priority), (job_id, 5));
+    let old = s.get(&first).await.expect("get").expect("old kept");
+    assert_eq!(old.state, JobState::Cancelled);
+    // The replaced job is no longer in the queue: only the new one claims.
+    let j = claim_one(&*s, "g", NOW).await.expect("one job");
+    assert_eq!(&j.job_id, job_id);
+    assert!(claim_one(&*s, "g", NOW).await.is_none());
+}
+
+async fn claim_order(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let mut specs = Vec::new();
+    for (task, prio, at) in [
+        ("late-high", 1, NOW + 10),
+        ("low", 200, NOW),
+        ("first", 50, NOW),
+        ("second", 50, NOW),
+        ("earlier", 50, NOW - 10),
+        ("future", 0, NOW + 60_000),
+    ] {
+        let mut sp = spec(task, "g");
+        sp.priority = prio;
+        sp.schedule = Schedule::At(at);
+        specs.push(sp);
+    }
+    s.submit(specs, NOW - 100).await.expect("submit");
+    let c = s
+        .claim("g", &[("w1".into(), 10)], NOW + 20)
+        .await
+        .expect("claim");
+    let order: Vec<&str> = c.per_grant[0]
+        .iter()
+        .map(|j| j.spec.task_id.as_str())
+        .collect();
+    assert_eq!(order, ["late-high", "earlier", "first", "second", "low"]);
+    assert_eq!(c.next_ready_at_ms, Some(NOW + 60_000));
+    assert!(c.per_grant[0]
+        .iter()
+        .all(|j| j.state == JobState::Running && j.attempt == 1 && j.worker == "w1"));
+}
+
+async fn claims_spread_over_grants(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let specs = (0..6).map(|i| spec(&format!("t{i}"), "g")).collect();
+    s.submit(specs, NOW).await.expect("submit");
+    let c = s
+        .claim("g", &[("busy".into(), 1), ("idle".into(), 4)], NOW)
+        .await
+        .expect("claim");
+    assert_eq!(c.per_grant[0].len(), 1);
+    assert_eq!(c.per_grant[1].len(), 4);
+    assert!(c.per_grant[1].iter().all(|j| j.worker == "idle"));
+}
+
+async fn attempt_fencing(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let id = created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed");
+    assert_eq!(j.attempt, 1);
+    // The TaskTracker is lost: the run goes back and runs again as attempt 2.
+    assert_eq!(
+        s.requeue(&[(id.clone(), 1)], "lost", NOW)
+            .await
+            .expect("requeue"),
+        1
+    );
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed again");
+    assert_eq!(j.attempt, 2);
+    let r = s
+        .complete(vec![report(&id, 1, Outcome::Success(String::new()))], NOW)
+        .await
+        .expect("complete");
+    assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+    assert_eq!(
+        s.get(&id).await.expect("get").expect("job").state,
+        JobState::Running
+    );
+    let r = s
+        .complete(vec![report(&id, 2, Outcome::Success("ok".into()))], NOW)
+        .await
+        .expect("complete");
+    assert!(
+        matches!(&r[0], CompleteResult::Applied { job, .. } if job.state == JobState::Succeeded)
+    );
+    // A second report of the same attempt is stale too: the job is final.
+    let r = s
+        .complete(vec![report(&id, 2, Outcome::Success("ok".into()))], NOW)
+        .await
+        .expect("complete");
+    assert!(matches!(r[0], CompleteResult::Stale { .. }));
+    let (log, _) = s.logs(&id, 100, None).await.expect("logs");
+    assert!(log
+        .iter()
+        .any(|e| e.kind == LogKind::StaleOutcome && e.attempt == 1));
+}
+
+async fn retry_and_reschedule(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let mut sp = spec("a", "g");
+    sp.retry_plan = Some(RetryPlan {
+        steps: vec![RetryStep::RetryAfter(1_000), RetryStep::Suspend],
+        count: 1,
+        forever: false,
+    });
+    let id = created(&s.submit(vec![sp], NOW).await.expect("submit")[0]);
+    claim_one(&*s, "g", NOW).await.expect("claimed");
+    s.complete(vec![report(&id, 1, Outcome::Error("boom".into()))], NOW)
+        .await
+        .expect("complete");
+    // Not ready before its retry time, ready after.
+    assert!(claim_one(&*s, "g", NOW + 999).await.is_none());
+    let j = claim_one(&*s, "g", NOW + 1_000).await.expect("retried");
+    assert_eq!((j.attempt, j.failures), (2, 1));
+    s.complete(
+        vec![report(&id, 2, Outcome::Error("boom".into()))],
+        NOW + 1_000,
+    )
+    .await
+    .expect("complete");
+    assert_eq!(
+        s.get(&id).await.expect("get").expect("job").state,
+        JobState::Suspended
+    );
+    assert!(claim_one(&*s, "g", NOW + 100_000).await.is_none());
+
+    let id2 = created(&s.submit(vec![spec("b", "g")], NOW).await.expect("submit")[0]);
+    claim_one(&*s, "g", NOW).await.expect("claimed");
+    let later = Outcome::Later {
+        delay_ms: 500,
+        message: "busy".into(),
+    };
+    s.complete(vec![report(&id2, 1, later)], NOW)
+        .await
+        .expect("complete");
+    let j = s.get(&id2).await.expect("get").expect("job");
+    assert_eq!(
+        (j.state, j.failures, j.trigger_at_ms),
+        (JobState::Pending, 0, NOW + 500)
+    );
+    let id3 = created(&s.submit(vec![spec("c", "g")], NOW).await.expect("submit")[0]);
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed");
+    assert_eq!(j.job_id, id3);
+    s.complete(vec![report(&id3, 1, Outcome::Failed("bad".into()))], NOW)
+        .await
+        .expect("complete");
+    assert_eq!(
+        s.get(&id3).await.expect("get").expect("job").state,
+        JobState::Failed
+    );
+}
+
+async fn feedback_queue(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let mut sp = spec("a", "g");
+    sp.need_feedback = true;
+    sp.submit_node_group = "clients".into();
+    let id = created(&s.submit(vec![sp], NOW).await.expect("submit")[0]);
+    claim_one(&*s, "g", NOW).await.expect("claimed");
+    let r = s
+        .complete(vec![report(&id, 1, Outcome::Success("done".into()))], NOW)
+        .await
+        .expect("complete");
+    let CompleteResult::Applied {
+        feedback: Some(fb), ..
+    } = &r[0]
+    else {
+        panic!("expected feedback, got {:?}", r[0]);
+    };
+    assert_eq!(
+        (fb.job_id.as_str(), fb.submit_node_group.as_str()),
+        (id.as_str(), "clients")
+    );
+    let pending = s.pending_feedback().await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    s.ack_feedback(&[fb.feedback_id.clone()])
+        .await
+        .expect("ack");
+    assert!(s.pending_feedback().await.expect("pending").is_empty());
+}
+
+async fn logs_and_listing(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let specs = (0..5).map(|i| spec(&format!("job-{i}"), "g")).collect();
+    let ids: Vec<String> = s
+        .submit(specs, NOW)
+        .await
+        .expect("submit")
+        .iter()
+        .map(created)
+        .collect();
+    s.submit(vec![spec("x", "h")], NOW).await.expect("submit");
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed");
+    s.started(&[(j.job_id.clone(), 1)], "w1", NOW + 1)
+        .await
+        .expect("started");
+    let (log, next) = s.logs(&j.job_id, 2, None).await.expect("logs");
+    assert_eq!(
+        log.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [LogKind::Received, LogKind::Dispatched]
+    );
+    let (rest, _) = s.logs(&j.job_id, 10, next.as_deref()).await.expect("logs");
+    assert_eq!(
+        rest.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [LogKind::Started]
+    );
+
+    let filter = ListFilter {
+        node_group: Some("g".into()),
+        ..Default::default()
+    };
+    let (page1, token) = s.list(&filter, 3, None).await.expect("list");
+    let (page2, token2) = s.list(&filter, 3, token.as_deref()).await.expect("list");
+    assert_eq!((page1.len(), page2.len(), token2), (3, 2, None));
+    let mut listed: Vec<String> = page1
+        .iter()
+        .chain(&page2)
+        .map(|j| j.job_id.clone())
+        .collect();
+    listed.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    let running = ListFilter {
+        state: Some(JobState::Running),
+        ..Default::default()
+    };
+    let (r, _) = s.list(&running, 10, None).await.expect("list");
+    assert_eq!(r.len(), 1);
+    let prefix = ListFilter {
+        task_id_prefix: Some("job-".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.list(&prefix, 100, None).await.expect("list").0.len(), 5);
+}
+
+async fn cancel(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let r = s
+        .submit(vec![spec("a", "g"), spec("b", "g")], NOW)
+        .await
+        .expect("submit");
+    let (a, bid) = (created(&r[0]), created(&r[1]));
+    let c = s.cancel(&a, NOW).await.expect("cancel pending");
+    assert_eq!(
+        (c.before.state, c.after.state),
+        (JobState::Pending, JobState::Cancelled)
+    );
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed");
+    assert_eq!(j.job_id, bid, "a cancelled job is not claimed");
+    let c = s.cancel(&bid, NOW).await.expect("cancel running");
+    assert_eq!((c.before.state, c.before.attempt), (JobState::Running, 1));
+    let r = s
+        .complete(vec![report(&bid, 1, Outcome::Success(String::new()))], NOW)
+        .await
+        .expect("complete");
+    assert!(
+        matches!(r[0], CompleteResult::Stale { .. }),
+        "a cancelled run's outcome is stale"
+    );
+    let e = s.cancel(&bid, NOW).await.unwrap_err();
+    assert!(e.to_string().contains("already cancelled"), "{e}");
+    let e = s.cancel("nope", NOW).await.unwrap_err();
+    assert!(e.to_string().contains("no job with id nope"), "{e}");
+}
+
+async fn restart_recovery(b: &dyn Backend) {
+    let (pending, running, done);
+    {
+        let s = fresh(b).await;
+        let r = s
+            .submit(vec![spec("p", "g"), spec("r", "g"), spec("d", "g")], NOW)
+            .await
+            .expect("submit");
+        pending = created(&r[0]);
+        running = created(&r[1]);
+        done = created(&r[2]);
+        let c = s.claim("g", &[("w1".into(), 3)], NOW).await.expect("claim");
+        let claimed: Vec<&str> = c.per_grant[0].iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(claimed, [pending.as_str(), running.as_str(), done.as_str()]);
+        s.requeue(&[(pending.clone(), 1)], "lost", NOW)
+            .await
+            .expect("requeue");
+        s.complete(vec![report(&done, 1, Outcome::Success(String::new()))], NOW)
+            .await
+            .expect("complete");
+    }
+    let s = b.open();
+    let rec = s.recover(NOW + 1).await.expect("recover");
+    assert_eq!((rec.pending, rec.requeued), (1, 1));
+    let r = s.get(&running).await.expect("get").expect("job");
+    assert_eq!((r.state, r.attempt), (JobState::Pending, 1));
+    let c = s
+        .claim("g", &[("w2".into(), 10)], NOW + 2)
+        .await
+        .expect("claim");
+    let mut got: Vec<(String, u32)> = c.per_grant[0]
+        .iter()
+        .map(|j| (j.job_id.clone(), j.attempt))
+        .collect();
+    got.sort();
+    let mut want = vec![(pending, 2), (running.clone(), 2)];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every unfinished job is back, each with a new attempt"
+    );
+    assert_eq!(
+        s.get(&done).await.expect("get").expect("job").state,
+        JobState::Succeeded
+    );
+    let (log, _) = s.logs(&running, 100, None).await.expect("logs");
+    assert!(log.iter().any(|e| e.kind == LogKind::Requeued));
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[tokio::test]
+            async fn submit_dedup_replace() {
+                super::submit_dedup_replace(&$make).await
+            }
+            #[tokio::test]
+            async fn claim_order() {
+                super::claim_order(&$make).await
+            }
+            #[tokio::test]
+            async fn claims_spread_over_grants() {
+                super::claims_spread_over_grants(&$make).await
+            }
+            #[tokio::test]
+            async fn attempt_fencing() {
+                super::attempt_fencing(&$make).await
+            }
+            #[tokio::test]
+            async fn retry_and_reschedule() {
+                super::retry_and_reschedule(&$make).await
+            }
+            #[tokio::test]
+            async fn feedback_queue() {
+                super::feedback_queue(&$make).await
+            }
+            #[tokio::test]
+            async fn logs_and_listing() {
+                super::logs_and_listing(&$make).await
+            }
+            #[tokio::test]
+            async fn cancel() {
+                super::cancel(&$make).await
+            }
+            #[tokio::test]
+            async fn restart_recovery() {
+                super::restart_recovery(&$make).await
+            }
+        }
+    };
+}
+
+conformance!(sled_backend, sled());
