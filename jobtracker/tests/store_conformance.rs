@@ -271,7 +271,7 @@ async fn feedback_queue(b: &dyn Backend) {
     );
     let pending = s.pending_feedback().await.expect("pending");
     assert_eq!(pending.len(), 1);
-    s.ack_feedback(&[fb.feedback_id.clone()])
+    s.ack_feedback(std::slice::from_ref(&fb.feedback_id))
         .await
         .expect("ack");
     assert!(s.pending_feedback().await.expect("pending").is_empty());
