@@ -1,1 +1,82 @@
-//! placeholder
+//! The TaskTracker of the scheduler: it connects to a JobTracker, runs the
+//! jobs of one node group in a fixed number of slots, and reports their
+//! outcomes.
+//!
+//! Start with [`JobRunner`]: implement it for your work, then hand it to
+//! [`run`] (or build a [`TaskTracker`] to get a [`TaskTrackerHandle`] and
+//! the metrics registry first). [`TaskTrackerConfig`] lists the knobs.
+//! [`runners`] holds the runners the `tasktracker` binary offers without
+//! writing Rust: `shell` (allow-listed programs) and `noop`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use lts_common::Outcome;
+//! use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
+//!
+//! struct Hello;
+//!
+//! #[async_trait::async_trait]
+//! impl JobRunner for Hello {
+//!     async fn run(&self, ctx: JobContext) -> Outcome {
+//!         ctx.log.info(format!("running {}", ctx.job.spec.task_id));
+//!         Outcome::Success(String::new())
+//!     }
+//! }
+//!
+//! # async fn example() -> Result<(), lts_tasktracker::Error> {
+//! let config = TaskTrackerConfig::new("http://127.0.0.1:7070", "workers");
+//! lts_tasktracker::run(config, Arc::new(Hello), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! How it talks to the JobTracker: one `WorkService.Work` stream (see
+//! `proto/lts/v1/work_service.proto`). Free slots are granted as credit;
+//! outcomes stay in an [`OutcomeSpool`] until the JobTracker acknowledges
+//! them and are sent again after a reconnect. Everything outbound is
+//! coalesced, so a burst of finished runs costs a few messages.
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod execute;
+mod outbound;
+mod runner;
+pub mod runners;
+mod spool;
+mod stats;
+mod tracker;
+
+pub use config::{default_identity, normalize_address, TaskTrackerConfig};
+pub use error::{Error, Result};
+pub use runner::{BizLogger, CapturedLogs, JobContext, JobRunner};
+pub use spool::{MemorySpool, OutcomeSpool};
+pub use stats::{Stats, TaskTrackerHandle};
+pub use tracker::{run, TaskTracker};
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use lts_common::{Job, JobSpec, JobState};
+
+    /// A running job `j-1` with the given timeout.
+    pub(crate) fn job(timeout_ms: u64) -> Job {
+        let mut spec = JobSpec::new("t-1", "workers");
+        spec.timeout_ms = timeout_ms;
+        Job {
+            job_id: "j-1".into(),
+            spec,
+            state: JobState::Running,
+            attempt: 1,
+            seq: 0,
+            submitted_at_ms: 0,
+            trigger_at_ms: 0,
+            updated_at_ms: 0,
+            worker: String::new(),
+            last_outcome: None,
+            failures: 0,
+            cycles: 0,
+        }
+    }
+}

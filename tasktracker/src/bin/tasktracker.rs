@@ -1,0 +1,119 @@
+//! `tasktracker`: runs the jobs of one node group, handed out by a JobTracker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
+use lts_tasktracker::runners::{AllowList, NoopRunner, ShellRunner};
+use lts_tasktracker::{JobRunner, TaskTracker, TaskTrackerConfig};
+
+/// Runs jobs of one node group handed out by a JobTracker.
+#[derive(Parser, Debug)]
+#[command(name = "tasktracker", version)]
+struct Cli {
+    /// TOML file with any of these options (keys are the long flag names).
+    #[arg(long, env = "TASKTRACKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node group whose jobs this TaskTracker runs.
+    #[arg(long, env = "TASKTRACKER_NODE_GROUP")]
+    node_group: String,
+    /// JobTracker to connect to: http://host:port or host:port.
+    #[arg(
+        long,
+        env = "TASKTRACKER_JOBTRACKER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    jobtracker: String,
+    /// Jobs run at the same time (1 to 10000).
+    #[arg(long, env = "TASKTRACKER_SLOTS", default_value_t = 4)]
+    slots: u32,
+    /// Name of this process in the JobTracker's worker list [default: host:pid:random].
+    #[arg(long, env = "TASKTRACKER_IDENTITY")]
+    identity: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; off when not given.
+    #[arg(long, env = "TASKTRACKER_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// A program the shell runner may run (repeat the flag, or comma-separate
+    /// in the env var). With none, every shell job is refused.
+    #[arg(
+        long = "allow",
+        value_name = "PROGRAM",
+        env = "TASKTRACKER_ALLOW",
+        value_delimiter = ','
+    )]
+    allow: Vec<String>,
+    /// How jobs run: `shell` runs allow-listed programs named in the job's
+    /// payload; `noop` succeeds at once (benchmarks).
+    #[arg(long, env = "TASKTRACKER_RUNNER", value_enum, default_value_t = RunnerKind::Shell)]
+    runner: RunnerKind,
+    /// On SIGTERM/Ctrl-C, how long running jobs may go on before they are cancelled.
+    #[arg(long, env = "TASKTRACKER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    shutdown_grace: Duration,
+    /// Log format on stderr.
+    #[arg(long, env = "TASKTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Check the options, print the resulting config and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RunnerKind {
+    Shell,
+    Noop,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: Cli = lts_common::config::parse_with_file();
+    init_tracing(cli.log_format);
+    let mut config = TaskTrackerConfig::new(cli.jobtracker.clone(), cli.node_group.clone());
+    config.slots = cli.slots;
+    config.shutdown_grace = cli.shutdown_grace;
+    if let Some(identity) = &cli.identity {
+        config.identity = identity.clone();
+    }
+    config.validate().context("invalid config")?;
+    let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned());
+    if cli.check_config {
+        println!("config is valid");
+        println!("  jobtracker: {}", config.jobtracker_uri());
+        println!("  node group: {}", config.node_group);
+        println!("  slots:      {}", config.slots);
+        println!("  identity:   {}", config.identity);
+        println!("  runner:     {:?}", cli.runner);
+        println!("  allow:      {}", allow.names().join(", "));
+        return Ok(());
+    }
+    let runner: Arc<dyn JobRunner> = match cli.runner {
+        RunnerKind::Shell => {
+            if allow.is_empty() {
+                tracing::warn!("no --allow given: every shell job will fail as not allowed");
+            }
+            Arc::new(ShellRunner::new(allow))
+        }
+        RunnerKind::Noop => Arc::new(NoopRunner),
+    };
+    let tracker = TaskTracker::new(config, runner)?;
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = cli.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!("metrics at http://{}/metrics", listener.local_addr()?);
+        let registry = tracker.registry().clone();
+        let stop = stop_metrics.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = lts_common::metrics::serve_metrics(listener, registry, stop).await {
+                tracing::error!("metrics server failed: {e}");
+            }
+        });
+    }
+    let result = tracker.run(shutdown_signal()).await;
+    stop_metrics.cancel();
+    result.context("TaskTracker stopped")
+}

@@ -1,0 +1,191 @@
+//! What a TaskTracker needs to know before it starts.
+
+use std::time::Duration;
+
+use lts_common::limits::{check_node_group, MAX_SLOTS};
+
+use crate::error::{Error, Result};
+
+/// Config of one TaskTracker. Build it with [`TaskTrackerConfig::new`] and
+/// change the fields that matter; [`TaskTrackerConfig::validate`] runs
+/// before anything starts.
+#[derive(Clone, Debug)]
+pub struct TaskTrackerConfig {
+    /// Address of a JobTracker, `http://host:port` or `host:port`.
+    pub jobtracker: String,
+    /// The node group whose jobs this TaskTracker runs.
+    pub node_group: String,
+    /// Jobs run at the same time.
+    pub slots: u32,
+    /// Name of this process as the JobTracker shows it; unique per process.
+    pub identity: String,
+    /// First wait before reconnecting after the stream to the JobTracker
+    /// broke; it doubles per failed attempt up to
+    /// [`reconnect_backoff_max`](Self::reconnect_backoff_max).
+    pub reconnect_backoff_min: Duration,
+    /// Longest wait between two reconnect attempts.
+    pub reconnect_backoff_max: Duration,
+    /// On shutdown, how long running jobs may go on before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// How long a runner may take to return once its cancellation token has
+    /// fired (cancel, timeout, shutdown) before its task is aborted.
+    pub cancel_grace: Duration,
+    /// On shutdown, how long to wait for the JobTracker to acknowledge the
+    /// last outcomes once every job has ended.
+    pub flush_timeout: Duration,
+    /// Limit for opening a connection and getting the JobTracker's welcome.
+    pub connect_timeout: Duration,
+}
+
+impl TaskTrackerConfig {
+    /// A config for `node_group` talking to `jobtracker`, with 4 slots and
+    /// defaults for the rest.
+    pub fn new(jobtracker: impl Into<String>, node_group: impl Into<String>) -> Self {
+        TaskTrackerConfig {
+            jobtracker: jobtracker.into(),
+            node_group: node_group.into(),
+            slots: 4,
+            identity: default_identity(),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(2),
+            flush_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks every field; the error names the option that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        check_node_group(&self.node_group).map_err(|message| Error::Config {
+            field: "--node-group",
+            message: format!("`{}` {message}", self.node_group),
+        })?;
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return Err(Error::Config {
+                field: "--slots",
+                message: format!("{} is out of range; say 1 to {MAX_SLOTS}", self.slots),
+            });
+        }
+        if self.identity.trim().is_empty() {
+            return Err(Error::Config {
+                field: "--identity",
+                message: "is empty".into(),
+            });
+        }
+        self.endpoint()?;
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_max < self.reconnect_backoff_min
+        {
+            return Err(Error::Config {
+                field: "reconnect backoff",
+                message: "the first wait must be above zero and at most the longest".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The JobTracker address as a URI, with `http://` added when no scheme
+    /// was given.
+    pub fn jobtracker_uri(&self) -> String {
+        normalize_address(&self.jobtracker)
+    }
+
+    pub(crate) fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
+        let uri = self.jobtracker_uri();
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(uri.clone()).map_err(|e| Error::Config {
+                field: "--jobtracker",
+                message: format!("`{}` is not an address: {e}", self.jobtracker),
+            })?;
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(Error::Config {
+                field: "--jobtracker",
+                message: format!(
+                    "`{}` has an unknown scheme; say http://host:port or host:port",
+                    self.jobtracker
+                ),
+            });
+        }
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // A half-open TCP connection would otherwise hold the stream (and
+            // the unacknowledged outcomes) until the kernel gives up.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true))
+    }
+}
+
+/// Adds `http://` to a `host:port` address.
+pub fn normalize_address(address: &str) -> String {
+    let address = address.trim();
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// `host:pid:random`, unique per process and readable in the JobTracker's
+/// list of workers.
+pub fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_string());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = TaskTrackerConfig::new("127.0.0.1:7070", "workers");
+        c.validate().unwrap();
+        assert_eq!(c.jobtracker_uri(), "http://127.0.0.1:7070");
+        assert_eq!(c.identity.split(':').count(), 3, "{}", c.identity);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let mut c = TaskTrackerConfig::new("http://127.0.0.1:7070", "workers");
+        c.slots = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--slots"));
+        c.slots = MAX_SLOTS + 1;
+        assert!(c.validate().unwrap_err().to_string().contains("--slots"));
+        c.slots = 1;
+        c.node_group = "a b".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--node-group"));
+        c.node_group = "ok".into();
+        c.jobtracker = "ftp://x:1".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--jobtracker"));
+        c.jobtracker = "http://".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--jobtracker"));
+    }
+}

@@ -1,0 +1,152 @@
+//! One run in a slot: the runner in its own task, so that a panic becomes
+//! an outcome, with the job's timeout and cancellation around it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lts_common::Outcome;
+use tokio::task::JoinError;
+
+use crate::runner::{JobContext, JobRunner};
+
+/// Why the run's token fired before the runner returned.
+enum Stop {
+    TimedOut,
+    Cancelled,
+}
+
+/// Runs `ctx` through `runner` and always returns an outcome: the runner's
+/// own, or an error for a panic, a timeout or a runner that ignored its
+/// cancellation for longer than `cancel_grace`.
+pub(crate) async fn execute(
+    runner: Arc<dyn JobRunner>,
+    ctx: JobContext,
+    cancel_grace: Duration,
+) -> Outcome {
+    let timeout_ms = ctx.job.spec.timeout_ms;
+    let token = ctx.cancel.clone();
+    let mut task = tokio::spawn(async move { runner.run(ctx).await });
+    let timeout = async {
+        if timeout_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(timeout_ms)).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let stop = tokio::select! {
+        joined = &mut task => return outcome_of(joined),
+        _ = timeout => Stop::TimedOut,
+        _ = token.cancelled() => Stop::Cancelled,
+    };
+    token.cancel();
+    let joined = tokio::time::timeout(cancel_grace, &mut task).await;
+    if joined.is_err() {
+        task.abort();
+    }
+    match (stop, joined) {
+        (Stop::TimedOut, _) => Outcome::Error(format!("timed out after {timeout_ms} ms")),
+        (Stop::Cancelled, Ok(joined)) => outcome_of(joined),
+        (Stop::Cancelled, Err(_)) => Outcome::Error(format!(
+            "cancelled; the runner did not stop within {} ms and was aborted",
+            cancel_grace.as_millis()
+        )),
+    }
+}
+
+fn outcome_of(joined: Result<Outcome, JoinError>) -> Outcome {
+    match joined {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_string());
+            Outcome::Error(format!("runner panicked: {message}"))
+        }
+        Err(_) => Outcome::Error("the runner's task was cancelled".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::job;
+    use async_trait::async_trait;
+
+    struct Panics;
+    #[async_trait]
+    impl JobRunner for Panics {
+        async fn run(&self, _ctx: JobContext) -> Outcome {
+            panic!("boom {}", 42)
+        }
+    }
+
+    /// Sleeps forever; returns promptly on cancel if `cooperative`.
+    struct Sleeper {
+        cooperative: bool,
+    }
+    #[async_trait]
+    impl JobRunner for Sleeper {
+        async fn run(&self, ctx: JobContext) -> Outcome {
+            if self.cooperative {
+                ctx.cancel.cancelled().await;
+                Outcome::Failed("stopped on cancel".into())
+            } else {
+                std::future::pending().await
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_outcome() {
+        let (ctx, _logs) = JobContext::standalone(job(0), 1);
+        let outcome = execute(Arc::new(Panics), ctx, Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Error("runner panicked: boom 42".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_fires_the_token_and_reports_an_error() {
+        let (ctx, _logs) = JobContext::standalone(job(50), 1);
+        let token = ctx.cancel.clone();
+        let runner = Arc::new(Sleeper { cooperative: true });
+        let outcome = execute(runner, ctx, Duration::from_secs(2)).await;
+        assert_eq!(outcome, Outcome::Error("timed out after 50 ms".into()));
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_ignoring_its_timeout_is_aborted_after_the_grace() {
+        let (ctx, _logs) = JobContext::standalone(job(50), 1);
+        let started = tokio::time::Instant::now();
+        let runner = Arc::new(Sleeper { cooperative: false });
+        let outcome = execute(runner, ctx, Duration::from_secs(2)).await;
+        assert_eq!(outcome, Outcome::Error("timed out after 50 ms".into()));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(2050), "{took:?}");
+        assert!(took < Duration::from_millis(2200), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_run_reports_what_the_runner_returns_or_is_aborted() {
+        let (ctx, _logs) = JobContext::standalone(job(0), 1);
+        ctx.cancel.cancel();
+        let outcome = execute(
+            Arc::new(Sleeper { cooperative: true }),
+            ctx,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Failed("stopped on cancel".into()));
+
+        let (ctx, _logs) = JobContext::standalone(job(0), 1);
+        ctx.cancel.cancel();
+        let runner = Arc::new(Sleeper { cooperative: false });
+        let outcome = execute(runner, ctx, Duration::from_secs(1)).await;
+        assert!(
+            outcome.message().contains("did not stop within 1000 ms"),
+            "{outcome}"
+        );
+    }
+}

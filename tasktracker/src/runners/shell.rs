@@ -1,0 +1,701 @@
+//! Runs programs from the operator's allow-list.
+//!
+//! A job names the program in its payload, as JSON:
+//!
+//! ```json
+//! {"program": "echo", "args": ["hi"], "env": {"K": "V"}, "cwd": "/tmp"}
+//! ```
+//!
+//! Only `program` is required. When the payload is empty, the params
+//! `program`, `args` (a JSON array of strings, e.g. `["-c", "1"]`) and `cwd`
+//! are read instead.
+//!
+//! The program runs only if it is on the [`AllowList`]: its name as the job
+//! gives it equals an entry, or both resolve to the same file. There is no
+//! shell: the resolved file is executed directly with the given arguments,
+//! in its own process group, stdin from `/dev/null`, and an environment of
+//! the job's `env` plus the TaskTracker's `PATH` and nothing else. A job may
+//! not set `PATH` or the loader variables `LD_*` / `DYLD_*`: those would
+//! change which code an allowed name runs.
+//!
+//! Every line on stdout goes to the job's log at info level, every line on
+//! stderr at warn level. Exit status 0 is success; another status is an
+//! error (counting against the job's retry plan) naming the status and the
+//! last line of stderr; death by a signal is an error naming the signal.
+//! When the run is cancelled (or times out), the process group gets SIGTERM,
+//! then SIGKILL after the kill grace. A job the runner refuses (a program
+//! not allowed, a malformed payload) fails permanently.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lts_common::limits::MAX_LOG_MESSAGE_BYTES;
+use lts_common::{Job, LogLevel, Outcome};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::runner::{BizLogger, JobContext, JobRunner};
+
+/// PATH for programs when the TaskTracker itself has none.
+const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// After the program exits, how long to keep reading output that is still
+/// in the pipes. A background child that inherited them could hold them
+/// open forever.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// What a shell job asks to run; the JSON payload of the job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellJob {
+    /// A program name looked up in the TaskTracker's PATH, or a path.
+    pub program: String,
+    /// Arguments, passed as they are (no shell, no globbing).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment of the program, besides PATH.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the TaskTracker's own when absent.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+impl ShellJob {
+    /// Reads the shell job out of a job's payload, or out of its params when
+    /// the payload is empty. The error says what is wrong.
+    pub fn from_job(job: &Job) -> Result<ShellJob, String> {
+        let shell_job = if job.spec.payload.is_empty() {
+            Self::from_params(&job.spec.params)?
+        } else {
+            serde_json::from_slice::<ShellJob>(&job.spec.payload).map_err(|e| {
+                format!(
+                    "the payload is not a shell job ({e}); expected JSON like \
+                     {{\"program\": \"echo\", \"args\": [\"hi\"], \"env\": {{}}, \"cwd\": \"/tmp\"}}"
+                )
+            })?
+        };
+        shell_job.check()?;
+        Ok(shell_job)
+    }
+
+    fn from_params(params: &BTreeMap<String, String>) -> Result<ShellJob, String> {
+        let program = params.get("program").cloned().ok_or_else(|| {
+            "the job names no program: give a JSON payload {\"program\": ...} \
+             or a `program` param"
+                .to_string()
+        })?;
+        let args = match params.get("args") {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
+                format!("param `args` is not a JSON array of strings ({e}): {text}")
+            })?,
+        };
+        Ok(ShellJob {
+            program,
+            args,
+            env: BTreeMap::new(),
+            cwd: params.get("cwd").map(PathBuf::from),
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.program.trim().is_empty() {
+            return Err("`program` is empty".into());
+        }
+        if self.program.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            return Err("`program` or `args` holds a NUL byte".into());
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(format!("`env` has an invalid name {key:?}"));
+            }
+            if key == "PATH" || key.starts_with("LD_") || key.starts_with("DYLD_") {
+                return Err(format!(
+                    "`env.{key}` may not be set by a job: it would change which program runs"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The programs a TaskTracker may run, as the operator named them (`--allow`).
+#[derive(Clone, Debug, Default)]
+pub struct AllowList {
+    names: Vec<String>,
+    files: HashSet<PathBuf>,
+    search_path: String,
+}
+
+impl AllowList {
+    /// Allows `programs`: names looked up in PATH, or paths. Each is also
+    /// resolved to its file now, so a job may name the same file another
+    /// way (`/usr/bin/echo` for `echo`).
+    pub fn new<I, S>(programs: I) -> AllowList
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let search_path = std::env::var("PATH")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| FALLBACK_PATH.to_string());
+        let names: Vec<String> = programs.into_iter().map(Into::into).collect();
+        let files = names
+            .iter()
+            .filter_map(|name| resolve(name, None, &search_path))
+            .collect();
+        AllowList {
+            names,
+            files,
+            search_path,
+        }
+    }
+
+    /// The programs as given.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether nothing is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The file to execute for `program` if it is allowed. `Err` says why
+    /// not, for the job's outcome.
+    fn permit(&self, program: &str, cwd: Option<&Path>) -> Result<PathBuf, Refusal> {
+        let file = resolve(program, cwd, &self.search_path);
+        let by_name = self.names.iter().any(|n| n == program);
+        let by_file = file.as_ref().is_some_and(|f| self.files.contains(f));
+        if !(by_name || by_file) {
+            let allowed = if self.names.is_empty() {
+                "none".to_string()
+            } else {
+                self.names.join(", ")
+            };
+            return Err(Refusal::NotAllowed(format!(
+                "program `{program}` is not on this TaskTracker's allow-list (--allow); \
+                 allowed: {allowed}"
+            )));
+        }
+        file.ok_or_else(|| {
+            Refusal::NotFound(format!(
+                "program `{program}` is allowed but was not found (PATH is {})",
+                self.search_path
+            ))
+        })
+    }
+}
+
+enum Refusal {
+    NotAllowed(String),
+    NotFound(String),
+}
+
+/// The canonical file `program` names: a path (relative to `cwd` when
+/// given), or a name searched in `search_path`.
+fn resolve(program: &str, cwd: Option<&Path>, search_path: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = match cwd {
+            Some(cwd) if Path::new(program).is_relative() => cwd.join(program),
+            _ => PathBuf::from(program),
+        };
+        return std::fs::canonicalize(path)
+            .ok()
+            .filter(|p| is_executable(p));
+    }
+    search_path
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| is_executable(candidate))
+        .and_then(|found| std::fs::canonicalize(found).ok())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs allow-listed programs; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ShellRunner {
+    allow: AllowList,
+    kill_grace: Duration,
+}
+
+impl ShellRunner {
+    /// A runner for the programs in `allow`. With an empty list every job
+    /// is refused.
+    pub fn new(allow: AllowList) -> ShellRunner {
+        ShellRunner {
+            allow,
+            kill_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Time between SIGTERM and SIGKILL when a run is cancelled; default
+    /// 1 s. Keep it below the TaskTracker's
+    /// [`cancel_grace`](crate::TaskTrackerConfig::cancel_grace), which aborts
+    /// the run (and SIGKILLs the group) when it passes.
+    pub fn with_kill_grace(mut self, kill_grace: Duration) -> ShellRunner {
+        self.kill_grace = kill_grace;
+        self
+    }
+
+    /// The allow-list.
+    pub fn allow_list(&self) -> &AllowList {
+        &self.allow
+    }
+}
+
+#[async_trait]
+impl JobRunner for ShellRunner {
+    async fn run(&self, ctx: JobContext) -> Outcome {
+        let shell_job = match ShellJob::from_job(&ctx.job) {
+            Ok(j) => j,
+            Err(why) => return Outcome::Failed(why),
+        };
+        let file = match self
+            .allow
+            .permit(&shell_job.program, shell_job.cwd.as_deref())
+        {
+            Ok(file) => file,
+            Err(Refusal::NotAllowed(why) | Refusal::NotFound(why)) => return Outcome::Failed(why),
+        };
+        let mut command = tokio::process::Command::new(&file);
+        command
+            .args(&shell_job.args)
+            .env_clear()
+            .envs(&shell_job.env)
+            .env("PATH", &self.allow.search_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so cancelling reaches the children it forks.
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(cwd) = &shell_job.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let why = match &shell_job.cwd {
+                    Some(cwd) => format!(
+                        "cannot start `{}` in `{}`: {e}",
+                        file.display(),
+                        cwd.display()
+                    ),
+                    None => format!("cannot start `{}`: {e}", file.display()),
+                };
+                return match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        Outcome::Failed(why)
+                    }
+                    _ => Outcome::Error(why),
+                };
+            }
+        };
+        let group = GroupGuard {
+            pgid: child.id().map(|id| Pid::from_raw(id as i32)),
+        };
+        let mut stdout = LinePump::new(child.stdout.take(), LogLevel::Info);
+        let mut stderr = LinePump::new(child.stderr.take(), LogLevel::Warn);
+        let log = &ctx.log;
+        let mut cancelled = false;
+        let status = loop {
+            tokio::select! {
+                _ = stdout.pump(log), if stdout.open() => {}
+                _ = stderr.pump(log), if stderr.open() => {}
+                status = child.wait() => break status,
+                _ = ctx.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    group.signal(Signal::SIGTERM);
+                    break stop(&mut child, &group, self.kill_grace, &mut stdout, &mut stderr, log).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            while stdout.open() || stderr.open() {
+                tokio::select! {
+                    _ = stdout.pump(log), if stdout.open() => {}
+                    _ = stderr.pump(log), if stderr.open() => {}
+                }
+            }
+        })
+        .await;
+        stdout.flush(log);
+        stderr.flush(log);
+        drop(group);
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => return Outcome::Error(format!("cannot wait for `{}`: {e}", file.display())),
+        };
+        if cancelled {
+            return Outcome::Error(format!(
+                "cancelled; `{}` was stopped ({})",
+                shell_job.program,
+                describe(status)
+            ));
+        }
+        if status.success() {
+            return Outcome::Success("exit status 0".into());
+        }
+        let mut why = describe(status);
+        if let Some(line) = stderr.last_line.take() {
+            why.push_str(": ");
+            why.push_str(&line);
+        }
+        Outcome::Error(why)
+    }
+}
+
+/// After SIGTERM: waits up to `grace` for the program, then SIGKILLs its
+/// group. Output keeps flowing meanwhile so a full pipe cannot block it.
+async fn stop(
+    child: &mut tokio::process::Child,
+    group: &GroupGuard,
+    grace: Duration,
+    stdout: &mut LinePump,
+    stderr: &mut LinePump,
+    log: &BizLogger,
+) -> std::io::Result<ExitStatus> {
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = stdout.pump(log), if stdout.open() => {}
+            _ = stderr.pump(log), if stderr.open() => {}
+            status = child.wait() => return status,
+            _ = &mut deadline => {
+                group.signal(Signal::SIGKILL);
+                return child.wait().await;
+            }
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(sig) => match Signal::try_from(sig) {
+            Ok(signal) => format!("killed by signal {}", signal.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        None => format!("ended with {status}"),
+    }
+}
+
+/// SIGKILLs whatever is left of the process group when the run ends early
+/// (cancelled, aborted): forked children would otherwise outlive the job.
+struct GroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH: the group is gone already, which is what we want.
+            let _ = killpg(pgid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Cuts a pipe into log lines of at most the log message limit, whatever
+/// the program writes (no newline, invalid UTF-8).
+struct LinePump {
+    pipe: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    level: LogLevel,
+    line: Vec<u8>,
+    chunk: Box<[u8]>,
+    last_line: Option<String>,
+}
+
+impl LinePump {
+    fn new<R: AsyncRead + Send + Unpin + 'static>(pipe: Option<R>, level: LogLevel) -> Self {
+        LinePump {
+            pipe: pipe.map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
+            level,
+            line: Vec::new(),
+            chunk: vec![0; 8192].into_boxed_slice(),
+            last_line: None,
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Reads once and logs the complete lines. Cancel safe: `read` takes no
+    /// data when it does not complete.
+    async fn pump(&mut self, log: &BizLogger) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return std::future::pending().await;
+        };
+        match pipe.read(&mut self.chunk).await {
+            Ok(0) | Err(_) => {
+                self.pipe = None;
+                self.flush(log);
+            }
+            Ok(n) => {
+                let mut rest = &self.chunk[..n];
+                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                    self.line.extend_from_slice(&rest[..end]);
+                    emit(&mut self.line, self.level, &mut self.last_line, log);
+                    rest = &rest[end + 1..];
+                }
+                self.line.extend_from_slice(rest);
+                if self.line.len() >= MAX_LOG_MESSAGE_BYTES {
+                    emit(&mut self.line, self.level, &mut self.last_line, log);
+                }
+            }
+        }
+    }
+
+    /// Logs a last line that had no newline.
+    fn flush(&mut self, log: &BizLogger) {
+        if !self.line.is_empty() {
+            emit(&mut self.line, self.level, &mut self.last_line, log);
+        }
+    }
+}
+
+/// Logs `line` and empties it; stderr lines are remembered for the outcome.
+fn emit(line: &mut Vec<u8>, level: LogLevel, last_line: &mut Option<String>, log: &BizLogger) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text = String::from_utf8_lossy(line).into_owned();
+    line.clear();
+    if level == LogLevel::Warn {
+        *last_line = Some(text.clone());
+    }
+    log.log(level, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::job;
+    use lts_common::Job;
+
+    fn shell_job(payload: serde_json::Value) -> Job {
+        let mut job = job(0);
+        job.spec.payload = serde_json::to_vec(&payload).unwrap();
+        job
+    }
+
+    fn runner(allow: &[&str]) -> ShellRunner {
+        ShellRunner::new(AllowList::new(allow.iter().copied()))
+            .with_kill_grace(Duration::from_millis(300))
+    }
+
+    async fn run(runner: &ShellRunner, job: Job) -> (Outcome, Vec<(LogLevel, String)>) {
+        let (ctx, mut logs) = JobContext::standalone(job, 1);
+        let outcome = runner.run(ctx).await;
+        (outcome, logs.lines())
+    }
+
+    #[tokio::test]
+    async fn programs_off_the_allow_list_fail_permanently() {
+        let (outcome, _) = run(
+            &runner(&["echo"]),
+            shell_job(serde_json::json!({"program": "true"})),
+        )
+        .await;
+        match outcome {
+            Outcome::Failed(m) => {
+                assert!(
+                    m.contains("program `true` is not on this TaskTracker's allow-list (--allow)"),
+                    "{m}"
+                );
+                assert!(m.contains("allowed: echo"), "{m}");
+            }
+            other => panic!("expected failed, got {other:?}"),
+        }
+        let (outcome, _) = run(
+            &runner(&[]),
+            shell_job(serde_json::json!({"program": "echo"})),
+        )
+        .await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("allowed: none")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_path_to_an_allowed_file_is_allowed() {
+        let echo = resolve("echo", None, &std::env::var("PATH").unwrap()).unwrap();
+        let job = shell_job(serde_json::json!({"program": echo, "args": ["by path"]}));
+        let (outcome, logs) = run(&runner(&["echo"]), job).await;
+        assert_eq!(outcome, Outcome::Success("exit status 0".into()));
+        assert_eq!(logs, vec![(LogLevel::Info, "by path".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_lines_reach_the_log() {
+        let script = "echo one; echo two; echo oops >&2; printf tail";
+        let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", script]}));
+        let (outcome, logs) = run(&runner(&["sh"]), job).await;
+        assert_eq!(outcome, Outcome::Success("exit status 0".into()));
+        let info: Vec<_> = logs
+            .iter()
+            .filter(|(l, _)| *l == LogLevel::Info)
+            .map(|(_, m)| m.as_str())
+            .collect();
+        assert_eq!(info, vec!["one", "two", "tail"]);
+        assert!(
+            logs.contains(&(LogLevel::Warn, "oops".to_string())),
+            "{logs:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn env_is_the_jobs_plus_path_only() {
+        let job = shell_job(serde_json::json!({"program": "env", "env": {"K": "V"}}));
+        let (outcome, logs) = run(&runner(&["env"]), job).await;
+        assert_eq!(outcome, Outcome::Success("exit status 0".into()));
+        let mut names: Vec<_> = logs
+            .iter()
+            .map(|(_, m)| m.split('=').next().unwrap().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["K", "PATH"], "{logs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_non_zero_exit_is_an_error_with_the_last_stderr_line() {
+        let job = shell_job(
+            serde_json::json!({"program": "sh", "args": ["-c", "echo first >&2; echo disk full >&2; exit 3"]}),
+        );
+        let (outcome, _) = run(&runner(&["sh"]), job).await;
+        assert_eq!(outcome, Outcome::Error("exit status 3: disk full".into()));
+    }
+
+    #[tokio::test]
+    async fn death_by_signal_names_the_signal() {
+        let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", "kill -9 $$"]}));
+        let (outcome, _) = run(&runner(&["sh"]), job).await;
+        assert_eq!(outcome, Outcome::Error("killed by signal SIGKILL".into()));
+    }
+
+    #[tokio::test]
+    async fn cancelling_terminates_the_whole_group() {
+        // The child ignores SIGTERM, so it takes the SIGKILL; the background
+        // grandchild must die with it.
+        let script = "trap '' TERM; sleep 30 & echo started; wait";
+        let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", script]}));
+        let (ctx, mut logs) = JobContext::standalone(job, 1);
+        let cancel = ctx.cancel.clone();
+        let r = runner(&["sh"]);
+        let run = tokio::spawn(async move { r.run(ctx).await });
+        let started = std::time::Instant::now();
+        // Wait for the program to be running before cancelling it.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while logs.next().await.expect("a log line").1 != "started" {}
+        })
+        .await
+        .expect("the script starts");
+        cancel.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Error(m) if m.starts_with("cancelled") && m.contains("SIGKILL")),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_program() {
+        let mut job = shell_job(serde_json::json!({"program": "sleep", "args": ["30"]}));
+        job.spec.timeout_ms = 200;
+        let (ctx, _logs) = JobContext::standalone(job, 1);
+        let started = std::time::Instant::now();
+        let runner = std::sync::Arc::new(runner(&["sleep"]));
+        let outcome = crate::execute::execute(runner, ctx, Duration::from_secs(2)).await;
+        assert_eq!(outcome, Outcome::Error("timed out after 200 ms".into()));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_payloads_fail_naming_the_problem() {
+        let mut bad = job(0);
+        bad.spec.payload = b"{\"program\": 3}".to_vec();
+        let (outcome, _) = run(&runner(&["echo"]), bad).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("payload is not a shell job")),
+            "{outcome:?}"
+        );
+
+        let (outcome, _) = run(
+            &runner(&["echo"]),
+            shell_job(serde_json::json!({"program": "echo", "shell": true})),
+        )
+        .await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("unknown field `shell`")),
+            "{outcome:?}"
+        );
+
+        let job =
+            shell_job(serde_json::json!({"program": "echo", "env": {"LD_PRELOAD": "/tmp/x.so"}}));
+        let (outcome, _) = run(&runner(&["echo"]), job).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("env.LD_PRELOAD")),
+            "{outcome:?}"
+        );
+
+        let (outcome, _) = run(&runner(&["echo"]), job_with_params(&[])).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("names no program")),
+            "{outcome:?}"
+        );
+
+        let job = job_with_params(&[("program", "echo"), ("args", "not json")]);
+        let (outcome, _) = run(&runner(&["echo"]), job).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("param `args`")),
+            "{outcome:?}"
+        );
+    }
+
+    fn job_with_params(params: &[(&str, &str)]) -> Job {
+        let mut job = job(0);
+        for (k, v) in params {
+            job.spec.params.insert(k.to_string(), v.to_string());
+        }
+        job
+    }
+
+    #[tokio::test]
+    async fn params_work_when_the_payload_is_empty() {
+        let job = job_with_params(&[("program", "echo"), ("args", "[\"a b\", \"c\"]")]);
+        let (outcome, logs) = run(&runner(&["echo"]), job).await;
+        assert_eq!(outcome, Outcome::Success("exit status 0".into()));
+        assert_eq!(logs, vec![(LogLevel::Info, "a b c".to_string())]);
+    }
+}

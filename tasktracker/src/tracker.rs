@@ -1,0 +1,712 @@
+//! The TaskTracker: one stream to a JobTracker, runs in slots, reconnects.
+//!
+//! One task (the driver) owns all state: the runs in flight, the credit the
+//! JobTracker holds, the spool of unacknowledged outcomes and the current
+//! stream. Runs talk to it through one queue of events, and it talks to the
+//! JobTracker through the coalescing queue of [`crate::outbound`]. Nothing
+//! is shared behind a lock, so the hot path is a few queue operations per
+//! job.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lts_common::convert::job_from_wire;
+use lts_common::limits::{clip_message, MAX_MESSAGE_BYTES};
+use lts_common::{now_ms, Outcome};
+use lts_proto::v1 as pb;
+use pb::tracker_message::Kind as TrackerKind;
+use pb::work_service_client::WorkServiceClient;
+use prometheus::Registry;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TaskTrackerConfig;
+use crate::error::{Error, Result};
+use crate::execute::execute;
+use crate::outbound::{coalesced, Outgoing};
+use crate::runner::{BizLogger, Event, JobContext, JobRunner};
+use crate::spool::{MemorySpool, OutcomeSpool};
+use crate::stats::{Metrics, Recorder, TaskTrackerHandle};
+
+/// Log lines queued for the JobTracker beyond this are dropped: a runner
+/// that logs faster than the network carries must not eat the memory.
+const MAX_QUEUED_LOG_LINES: usize = 100_000;
+/// Events handled before credits are granted and counters published.
+const EVENT_BURST: usize = 4096;
+/// Heartbeat period when the JobTracker names none.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long to wait for the JobTracker to close its side after ours ended.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A TaskTracker ready to run: build it, take a [`handle`](Self::handle) or
+/// the [`registry`](Self::registry) if you want them, then [`run`](Self::run)
+/// it.
+pub struct TaskTracker {
+    config: TaskTrackerConfig,
+    runner: Arc<dyn JobRunner>,
+    spool: Box<dyn OutcomeSpool>,
+    registry: Registry,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for TaskTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTracker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskTracker {
+    /// Validates `config` and registers the metrics in a registry of its own.
+    pub fn new(config: TaskTrackerConfig, runner: Arc<dyn JobRunner>) -> Result<Self> {
+        Self::with_registry(config, runner, Registry::new())
+    }
+
+    /// Validates `config` and registers the metrics in `registry`.
+    pub fn with_registry(
+        config: TaskTrackerConfig,
+        runner: Arc<dyn JobRunner>,
+        registry: Registry,
+    ) -> Result<Self> {
+        config.validate()?;
+        let metrics = Metrics::register(&registry)?;
+        let recorder = Recorder::new(metrics, config.slots);
+        Ok(TaskTracker {
+            config,
+            runner,
+            spool: Box::new(MemorySpool::new()),
+            registry,
+            recorder,
+        })
+    }
+
+    /// Keeps unacknowledged outcomes in `spool` instead of memory.
+    pub fn with_spool(mut self, spool: Box<dyn OutcomeSpool>) -> Self {
+        self.spool = spool;
+        self
+    }
+
+    /// Counters of this TaskTracker, usable while it runs.
+    pub fn handle(&self) -> TaskTrackerHandle {
+        self.recorder.handle()
+    }
+
+    /// The registry holding the metrics, to serve them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs jobs until `shutdown` resolves, then stops taking work, gives
+    /// running jobs [`shutdown_grace`](TaskTrackerConfig::shutdown_grace) to
+    /// end, cancels the rest and flushes their outcomes.
+    ///
+    /// A broken stream is reopened with backoff and never ends the run; a
+    /// refusal by the JobTracker (another protocol version, a bad hello)
+    /// does, since retrying cannot help.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let runs_cancel = CancellationToken::new();
+        let stopper = {
+            let events = events_tx.clone();
+            let runs_cancel = runs_cancel.clone();
+            let grace = self.config.shutdown_grace;
+            AbortOnDrop(tokio::spawn(async move {
+                shutdown.await;
+                let _ = events.send(Event::Stop);
+                tokio::time::sleep(grace).await;
+                runs_cancel.cancel();
+            }))
+        };
+        let endpoint = self.config.endpoint()?;
+        let mut driver = Driver {
+            slots: self.config.slots as usize,
+            config: self.config,
+            endpoint,
+            runner: self.runner,
+            spool: self.spool,
+            recorder: self.recorder,
+            events_tx,
+            events_rx,
+            running: HashMap::new(),
+            waiting: VecDeque::new(),
+            runs_cancel,
+            stopping: false,
+            queued_log_lines: Arc::new(AtomicUsize::new(0)),
+        };
+        let result = driver.drive().await;
+        // Runs still going after a refusal would run unobserved.
+        driver.runs_cancel.cancel();
+        drop(stopper);
+        result
+    }
+}
+
+/// Runs jobs from the JobTracker named in `config` through `runner` until
+/// `shutdown` resolves. See [`TaskTracker::run`].
+pub async fn run(
+    config: TaskTrackerConfig,
+    runner: Arc<dyn JobRunner>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    TaskTracker::new(config, runner)?.run(shutdown).await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type RunKey = (String, u32);
+
+/// The state of the stream to the JobTracker.
+enum Link {
+    /// Waiting to reconnect.
+    Down { retry_at: Instant },
+    /// Opening a stream; resolves at the welcome.
+    Connecting(Pin<Box<dyn Future<Output = Result<Box<Conn>, ConnectError>> + Send>>),
+    /// Streaming.
+    Up(Box<Conn>),
+}
+
+struct Conn {
+    out: mpsc::UnboundedSender<Outgoing>,
+    inbound: tonic::Streaming<pb::TrackerMessage>,
+    heartbeat: Interval,
+    /// Assignments the JobTracker may still send on this stream.
+    granted: usize,
+    tracker_id: String,
+}
+
+enum ConnectError {
+    /// Worth another try later.
+    Retry(String),
+    /// The JobTracker refused us; retrying cannot help.
+    Permanent(Error),
+}
+
+enum LinkEvent {
+    Retry,
+    Connected(Result<Box<Conn>, ConnectError>),
+    Message(Result<Option<pb::TrackerMessage>, tonic::Status>),
+    Heartbeat,
+}
+
+struct Driver {
+    config: TaskTrackerConfig,
+    slots: usize,
+    endpoint: tonic::transport::Endpoint,
+    runner: Arc<dyn JobRunner>,
+    spool: Box<dyn OutcomeSpool>,
+    recorder: Recorder,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    running: HashMap<RunKey, CancellationToken>,
+    /// Assignments beyond the free slots (the JobTracker sent more than the
+    /// credit, e.g. around a reconnect); they start as slots free up.
+    waiting: VecDeque<pb::Assignment>,
+    /// Parent of every run's token; fires at the end of the shutdown grace.
+    runs_cancel: CancellationToken,
+    stopping: bool,
+    queued_log_lines: Arc<AtomicUsize>,
+}
+
+impl Driver {
+    async fn drive(&mut self) -> Result<()> {
+        let mut link = self.connect();
+        let mut backoff = self.config.reconnect_backoff_min;
+        let mut flush_deadline: Option<Instant> = None;
+        loop {
+            if self.stopping && self.running.is_empty() && self.waiting.is_empty() {
+                let deadline = *flush_deadline
+                    .get_or_insert_with(|| Instant::now() + self.config.flush_timeout);
+                if self.spool.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                Some(event) = self.events_rx.recv() => {
+                    let mut link_up = as_conn(&mut link);
+                    self.on_event(event, &mut link_up);
+                    for _ in 1..EVENT_BURST {
+                        match self.events_rx.try_recv() {
+                            Ok(event) => self.on_event(event, &mut link_up),
+                            Err(_) => break,
+                        }
+                    }
+                    self.settle(link_up);
+                }
+                event = next_link_event(&mut link) => match event {
+                    LinkEvent::Retry => link = self.connect(),
+                    LinkEvent::Connected(Ok(conn)) => {
+                        backoff = self.config.reconnect_backoff_min;
+                        link = Link::Up(conn);
+                        self.on_connected(as_conn(&mut link));
+                    }
+                    LinkEvent::Connected(Err(ConnectError::Permanent(e))) => return Err(e),
+                    LinkEvent::Connected(Err(ConnectError::Retry(why))) => {
+                        tracing::warn!(
+                            "cannot reach the JobTracker at {}: {why}; retrying in {} ms",
+                            self.config.jobtracker_uri(),
+                            backoff.as_millis()
+                        );
+                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
+                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                    }
+                    LinkEvent::Message(Ok(Some(message))) => {
+                        let mut link_up = as_conn(&mut link);
+                        self.on_message(message, &mut link_up);
+                        self.settle(link_up);
+                    }
+                    LinkEvent::Message(end) => {
+                        match end {
+                            Ok(_) => tracing::warn!("the JobTracker closed the stream; reconnecting"),
+                            Err(status) => tracing::warn!(
+                                "the stream to the JobTracker broke ({}: {}); reconnecting",
+                                status.code(),
+                                status.message()
+                            ),
+                        }
+                        self.recorder.set_connected(false);
+                        self.recorder.notify();
+                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
+                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                    }
+                    LinkEvent::Heartbeat => {
+                        if let Some(conn) = as_conn(&mut link) {
+                            let _ = conn.out.send(Outgoing::Heartbeat(now_ms()));
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => {}
+            }
+        }
+        if !self.spool.is_empty() {
+            tracing::warn!(
+                "shutting down with {} outcomes the JobTracker has not acknowledged; \
+                 it will run those jobs again",
+                self.spool.len()
+            );
+        }
+        if let Link::Up(mut conn) = link {
+            self.recorder.set_connected(false);
+            self.recorder.notify();
+            // Ending our half lets the JobTracker see a clean close rather
+            // than a reset; its answer is not needed.
+            drop(conn.out);
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Ok(Some(_)) = conn.inbound.message().await {}
+            })
+            .await;
+        }
+        tracing::info!("TaskTracker stopped");
+        Ok(())
+    }
+
+    /// Starts opening a stream, announcing the free slots as credit.
+    fn connect(&self) -> Link {
+        let free = self
+            .slots
+            .saturating_sub(self.running.len() + self.waiting.len());
+        let hello = pb::Hello {
+            identity: self.config.identity.clone(),
+            node_group: self.config.node_group.clone(),
+            slots: if self.stopping { 0 } else { free as u32 },
+            protocol_version: lts_proto::PROTOCOL_VERSION,
+        };
+        Link::Connecting(Box::pin(open_stream(
+            self.endpoint.clone(),
+            hello,
+            self.queued_log_lines.clone(),
+            self.config.connect_timeout,
+        )))
+    }
+
+    fn on_connected(&mut self, conn: Option<&mut Conn>) {
+        let Some(conn) = conn else { return };
+        self.recorder.set_connected(true);
+        tracing::info!(
+            "connected to JobTracker {} at {} as {} ({} slots, {} running, {} outcomes to resend)",
+            conn.tracker_id,
+            self.config.jobtracker_uri(),
+            self.config.identity,
+            self.slots,
+            self.running.len(),
+            self.spool.len()
+        );
+        match self.spool.unacked() {
+            Ok(reports) => {
+                for report in reports {
+                    let _ = conn.out.send(Outgoing::Outcome(report));
+                }
+            }
+            Err(e) => tracing::error!("cannot read the outcome spool: {e}"),
+        }
+        // Runs that ended while the stream was being opened freed slots the
+        // hello did not announce.
+        self.settle(Some(conn));
+    }
+
+    fn on_event(&mut self, event: Event, conn: &mut Option<&mut Conn>) {
+        match event {
+            Event::Finished(report) => self.on_finished(report, conn),
+            Event::Log(line) => match conn {
+                Some(conn)
+                    if self.queued_log_lines.load(Ordering::Relaxed) < MAX_QUEUED_LOG_LINES =>
+                {
+                    self.queued_log_lines.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.out.send(Outgoing::Log(line));
+                }
+                _ => self.recorder.log_line_dropped(),
+            },
+            Event::Stop => self.on_stop(conn),
+        }
+    }
+
+    fn on_finished(&mut self, mut report: pb::OutcomeReport, conn: &mut Option<&mut Conn>) {
+        // Borrow the id for the lookup instead of cloning it per run.
+        let key = (std::mem::take(&mut report.job_id), report.attempt);
+        self.running.remove(&key);
+        report.job_id = key.0;
+        self.report(report, conn);
+        while self.running.len() < self.slots {
+            let Some(assignment) = self.waiting.pop_front() else {
+                break;
+            };
+            self.start(assignment, conn);
+        }
+    }
+
+    /// Spools an outcome and sends it.
+    fn report(&mut self, report: pb::OutcomeReport, conn: &mut Option<&mut Conn>) {
+        tracing::debug!(
+            job_id = %report.job_id,
+            attempt = report.attempt,
+            "run finished"
+        );
+        self.recorder.run_finished(report.outcome.as_ref());
+        if let Err(e) = self.spool.put(&report) {
+            tracing::error!(
+                "cannot spool the outcome of job {} attempt {}: {e}; \
+                 it is lost if the stream breaks before the JobTracker stores it",
+                report.job_id,
+                report.attempt
+            );
+        }
+        if let Some(conn) = conn {
+            let _ = conn.out.send(Outgoing::Outcome(report));
+        }
+    }
+
+    fn on_stop(&mut self, conn: &mut Option<&mut Conn>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        tracing::info!(
+            "shutting down: taking no new jobs; {} running get {} ms to finish",
+            self.running.len(),
+            self.config.shutdown_grace.as_millis()
+        );
+        while let Some(assignment) = self.waiting.pop_front() {
+            self.hand_back(assignment, conn);
+        }
+    }
+
+    fn on_message(&mut self, message: pb::TrackerMessage, conn: &mut Option<&mut Conn>) {
+        match message.kind {
+            Some(TrackerKind::Assignments(batch)) => {
+                for assignment in batch.assignments {
+                    if let Some(conn) = conn.as_deref_mut() {
+                        conn.granted = conn.granted.saturating_sub(1);
+                    }
+                    if self.stopping {
+                        self.hand_back(assignment, conn);
+                    } else if self.running.len() < self.slots {
+                        self.start(assignment, conn);
+                    } else {
+                        self.waiting.push_back(assignment);
+                    }
+                }
+            }
+            Some(TrackerKind::Cancel(cancel)) => self.on_cancel(cancel, conn),
+            Some(TrackerKind::OutcomeAcks(acks)) => {
+                for run in acks.runs {
+                    if let Err(e) = self.spool.ack(&run.job_id, run.attempt) {
+                        tracing::error!(
+                            "cannot remove an acknowledged outcome from the spool: {e}"
+                        );
+                    }
+                }
+            }
+            Some(TrackerKind::Welcome(_)) => {
+                tracing::debug!("ignoring a second welcome from the JobTracker")
+            }
+            Some(TrackerKind::Heartbeat(_)) | None => {}
+        }
+    }
+
+    fn on_cancel(&mut self, cancel: pb::CancelRun, conn: &mut Option<&mut Conn>) {
+        let key = (cancel.job_id, cancel.attempt);
+        if let Some(token) = self.running.get(&key) {
+            tracing::debug!(job_id = %key.0, attempt = key.1, reason = %cancel.reason, "cancelling run");
+            token.cancel();
+            return;
+        }
+        let (job_id, attempt) = key;
+        let position = self.waiting.iter().position(|a| {
+            a.attempt == attempt && a.job.as_ref().is_some_and(|j| j.job_id == job_id)
+        });
+        if let Some(position) = position {
+            self.waiting.remove(position);
+            let now = now_ms();
+            let outcome = Outcome::Error(clip_message(format!(
+                "cancelled by the JobTracker before it started: {}",
+                cancel.reason
+            )));
+            self.report(outcome_report(job_id, attempt, outcome, now, now), conn);
+        }
+    }
+
+    /// Returns an assignment unrun: the JobTracker runs it again, on another
+    /// TaskTracker if this one is gone.
+    fn hand_back(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
+        let Some(job) = assignment.job else { return };
+        let now = now_ms();
+        let outcome = Outcome::Later {
+            delay_ms: 0,
+            message: "the TaskTracker is shutting down; handed back unrun".into(),
+        };
+        self.report(
+            outcome_report(job.job_id, assignment.attempt, outcome, now, now),
+            conn,
+        );
+    }
+
+    fn start(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
+        let attempt = assignment.attempt;
+        let Some(wire_job) = assignment.job else {
+            tracing::warn!("the JobTracker sent an assignment without a job; ignoring it");
+            return;
+        };
+        let job_id = wire_job.job_id.clone();
+        let started_at = now_ms();
+        let Some(job) = job_from_wire(wire_job) else {
+            let outcome = Outcome::Error(
+                "the JobTracker sent a job this TaskTracker cannot read (its spec is missing \
+                 or invalid); is the JobTracker a newer version?"
+                    .into(),
+            );
+            self.report(
+                outcome_report(job_id, attempt, outcome, started_at, now_ms()),
+                conn,
+            );
+            return;
+        };
+        tracing::debug!(job_id = %job_id, attempt, "run started");
+        let cancel = self.runs_cancel.child_token();
+        self.running
+            .insert((job_id.clone(), attempt), cancel.clone());
+        if let Some(conn) = conn {
+            let run = pb::RunRef {
+                job_id: job_id.clone(),
+                attempt,
+            };
+            let _ = conn.out.send(Outgoing::Started(run, started_at));
+        }
+        let ctx = JobContext {
+            job,
+            attempt,
+            cancel,
+            log: BizLogger::new(job_id.clone(), attempt, self.events_tx.clone()),
+        };
+        let runner = self.runner.clone();
+        let events = self.events_tx.clone();
+        let runs_cancel = self.runs_cancel.clone();
+        let cancel_grace = self.config.cancel_grace;
+        tokio::spawn(async move {
+            let mut outcome = execute(runner, ctx, cancel_grace).await;
+            if runs_cancel.is_cancelled() && !matches!(outcome, Outcome::Success(_)) {
+                // Cut short by our own shutdown, not by the job: hand it back
+                // instead of spending one of its retries.
+                outcome = Outcome::Later {
+                    delay_ms: 0,
+                    message: format!(
+                        "the TaskTracker shut down before the run finished ({outcome})"
+                    ),
+                };
+            }
+            let report = outcome_report(job_id, attempt, outcome, started_at, now_ms());
+            let _ = events.send(Event::Finished(report));
+        });
+    }
+
+    /// Grants credit for free slots and publishes the counters; once per
+    /// burst of events.
+    fn settle(&mut self, conn: Option<&mut Conn>) {
+        if let Some(conn) = conn {
+            if !self.stopping {
+                let taken = self.running.len() + self.waiting.len() + conn.granted;
+                let free = self.slots.saturating_sub(taken);
+                if free > 0 {
+                    conn.granted += free;
+                    let _ = conn.out.send(Outgoing::Credit(free as u32));
+                }
+            }
+        }
+        self.recorder.set_busy(self.running.len());
+        self.recorder.set_unacked(self.spool.len());
+        self.recorder.notify();
+    }
+}
+
+fn as_conn(link: &mut Link) -> Option<&mut Conn> {
+    match link {
+        Link::Up(conn) => Some(conn),
+        _ => None,
+    }
+}
+
+async fn next_link_event(link: &mut Link) -> LinkEvent {
+    match link {
+        Link::Down { retry_at } => {
+            tokio::time::sleep_until(*retry_at).await;
+            LinkEvent::Retry
+        }
+        Link::Connecting(opening) => LinkEvent::Connected(opening.await),
+        Link::Up(conn) => tokio::select! {
+            message = conn.inbound.message() => LinkEvent::Message(message),
+            _ = conn.heartbeat.tick() => LinkEvent::Heartbeat,
+        },
+    }
+}
+
+fn outcome_report(
+    job_id: String,
+    attempt: u32,
+    outcome: Outcome,
+    started_at: i64,
+    finished_at: i64,
+) -> pb::OutcomeReport {
+    let outcome = match outcome {
+        Outcome::Success(m) => Outcome::Success(clip_message(m)),
+        Outcome::Failed(m) => Outcome::Failed(clip_message(m)),
+        Outcome::Later { delay_ms, message } => Outcome::Later {
+            delay_ms,
+            message: clip_message(message),
+        },
+        Outcome::Error(m) => Outcome::Error(clip_message(m)),
+    };
+    pb::OutcomeReport {
+        job_id,
+        attempt,
+        outcome: Some(outcome.into()),
+        started_at_unix_ms: started_at,
+        finished_at_unix_ms: finished_at,
+    }
+}
+
+/// Spreads reconnects of many TaskTrackers after a JobTracker restart.
+fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// Opens the stream, says hello and waits for the welcome.
+async fn open_stream(
+    endpoint: tonic::transport::Endpoint,
+    hello: pb::Hello,
+    queued_log_lines: Arc<AtomicUsize>,
+    welcome_timeout: Duration,
+) -> Result<Box<Conn>, ConnectError> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Retry(error_chain(&e)))?;
+    let mut client = WorkServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let granted = hello.slots as usize;
+    let (out, queue) = mpsc::unbounded_channel();
+    let hello = pb::WorkerMessage {
+        kind: Some(pb::worker_message::Kind::Hello(hello)),
+    };
+    let opening = async {
+        let mut inbound = client
+            .work(coalesced(hello, queue, queued_log_lines))
+            .await
+            .map_err(refusal)?
+            .into_inner();
+        match inbound.message().await {
+            Ok(Some(pb::TrackerMessage {
+                kind: Some(TrackerKind::Welcome(welcome)),
+            })) => Ok((inbound, welcome)),
+            Ok(Some(_)) => Err(ConnectError::Retry(
+                "the JobTracker sent something else before its welcome".into(),
+            )),
+            Ok(None) => Err(ConnectError::Retry(
+                "the JobTracker closed the stream before its welcome".into(),
+            )),
+            Err(status) => Err(refusal(status)),
+        }
+    };
+    let (inbound, welcome) = tokio::time::timeout(welcome_timeout, opening)
+        .await
+        .map_err(|_| {
+            ConnectError::Retry(format!(
+                "no welcome within {} ms",
+                welcome_timeout.as_millis()
+            ))
+        })??;
+    let period = match welcome.heartbeat_interval_ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(ms),
+    };
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Ok(Box::new(Conn {
+        out,
+        inbound,
+        heartbeat,
+        granted,
+        tracker_id: welcome.tracker_id,
+    }))
+}
+
+/// Sorts a status ending the handshake into retry or give up.
+fn refusal(status: tonic::Status) -> ConnectError {
+    match status.code() {
+        tonic::Code::FailedPrecondition => {
+            ConnectError::Permanent(Error::ProtocolMismatch(format!(
+                "{} (this TaskTracker speaks protocol version {})",
+                status.message(),
+                lts_proto::PROTOCOL_VERSION
+            )))
+        }
+        tonic::Code::InvalidArgument => {
+            ConnectError::Permanent(Error::Refused(status.message().to_string()))
+        }
+        code => ConnectError::Retry(format!("{code}: {}", status.message())),
+    }
+}
+
+/// The error and its sources, since tonic's transport errors say little at
+/// the top ("transport error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
