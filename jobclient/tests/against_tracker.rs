@@ -1,0 +1,236 @@
+//! The JobClient against a real in-process JobTracker (embedded sled store,
+//! port 0). No TaskTracker runs here: jobs stay pending unless cancelled,
+//! which is enough to cover submit, queries, cancel, the log and feedback
+//! (a cancelled job that asked for feedback reports it).
+
+use std::time::Duration;
+
+use lts_common::{JobSpec, JobState, Schedule};
+use lts_jobclient::{ClientOptions, Error, JobClient, JobFilter, SubmitOutcome};
+use tokio::sync::oneshot;
+
+struct Tracker {
+    address: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tracker {
+    async fn start() -> Tracker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = lts_jobtracker::TrackerConfig::embedded(dir.path().join("data"));
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = lts_jobtracker::serve(config, listener, shutdown).await {
+                panic!("JobTracker failed: {e}");
+            }
+        });
+        Tracker {
+            address,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.task).await;
+    }
+}
+
+/// An address nothing listens on.
+async fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("127.0.0.1:{port}")
+}
+
+fn later_job(task_id: &str) -> JobSpec {
+    let mut spec = JobSpec::new(task_id, "workers");
+    // Far enough ahead that nothing would run it during the test.
+    spec.schedule = Schedule::At(lts_common::now_ms() + 3_600_000);
+    spec
+}
+
+#[tokio::test]
+async fn submit_query_cancel_and_log() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+
+    let mut bad = later_job("t-bad");
+    bad.task_tracker_node_group = "no spaces".into();
+    let outcomes = client
+        .submit(vec![later_job("t-1"), bad, later_job("t-2")])
+        .await
+        .expect("submit");
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].is_accepted() && outcomes[2].is_accepted());
+    match &outcomes[1] {
+        SubmitOutcome::Refused(r) => {
+            assert_eq!(r.task_id, "t-bad");
+            assert_eq!(r.code, "INVALID_ARGUMENT");
+            assert!(r.field.contains("task_tracker_node_group"), "{r:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let job_id = outcomes[0].job_id().expect("accepted").to_string();
+
+    // The same task id again is refused and names the job that holds it.
+    let again = client.submit(vec![later_job("t-1")]).await.expect("submit");
+    match &again[0] {
+        SubmitOutcome::Refused(r) => {
+            assert_eq!(r.code, "ALREADY_EXISTS");
+            assert_eq!(r.existing_job_id.as_deref(), Some(job_id.as_str()));
+        }
+        other => panic!("expected ALREADY_EXISTS, got {other:?}"),
+    }
+
+    let job = client.get(&job_id).await.expect("get");
+    assert_eq!(job.spec.task_id, "t-1");
+    assert_eq!(job.state, JobState::Pending);
+    let by_task = client.get_by_task("t-1", "workers").await.expect("get");
+    assert_eq!(by_task.job_id, job_id);
+    let missing = client.get("no-such-job").await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+
+    let filter = JobFilter {
+        node_group: Some("workers".into()),
+        task_id_prefix: Some("t-".into()),
+        ..Default::default()
+    };
+    let first = client.list(&filter, 1, None).await.expect("list");
+    assert_eq!(first.jobs.len(), 1);
+    let token = first.next_page_token.expect("a second page");
+    let second = client.list(&filter, 1, Some(&token)).await.expect("list");
+    assert_eq!(second.jobs.len(), 1);
+    assert_ne!(first.jobs[0].job_id, second.jobs[0].job_id);
+
+    let cancelled = client.cancel(&job_id).await.expect("cancel");
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let pending = JobFilter {
+        state: Some(JobState::Pending),
+        ..Default::default()
+    };
+    let page = client.list(&pending, 100, None).await.expect("list");
+    assert!(page.jobs.iter().all(|j| j.job_id != job_id));
+
+    let log = client.log(&job_id).await.expect("log");
+    let kinds: Vec<&str> = log.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds.first(), Some(&"received"), "{kinds:?}");
+    assert!(kinds.contains(&"cancelled"), "{kinds:?}");
+
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn fails_over_to_a_live_tracker_and_names_dead_ones() {
+    let tracker = Tracker::start().await;
+    let dead = dead_address().await;
+    let client = JobClient::connect(vec![dead.clone(), tracker.address.clone()])
+        .await
+        .expect("one tracker is alive");
+    // Whichever the random pick, every call lands on the live tracker.
+    for i in 0..5 {
+        let outcomes = client
+            .submit(vec![later_job(&format!("f-{i}"))])
+            .await
+            .expect("submit");
+        assert!(outcomes[0].is_accepted());
+        assert_eq!(
+            client.current_address().as_deref(),
+            Some(format!("http://{}", tracker.address).as_str())
+        );
+    }
+    tracker.stop().await;
+
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let e = JobClient::connect_with(vec![dead.clone()], options)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+    assert!(e.to_string().contains(&dead), "{e}");
+}
+
+#[tokio::test]
+async fn feedback_is_redelivered_until_acked() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let mut spec = later_job("fb-1");
+    spec.need_feedback = true;
+    spec.submit_node_group = "clients".into();
+    let outcomes = client.submit(vec![spec]).await.expect("submit");
+    let job_id = outcomes[0].job_id().expect("accepted").to_string();
+
+    let mut first = client
+        .feedback("clients", "first")
+        .await
+        .expect("subscribe");
+    client.cancel(&job_id).await.expect("cancel");
+    let batch = tokio::time::timeout(Duration::from_secs(10), first.next())
+        .await
+        .expect("feedback in time")
+        .expect("feedback");
+    let item = batch
+        .iter()
+        .find(|f| f.job_id == job_id)
+        .expect("the cancelled job's feedback");
+    assert_eq!(item.state, Some(JobState::Cancelled));
+    assert_eq!(item.task_id, "fb-1");
+
+    // Not acked: a new subscriber of the group gets it again.
+    first.close();
+    drop(first);
+    let mut second = client
+        .feedback("clients", "second")
+        .await
+        .expect("subscribe");
+    let again = tokio::time::timeout(Duration::from_secs(10), second.next())
+        .await
+        .expect("redelivery in time")
+        .expect("feedback");
+    let redelivered = again
+        .iter()
+        .find(|f| f.job_id == job_id)
+        .expect("redelivered");
+    second
+        .ack([redelivered.feedback_id.clone()])
+        .await
+        .expect("ack");
+
+    // Acked: a third subscriber gets nothing for that job.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.close();
+    let mut third = client
+        .feedback("clients", "third")
+        .await
+        .expect("subscribe");
+    match tokio::time::timeout(Duration::from_millis(1500), third.next()).await {
+        Err(_) => {}
+        Ok(Ok(batch)) => assert!(
+            batch.iter().all(|f| f.job_id != job_id),
+            "acked feedback came again: {batch:?}"
+        ),
+        Ok(Err(e)) => panic!("feedback stream failed: {e}"),
+    }
+
+    tracker.stop().await;
+}
