@@ -12,6 +12,39 @@
 //! Every error is an [`Error`]; [`Error::Unavailable`] means no tracker
 //! answered and names the addresses tried.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use lts_common::JobSpec;
+//! use lts_jobclient::{JobClient, SubmitOutcome};
+//!
+//! async fn demo() -> Result<(), lts_jobclient::Error> {
+//!     let client = JobClient::connect(vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into()]).await?;
+//!
+//!     let mut job = JobSpec::new("order-42", "workers");
+//!     job.payload = br#"{"program": "/usr/local/bin/ship", "args": ["42"]}"#.to_vec();
+//!     job.need_feedback = true;
+//!     job.submit_node_group = "shop".into();
+//!     for outcome in client.submit(vec![job]).await? {
+//!         match outcome {
+//!             SubmitOutcome::Accepted { job_id, .. } => println!("stored as {job_id}"),
+//!             SubmitOutcome::Refused(r) => println!("refused: {} {}: {}", r.code, r.field, r.message),
+//!             _ => {}
+//!         }
+//!     }
+//!
+//!     let mut feedback = client.feedback("shop", "").await?;
+//!     loop {
+//!         let batch = feedback.next().await?;
+//!         for item in &batch {
+//!             // Must be idempotent: an item can come more than once.
+//!             println!("{} finished: {:?}", item.task_id, item.outcome);
+//!         }
+//!         feedback.ack(batch.into_iter().map(|f| f.feedback_id)).await?;
+//!     }
+//! }
+//! ```
+//!
 //! The [`cli`] module is the `jobclient` command line tool.
 //!
 //! # Spooling

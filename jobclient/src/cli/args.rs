@@ -32,8 +32,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// TOML file with defaults for the flags above (keys are flag names,
-    /// e.g. `jobtracker = ["a:7070", "b:7070"]`).
+    /// TOML file with defaults for --jobtracker, --json and
+    /// --connect-timeout (keys are the long flag names, e.g.
+    /// `jobtracker = ["a:7070", "b:7070"]`). Flags and env vars win.
     #[arg(long, value_name = "FILE", global = true, env = "JOBCLIENT_CONFIG")]
     pub config: Option<PathBuf>,
 
