@@ -1,0 +1,212 @@
+//! The three binaries as separate processes on the embedded default.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lts_common::JobState;
+use lts_jobclient::JobClient;
+use lts_tests::{wait_until, Cluster};
+
+const JOBS: usize = 1000;
+
+/// A program for the shell runner that records each run it makes.
+fn recorder(dir: &Path, pause: &str) -> Result<PathBuf> {
+    let path = dir.join("record.sh");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\n{pause}\necho \"$LTS_TASK_ID $LTS_ATTEMPT\" >> \"$1\"\n"),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// Task id -> number of runs recorded.
+fn runs(record: &Path) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for line in std::fs::read_to_string(record).unwrap_or_default().lines() {
+        if let Some(task) = line.split_whitespace().next() {
+            *out.entry(task.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Every job of `group`, paging through the list.
+async fn all_jobs(client: &JobClient, group: &str) -> Result<Vec<lts_common::Job>> {
+    let mut jobs = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let filter = lts_jobclient::JobFilter {
+            node_group: Some(group.to_string()),
+            ..Default::default()
+        };
+        let page = client.list(&filter, 1000, token.as_deref()).await?;
+        jobs.extend(page.jobs);
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return Ok(jobs),
+        }
+    }
+}
+
+async fn wait_all_succeeded(
+    client: &JobClient,
+    group: &str,
+    n: usize,
+) -> Result<Vec<lts_common::Job>> {
+    wait_until(Duration::from_secs(120), "every job succeeding", || async {
+        let jobs = match all_jobs(client, group).await {
+            Ok(j) => j,
+            Err(e) => return Ok(Err(format!("list failed: {e}"))),
+        };
+        let done = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count();
+        let failed: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.state.is_final() && j.state != JobState::Succeeded)
+            .map(|j| format!("{} {:?} {:?}", j.spec.task_id, j.state, j.last_outcome))
+            .take(5)
+            .collect();
+        anyhow::ensure!(failed.is_empty(), "jobs ended badly: {failed:?}");
+        if jobs.len() == n && done == n {
+            Ok(Ok(jobs))
+        } else {
+            Ok(Err(format!("{} jobs listed, {done} succeeded", jobs.len())))
+        }
+    })
+    .await
+}
+
+fn submit_through_cli(
+    cluster: &Cluster,
+    group: &str,
+    program: &Path,
+    record: &Path,
+) -> Result<Vec<String>> {
+    let out = cluster.jobclient(&[
+        "--json",
+        "submit",
+        "--node-group",
+        group,
+        "--count",
+        &JOBS.to_string(),
+        "--task-id-prefix",
+        "job-",
+        "--shell",
+        &program.display().to_string(),
+        &record.display().to_string(),
+    ])?;
+    let results: serde_json::Value =
+        serde_json::from_str(&out).context("jobclient --json output")?;
+    let results = results.as_array().context("a JSON array of results")?;
+    anyhow::ensure!(
+        results.len() == JOBS,
+        "{} results for {JOBS} jobs",
+        results.len()
+    );
+    let mut ids = Vec::new();
+    for r in results {
+        let id = r
+            .get("job_id")
+            .and_then(|v| v.as_str())
+            .with_context(|| format!("refused: {r}"))?;
+        ids.push(id.to_string());
+    }
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_submitted_through_the_cli_run_once_each() -> Result<()> {
+    let mut cluster = Cluster::new()?;
+    let program = recorder(cluster.dir(), "")?;
+    let record = cluster.dir().join("runs.txt");
+    cluster.start_tracker(&[])?;
+    let allow = program.display().to_string();
+    cluster.start_task_tracker("tt-1", "work", 8, &[&allow])?;
+    cluster.start_task_tracker("tt-2", "work", 8, &[&allow])?;
+
+    let ids = submit_through_cli(&cluster, "work", &program, &record)?;
+    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let jobs = match wait_all_succeeded(&client, "work", JOBS).await {
+        Ok(j) => j,
+        Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
+    };
+    let mut listed: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    listed.sort();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(listed, want, "the listed jobs are the submitted ones");
+    assert!(
+        jobs.iter().all(|j| j.attempt == 1),
+        "no job needed a second attempt"
+    );
+    let runs = runs(&record);
+    assert_eq!(runs.len(), JOBS, "every job ran");
+    assert!(runs.values().all(|n| *n == 1), "no job ran twice");
+    // Both TaskTrackers took work.
+    let mut workers = std::collections::HashSet::new();
+    for job in &jobs {
+        for entry in client.log(&job.job_id).await? {
+            if entry.kind == lts_common::LogKind::Dispatched {
+                workers.insert(entry.worker);
+            }
+        }
+        if workers.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        workers.len(),
+        2,
+        "work went to both TaskTrackers: {workers:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()> {
+    let mut cluster = Cluster::new()?;
+    let program = recorder(cluster.dir(), "sleep 0.02")?;
+    let record = cluster.dir().join("runs.txt");
+    cluster.start_tracker(&[])?;
+    let allow = program.display().to_string();
+    cluster.start_task_tracker("tt-1", "work", 8, &[&allow])?;
+    cluster.start_task_tracker("tt-2", "work", 8, &[&allow])?;
+
+    let ids = submit_through_cli(&cluster, "work", &program, &record)?;
+    // Kill the tracker in the middle of the run.
+    let seen = wait_until(Duration::from_secs(60), "a few hundred runs", || async {
+        let n = runs(&record).len();
+        Ok(if n >= 200 {
+            Ok(n)
+        } else {
+            Err(format!("{n} runs"))
+        })
+    })
+    .await?;
+    cluster.proc("jobtracker")?.kill9();
+    assert!(seen < JOBS, "the kill came in the middle of the run");
+    cluster.start_tracker(&[])?;
+
+    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let jobs = match wait_all_succeeded(&client, "work", JOBS).await {
+        Ok(j) => j,
+        Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
+    };
+    let by_id: HashMap<&str, &lts_common::Job> =
+        jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
+    for id in &ids {
+        let job = by_id
+            .get(id.as_str())
+            .with_context(|| format!("acked job {id} was lost"))?;
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+    let runs = runs(&record);
+    assert_eq!(runs.len(), JOBS, "every job ran at least once");
+    Ok(())
+}
