@@ -320,7 +320,10 @@ impl Driver {
         let hello = pb::Hello {
             identity: self.config.identity.clone(),
             node_group: self.config.node_group.clone(),
-            slots: if self.stopping { 0 } else { free as u32 },
+            // A hello must offer at least one slot. With every slot busy, the
+            // one assignment that may bring waits here for a free slot, and
+            // the credit bookkeeping absorbs it.
+            slots: free.max(1) as u32,
             protocol_version: lts_proto::PROTOCOL_VERSION,
         };
         Link::Connecting(Box::pin(open_stream(

@@ -1,0 +1,549 @@
+//! The TaskTracker against a scripted `WorkService` peer: each test plays
+//! the JobTracker's side of the stream by hand, so it can break the stream,
+//! withhold acks or refuse the hello exactly when it wants to.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lts_common::{JobSpec, Outcome};
+use lts_proto::v1 as pb;
+use lts_tasktracker::{
+    Error, JobContext, JobRunner, TaskTracker, TaskTrackerConfig, TaskTrackerHandle,
+};
+use pb::tracker_message::Kind as ToWorker;
+use pb::work_service_server::{WorkService, WorkServiceServer};
+use pb::worker_message::Kind as FromWorker;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Bound on every wait for the TaskTracker; a failure, never a sleep.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One stream the TaskTracker opened, for the test to drive.
+struct Session {
+    hello: pb::Hello,
+    inbound: Streaming<pb::WorkerMessage>,
+    tx: mpsc::UnboundedSender<Result<pb::TrackerMessage, Status>>,
+}
+
+impl Session {
+    fn send(&self, kind: ToWorker) {
+        self.tx
+            .send(Ok(pb::TrackerMessage { kind: Some(kind) }))
+            .expect("the stream is open");
+    }
+
+    fn welcome(&self, heartbeat_interval_ms: u64) {
+        self.send(ToWorker::Welcome(pb::Welcome {
+            tracker_id: "peer".into(),
+            protocol_version: lts_proto::PROTOCOL_VERSION,
+            heartbeat_interval_ms,
+        }));
+    }
+
+    fn assign(&self, jobs: impl IntoIterator<Item = (String, &'static str)>) {
+        let assignments = jobs
+            .into_iter()
+            .map(|(job_id, mode)| assignment(&job_id, mode))
+            .collect();
+        self.send(ToWorker::Assignments(pb::Assignments { assignments }));
+    }
+
+    fn ack(&self, runs: &[(&str, u32)]) {
+        let runs = runs
+            .iter()
+            .map(|(job_id, attempt)| pb::RunRef {
+                job_id: job_id.to_string(),
+                attempt: *attempt,
+            })
+            .collect();
+        self.send(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs }));
+    }
+
+    /// Breaks the stream the way a failing JobTracker would.
+    fn break_stream(self) {
+        let _ = self.tx.send(Err(Status::unavailable("peer going away")));
+    }
+
+    async fn next(&mut self) -> FromWorker {
+        let message = tokio::time::timeout(WAIT, self.inbound.message())
+            .await
+            .expect("a message from the TaskTracker in time")
+            .expect("no stream error")
+            .expect("the stream is open");
+        message.kind.expect("a message kind")
+    }
+
+    /// Reads until `n` outcome reports arrived; also returns how many
+    /// messages carried them and the credit granted meanwhile.
+    async fn outcomes(&mut self, n: usize) -> Received {
+        let mut got = Received::default();
+        while got.reports.len() < n {
+            match self.next().await {
+                FromWorker::Outcomes(o) => {
+                    got.outcome_messages += 1;
+                    got.reports.extend(o.reports);
+                }
+                FromWorker::Credit(c) => got.credits += c.credits,
+                FromWorker::Started(s) => got.started += s.runs.len(),
+                FromWorker::BizLogs(l) => got.logs.extend(l.lines.into_iter().map(|l| l.message)),
+                FromWorker::Heartbeat(_) => {}
+                FromWorker::Hello(_) => panic!("a second hello on one stream"),
+            }
+        }
+        got
+    }
+
+    /// Reads until the credit granted adds up to `n`.
+    async fn credit(&mut self, n: u32) {
+        let mut credits = 0;
+        while credits < n {
+            if let FromWorker::Credit(c) = self.next().await {
+                credits += c.credits;
+            }
+        }
+        assert_eq!(credits, n);
+    }
+}
+
+#[derive(Default, Debug)]
+struct Received {
+    reports: Vec<pb::OutcomeReport>,
+    outcome_messages: usize,
+    credits: u32,
+    started: usize,
+    logs: Vec<String>,
+}
+
+fn outcome(report: &pb::OutcomeReport) -> Outcome {
+    Outcome::try_from(report.outcome.clone().expect("an outcome")).expect("a valid outcome")
+}
+
+fn assignment(job_id: &str, mode: &str) -> pb::Assignment {
+    let mut spec = JobSpec::new(format!("task-{job_id}"), "workers");
+    spec.params.insert("mode".into(), mode.into());
+    pb::Assignment {
+        job: Some(pb::Job {
+            job_id: job_id.into(),
+            spec: Some(spec.into()),
+            attempt: 1,
+            ..Default::default()
+        }),
+        attempt: 1,
+    }
+}
+
+/// The JobTracker's side: hands every new stream to the test, or refuses
+/// the hello with a status when told to.
+#[derive(Clone)]
+struct Peer {
+    sessions: mpsc::UnboundedSender<Session>,
+    refuse_with: Arc<Mutex<Option<Status>>>,
+    streams_opened: Arc<Mutex<u32>>,
+}
+
+#[async_trait]
+impl WorkService for Peer {
+    type WorkStream = UnboundedReceiverStream<Result<pb::TrackerMessage, Status>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        *self.streams_opened.lock().unwrap() += 1;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMessage {
+                kind: Some(FromWorker::Hello(hello)),
+            }) => hello,
+            other => return Err(Status::invalid_argument(format!("not a hello: {other:?}"))),
+        };
+        if let Some(status) = self.refuse_with.lock().unwrap().clone() {
+            return Err(status);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.sessions.send(Session { hello, inbound, tx });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// What each test runs against.
+struct Harness {
+    sessions: mpsc::UnboundedReceiver<Session>,
+    peer: Peer,
+    handle: TaskTrackerHandle,
+    stop: Option<oneshot::Sender<()>>,
+    tracker: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Harness {
+    async fn start(slots: u32, runner: Arc<dyn JobRunner>) -> Harness {
+        Self::start_with(slots, runner, |_| {}).await
+    }
+
+    async fn start_refusing(slots: u32, runner: Arc<dyn JobRunner>, status: Status) -> Harness {
+        Self::start_inner(slots, runner, |_| {}, Some(status)).await
+    }
+
+    async fn start_with(
+        slots: u32,
+        runner: Arc<dyn JobRunner>,
+        tune: impl FnOnce(&mut TaskTrackerConfig),
+    ) -> Harness {
+        Self::start_inner(slots, runner, tune, None).await
+    }
+
+    async fn start_inner(
+        slots: u32,
+        runner: Arc<dyn JobRunner>,
+        tune: impl FnOnce(&mut TaskTrackerConfig),
+        refuse_with: Option<Status>,
+    ) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let peer = Peer {
+            sessions: sessions_tx,
+            refuse_with: Arc::new(Mutex::new(refuse_with)),
+            streams_opened: Arc::default(),
+        };
+        let service = WorkServiceServer::new(peer.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut config = TaskTrackerConfig::new(addr.to_string(), "workers");
+        config.slots = slots;
+        config.reconnect_backoff_min = Duration::from_millis(20);
+        config.reconnect_backoff_max = Duration::from_millis(100);
+        config.flush_timeout = Duration::from_millis(300);
+        tune(&mut config);
+        let tracker = TaskTracker::new(config, runner).unwrap();
+        let handle = tracker.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tracker = tokio::spawn(tracker.run(async move {
+            let _ = stopped.await;
+        }));
+        Harness {
+            sessions,
+            peer,
+            handle,
+            stop: Some(stop),
+            tracker,
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(WAIT, self.sessions.recv())
+            .await
+            .expect("the TaskTracker connects in time")
+            .expect("the peer is running")
+    }
+
+    async fn finish(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, self.tracker)
+            .await
+            .expect("the TaskTracker stops in time")
+            .expect("the TaskTracker does not panic")
+    }
+}
+
+/// Behaves by the job's `mode` param.
+struct Scripted {
+    gate: Arc<Semaphore>,
+}
+
+impl Scripted {
+    fn new() -> (Arc<Self>, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        (Arc::new(Scripted { gate: gate.clone() }), gate)
+    }
+}
+
+#[async_trait]
+impl JobRunner for Scripted {
+    async fn run(&self, ctx: JobContext) -> Outcome {
+        match ctx.job.spec.params.get("mode").map(String::as_str) {
+            Some("gate") => {
+                self.gate.acquire().await.expect("gate open").forget();
+                Outcome::Success("gate passed".into())
+            }
+            Some("until-cancelled") => {
+                ctx.cancel.cancelled().await;
+                Outcome::Error("stopped on cancel".into())
+            }
+            Some("log") => {
+                ctx.log.info("first line");
+                ctx.log.warn("second line");
+                Outcome::Success(String::new())
+            }
+            Some("panic") => panic!("scripted panic"),
+            _ => Outcome::Success(String::new()),
+        }
+    }
+}
+
+fn ids(prefix: &str, n: usize, mode: &'static str) -> Vec<(String, &'static str)> {
+    (0..n).map(|i| (format!("{prefix}{i}"), mode)).collect()
+}
+
+#[tokio::test]
+async fn hello_runs_and_a_burst_of_outcomes_is_coalesced() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1000, runner).await;
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 1000);
+    assert_eq!(s.hello.node_group, "workers");
+    assert_eq!(s.hello.protocol_version, lts_proto::PROTOCOL_VERSION);
+    s.welcome(10_000);
+    s.assign(ids("j", 1000, "noop"));
+    let got = s.outcomes(1000).await;
+    assert!(got
+        .reports
+        .iter()
+        .all(|r| outcome(r) == Outcome::Success(String::new())));
+    // One message each would be 1000; a burst must leave in a handful.
+    assert!(
+        got.outcome_messages <= 20,
+        "{} messages",
+        got.outcome_messages
+    );
+    let mut credits = got.credits;
+    while credits < 1000 {
+        if let FromWorker::Credit(c) = s.next().await {
+            credits += c.credits;
+        }
+    }
+    assert_eq!(credits, 1000, "every freed slot is granted once");
+    let stats = h.handle.wait_for(|s| s.succeeded == 1000).await;
+    assert_eq!(stats.busy, 0);
+    s.ack(
+        &got.reports
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.attempt))
+            .collect::<Vec<_>>(),
+    );
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.unacked == 0))
+        .await
+        .unwrap();
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn unacked_outcomes_are_resent_after_a_reconnect() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(2, runner).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("a".to_string(), "noop"), ("b".to_string(), "noop")]);
+    let got = s.outcomes(2).await;
+    assert_eq!(got.reports.len(), 2);
+    s.ack(&[("a", 1)]);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.unacked == 1))
+        .await
+        .unwrap();
+    s.break_stream();
+
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 2);
+    s.welcome(10_000);
+    let resent = s.outcomes(1).await;
+    assert_eq!(resent.reports.len(), 1);
+    assert_eq!(resent.reports[0].job_id, "b");
+    s.ack(&[("b", 1)]);
+    let stats = tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.unacked == 0))
+        .await
+        .unwrap();
+    assert_eq!(stats.connections, 2);
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn running_jobs_survive_a_reconnect_and_busy_slots_are_not_offered() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start(2, runner).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("long".to_string(), "gate")]);
+    match s.next().await {
+        FromWorker::Started(started) => assert_eq!(started.runs[0].job_id, "long"),
+        other => panic!("expected started, got {other:?}"),
+    }
+    s.break_stream();
+
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 1, "one of two slots is still busy");
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        h.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    gate.add_permits(1);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "long");
+    assert_eq!(
+        outcome(&got.reports[0]),
+        Outcome::Success("gate passed".into())
+    );
+    // Slots: 2, hello offered 1, the run ended: one more slot to grant.
+    assert!(got.credits <= 1, "{got:?}");
+    if got.credits == 0 {
+        s.credit(1).await;
+    }
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_protocol_version_mismatch_is_permanent() {
+    let (runner, _gate) = Scripted::new();
+    let h = Harness::start_refusing(
+        1,
+        runner,
+        Status::failed_precondition(
+            "protocol version mismatch: the TaskTracker speaks version 1, this JobTracker speaks version 2",
+        ),
+    )
+    .await;
+    let result = tokio::time::timeout(WAIT, h.tracker)
+        .await
+        .expect("run returns without retrying")
+        .unwrap();
+    match result {
+        Err(Error::ProtocolMismatch(message)) => {
+            assert!(message.contains("version 1"), "{message}");
+            assert!(message.contains("version 2"), "{message}");
+        }
+        other => panic!("expected a protocol mismatch, got {other:?}"),
+    }
+    assert_eq!(*h.peer.streams_opened.lock().unwrap(), 1, "no retry loop");
+}
+
+#[tokio::test]
+async fn a_refused_hello_on_the_stream_is_permanent_too() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1, runner).await;
+    let s = h.session().await;
+    s.tx.send(Err(Status::invalid_argument(
+        "hello.node_group: is not served here",
+    )))
+    .unwrap();
+    let result = tokio::time::timeout(WAIT, h.tracker)
+        .await
+        .unwrap()
+        .unwrap();
+    match result {
+        Err(e @ Error::Refused(_)) => {
+            assert!(e.to_string().contains("is not served here"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancel_run_fires_the_token_and_logs_and_panics_are_reported() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(3, runner).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![
+        ("c".to_string(), "until-cancelled"),
+        ("l".to_string(), "log"),
+        ("p".to_string(), "panic"),
+    ]);
+    let first = s.outcomes(2).await;
+    s.send(ToWorker::Cancel(pb::CancelRun {
+        job_id: "c".into(),
+        attempt: 1,
+        reason: "cancelled by a test".into(),
+    }));
+    let last = s.outcomes(1).await;
+    let mut by_id: Vec<_> = first
+        .reports
+        .iter()
+        .chain(&last.reports)
+        .map(|r| (r.job_id.as_str(), outcome(r)))
+        .collect();
+    by_id.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        by_id,
+        vec![
+            ("c", Outcome::Error("stopped on cancel".into())),
+            ("l", Outcome::Success(String::new())),
+            (
+                "p",
+                Outcome::Error("runner panicked: scripted panic".into())
+            ),
+        ]
+    );
+    assert_eq!(first.logs, vec!["first line", "second line"]);
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn heartbeats_follow_the_welcome_interval() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1, runner).await;
+    let mut s = h.session().await;
+    s.welcome(20);
+    for _ in 0..3 {
+        loop {
+            if let FromWorker::Heartbeat(hb) = s.next().await {
+                assert!(hb.at_unix_ms > 0);
+                break;
+            }
+        }
+    }
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_waits_then_cancels_hands_back_and_flushes() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start_with(4, runner, |c| {
+        c.shutdown_grace = Duration::from_millis(200);
+    })
+    .await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("slow".to_string(), "until-cancelled")]);
+    assert!(matches!(s.next().await, FromWorker::Started(_)));
+    let _ = h.stop.take().unwrap().send(());
+    // After the 200 ms grace the run is cancelled and handed back.
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "slow");
+    match outcome(&got.reports[0]) {
+        Outcome::Later {
+            delay_ms: 0,
+            message,
+        } => {
+            assert!(message.contains("shut down"), "{message}")
+        }
+        other => panic!("expected the run handed back, got {other:?}"),
+    }
+    assert_eq!(got.credits, 0, "no credit while shutting down");
+    s.assign(vec![("late".to_string(), "noop")]);
+    let late = s.outcomes(1).await;
+    assert_eq!(late.reports[0].job_id, "late");
+    assert!(matches!(outcome(&late.reports[0]), Outcome::Later { .. }));
+    assert_eq!(late.started, 0, "a job handed back never starts");
+    s.ack(&[("slow", 1), ("late", 1)]);
+    let result = tokio::time::timeout(WAIT, h.tracker)
+        .await
+        .unwrap()
+        .unwrap();
+    result.unwrap();
+    // The TaskTracker ended its half of the stream, so it ends here.
+    tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = s.inbound.message().await {}
+    })
+    .await
+    .expect("the stream ends");
+}
