@@ -1,0 +1,155 @@
+//! How many no-op jobs per second pass through a TaskTracker, against a
+//! peer that hands out a job for every credit and acknowledges every
+//! outcome. The peer shares the process, so the figure is a lower bound.
+//!
+//! `cargo test -p lts-tasktracker --release --test throughput -- --nocapture`
+//! (`LTS_BENCH_JOBS` sets the number of jobs, default 20000; `LTS_BENCH_MIN_RATE`
+//! makes a rate below it a failure).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lts_common::JobSpec;
+use lts_proto::v1 as pb;
+use lts_tasktracker::runners::NoopRunner;
+use lts_tasktracker::{TaskTracker, TaskTrackerConfig};
+use pb::tracker_message::Kind as ToWorker;
+use pb::work_service_server::{WorkService, WorkServiceServer};
+use pb::worker_message::Kind as FromWorker;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+struct Feeder {
+    total: usize,
+    done: mpsc::UnboundedSender<Duration>,
+}
+
+fn message(kind: ToWorker) -> Result<pb::TrackerMessage, Status> {
+    Ok(pb::TrackerMessage { kind: Some(kind) })
+}
+
+#[async_trait]
+impl WorkService for Feeder {
+    type WorkStream = UnboundedReceiverStream<Result<pb::TrackerMessage, Status>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(pb::WorkerMessage {
+            kind: Some(FromWorker::Hello(hello)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument("expected a hello"));
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(message(ToWorker::Welcome(pb::Welcome {
+            tracker_id: "feeder".into(),
+            protocol_version: lts_proto::PROTOCOL_VERSION,
+            heartbeat_interval_ms: 5_000,
+        })));
+        let spec: pb::JobSpec = JobSpec::new("task", "bench").into();
+        let total = self.total;
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut finished = 0usize;
+            let started = Instant::now();
+            let hand_out = |n: usize, sent: &mut usize| {
+                let n = n.min(total - *sent);
+                let assignments = (0..n)
+                    .map(|i| pb::Assignment {
+                        job: Some(pb::Job {
+                            job_id: format!("job-{}", *sent + i),
+                            spec: Some(spec.clone()),
+                            attempt: 1,
+                            ..Default::default()
+                        }),
+                        attempt: 1,
+                    })
+                    .collect();
+                *sent += n;
+                let _ = tx.send(message(ToWorker::Assignments(pb::Assignments {
+                    assignments,
+                })));
+            };
+            hand_out(hello.slots as usize, &mut sent);
+            while let Ok(Some(m)) = inbound.message().await {
+                match m.kind {
+                    Some(FromWorker::Credit(c)) => hand_out(c.credits as usize, &mut sent),
+                    Some(FromWorker::Outcomes(o)) => {
+                        finished += o.reports.len();
+                        let runs = o
+                            .reports
+                            .into_iter()
+                            .map(|r| pb::RunRef {
+                                job_id: r.job_id,
+                                attempt: r.attempt,
+                            })
+                            .collect();
+                        let _ = tx.send(message(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs })));
+                        if finished == total {
+                            let _ = done.send(started.elapsed());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_jobs_per_second() {
+    let total: usize = std::env::var("LTS_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let feeder = Feeder {
+        total,
+        done: done_tx,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkServiceServer::new(feeder))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut config = TaskTrackerConfig::new(addr.to_string(), "bench");
+    config.slots = 1_000;
+    let tracker = TaskTracker::new(config, Arc::new(NoopRunner)).unwrap();
+    let handle = tracker.handle();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(tracker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let took = tokio::time::timeout(Duration::from_secs(120), done.recv())
+        .await
+        .expect("every job finishes in time")
+        .unwrap();
+    let rate = total as f64 / took.as_secs_f64();
+    println!(
+        "{total} no-op jobs in {} ms: {rate:.0} jobs/s",
+        took.as_millis()
+    );
+    assert_eq!(handle.stats().succeeded, total as u64);
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    if let Some(min) = std::env::var("LTS_BENCH_MIN_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        assert!(rate >= min, "{rate:.0} jobs/s is below {min}");
+    }
+}
