@@ -1,0 +1,384 @@
+//! Benchmark of the embedded default, every process on this machine.
+//!
+//! It starts the `jobtracker` binary (release build, beside this program)
+//! as a child process with a fresh data directory, and drives it from this
+//! process with a JobClient and a TaskTracker whose runner does nothing.
+//! It prints:
+//! - batched submit: jobs/s stored (durable on ack) in batches;
+//! - end to end: no-op jobs/s from the first submit to the last outcome
+//!   stored by the tracker;
+//! - submit-to-start latency p50/p99/max at half the end-to-end rate, from
+//!   just before the submit call to the runner's start;
+//! - the JobTracker's CPU time per job and its peak RSS.
+//!
+//! ```text
+//! cargo build --release --bins && cargo run --release --example bench
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use lts_common::{JobSpec, Outcome};
+use lts_jobclient::JobClient;
+use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// Jobs for the batched submit phase.
+    #[arg(long, default_value_t = 50_000)]
+    submit_jobs: usize,
+    /// Jobs for the end-to-end phase.
+    #[arg(long, default_value_t = 50_000)]
+    e2e_jobs: usize,
+    /// Jobs per submit call.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Submit calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// TaskTracker slots.
+    #[arg(long, default_value_t = 512)]
+    slots: u32,
+    /// Length of the latency phase.
+    #[arg(long, default_value = "5s", value_parser = humantime_parse)]
+    latency_for: Duration,
+    /// Path of the jobtracker binary; default: beside this program.
+    #[arg(long)]
+    jobtracker_bin: Option<std::path::PathBuf>,
+    /// Print figures as one JSON object too.
+    #[arg(long)]
+    json: bool,
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s}: not a duration like 5s"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{s}: use s or ms")),
+    }
+}
+
+/// Runs nothing; records submit-to-start for jobs that carry a stamp.
+struct Probe {
+    base: Instant,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl JobRunner for Probe {
+    async fn run(&self, ctx: JobContext) -> Outcome {
+        if let Some(stamp) = ctx
+            .job
+            .spec
+            .params
+            .get("t")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            let now = self.base.elapsed().as_micros() as u64;
+            if let Ok(mut h) = self.latencies.lock() {
+                let _ = h.record(now.saturating_sub(stamp).max(1));
+            }
+        }
+        Outcome::Success(String::new())
+    }
+}
+
+struct TrackerProcess {
+    child: std::process::Child,
+    url: String,
+    metrics: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TrackerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_tracker(args: &Args) -> Result<TrackerProcess> {
+    let bin = match &args.jobtracker_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .context("no target directory")?
+            .join("jobtracker"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --bins` first",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mport = free_port()?;
+    let log = std::fs::File::create(dir.path().join("jobtracker.log"))?;
+    let child = std::process::Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{mport}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let t = TrackerProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        metrics: format!("127.0.0.1:{mport}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(&t.metrics).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the jobtracker did not come up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(t)
+}
+
+/// Fetches /metrics with a bare HTTP/1.0 request.
+async fn scrape(addr: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (user + system CPU seconds, peak RSS bytes) of a process.
+fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit(')').next().context("stat format")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are 11 and 12 after the command name.
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let tck = clock_ticks();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks / tck, hwm_kb * 1024))
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn jobs(prefix: &str, group: &str, n: usize, base: Option<Instant>) -> Vec<JobSpec> {
+    (0..n)
+        .map(|i| {
+            let mut s = JobSpec::new(format!("{prefix}-{i}"), group);
+            if let Some(base) = base {
+                s.params
+                    .insert("t".into(), base.elapsed().as_micros().to_string());
+            }
+            s
+        })
+        .collect()
+}
+
+async fn submit_all(
+    client: &JobClient,
+    all: Vec<JobSpec>,
+    batch: usize,
+    in_flight: usize,
+) -> Result<()> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut tasks = Vec::new();
+    let mut all = all.into_iter().peekable();
+    while all.peek().is_some() {
+        let chunk: Vec<JobSpec> = all.by_ref().take(batch).collect();
+        let permit = sem.clone().acquire_owned().await?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client.submit(chunk).await;
+            drop(permit);
+            r
+        }));
+    }
+    for t in tasks {
+        let results = t.await??;
+        if let Some(bad) = results.iter().find(|r| !r.is_accepted()) {
+            bail!("a job was refused: {bad:?}");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_completed(metrics: &str, target: f64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = scrape(metrics).await?;
+        if metric(&text, "lts_jobtracker_jobs_completed_total") >= target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("jobs did not complete within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tracker = start_tracker(&args).await?;
+    let pid = tracker.child.id();
+    let client = JobClient::connect(vec![tracker.url.clone()]).await?;
+    let mut figures: HashMap<&str, f64> = HashMap::new();
+    println!("benchmark of the embedded default (sled), every process on this machine");
+
+    // 1. Batched submit into a node group nobody serves.
+    let specs = jobs("s", "bench-submit", args.submit_jobs, None);
+    let t = Instant::now();
+    submit_all(&client, specs, args.batch, args.in_flight).await?;
+    let submit_rate = args.submit_jobs as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "batched submit:      {submit_rate:>10.0} jobs/s  ({} jobs, batches of {}, {} in flight)",
+        args.submit_jobs, args.batch, args.in_flight
+    );
+    figures.insert("batched_submit_jobs_per_s", submit_rate);
+
+    // 2. End to end with a no-op TaskTracker.
+    let base = Instant::now();
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let stop = CancellationToken::new();
+    let mut config = TaskTrackerConfig::new(tracker.url.clone(), "bench");
+    config.slots = args.slots;
+    let task_tracker = tokio::spawn(lts_tasktracker::run(
+        config,
+        Arc::new(Probe {
+            base,
+            latencies: latencies.clone(),
+        }),
+        stop.clone().cancelled_owned(),
+    ));
+    let (cpu0, _) = cpu_and_rss(pid)?;
+    let done0 = metric(
+        &scrape(&tracker.metrics).await?,
+        "lts_jobtracker_jobs_completed_total",
+    );
+    let specs = jobs("e", "bench", args.e2e_jobs, None);
+    let t = Instant::now();
+    submit_all(&client, specs, args.batch, args.in_flight).await?;
+    wait_completed(&tracker.metrics, done0 + args.e2e_jobs as f64).await?;
+    let e2e_secs = t.elapsed().as_secs_f64();
+    let e2e_rate = args.e2e_jobs as f64 / e2e_secs;
+    let (cpu1, _) = cpu_and_rss(pid)?;
+    let cpu_us = (cpu1 - cpu0) * 1e6 / args.e2e_jobs as f64;
+    println!(
+        "end to end (no-op):  {e2e_rate:>10.0} jobs/s  ({} jobs in {e2e_secs:.2} s, {} slots)",
+        args.e2e_jobs, args.slots
+    );
+    println!("jobtracker CPU:      {cpu_us:>10.1} us/job (submit, dispatch, outcome, logs)");
+    figures.insert("e2e_jobs_per_s", e2e_rate);
+    figures.insert("tracker_cpu_us_per_job", cpu_us);
+
+    // 3. Latency at half the end-to-end rate, submitted every millisecond.
+    let rate = (e2e_rate / 2.0).max(1.0);
+    let per_ms = rate / 1000.0;
+    let done_before = metric(
+        &scrape(&tracker.metrics).await?,
+        "lts_jobtracker_jobs_completed_total",
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut owed = 0.0f64;
+    let mut sent = 0usize;
+    let mut inflight = Vec::new();
+    while start.elapsed() < args.latency_for {
+        tick.tick().await;
+        owed += per_ms;
+        let n = owed.floor() as usize;
+        if n == 0 {
+            continue;
+        }
+        owed -= n as f64;
+        let batch: Vec<JobSpec> = (0..n)
+            .map(|i| {
+                let mut s = JobSpec::new(format!("l-{}", sent + i), "bench");
+                s.params
+                    .insert("t".into(), base.elapsed().as_micros().to_string());
+                s
+            })
+            .collect();
+        sent += n;
+        let c = client.clone();
+        inflight.push(tokio::spawn(async move { c.submit(batch).await }));
+    }
+    for t in inflight {
+        t.await??;
+    }
+    wait_completed(&tracker.metrics, done_before + sent as f64).await?;
+    let h = latencies
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?
+        .clone();
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "submit-to-start at {rate:.0} jobs/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} jobs)",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        h.len()
+    );
+    figures.insert("latency_rate_jobs_per_s", rate);
+    figures.insert("latency_p50_ms", ms(h.value_at_quantile(0.5)));
+    figures.insert("latency_p99_ms", ms(h.value_at_quantile(0.99)));
+    figures.insert("latency_max_ms", ms(h.max()));
+
+    let (_, rss) = cpu_and_rss(pid)?;
+    println!(
+        "jobtracker peak RSS: {:>10.1} MiB",
+        rss as f64 / (1024.0 * 1024.0)
+    );
+    figures.insert("tracker_peak_rss_mib", rss as f64 / (1024.0 * 1024.0));
+    println!("targets (2 cores): e2e >= 10000 jobs/s, batched submit >= 50000 jobs/s, p99 < 10 ms");
+    if args.json {
+        let body: Vec<String> = figures
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v:.3}"))
+            .collect();
+        println!("{{{}}}", body.join(", "));
+    }
+    stop.cancel();
+    let _ = task_tracker.await;
+    Ok(())
+}
