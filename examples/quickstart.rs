@@ -46,12 +46,12 @@ impl JobRunner for ExampleRunner {
             .get("n")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             ctx.log
                 .warn(format!("job {n}: refusing, multiples of ten always fail"));
             return Outcome::Failed(format!("job {n} is a multiple of ten"));
         }
-        if n % 7 == 0 && ctx.attempt == 1 {
+        if n.is_multiple_of(7) && ctx.attempt == 1 {
             return Outcome::Error(format!("job {n}: a passing error, try again"));
         }
         Outcome::Success(format!("job {n} done"))
