@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod cron;
 pub mod limits;
 pub mod metrics;
 pub mod model;
