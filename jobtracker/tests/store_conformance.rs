@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use lts_common::{JobSpec, JobState, LogKind, Outcome, RetryPlan, RetryStep, Schedule};
+use lts_jobtracker::store::mongo::{MongoOptions, MongoStore};
 use lts_jobtracker::store::sled::SledStore;
 use lts_jobtracker::store::{
     CompleteResult, JobStore, ListFilter, RunReport, SubmitRefusal, SubmitResult,
@@ -14,6 +15,11 @@ use lts_jobtracker::store::{
 /// Opens stores of one backend at a location, again and again.
 trait Backend {
     fn open(&self) -> Arc<dyn JobStore>;
+
+    /// Whether the backend's server is absent and the case is skipped.
+    fn skip(&self) -> bool {
+        false
+    }
 }
 
 struct Sled(tempfile::TempDir);
@@ -26,6 +32,61 @@ impl Backend for Sled {
 
 fn sled() -> Sled {
     Sled(tempfile::tempdir().expect("temp dir"))
+}
+
+/// The MongoDB server the Mongo cases use, from `LTS_TEST_MONGODB_URI`
+/// (`.ci/run` starts one; a real MongoDB works unchanged). Without it the
+/// cases skip loudly, or fail under `CI=true`.
+fn mongo_uri() -> Option<String> {
+    match std::env::var("LTS_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server (see .ci/run) for the Mongo store tests");
+            }
+            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; the MongoDB store is NOT tested ***\n");
+            None
+        }
+    }
+}
+
+/// A fresh database per case on the server of `LTS_TEST_MONGODB_URI`;
+/// every open is the same tracker instance, so a reopen is a restart.
+struct Mongo {
+    uri: Option<String>,
+    database: String,
+}
+
+fn mongo_options(uri: &str, database: &str, instance: &str) -> MongoOptions {
+    MongoOptions {
+        uri: uri.to_string(),
+        database: database.to_string(),
+        log_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+        instance: instance.to_string(),
+        lease: std::time::Duration::from_secs(30),
+    }
+}
+
+impl Backend for Mongo {
+    fn open(&self) -> Arc<dyn JobStore> {
+        let uri = self.uri.as_deref().expect("skipped cases do not open");
+        Arc::new(MongoStore::new(mongo_options(
+            uri,
+            &self.database,
+            "conformance",
+        )))
+    }
+
+    fn skip(&self) -> bool {
+        self.uri.is_none()
+    }
+}
+
+fn mongo() -> Mongo {
+    Mongo {
+        uri: mongo_uri(),
+        database: format!("lts_test_{}", uuid::Uuid::now_v7().simple()),
+    }
 }
 
 const NOW: i64 = 1_700_000_000_000;
@@ -417,42 +478,232 @@ macro_rules! conformance {
             use super::*;
             #[tokio::test]
             async fn submit_dedup_replace() {
-                super::submit_dedup_replace(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::submit_dedup_replace(&b).await
             }
             #[tokio::test]
             async fn claim_order() {
-                super::claim_order(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::claim_order(&b).await
             }
             #[tokio::test]
             async fn claims_spread_over_grants() {
-                super::claims_spread_over_grants(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::claims_spread_over_grants(&b).await
             }
             #[tokio::test]
             async fn attempt_fencing() {
-                super::attempt_fencing(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::attempt_fencing(&b).await
             }
             #[tokio::test]
             async fn retry_and_reschedule() {
-                super::retry_and_reschedule(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::retry_and_reschedule(&b).await
             }
             #[tokio::test]
             async fn feedback_queue() {
-                super::feedback_queue(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::feedback_queue(&b).await
             }
             #[tokio::test]
             async fn logs_and_listing() {
-                super::logs_and_listing(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::logs_and_listing(&b).await
             }
             #[tokio::test]
             async fn cancel() {
-                super::cancel(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::cancel(&b).await
             }
             #[tokio::test]
             async fn restart_recovery() {
-                super::restart_recovery(&$make).await
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::restart_recovery(&b).await
             }
         }
     };
 }
 
 conformance!(sled_backend, sled());
+conformance!(mongo_backend, mongo());
+
+/// Mongo only: stores that share one database, as several trackers do.
+mod mongo_shared {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    fn shared(instance: &str, database: &str, uri: &str, lease: Duration) -> Arc<MongoStore> {
+        let mut o = mongo_options(uri, database, instance);
+        o.lease = lease;
+        Arc::new(MongoStore::new(o))
+    }
+
+    /// Four claimers on two stores take 100 jobs: each exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_hand_out_each_job_once() {
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        a.recover(NOW).await.expect("recover");
+        b.recover(NOW).await.expect("recover");
+        let specs: Vec<JobSpec> = (0..100).map(|i| spec(&format!("t{i}"), "g")).collect();
+        let r = a.submit(specs, NOW).await.expect("submit");
+        assert!(r.iter().all(|r| matches!(r, SubmitResult::Created(_))));
+        let mut tasks = Vec::new();
+        for (i, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            tasks.push(tokio::spawn(async move {
+                let worker = format!("w{i}");
+                let mut got = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                loop {
+                    let c = store
+                        .claim("g", &[(worker.clone(), 7)], NOW)
+                        .await
+                        .expect("claim");
+                    let jobs: Vec<_> = c.per_grant.into_iter().flatten().collect();
+                    if jobs.is_empty() {
+                        return got;
+                    }
+                    for j in jobs {
+                        assert_eq!((j.attempt, j.worker.as_str()), (1, worker.as_str()));
+                        got.push(j.job_id);
+                    }
+                    assert!(std::time::Instant::now() < deadline, "claims too slow");
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        let mut per_claimer = Vec::new();
+        for t in tasks {
+            let got = t.await.expect("claimer");
+            per_claimer.push(got.len());
+            all.extend(got);
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        assert_eq!(
+            (all.len(), unique.len()),
+            (100, 100),
+            "every job claimed exactly once; per claimer: {per_claimer:?}"
+        );
+        // The store agrees: every job runs, as attempt 1.
+        let (running, _) = a
+            .list(
+                &ListFilter {
+                    state: Some(JobState::Running),
+                    ..Default::default()
+                },
+                1_000,
+                None,
+            )
+            .await
+            .expect("list");
+        assert_eq!(running.len(), 100);
+        assert!(running.iter().all(|j| j.attempt == 1));
+    }
+
+    /// The same task ids submitted through two stores at once: one job
+    /// each, and every refusal names it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submits_dedup_across_stores() {
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        let batch = || {
+            (0..20)
+                .map(|i| spec(&format!("t{i}"), "g"))
+                .collect::<Vec<_>>()
+        };
+        let (ra, rb) = tokio::join!(a.submit(batch(), NOW), b.submit(batch(), NOW));
+        let (ra, rb) = (ra.expect("submit a"), rb.expect("submit b"));
+        for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+            let holder = s_holder(&*a, &format!("t{i}")).await;
+            let named = |r: &SubmitResult| match r {
+                SubmitResult::Created(id) => id.clone(),
+                SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) => job_id.clone(),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!((named(x), named(y)), (holder.clone(), holder));
+            assert!(
+                matches!(x, SubmitResult::Created(_)) != matches!(y, SubmitResult::Created(_)),
+                "exactly one of {x:?} and {y:?} created the job"
+            );
+        }
+    }
+
+    async fn s_holder(s: &dyn JobStore, task: &str) -> String {
+        s.get_by_task("g", task)
+            .await
+            .expect("get")
+            .expect("stored")
+            .job_id
+    }
+
+    /// A tracker that stops renewing loses its runs to the others once the
+    /// lease expires; its late outcome is stale. A live lease is left alone.
+    #[tokio::test]
+    async fn expired_leases_are_requeued_by_another_tracker() {
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(10));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(10));
+        let id = created(&a.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
+        claim_one(&*a, "g", NOW).await.expect("claimed by a");
+        let rec = b.recover(NOW + 1_000).await.expect("recover b");
+        assert_eq!(rec.requeued, 0, "a live lease of another tracker is kept");
+        assert_eq!(b.requeue_expired(NOW + 5_000).await.expect("sweep"), 0);
+        assert_eq!(a.renew_leases(NOW + 8_000).await.expect("renew"), 1);
+        assert_eq!(b.requeue_expired(NOW + 15_000).await.expect("sweep"), 0);
+        // a stops renewing: its lease ends at NOW + 18 s.
+        assert_eq!(b.requeue_expired(NOW + 18_001).await.expect("sweep"), 1);
+        let j = claim_one(&*b, "g", NOW + 18_002)
+            .await
+            .expect("claimed by b");
+        assert_eq!(j.attempt, 2);
+        let r = a
+            .complete(
+                vec![report(&id, 1, Outcome::Success(String::new()))],
+                NOW + 18_003,
+            )
+            .await
+            .expect("complete");
+        assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+        let (log, _) = b.logs(&id, 100, None).await.expect("logs");
+        assert!(log
+            .iter()
+            .any(|e| e.kind == LogKind::Requeued && e.message.contains("tracker-a")));
+    }
+}

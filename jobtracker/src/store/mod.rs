@@ -1,10 +1,12 @@
 //! The job store: where jobs, execution logs and feedback live.
 //!
 //! [`JobStore`] is the one interface the rest of the tracker uses; it has
-//! no backend dependencies. The embedded backend is [`sled::SledStore`].
+//! no backend dependencies. The embedded backend is [`sled::SledStore`];
+//! the cluster backend, shared by several trackers, is [`mongo::MongoStore`].
 //! The state machine a job goes through on an outcome is in
 //! [`apply_outcome`], shared by every backend so that they agree.
 
+pub mod mongo;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -234,6 +236,13 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Node groups that have pending jobs.
     async fn node_groups(&self) -> Result<Vec<String>>;
+
+    /// How often to look for work and feedback that other JobTrackers
+    /// sharing this store produced; `None` when this tracker sees every
+    /// change itself (a store of its own).
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Checks what the store cannot run yet. Cron schedules are refused with a

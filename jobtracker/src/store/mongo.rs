@@ -1,0 +1,1499 @@
+//! The cluster store: MongoDB, shared by every JobTracker of a cluster.
+//!
+//! Nothing is cached in the tracker: the queue is the `jobs` collection,
+//! so several trackers can submit, claim and complete over one database.
+//! Collections (the operator's view is `docs/mongodb.md`):
+//!
+//! | collection | `_id` | holds |
+//! |---|---|---|
+//! | `jobs` | job id | the job (its serde fields) plus `dedup_slot`, `lease_owner`, `lease_until_ms`, `op_token` |
+//! | `logs` | ObjectId | a log line (its serde fields) plus `seq` and `written_at` (TTL) |
+//! | `feedback` | feedback id | a feedback not yet acked |
+//! | `meta` | `"schema"` | `version` |
+//!
+//! Dedup: the unique index over (node group, task id, `dedup_slot`) lets
+//! one job per task id have `dedup_slot: ""`; a replaced job's slot is its
+//! own id, which frees the task id and keeps the old job readable.
+//!
+//! Batches: a submit is one `insert_many` (unordered; a duplicate key
+//! becomes that job's `AlreadyExists`); a claim reads the candidates in
+//! queue order and takes them with one `update` command holding one
+//! conditional statement per job, so a job another tracker took first is
+//! simply not in the result; outcomes and requeues are applied the same
+//! way. Every command sent is counted ([`MongoStore::commands_sent`]).
+//!
+//! Runs are leased: a claim records this tracker's instance name and a
+//! lease end; a background task renews the leases of this tracker's runs
+//! and requeues runs whose lease expired (their tracker died).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::*;
+use crate::error::{Error, Result};
+
+/// The layout this code writes; a database marked newer is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How often the dispatcher looks for work other trackers made ready.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most runs one sweep of expired leases puts back.
+const SWEEP_LIMIT: i64 = 1_000;
+
+const DUPLICATE_KEY: i32 = 11_000;
+
+/// How to reach the database and how this tracker uses it.
+#[derive(Clone, Debug)]
+pub struct MongoOptions {
+    /// `mongodb://` or `mongodb+srv://` connection string.
+    pub uri: String,
+    /// Database holding the collections.
+    pub database: String,
+    /// How long execution logs are kept (TTL index).
+    pub log_retention: Duration,
+    /// This tracker's stable name: its runs are leased under it, and a
+    /// restart under the same name requeues what its previous life ran.
+    pub instance: String,
+    /// How long a run's lease lasts without renewal.
+    pub lease: Duration,
+}
+
+/// Why [`MongoStore::connect`] failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// No server answered; trying again later may work.
+    Unreachable(String),
+    /// Anything else (bad URI, newer schema, refused index): retrying
+    /// will not help.
+    Fatal(Error),
+}
+
+/// The collections, once connected.
+struct Conn {
+    db: Database,
+    jobs: Collection<Document>,
+    logs: Collection<Document>,
+    feedback: Collection<Document>,
+}
+
+/// The MongoDB-backed [`JobStore`].
+pub struct MongoStore {
+    /// Set by the first successful [`MongoStore::connect`]; a call made
+    /// before then connects first.
+    conn: tokio::sync::OnceCell<Conn>,
+    options: MongoOptions,
+    commands: Arc<AtomicU64>,
+    seq: AtomicU64,
+    /// Node groups whose depth was reported, so an emptied queue reads 0.
+    /// A std mutex: never held across an await.
+    seen_groups: Mutex<HashSet<String>>,
+}
+
+fn store_err(what: &str) -> impl Fn(mongodb::error::Error) -> Error + '_ {
+    move |e| Error::Store(format!("MongoDB, {what}: {e}"))
+}
+
+fn is_unreachable(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        *e.kind,
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
+/// `uri` without its password, for messages.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+fn to_doc<T: serde::Serialize>(v: &T) -> Result<Document> {
+    bson::to_document(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+}
+
+fn state_bson(s: JobState) -> Bson {
+    // A unit variant always serializes; the name is the fallback anyway.
+    bson::to_bson(&s).unwrap_or_else(|_| Bson::String(s.name().to_string()))
+}
+
+fn final_states() -> Vec<Bson> {
+    [JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+        .into_iter()
+        .map(state_bson)
+        .collect()
+}
+
+fn id_of(d: &Document) -> String {
+    match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "(no _id)".into(),
+    }
+}
+
+/// Decodes a stored record; one that does not decode is reported with its
+/// id and skipped.
+fn decode<T: serde::de::DeserializeOwned>(what: &str, d: Document) -> Option<T> {
+    let id = id_of(&d);
+    match bson::from_document(d) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!("skipping {what} {id}: stored record cannot be decoded: {e}");
+            None
+        }
+    }
+}
+
+fn group_field() -> &'static str {
+    "spec.task_tracker_node_group"
+}
+
+/// The fields of `job` an outcome or a requeue may change: everything but
+/// its identity and spec.
+fn mutable_fields(job: &Job) -> Result<Document> {
+    let mut d = to_doc(job)?;
+    for k in ["job_id", "spec", "seq", "submitted_at_ms"] {
+        d.remove(k);
+    }
+    Ok(d)
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Counts of an `update` command.
+struct UpdateCounts {
+    modified: u64,
+}
+
+impl MongoStore {
+    /// A store that connects on [`MongoStore::connect`] or its first call;
+    /// no I/O yet.
+    pub fn new(options: MongoOptions) -> MongoStore {
+        MongoStore {
+            conn: tokio::sync::OnceCell::new(),
+            options,
+            commands: Arc::new(AtomicU64::new(0)),
+            seq: AtomicU64::new(0),
+            seen_groups: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Connects, checks the schema version and creates missing indexes;
+    /// nothing once connected. One attempt, bounded by the server
+    /// selection timeout.
+    pub async fn connect(&self) -> std::result::Result<(), ConnectError> {
+        self.conn.get_or_try_init(|| self.open_conn()).await?;
+        Ok(())
+    }
+
+    async fn c(&self) -> Result<&Conn> {
+        self.conn
+            .get_or_try_init(|| self.open_conn())
+            .await
+            .map_err(|e| match e {
+                ConnectError::Unreachable(m) => Error::Store(format!(
+                    "cannot reach MongoDB at {}: {m}",
+                    redact_uri(&self.options.uri)
+                )),
+                ConnectError::Fatal(e) => e,
+            })
+    }
+
+    async fn open_conn(&self) -> std::result::Result<Conn, ConnectError> {
+        let options = &self.options;
+        let fatal = |m: String| ConnectError::Fatal(Error::Store(m));
+        let mut client_options = ClientOptions::parse(&options.uri).await.map_err(|e| {
+            ConnectError::Fatal(Error::Config(format!(
+                "--mongodb {}: {e}",
+                redact_uri(&options.uri)
+            )))
+        })?;
+        // Bound each attempt so a start with MongoDB down keeps saying so,
+        // and a request during an outage fails instead of hanging.
+        client_options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(5));
+        client_options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(5));
+        client_options
+            .app_name
+            .get_or_insert_with(|| format!("lts-jobtracker {}", options.instance));
+        let counter = self.commands.clone();
+        client_options.command_event_handler =
+            Some(mongodb::event::EventHandler::callback(move |ev| {
+                if let CommandEvent::Started(_) = ev {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        let client = Client::with_options(client_options).map_err(|e| fatal(e.to_string()))?;
+        let db = client.database(&options.database);
+        let db_name = options.database.clone();
+        let classify = |what: &str, e: mongodb::error::Error| {
+            if is_unreachable(&e) {
+                ConnectError::Unreachable(e.to_string())
+            } else {
+                ConnectError::Fatal(Error::Store(format!(
+                    "MongoDB database {db_name}, {what}: {e}"
+                )))
+            }
+        };
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|e| classify("ping", e))?;
+
+        let meta: Collection<Document> = db.collection("meta");
+        let found = meta
+            .find_one(doc! { "_id": "schema" })
+            .await
+            .map_err(|e| classify("reading the schema version", e))?;
+        if let Some(found) = found {
+            let version = match found.get("version") {
+                Some(Bson::Int32(v)) => i64::from(*v),
+                Some(Bson::Int64(v)) => *v,
+                other => {
+                    return Err(ConnectError::Fatal(Error::Corrupt {
+                        key: format!("{}.meta schema", options.database),
+                        message: format!("version is {other:?}, an integer expected"),
+                    }))
+                }
+            };
+            if version > SCHEMA_VERSION {
+                return Err(fatal(format!(
+                    "MongoDB database {} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
+                    options.database
+                )));
+            }
+        }
+        meta.update_one(
+            doc! { "_id": "schema" },
+            doc! { "$max": { "version": SCHEMA_VERSION } },
+        )
+        .upsert(true)
+        .await
+        .map_err(|e| classify("recording the schema version", e))?;
+
+        let conn = Conn {
+            jobs: db.collection("jobs"),
+            logs: db.collection("logs"),
+            feedback: db.collection("feedback"),
+            db,
+        };
+        self.create_indexes(&conn)
+            .await
+            .map_err(|e| classify("creating indexes", e))?;
+        Ok(conn)
+    }
+
+    async fn create_indexes(&self, c: &Conn) -> mongodb::error::Result<()> {
+        let g = group_field();
+        let index = |name: &str, keys: Document, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_string())
+                        .unique(unique.then_some(true))
+                        .build(),
+                )
+                .build()
+        };
+        c.jobs
+            .create_indexes([
+                index(
+                    "claim_order",
+                    doc! { g: 1, "state": 1, "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 },
+                    false,
+                ),
+                index(
+                    "next_trigger",
+                    doc! { g: 1, "state": 1, "trigger_at_ms": 1 },
+                    false,
+                ),
+                index(
+                    "task_id_unique",
+                    doc! { g: 1, "spec.task_id": 1, "dedup_slot": 1 },
+                    true,
+                ),
+                index("lease_owner", doc! { "state": 1, "lease_owner": 1 }, false),
+                index(
+                    "lease_expiry",
+                    doc! { "state": 1, "lease_until_ms": 1 },
+                    false,
+                ),
+                index("op_token", doc! { "op_token": 1 }, false),
+            ])
+            .await?;
+        c.logs
+            .create_index(index("job_log", doc! { "job_id": 1, "seq": 1 }, false))
+            .await?;
+        let retention = IndexModel::builder()
+            .keys(doc! { "written_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("log_retention".to_string())
+                    .expire_after(self.options.log_retention)
+                    .build(),
+            )
+            .build();
+        if let Err(e) = c.logs.create_index(retention).await {
+            // The index exists with another retention: change it in place.
+            tracing::info!("log retention index differs ({e}); updating it");
+            c.db.run_command(doc! {
+                "collMod": "logs",
+                "index": {
+                    "name": "log_retention",
+                    "expireAfterSeconds": self.options.log_retention.as_secs() as i64,
+                },
+            })
+            .await?;
+        }
+        c.feedback
+            .create_index(index(
+                "by_group",
+                doc! { "submit_node_group": 1, "_id": 1 },
+                false,
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Commands sent to MongoDB since this store was opened, counted by the
+    /// driver's command monitoring: one per round trip.
+    pub fn commands_sent(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    /// This tracker's instance name (lease owner).
+    pub fn instance(&self) -> &str {
+        &self.options.instance
+    }
+
+    /// Next sequence number: the wall clock in ms shifted left 20 bits plus
+    /// a counter, so it grows within a tracker and, as far as their clocks
+    /// agree, across trackers, without a round trip.
+    fn next_seq(&self) -> u64 {
+        let base = (lts_common::now_ms().max(0) as u64) << 20;
+        self.seq.fetch_max(base, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn op_token(&self) -> String {
+        uuid::Uuid::now_v7().simple().to_string()
+    }
+
+    fn job_doc(&self, job: &Job) -> Result<Document> {
+        let mut d = to_doc(job)?;
+        d.insert("_id", job.job_id.clone());
+        d.insert("dedup_slot", "");
+        Ok(d)
+    }
+
+    async fn insert_logs(&self, entries: &[LogEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let written_at = bson::DateTime::now();
+        let mut docs = Vec::with_capacity(entries.len());
+        for e in entries {
+            let mut d = to_doc(e)?;
+            d.insert("seq", self.next_seq() as i64);
+            d.insert("written_at", written_at);
+            docs.push(d);
+        }
+        self.c()
+            .await?
+            .logs
+            .insert_many(docs)
+            .ordered(false)
+            .await
+            .map_err(store_err("writing execution logs"))?;
+        Ok(())
+    }
+
+    async fn insert_feedback(&self, items: &[Feedback]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut docs = Vec::with_capacity(items.len());
+        for f in items {
+            let mut d = to_doc(f)?;
+            d.insert("_id", f.feedback_id.clone());
+            docs.push(d);
+        }
+        self.c()
+            .await?
+            .feedback
+            .insert_many(docs)
+            .ordered(false)
+            .await
+            .map_err(store_err("writing feedback"))?;
+        Ok(())
+    }
+
+    /// Runs one `update` command with one statement per `(filter, update)`:
+    /// one round trip for a batch whose documents each change differently.
+    async fn update_each(&self, statements: Vec<(Document, Document)>) -> Result<UpdateCounts> {
+        if statements.is_empty() {
+            return Ok(UpdateCounts { modified: 0 });
+        }
+        let updates: Vec<Bson> = statements
+            .into_iter()
+            .map(|(q, u)| Bson::Document(doc! { "q": q, "u": u, "multi": false }))
+            .collect();
+        let reply = self
+            .c()
+            .await?
+            .db
+            .run_command(doc! { "update": "jobs", "updates": updates, "ordered": false })
+            .await
+            .map_err(store_err("updating jobs"))?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if let Some(Bson::Document(first)) = errors.first() {
+                return Err(Error::Store(format!(
+                    "MongoDB refused {} job update(s), e.g.: {}",
+                    errors.len(),
+                    first.get_str("errmsg").unwrap_or("no message")
+                )));
+            }
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(Error::Store(format!(
+                "MongoDB write concern not satisfied: {}",
+                wce.get_str("errmsg").unwrap_or("no message")
+            )));
+        }
+        let modified = match reply.get("nModified") {
+            Some(Bson::Int32(n)) => *n as u64,
+            Some(Bson::Int64(n)) => *n as u64,
+            _ => 0,
+        };
+        Ok(UpdateCounts { modified })
+    }
+
+    async fn find_jobs(&self, filter: Document) -> Result<Vec<Job>> {
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .jobs
+            .find(filter)
+            .await
+            .map_err(store_err("reading jobs"))?
+            .try_collect()
+            .await
+            .map_err(store_err("reading jobs"))?;
+        Ok(docs.into_iter().filter_map(|d| decode("job", d)).collect())
+    }
+
+    /// Inserts new jobs in one unordered write; a duplicate task id becomes
+    /// that job's refusal with the id of the job holding the task id.
+    async fn insert_jobs(&self, jobs: Vec<(usize, Job)>) -> Result<Vec<(usize, SubmitResult)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs = jobs
+            .iter()
+            .map(|(_, j)| self.job_doc(j))
+            .collect::<Result<Vec<_>>>()?;
+        let mut duplicates = HashSet::new();
+        if let Err(e) = self.c().await?.jobs.insert_many(docs).ordered(false).await {
+            let mongodb::error::ErrorKind::InsertMany(ref failure) = *e.kind else {
+                return Err(store_err("storing jobs")(e));
+            };
+            if failure.write_concern_error.is_some() {
+                return Err(store_err("storing jobs")(e));
+            }
+            for w in failure.write_errors.iter().flatten() {
+                if w.code != DUPLICATE_KEY {
+                    return Err(Error::Store(format!(
+                        "MongoDB refused job {}: {}",
+                        jobs.get(w.index).map_or("?", |(_, j)| j.job_id.as_str()),
+                        w.message
+                    )));
+                }
+                duplicates.insert(w.index);
+            }
+        }
+        let mut holders = HashMap::new();
+        if !duplicates.is_empty() {
+            let keys: Vec<Bson> = duplicates
+                .iter()
+                .filter_map(|i| jobs.get(*i))
+                .map(|(_, j)| {
+                    Bson::Document(doc! {
+                        group_field(): &j.spec.task_tracker_node_group,
+                        "spec.task_id": &j.spec.task_id,
+                        "dedup_slot": "",
+                    })
+                })
+                .collect();
+            let found: Vec<Document> = self
+                .c()
+                .await?
+                .jobs
+                .find(doc! { "$or": keys })
+                .projection(doc! { "_id": 1, group_field(): 1, "spec.task_id": 1 })
+                .await
+                .map_err(store_err("reading duplicate task ids"))?
+                .try_collect()
+                .await
+                .map_err(store_err("reading duplicate task ids"))?;
+            for d in found {
+                let spec = d.get_document("spec").ok();
+                let g = spec.and_then(|s| s.get_str("task_tracker_node_group").ok());
+                let t = spec.and_then(|s| s.get_str("task_id").ok());
+                if let (Some(g), Some(t)) = (g, t) {
+                    holders.insert((g.to_string(), t.to_string()), id_of(&d));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for (i, (slot, job)) in jobs.into_iter().enumerate() {
+            if !duplicates.contains(&i) {
+                out.push((slot, SubmitResult::Created(job.job_id)));
+                continue;
+            }
+            let key = (job.spec.task_tracker_node_group, job.spec.task_id);
+            let Some(existing) = holders.get(&key) else {
+                return Err(Error::Store(format!(
+                    "task id {} of node group {} was taken and released by a concurrent submit; submit again",
+                    key.1, key.0
+                )));
+            };
+            out.push((
+                slot,
+                SubmitResult::Refused(SubmitRefusal::AlreadyExists {
+                    job_id: existing.clone(),
+                }),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Stores `spec` in place of the job holding its task id, if any
+    /// (`replace_on_exist`). Retries when a concurrent submit moves the
+    /// task id in between.
+    async fn replace(
+        &self,
+        spec: JobSpec,
+        now_ms: i64,
+        logs: &mut Vec<LogEntry>,
+    ) -> Result<SubmitResult> {
+        let g = spec.task_tracker_node_group.clone();
+        let t = spec.task_id.clone();
+        let job = new_job(new_job_id(), spec, self.next_seq(), now_ms);
+        for _ in 0..8 {
+            let holder = self
+                .c()
+                .await?
+                .jobs
+                .find_one(doc! { group_field(): &g, "spec.task_id": &t, "dedup_slot": "" })
+                .await
+                .map_err(store_err("reading the job to replace"))?;
+            let mut replaced = None;
+            if let Some(d) = holder {
+                let old_id = id_of(&d);
+                let Some(old) = decode::<Job>("job", d) else {
+                    return Err(Error::Corrupt {
+                        key: old_id,
+                        message: "the job holding this task id cannot be decoded".into(),
+                    });
+                };
+                let mut set = doc! { "dedup_slot": &old.job_id };
+                if !old.state.is_final() {
+                    set.insert("state", state_bson(JobState::Cancelled));
+                    set.insert("updated_at_ms", now_ms);
+                }
+                let r = self
+                    .c()
+                    .await?
+                    .jobs
+                    .update_one(
+                        doc! {
+                            "_id": &old.job_id,
+                            "dedup_slot": "",
+                            "state": state_bson(old.state),
+                            "attempt": old.attempt as i64,
+                        },
+                        doc! { "$set": set },
+                    )
+                    .await
+                    .map_err(store_err("replacing a job"))?;
+                if r.modified_count == 0 {
+                    continue;
+                }
+                replaced = Some(old);
+            }
+            match self.insert_jobs(vec![(0, job.clone())]).await? {
+                r if matches!(r.first(), Some((_, SubmitResult::Created(_)))) => {}
+                _ => continue,
+            }
+            logs.push(LogEntry::new(&job.job_id, LogKind::Received, 0, ""));
+            return Ok(match replaced {
+                Some(old) => {
+                    logs.push(LogEntry::new(
+                        &old.job_id,
+                        LogKind::Replaced,
+                        old.attempt,
+                        format!("replaced by job {} (replace_on_exist)", job.job_id),
+                    ));
+                    SubmitResult::Replaced {
+                        job_id: job.job_id,
+                        replaced: Box::new(old),
+                    }
+                }
+                None => SubmitResult::Created(job.job_id),
+            });
+        }
+        Err(Error::Store(format!(
+            "task id {t} of node group {g} keeps changing under concurrent submits; submit again"
+        )))
+    }
+
+    /// Puts running jobs back in the queue, each with the reason `why`
+    /// gives, if they are still the run `(id, attempt)`. Returns how many.
+    async fn requeue_jobs(
+        &self,
+        jobs: Vec<Job>,
+        now_ms: i64,
+        why: impl Fn(&Job) -> String,
+    ) -> Result<usize> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let token = self.op_token();
+        let statements = jobs
+            .iter()
+            .map(|j| {
+                (
+                    doc! {
+                        "_id": &j.job_id,
+                        "state": state_bson(JobState::Running),
+                        "attempt": j.attempt as i64,
+                    },
+                    doc! {
+                        "$set": {
+                            "state": state_bson(JobState::Pending),
+                            "worker": "",
+                            "updated_at_ms": now_ms,
+                            "op_token": &token,
+                        },
+                        "$min": { "trigger_at_ms": now_ms },
+                        "$unset": { "lease_owner": "", "lease_until_ms": "" },
+                    },
+                )
+            })
+            .collect();
+        let counts = self.update_each(statements).await?;
+        let done: Vec<&Job> = if counts.modified as usize == jobs.len() {
+            jobs.iter().collect()
+        } else {
+            let ids: HashSet<String> = self
+                .find_jobs(doc! { "op_token": &token })
+                .await?
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect();
+            jobs.iter().filter(|j| ids.contains(&j.job_id)).collect()
+        };
+        let logs: Vec<LogEntry> = done
+            .iter()
+            .map(|j| {
+                LogEntry::new(&j.job_id, LogKind::Requeued, j.attempt, why(j))
+                    .with_worker(&j.worker)
+            })
+            .collect();
+        self.insert_logs(&logs).await?;
+        Ok(done.len())
+    }
+
+    /// Extends the leases of this tracker's runs.
+    pub async fn renew_leases(&self, now_ms: i64) -> Result<u64> {
+        let r = self.c().await?
+            .jobs
+            .update_many(
+                doc! {
+                    "state": state_bson(JobState::Running),
+                    "lease_owner": &self.options.instance,
+                },
+                doc! { "$set": { "lease_until_ms": now_ms + self.options.lease.as_millis() as i64 } },
+            )
+            .await
+            .map_err(store_err("renewing leases"))?;
+        Ok(r.modified_count)
+    }
+
+    /// Requeues runs whose lease expired before `now_ms`: their tracker
+    /// stopped renewing them. Safe on every tracker at once: each run is
+    /// put back only while it is still that attempt.
+    pub async fn requeue_expired(&self, now_ms: i64) -> Result<usize> {
+        let expired = self
+            .c()
+            .await?
+            .jobs
+            .find(doc! {
+                "state": state_bson(JobState::Running),
+                "lease_until_ms": { "$lt": now_ms },
+            })
+            .limit(SWEEP_LIMIT)
+            .await
+            .map_err(store_err("reading expired leases"))?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(store_err("reading expired leases"))?;
+        let mut jobs = Vec::with_capacity(expired.len());
+        let mut owners = HashMap::new();
+        for d in expired {
+            let owner = d.get_str("lease_owner").unwrap_or("?").to_string();
+            if let Some(j) = decode::<Job>("job", d) {
+                owners.insert(j.job_id.clone(), owner);
+                jobs.push(j);
+            }
+        }
+        let n = self
+            .requeue_jobs(jobs, now_ms, |j| {
+                format!(
+                    "the lease of attempt {} on {} expired: JobTracker {} stopped renewing it; it runs again with a new attempt",
+                    j.attempt,
+                    j.worker,
+                    owners.get(&j.job_id).map_or("?", String::as_str)
+                )
+            })
+            .await?;
+        if n > 0 {
+            tracing::warn!("requeued {n} runs whose lease expired");
+        }
+        Ok(n)
+    }
+
+    /// Starts the background task that renews this tracker's leases and
+    /// requeues expired ones. It stops when the store is dropped or
+    /// `shutdown` fires.
+    pub fn spawn_maintenance(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let weak: Weak<MongoStore> = Arc::downgrade(self);
+        let every = (self.options.lease / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(store) = weak.upgrade() else { return };
+                let now = lts_common::now_ms();
+                if let Err(e) = store.renew_leases(now).await {
+                    tracing::warn!("cannot renew run leases: {e}");
+                }
+                if let Err(e) = store.requeue_expired(now).await {
+                    tracing::warn!("cannot requeue runs with expired leases: {e}");
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl JobStore for MongoStore {
+    async fn recover(&self, now_ms: i64) -> Result<Recovery> {
+        let pending = self
+            .c()
+            .await?
+            .jobs
+            .count_documents(doc! {
+                "state": { "$in": [state_bson(JobState::Pending), state_bson(JobState::Suspended)] }
+            })
+            .await
+            .map_err(store_err("counting pending jobs"))? as usize;
+        // Runs leased under this instance name were started by this
+        // tracker's previous life: they are dead now. Other trackers' runs
+        // are left to their leases.
+        let own = self
+            .find_jobs(doc! {
+                "state": state_bson(JobState::Running),
+                "lease_owner": &self.options.instance,
+            })
+            .await?;
+        let requeued = self
+            .requeue_jobs(own, now_ms, |j| {
+                format!(
+                    "the JobTracker restarted while attempt {} ran on {}; it runs again with a new attempt",
+                    j.attempt, j.worker
+                )
+            })
+            .await?
+            + self.requeue_expired(now_ms).await?;
+        let feedback = self
+            .c()
+            .await?
+            .feedback
+            .count_documents(doc! {})
+            .await
+            .map_err(store_err("counting feedback"))? as usize;
+        Ok(Recovery {
+            pending,
+            requeued,
+            feedback,
+            corrupt: 0,
+        })
+    }
+
+    async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>> {
+        let mut results: Vec<Option<SubmitResult>> = vec![None; jobs.len()];
+        let mut logs = Vec::with_capacity(jobs.len());
+        // Holder of each task id seen in this batch, so a duplicate within
+        // the batch is refused without asking the database.
+        let mut holders: HashMap<(String, String), String> = HashMap::new();
+        let mut inserts: Vec<(usize, Job)> = Vec::new();
+        for (slot, spec) in jobs.into_iter().enumerate() {
+            if let Some(refusal) = unsupported(&spec) {
+                results[slot] = Some(SubmitResult::Refused(refusal));
+                continue;
+            }
+            let key = (spec.task_tracker_node_group.clone(), spec.task_id.clone());
+            if spec.replace_on_exist {
+                // Replaces run in batch order, after what precedes them.
+                for (s, r) in self.insert_jobs(std::mem::take(&mut inserts)).await? {
+                    results[s] = Some(r);
+                }
+                let r = self.replace(spec, now_ms, &mut logs).await?;
+                if let SubmitResult::Created(id) | SubmitResult::Replaced { job_id: id, .. } = &r {
+                    holders.insert(key, id.clone());
+                }
+                results[slot] = Some(r);
+                continue;
+            }
+            if let Some(id) = holders.get(&key) {
+                results[slot] = Some(SubmitResult::Refused(SubmitRefusal::AlreadyExists {
+                    job_id: id.clone(),
+                }));
+                continue;
+            }
+            let job = new_job(new_job_id(), spec, self.next_seq(), now_ms);
+            holders.insert(key, job.job_id.clone());
+            inserts.push((slot, job));
+        }
+        let pre_ids: HashMap<usize, String> = inserts
+            .iter()
+            .map(|(slot, j)| (*slot, j.job_id.clone()))
+            .collect();
+        // A job of this batch refused for a stored task id: who holds it.
+        let mut lost_to: HashMap<String, String> = HashMap::new();
+        for (s, r) in self.insert_jobs(inserts).await? {
+            match &r {
+                SubmitResult::Created(id) => {
+                    logs.push(LogEntry::new(id, LogKind::Received, 0, ""));
+                }
+                SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) => {
+                    if let Some(pre) = pre_ids.get(&s) {
+                        lost_to.insert(pre.clone(), job_id.clone());
+                    }
+                }
+                _ => {}
+            }
+            results[s] = Some(r);
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                // An in-batch duplicate names the job it lost to, or, if
+                // that one lost to a stored job, the stored one.
+                Some(SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id })) => {
+                    SubmitResult::Refused(SubmitRefusal::AlreadyExists {
+                        job_id: lost_to.get(&job_id).cloned().unwrap_or(job_id),
+                    })
+                }
+                Some(other) => other,
+                None => {
+                    return Err(Error::Store(
+                        "a job of the batch got no result; submit again".into(),
+                    ))
+                }
+            });
+        }
+        self.insert_logs(&logs).await?;
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+    ) -> Result<Claimed> {
+        let mut claimed = Claimed {
+            per_grant: grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect(),
+            next_ready_at_ms: None,
+        };
+        let wanted: usize = grants.iter().map(|(_, n)| *n).sum();
+        let mut candidates = Vec::new();
+        if wanted > 0 {
+            let docs: Vec<Document> = self
+                .c()
+                .await?
+                .jobs
+                .find(doc! {
+                    group_field(): node_group,
+                    "state": state_bson(JobState::Pending),
+                    "trigger_at_ms": { "$lte": now_ms },
+                })
+                .sort(doc! { "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 })
+                .limit(wanted as i64)
+                .await
+                .map_err(store_err("reading the queue"))?
+                .try_collect()
+                .await
+                .map_err(store_err("reading the queue"))?;
+            candidates = docs
+                .into_iter()
+                .filter_map(|d| decode::<Job>("job", d))
+                .collect();
+        }
+        // Each job goes to the grant with the most room left, so work
+        // spreads over the idlest TaskTrackers first.
+        let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
+        let mut assigned: Vec<(usize, Job)> = Vec::with_capacity(candidates.len());
+        for job in candidates {
+            let Some((i, _)) = remaining
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r > 0)
+                .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
+            else {
+                break;
+            };
+            remaining[i] -= 1;
+            assigned.push((i, job));
+        }
+        let token = self.op_token();
+        let lease_until = now_ms + self.options.lease.as_millis() as i64;
+        let statements = assigned
+            .iter()
+            .map(|(i, j)| {
+                (
+                    // Still the job we read: nobody claimed or changed it.
+                    doc! {
+                        "_id": &j.job_id,
+                        "state": state_bson(JobState::Pending),
+                        "attempt": j.attempt as i64,
+                        "updated_at_ms": j.updated_at_ms,
+                    },
+                    doc! {
+                        "$set": {
+                            "state": state_bson(JobState::Running),
+                            "worker": &grants[*i].0,
+                            "updated_at_ms": now_ms,
+                            "lease_owner": &self.options.instance,
+                            "lease_until_ms": lease_until,
+                            "op_token": &token,
+                        },
+                        "$inc": { "attempt": 1 },
+                    },
+                )
+            })
+            .collect();
+        let counts = self.update_each(statements).await?;
+        if counts.modified as usize != assigned.len() {
+            // Another tracker took some first: keep what is ours.
+            let ours: HashSet<String> = self
+                .find_jobs(doc! { "op_token": &token })
+                .await?
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect();
+            assigned.retain(|(_, j)| ours.contains(&j.job_id));
+        }
+        let mut logs = Vec::with_capacity(assigned.len());
+        for (i, mut job) in assigned {
+            let worker = &grants[i].0;
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.worker.clone_from(worker);
+            job.updated_at_ms = now_ms;
+            logs.push(
+                LogEntry::new(
+                    &job.job_id,
+                    LogKind::Dispatched,
+                    job.attempt,
+                    format!("to {worker}"),
+                )
+                .with_worker(worker),
+            );
+            claimed.per_grant[i].push(job);
+        }
+        self.insert_logs(&logs).await?;
+        if logs.len() < wanted {
+            // The ready queue ran dry: say when the next delayed job is due.
+            let next = self
+                .c()
+                .await?
+                .jobs
+                .find_one(doc! {
+                    group_field(): node_group,
+                    "state": state_bson(JobState::Pending),
+                    "trigger_at_ms": { "$gt": now_ms },
+                })
+                .sort(doc! { "trigger_at_ms": 1 })
+                .projection(doc! { "trigger_at_ms": 1 })
+                .await
+                .map_err(store_err("reading the next trigger time"))?;
+            claimed.next_ready_at_ms = next.and_then(|d| d.get_i64("trigger_at_ms").ok());
+        }
+        Ok(claimed)
+    }
+
+    async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()> {
+        let entries: Vec<LogEntry> = runs
+            .iter()
+            .map(|(job_id, attempt)| {
+                let mut e =
+                    LogEntry::new(job_id, LogKind::Started, *attempt, "").with_worker(worker);
+                e.at_ms = at_ms;
+                e
+            })
+            .collect();
+        self.insert_logs(&entries).await
+    }
+
+    async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>> {
+        let ids: Vec<&str> = reports.iter().map(|r| r.job_id.as_str()).collect();
+        let mut current: HashMap<String, Job> = self
+            .find_jobs(doc! { "_id": { "$in": ids } })
+            .await?
+            .into_iter()
+            .map(|j| (j.job_id.clone(), j))
+            .collect();
+        let token = self.op_token();
+        let mut results = Vec::with_capacity(reports.len());
+        let mut logs = Vec::with_capacity(reports.len() * 2);
+        let mut statements = Vec::new();
+        // Per applied result: its index, its job id, its run's attempt.
+        let mut applied: Vec<(usize, String, u32, Vec<LogEntry>)> = Vec::new();
+        let mut feedback = Vec::new();
+        for report in reports {
+            let state = current.get(&report.job_id).map(|j| (j.attempt, j.state));
+            match state {
+                Some((attempt, JobState::Running)) if attempt == report.attempt => {}
+                other => {
+                    let current_attempt = other.map(|(a, _)| a).unwrap_or(0);
+                    logs.push(stale_log(&report, current_attempt));
+                    results.push(CompleteResult::Stale { current_attempt });
+                    continue;
+                }
+            }
+            let Some(job) = current.get_mut(&report.job_id) else {
+                continue;
+            };
+            let t = apply_outcome(job, &report, now_ms);
+            let mut set = mutable_fields(job)?;
+            set.insert("op_token", &token);
+            statements.push((
+                doc! {
+                    "_id": &job.job_id,
+                    "state": state_bson(JobState::Running),
+                    "attempt": report.attempt as i64,
+                },
+                doc! { "$set": set, "$unset": { "lease_owner": "", "lease_until_ms": "" } },
+            ));
+            if let Some(fb) = &t.feedback {
+                feedback.push(fb.clone());
+            }
+            applied.push((results.len(), job.job_id.clone(), report.attempt, t.logs));
+            results.push(CompleteResult::Applied {
+                job: Box::new(job.clone()),
+                feedback: t.feedback,
+            });
+        }
+        // Feedback first: a crash after it and before the job update runs
+        // the job again and feeds back twice (at least once), never zero.
+        self.insert_feedback(&feedback).await?;
+        let counts = self.update_each(statements).await?;
+        if counts.modified as usize != applied.len() {
+            // Another tracker moved some of these jobs on in between.
+            let ids: Vec<&str> = applied.iter().map(|(_, id, _, _)| id.as_str()).collect();
+            let now: HashMap<String, Job> = self
+                .find_jobs(doc! { "_id": { "$in": ids } })
+                .await?
+                .into_iter()
+                .map(|j| (j.job_id.clone(), j))
+                .collect();
+            let ours: HashSet<String> = self
+                .find_jobs(doc! { "op_token": &token })
+                .await?
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect();
+            let mut dropped_feedback = Vec::new();
+            for (i, id, attempt, _) in &applied {
+                if ours.contains(id) {
+                    continue;
+                }
+                let current_attempt = now.get(id).map_or(0, |j| j.attempt);
+                if let CompleteResult::Applied {
+                    feedback: Some(fb), ..
+                } = &results[*i]
+                {
+                    dropped_feedback.push(Bson::String(fb.feedback_id.clone()));
+                }
+                tracing::info!(
+                    "outcome of job {id} attempt {attempt} lost a race; refused as stale"
+                );
+                results[*i] = CompleteResult::Stale { current_attempt };
+            }
+            applied.retain(|(_, id, _, _)| ours.contains(id));
+            if !dropped_feedback.is_empty() {
+                self.c()
+                    .await?
+                    .feedback
+                    .delete_many(doc! { "_id": { "$in": dropped_feedback } })
+                    .await
+                    .map_err(store_err("dropping feedback of a stale outcome"))?;
+            }
+        }
+        for (_, _, _, l) in applied {
+            logs.extend(l);
+        }
+        self.insert_logs(&logs).await?;
+        Ok(results)
+    }
+
+    async fn requeue(&self, runs: &[(String, u32)], reason: &str, now_ms: i64) -> Result<usize> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let wanted: HashSet<(&str, u32)> = runs.iter().map(|(id, a)| (id.as_str(), *a)).collect();
+        let ids: Vec<&str> = runs.iter().map(|(id, _)| id.as_str()).collect();
+        let jobs: Vec<Job> = self
+            .find_jobs(doc! { "_id": { "$in": ids }, "state": state_bson(JobState::Running) })
+            .await?
+            .into_iter()
+            .filter(|j| wanted.contains(&(j.job_id.as_str(), j.attempt)))
+            .collect();
+        self.requeue_jobs(jobs, now_ms, |_| reason.to_string())
+            .await
+    }
+
+    async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled> {
+        let before = self
+            .c()
+            .await?
+            .jobs
+            .find_one_and_update(
+                doc! { "_id": job_id, "state": { "$nin": final_states() } },
+                doc! {
+                    "$set": {
+                        "state": state_bson(JobState::Cancelled),
+                        "updated_at_ms": now_ms,
+                        "worker": "",
+                    },
+                    "$unset": { "lease_owner": "", "lease_until_ms": "" },
+                },
+            )
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(store_err("cancelling a job"))?;
+        let Some(d) = before else {
+            return match self.get(job_id).await? {
+                Some(job) => Err(Error::WrongState(format!(
+                    "job {job_id} is already {}",
+                    job.state.name()
+                ))),
+                None => Err(Error::NotFound(job_id.to_string())),
+            };
+        };
+        let Some(before) = decode::<Job>("job", d) else {
+            return Err(Error::Corrupt {
+                key: job_id.to_string(),
+                message: "cancelled, but the stored job cannot be decoded".into(),
+            });
+        };
+        let mut job = before.clone();
+        job.state = JobState::Cancelled;
+        job.updated_at_ms = now_ms;
+        job.worker.clear();
+        let feedback = job
+            .spec
+            .need_feedback
+            .then(|| feedback_for(&job, None, now_ms));
+        if let Some(fb) = &feedback {
+            self.insert_feedback(std::slice::from_ref(fb)).await?;
+        }
+        self.insert_logs(&[LogEntry::new(
+            job_id,
+            LogKind::Cancelled,
+            job.attempt,
+            format!("cancelled while {}", before.state.name()),
+        )])
+        .await?;
+        Ok(Cancelled {
+            before,
+            after: job,
+            feedback,
+        })
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>> {
+        let found = self
+            .c()
+            .await?
+            .jobs
+            .find_one(doc! { "_id": job_id })
+            .await
+            .map_err(store_err("reading a job"))?;
+        match found {
+            Some(d) => bson::from_document(d)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    key: format!("jobs {job_id}"),
+                    message: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
+        let found = self
+            .c()
+            .await?
+            .jobs
+            .find_one(doc! { group_field(): node_group, "spec.task_id": task_id, "dedup_slot": "" })
+            .await
+            .map_err(store_err("reading a job by task id"))?;
+        match found {
+            Some(d) => {
+                let id = id_of(&d);
+                bson::from_document(d)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt {
+                        key: format!("jobs {id}"),
+                        message: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        let mut q = Document::new();
+        if let Some(g) = &filter.node_group {
+            q.insert(group_field(), g);
+        }
+        if let Some(s) = filter.state {
+            q.insert("state", state_bson(s));
+        }
+        if let Some(p) = &filter.task_id_prefix {
+            q.insert(
+                "spec.task_id",
+                doc! { "$regex": format!("^{}", regex_escape(p)) },
+            );
+        }
+        if let Some(t) = page_token {
+            q.insert("_id", doc! { "$gt": t });
+        }
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .jobs
+            .find(q)
+            .sort(doc! { "_id": 1 })
+            .limit(page_size as i64 + 1)
+            .await
+            .map_err(store_err("listing jobs"))?
+            .try_collect()
+            .await
+            .map_err(store_err("listing jobs"))?;
+        let more = docs.len() > page_size;
+        let jobs: Vec<Job> = docs
+            .into_iter()
+            .take(page_size)
+            .filter_map(|d| decode("job", d))
+            .collect();
+        let token = if more {
+            jobs.last().map(|j| j.job_id.clone())
+        } else {
+            None
+        };
+        Ok((jobs, token))
+    }
+
+    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        self.insert_logs(&entries).await
+    }
+
+    async fn logs(
+        &self,
+        job_id: &str,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        let mut q = doc! { "job_id": job_id };
+        if let Some(t) = page_token {
+            let after: i64 = t.parse().map_err(|_| {
+                Error::Invalid(lts_common::ValidationError::new(
+                    "page_token",
+                    "is not a token this tracker gave out",
+                ))
+            })?;
+            q.insert("seq", doc! { "$gt": after });
+        }
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .logs
+            .find(q)
+            .sort(doc! { "seq": 1 })
+            .limit(page_size as i64 + 1)
+            .await
+            .map_err(store_err("reading execution logs"))?
+            .try_collect()
+            .await
+            .map_err(store_err("reading execution logs"))?;
+        let more = docs.len() > page_size;
+        let mut out = Vec::with_capacity(page_size.min(docs.len()));
+        let mut last_seq = 0;
+        for d in docs.into_iter().take(page_size) {
+            last_seq = d.get_i64("seq").unwrap_or(last_seq);
+            if let Some(e) = decode("log line", d) {
+                out.push(e);
+            }
+        }
+        Ok((out, more.then(|| last_seq.to_string())))
+    }
+
+    async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .feedback
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(store_err("reading feedback"))?
+            .try_collect()
+            .await
+            .map_err(store_err("reading feedback"))?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| decode("feedback", d))
+            .collect())
+    }
+
+    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        if feedback_ids.is_empty() {
+            return Ok(());
+        }
+        self.c()
+            .await?
+            .feedback
+            .delete_many(doc! { "_id": { "$in": feedback_ids } })
+            .await
+            .map_err(store_err("deleting acked feedback"))?;
+        Ok(())
+    }
+
+    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {
+        let counts = self
+            .group_counts(doc! {
+                "state": state_bson(JobState::Pending),
+                "trigger_at_ms": { "$lte": now_ms },
+            })
+            .await?;
+        let mut seen = self.seen_groups.lock().unwrap_or_else(|p| p.into_inner());
+        seen.extend(counts.keys().cloned());
+        Ok(seen
+            .iter()
+            .map(|g| (g.clone(), counts.get(g).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    async fn node_groups(&self) -> Result<Vec<String>> {
+        Ok(self
+            .group_counts(doc! { "state": state_bson(JobState::Pending) })
+            .await?
+            .into_keys()
+            .collect())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(POLL_INTERVAL)
+    }
+}
+
+impl MongoStore {
+    async fn group_counts(&self, filter: Document) -> Result<HashMap<String, usize>> {
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .jobs
+            .aggregate([
+                doc! { "$match": filter },
+                doc! { "$group": { "_id": format!("${}", group_field()), "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(store_err("counting jobs per node group"))?
+            .try_collect()
+            .await
+            .map_err(store_err("counting jobs per node group"))?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| {
+                let g = d.get_str("_id").ok()?.to_string();
+                let n = match d.get("n") {
+                    Some(Bson::Int32(n)) => *n as usize,
+                    Some(Bson::Int64(n)) => *n as usize,
+                    _ => 0,
+                };
+                Some((g, n))
+            })
+            .collect())
+    }
+}
+
+fn stale_log(report: &RunReport, current_attempt: u32) -> LogEntry {
+    LogEntry::new(
+        &report.job_id,
+        LogKind::StaleOutcome,
+        report.attempt,
+        format!(
+            "refused {} for attempt {}: the current attempt is {current_attempt}",
+            report.outcome, report.attempt
+        ),
+    )
+    .with_worker(&report.worker)
+}
