@@ -31,6 +31,33 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
 
+    /// Keep jobs, feedback and execution logs in MongoDB instead of the
+    /// embedded store, e.g. `mongodb://db1:27017,db2:27017/?replicaSet=rs0`.
+    /// Several JobTrackers may share one database.
+    #[arg(long, env = "JOBTRACKER_MONGODB", value_name = "URI")]
+    pub mongodb: Option<String>,
+
+    /// MongoDB database holding the collections (see docs/mongodb.md).
+    #[arg(long, env = "JOBTRACKER_MONGODB_DATABASE", default_value = "lts")]
+    pub mongodb_database: String,
+
+    /// This tracker's stable name in the shared database: its runs are
+    /// leased under it, and a restart under the same name requeues the runs
+    /// its previous life left at once. Default: host name and listen port.
+    #[arg(long, env = "JOBTRACKER_MONGODB_INSTANCE")]
+    pub mongodb_instance: Option<String>,
+
+    /// How long a run's lease lasts; a tracker renews its runs' leases every
+    /// third of it, and runs of a tracker that stopped renewing are run
+    /// again after it. 1s..=10m. MongoDB store only.
+    #[arg(long, env = "JOBTRACKER_MONGODB_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub mongodb_lease: Duration,
+
+    /// How long execution logs are kept (a TTL index). At least 1m.
+    /// MongoDB store only.
+    #[arg(long, env = "JOBTRACKER_LOG_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
+
     /// Serve Prometheus metrics on this address (GET /metrics). Off when
     /// not given.
     #[arg(long, env = "JOBTRACKER_METRICS_ADDR")]
@@ -69,15 +96,71 @@ impl TryFrom<&Cli> for TrackerConfig {
         if cli.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("--data-dir: is empty".into()));
         }
-        Ok(TrackerConfig {
-            store: StoreConfig::Sled {
+        let store = match &cli.mongodb {
+            Some(uri) => mongo_store(cli, uri)?,
+            None => StoreConfig::Sled {
                 data_dir: cli.data_dir.clone(),
             },
+        };
+        Ok(TrackerConfig {
+            store,
             heartbeat_interval: cli.heartbeat_interval,
             metrics_addr: cli.metrics_addr,
             shutdown_timeout: cli.shutdown_timeout,
         })
     }
+}
+
+fn mongo_store(cli: &Cli, uri: &str) -> Result<StoreConfig, Error> {
+    if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+        return Err(Error::Config(
+            "--mongodb: expected a connection string starting with mongodb:// or mongodb+srv://"
+                .into(),
+        ));
+    }
+    let db = &cli.mongodb_database;
+    if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+        return Err(Error::Config(format!(
+            "--mongodb-database: {db:?} is not a MongoDB database name (1..=63 characters, none of / \\ . space \" $)"
+        )));
+    }
+    if cli.mongodb_lease < Duration::from_secs(1) || cli.mongodb_lease > Duration::from_secs(600) {
+        return Err(Error::Config(format!(
+            "--mongodb-lease: {} is outside 1s..=10m",
+            humantime::format_duration(cli.mongodb_lease)
+        )));
+    }
+    if cli.log_retention < Duration::from_secs(60) || cli.log_retention.as_secs() > i32::MAX as u64
+    {
+        return Err(Error::Config(format!(
+            "--log-retention: {} is outside 1m..=68years",
+            humantime::format_duration(cli.log_retention)
+        )));
+    }
+    let instance = match &cli.mongodb_instance {
+        Some(name) if name.trim().is_empty() => {
+            return Err(Error::Config("--mongodb-instance: is empty".into()))
+        }
+        Some(name) => name.clone(),
+        None => format!("{}:{}", host_name(), cli.listen.port()),
+    };
+    Ok(StoreConfig::Mongo {
+        uri: crate::store::mongo::MongoUri(uri.to_string()),
+        database: db.clone(),
+        log_retention: cli.log_retention,
+        lease: cli.mongodb_lease,
+        instance,
+    })
+}
+
+/// This machine's name, for the default instance name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
@@ -90,6 +173,57 @@ mod tests {
         assert_eq!(cli.listen.ip().to_string(), "127.0.0.1");
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert!(matches!(config.store, StoreConfig::Sled { .. }));
+    }
+
+    #[test]
+    fn mongodb_flags_choose_the_cluster_store() {
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--mongodb",
+            "mongodb://u:secret@db:27017/?replicaSet=rs0",
+            "--listen",
+            "127.0.0.1:7071",
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        let StoreConfig::Mongo {
+            database,
+            log_retention,
+            instance,
+            ..
+        } = &config.store
+        else {
+            panic!("expected the MongoDB store, got {:?}", config.store);
+        };
+        assert_eq!(database, "lts");
+        assert_eq!(*log_retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(instance.ends_with(":7071"), "{instance}");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("u:***@db"),
+            "{shown}"
+        );
+
+        for (args, flag) in [
+            (vec!["--mongodb", "db:27017"], "--mongodb"),
+            (
+                vec!["--mongodb", "mongodb://db", "--mongodb-database", "a.b"],
+                "--mongodb-database",
+            ),
+            (
+                vec!["--mongodb", "mongodb://db", "--log-retention", "5s"],
+                "--log-retention",
+            ),
+            (
+                vec!["--mongodb", "mongodb://db", "--mongodb-lease", "1h"],
+                "--mongodb-lease",
+            ),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args)).expect("parse");
+            let e = TrackerConfig::try_from(&cli).unwrap_err();
+            assert!(e.to_string().contains(flag), "{e}");
+        }
     }
 
     #[test]

@@ -311,6 +311,8 @@ impl Dispatcher {
                 }
                 None => Duration::from_secs(60),
             };
+            // Other trackers sharing the store do not wake this loop.
+            let sleep = self.store.poll_interval().map_or(sleep, |p| sleep.min(p));
             tokio::select! {
                 _ = group.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}

@@ -133,6 +133,35 @@ impl FeedbackRouter {
         }
     }
 
+    /// Node groups with a subscriber connected here.
+    pub fn subscribed_groups(&self) -> Vec<String> {
+        lock(&self.groups)
+            .iter()
+            .filter(|(_, g)| !g.subscribers.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Queues stored items this router does not hold yet: feedback that
+    /// another tracker sharing the store created.
+    pub fn push_unseen(&self, items: impl IntoIterator<Item = Feedback>) {
+        let fresh: Vec<Feedback> = {
+            let groups = lock(&self.groups);
+            items
+                .into_iter()
+                .filter(|f| {
+                    groups.get(&f.submit_node_group).is_none_or(|g| {
+                        !g.in_flight.contains_key(&f.feedback_id)
+                            && !g.waiting.iter().any(|w| w.feedback_id == f.feedback_id)
+                    })
+                })
+                .collect()
+        };
+        if !fresh.is_empty() {
+            self.push(fresh);
+        }
+    }
+
     /// Adds a subscriber to `group`; it is sent every waiting item.
     pub fn subscribe(&self, group: &str, tx: FeedbackOutbound) -> u64 {
         let sub = self.next_sub.fetch_add(1, Ordering::Relaxed);

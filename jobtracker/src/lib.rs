@@ -41,6 +41,19 @@ pub enum StoreConfig {
         /// The directory.
         data_dir: PathBuf,
     },
+    /// MongoDB, shared by the trackers of a cluster.
+    Mongo {
+        /// Connection string.
+        uri: store::mongo::MongoUri,
+        /// Database holding the collections.
+        database: String,
+        /// How long execution logs are kept.
+        log_retention: Duration,
+        /// How long a run's lease lasts without renewal.
+        lease: Duration,
+        /// This tracker's stable name in the shared database.
+        instance: String,
+    },
 }
 
 /// What a JobTracker needs to run.
@@ -100,7 +113,52 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
                     .map_err(|e| Error::Store(format!("opening the store: {e}")))??,
             )
         }
+        StoreConfig::Mongo {
+            uri,
+            database,
+            log_retention,
+            lease,
+            instance,
+        } => {
+            let store = Arc::new(store::mongo::MongoStore::new(store::mongo::MongoOptions {
+                uri: uri.0.clone(),
+                database: database.clone(),
+                log_retention: *log_retention,
+                instance: instance.clone(),
+                lease: *lease,
+            }));
+            connect_mongo(&store, uri).await?;
+            store.spawn_maintenance();
+            store
+        }
     })
+}
+
+/// Connects, retrying with backoff while MongoDB cannot be reached: a
+/// cluster may start its trackers before its database.
+async fn connect_mongo(
+    store: &store::mongo::MongoStore,
+    uri: &store::mongo::MongoUri,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match store.connect().await {
+            Ok(()) => {
+                tracing::info!(
+                    "job store: MongoDB at {uri:?}, database {}, instance {}",
+                    store.database(),
+                    store.instance()
+                );
+                return Ok(());
+            }
+            Err(store::mongo::ConnectError::Unreachable(why)) => {
+                tracing::warn!("cannot reach MongoDB at {uri:?} ({why}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(store::mongo::ConnectError::Fatal(e)) => return Err(e),
+        }
+    }
 }
 
 /// Builds a tracker: opens and recovers the store, loads feedback.
@@ -176,6 +234,9 @@ pub async fn serve_tracker(
         });
     }
     tokio::spawn(update_queue_depths(tracker.clone()));
+    if let Some(every) = tracker.store.poll_interval() {
+        tokio::spawn(poll_shared_feedback(tracker.clone(), every * 4));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -220,6 +281,30 @@ pub async fn serve_tracker(
     }
     tracing::info!("jobtracker stopped");
     Ok(())
+}
+
+/// With a store shared by several trackers, feedback created on another
+/// tracker reaches the clients connected here by this poll.
+async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+        let groups = tracker.feedback.subscribed_groups();
+        if groups.is_empty() {
+            continue;
+        }
+        match tracker.store.pending_feedback().await {
+            Ok(items) => tracker.feedback.push_unseen(
+                items
+                    .into_iter()
+                    .filter(|f| groups.contains(&f.submit_node_group)),
+            ),
+            Err(e) => tracing::warn!("cannot read feedback from the store: {e}"),
+        }
+    }
 }
 
 async fn update_queue_depths(tracker: Arc<Tracker>) {

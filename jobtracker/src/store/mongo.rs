@@ -53,6 +53,17 @@ const SWEEP_LIMIT: i64 = 1_000;
 
 const DUPLICATE_KEY: i32 = 11_000;
 
+/// A connection string; its password never shows in `Debug` output
+/// (`--check-config`, logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MongoUri(pub String);
+
+impl std::fmt::Debug for MongoUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_uri(&self.0))
+    }
+}
+
 /// How to reach the database and how this tracker uses it.
 #[derive(Clone, Debug)]
 pub struct MongoOptions {
@@ -393,6 +404,11 @@ impl MongoStore {
     /// driver's command monitoring: one per round trip.
     pub fn commands_sent(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
+    }
+
+    /// The database name.
+    pub fn database(&self) -> &str {
+        &self.options.database
     }
 
     /// This tracker's instance name (lease owner).
@@ -798,19 +814,16 @@ impl MongoStore {
     }
 
     /// Starts the background task that renews this tracker's leases and
-    /// requeues expired ones. It stops when the store is dropped or
-    /// `shutdown` fires.
-    pub fn spawn_maintenance(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+    /// requeues expired ones (of any tracker). It stops when the store is
+    /// dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak: Weak<MongoStore> = Arc::downgrade(self);
         let every = (self.options.lease / 3).max(Duration::from_millis(100));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
+                tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
                 let now = lts_common::now_ms();
                 if let Err(e) = store.renew_leases(now).await {
