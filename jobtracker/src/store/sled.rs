@@ -6,15 +6,22 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` job id | the job (MessagePack, named fields) |
+//! | `j` job id | the job and its transition history (MessagePack, named fields) |
 //! | `t` node group `0x00` task id | job id |
-//! | `l` job id `0x00` sequence (u64 BE) | a log line |
+//! | `l` job id `0x00` sequence (u64 BE) | a biz log line, or a line about a finished job |
 //! | `f` feedback id | a feedback |
 //! | `m` name | store metadata (`schema_version`) |
 //!
 //! Jobs that are not final are also kept in memory with a ready queue per
 //! node group, so a claim touches no disk but the write of the claimed
 //! jobs. Every call that changes state ends with one flush (group commit).
+//!
+//! The lines of a job's execution log that record its transitions live in
+//! the job's own record: a transition rewrites the record anyway, and
+//! sled's cost is per key written, so this halves the keys a job costs.
+//! A `started` line is kept in memory and written with the job's next
+//! transition; a crash before that loses only that line (the run is
+//! requeued and logged as such).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,7 +31,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::error::{Error, Result};
@@ -42,10 +49,42 @@ struct Queues {
     delayed: BTreeMap<DelayedKey, String>,
 }
 
+/// A job with the transition lines of its execution log.
+#[derive(Debug, Deserialize)]
+struct Record {
+    job: Job,
+    #[serde(default)]
+    history: Vec<LogEntry>,
+}
+
+/// [`Record`] for writing, without cloning.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    job: &'a Job,
+    history: &'a [LogEntry],
+}
+
+impl Record {
+    fn new(job: Job) -> Record {
+        Record {
+            job,
+            history: Vec::new(),
+        }
+    }
+
+    /// Appends a transition line at `at_ms` (the store's clock, so that
+    /// lines sort with the job's times); the job id is implied.
+    fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
+        entry.job_id.clear();
+        entry.at_ms = at_ms;
+        self.history.push(entry);
+    }
+}
+
 #[derive(Default)]
 struct Index {
     /// Jobs that are not final.
-    live: HashMap<String, Job>,
+    live: HashMap<String, Record>,
     /// Pending jobs per node group.
     queues: HashMap<String, Queues>,
     next_seq: u64,
@@ -89,9 +128,9 @@ impl Index {
                 break;
             }
             let ((_, seq), job_id) = entry.remove_entry();
-            if let Some(job) = self.live.get(&job_id) {
+            if let Some(r) = self.live.get(&job_id) {
                 q.ready
-                    .insert((job.spec.priority, job.trigger_at_ms, seq), job_id);
+                    .insert((r.job.spec.priority, r.job.trigger_at_ms, seq), job_id);
             }
         }
     }
@@ -206,8 +245,12 @@ impl SledStore {
         Ok(())
     }
 
-    fn put_job(batch: &mut ::sled::Batch, job: &Job) -> Result<()> {
-        batch.insert(job_key(&job.job_id), encode(job)?);
+    fn put_record(batch: &mut ::sled::Batch, r: &Record) -> Result<()> {
+        let value = encode(&RecordRef {
+            job: &r.job,
+            history: &r.history,
+        })?;
+        batch.insert(job_key(&r.job.job_id), value);
         Ok(())
     }
 
@@ -216,7 +259,7 @@ impl SledStore {
         Ok(())
     }
 
-    fn stored_job(&self, job_id: &str) -> Result<Option<Job>> {
+    fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
         match self.tree.get(&key)? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
@@ -230,52 +273,50 @@ impl JobStore for SledStore {
     async fn recover(&self, now_ms: i64) -> Result<Recovery> {
         let mut rec = Recovery::default();
         let mut batch = ::sled::Batch::default();
-        let mut requeue_logs = Vec::new();
         {
             let mut index = self.lock();
             let mut max_seq = 0;
             for item in self.tree.scan_prefix(b"j") {
                 let (key, bytes) = item?;
-                let mut job: Job = match decode(&key, &bytes) {
-                    Ok(j) => j,
+                let mut r: Record = match decode(&key, &bytes) {
+                    Ok(r) => r,
                     Err(e) => {
                         tracing::error!("skipping a job record: {e}");
                         rec.corrupt += 1;
                         continue;
                     }
                 };
-                max_seq = max_seq.max(job.seq);
-                if job.state.is_final() {
+                max_seq = max_seq.max(r.job.seq);
+                if r.job.state.is_final() {
                     continue;
                 }
-                if job.state == JobState::Running {
-                    requeue_logs.push(
-                        LogEntry::new(
-                            &job.job_id,
-                            LogKind::Requeued,
-                            job.attempt,
-                            format!(
-                                "the JobTracker restarted while attempt {} ran on {}; it runs again with a new attempt",
-                                job.attempt, job.worker
-                            ),
-                        )
-                        .with_worker(&job.worker),
-                    );
+                if r.job.state == JobState::Running {
+                    let job = &mut r.job;
+                    let entry = LogEntry::new(
+                        &job.job_id,
+                        LogKind::Requeued,
+                        job.attempt,
+                        format!(
+                            "the JobTracker restarted while attempt {} ran on {}; it runs again with a new attempt",
+                            job.attempt, job.worker
+                        ),
+                    )
+                    .with_worker(&job.worker);
                     job.state = JobState::Pending;
                     job.worker.clear();
                     job.trigger_at_ms = job.trigger_at_ms.min(now_ms);
                     job.updated_at_ms = now_ms;
-                    Self::put_job(&mut batch, &job)?;
+                    r.log(entry, now_ms);
+                    Self::put_record(&mut batch, &r)?;
                     rec.requeued += 1;
                 } else {
                     rec.pending += 1;
                 }
-                index.enqueue(&job, now_ms);
-                index.live.insert(job.job_id.clone(), job);
+                index.enqueue(&r.job, now_ms);
+                index.live.insert(r.job.job_id.clone(), r);
             }
             index.next_seq = max_seq + 1;
             rec.feedback = self.tree.scan_prefix(b"f").count();
-            self.put_logs(&mut batch, &requeue_logs)?;
             self.tree.apply_batch(batch)?;
         }
         self.flush().await?;
@@ -287,7 +328,6 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut batch = ::sled::Batch::default();
-            let mut logs = Vec::with_capacity(jobs.len());
             // Task ids taken earlier in this same batch.
             let mut in_batch: HashMap<Vec<u8>, String> = HashMap::new();
             for spec in jobs {
@@ -303,6 +343,7 @@ impl JobStore for SledStore {
                         .get(&tkey)?
                         .map(|v| String::from_utf8_lossy(&v).into_owned()),
                 };
+                let job_id = new_job_id();
                 let mut replaced = None;
                 if let Some(existing_id) = existing {
                     if !spec.replace_on_exist {
@@ -313,37 +354,38 @@ impl JobStore for SledStore {
                     }
                     let old = match index.live.remove(&existing_id) {
                         Some(old) => Some(old),
-                        None => self.stored_job(&existing_id)?,
+                        None => self.stored_record(&existing_id)?,
                     };
                     if let Some(mut old) = old {
-                        index.dequeue(&old);
-                        let before = old.clone();
-                        if !old.state.is_final() {
-                            old.state = JobState::Cancelled;
-                            old.updated_at_ms = now_ms;
-                            Self::put_job(&mut batch, &old)?;
+                        index.dequeue(&old.job);
+                        let before = old.job.clone();
+                        if !old.job.state.is_final() {
+                            old.job.state = JobState::Cancelled;
+                            old.job.updated_at_ms = now_ms;
                         }
+                        let attempt = old.job.attempt;
+                        old.log(
+                            LogEntry::new(
+                                "",
+                                LogKind::Replaced,
+                                attempt,
+                                format!("replaced by job {job_id} (replace_on_exist)"),
+                            ),
+                            now_ms,
+                        );
+                        Self::put_record(&mut batch, &old)?;
                         replaced = Some(before);
                     }
                 }
-                let job_id = new_job_id();
                 let seq = index.next_seq;
                 index.next_seq += 1;
-                let job = new_job(job_id.clone(), spec, seq, now_ms);
-                Self::put_job(&mut batch, &job)?;
+                let mut r = Record::new(new_job(job_id.clone(), spec, seq, now_ms));
+                r.log(LogEntry::new("", LogKind::Received, 0, ""), now_ms);
+                Self::put_record(&mut batch, &r)?;
                 batch.insert(tkey.clone(), job_id.as_bytes());
                 in_batch.insert(tkey, job_id.clone());
-                logs.push(LogEntry::new(&job_id, LogKind::Received, 0, ""));
-                if let Some(old) = &replaced {
-                    logs.push(LogEntry::new(
-                        &old.job_id,
-                        LogKind::Replaced,
-                        old.attempt,
-                        format!("replaced by job {job_id} (replace_on_exist)"),
-                    ));
-                }
-                index.enqueue(&job, now_ms);
-                index.live.insert(job_id.clone(), job);
+                index.enqueue(&r.job, now_ms);
+                index.live.insert(job_id.clone(), r);
                 results.push(match replaced {
                     Some(replaced) => SubmitResult::Replaced {
                         job_id,
@@ -352,7 +394,6 @@ impl JobStore for SledStore {
                     None => SubmitResult::Created(job_id),
                 });
             }
-            self.put_logs(&mut batch, &logs)?;
             self.tree.apply_batch(batch)?;
         }
         self.flush().await?;
@@ -371,7 +412,6 @@ impl JobStore for SledStore {
             let mut index = self.lock();
             index.promote(node_group, now_ms);
             let mut batch = ::sled::Batch::default();
-            let mut logs = Vec::new();
             claimed.per_grant = grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect();
             let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
             // Each job goes to the grant with the most room left, so work
@@ -390,25 +430,22 @@ impl JobStore for SledStore {
                 else {
                     break;
                 };
-                let Some(job) = index.live.get_mut(&job_id) else {
+                let Some(r) = index.live.get_mut(&job_id) else {
                     continue;
                 };
                 let worker = &grants[i].0;
-                job.state = JobState::Running;
-                job.attempt += 1;
-                job.worker.clone_from(worker);
-                job.updated_at_ms = now_ms;
-                Self::put_job(&mut batch, job)?;
-                logs.push(
-                    LogEntry::new(
-                        &job.job_id,
-                        LogKind::Dispatched,
-                        job.attempt,
-                        format!("to {worker}"),
-                    )
-                    .with_worker(worker),
+                r.job.state = JobState::Running;
+                r.job.attempt += 1;
+                r.job.worker.clone_from(worker);
+                r.job.updated_at_ms = now_ms;
+                let attempt = r.job.attempt;
+                r.log(
+                    LogEntry::new("", LogKind::Dispatched, attempt, format!("to {worker}"))
+                        .with_worker(worker),
+                    now_ms,
                 );
-                claimed.per_grant[i].push(job.clone());
+                Self::put_record(&mut batch, r)?;
+                claimed.per_grant[i].push(r.job.clone());
                 remaining[i] -= 1;
                 any = true;
             }
@@ -418,7 +455,6 @@ impl JobStore for SledStore {
                 .and_then(|q| q.delayed.first_key_value())
                 .map(|((at, _), _)| *at);
             if any {
-                self.put_logs(&mut batch, &logs)?;
                 self.tree.apply_batch(batch)?;
             }
         }
@@ -429,18 +465,16 @@ impl JobStore for SledStore {
     }
 
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()> {
-        let entries: Vec<LogEntry> = runs
-            .iter()
-            .map(|(job_id, attempt)| {
-                let mut e =
-                    LogEntry::new(job_id, LogKind::Started, *attempt, "").with_worker(worker);
-                e.at_ms = at_ms;
-                e
-            })
-            .collect();
-        let mut batch = ::sled::Batch::default();
-        self.put_logs(&mut batch, &entries)?;
-        self.tree.apply_batch(batch)?;
+        // Kept in memory and written with the job's next transition.
+        let mut index = self.lock();
+        for (job_id, attempt) in runs {
+            if let Some(r) = index.live.get_mut(job_id) {
+                if r.job.attempt == *attempt && r.job.state == JobState::Running {
+                    let e = LogEntry::new("", LogKind::Started, *attempt, "").with_worker(worker);
+                    r.log(e, at_ms);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -449,49 +483,66 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut batch = ::sled::Batch::default();
-            let mut logs = Vec::with_capacity(reports.len() * 2);
+            let mut loose_logs = Vec::new();
             for report in reports {
-                let current = index.live.get(&report.job_id).map(|j| (j.attempt, j.state));
+                let current = index
+                    .live
+                    .get(&report.job_id)
+                    .map(|r| (r.job.attempt, r.job.state));
                 match current {
                     Some((attempt, JobState::Running)) if attempt == report.attempt => {}
                     other => {
                         let current_attempt = other.map(|(a, _)| a).unwrap_or(0);
-                        logs.push(
-                            LogEntry::new(
-                                &report.job_id,
-                                LogKind::StaleOutcome,
-                                report.attempt,
-                                format!(
-                                    "refused {} for attempt {}: the current attempt is {current_attempt}",
-                                    report.outcome, report.attempt
-                                ),
-                            )
-                            .with_worker(&report.worker),
-                        );
+                        let entry = LogEntry::new(
+                            &report.job_id,
+                            LogKind::StaleOutcome,
+                            report.attempt,
+                            format!(
+                                "refused {} for attempt {}: the current attempt is {current_attempt}",
+                                report.outcome, report.attempt
+                            ),
+                        )
+                        .with_worker(&report.worker);
+                        match index.live.get_mut(&report.job_id) {
+                            Some(r) => r.log(entry, now_ms),
+                            None => loose_logs.push(entry),
+                        }
                         results.push(CompleteResult::Stale { current_attempt });
                         continue;
                     }
                 }
-                let Some(mut job) = index.live.remove(&report.job_id) else {
+                let Some(mut r) = index.live.remove(&report.job_id) else {
                     continue;
                 };
-                let t = apply_outcome(&mut job, &report, now_ms);
-                logs.extend(t.logs);
+                let has_started = r
+                    .history
+                    .iter()
+                    .any(|e| e.kind == LogKind::Started && e.attempt == report.attempt);
+                if !has_started {
+                    let e = LogEntry::new("", LogKind::Started, report.attempt, "")
+                        .with_worker(&report.worker);
+                    r.log(e, report.started_at_ms.min(now_ms));
+                }
+                let t = apply_outcome(&mut r.job, &report, now_ms);
+                for entry in t.logs {
+                    r.log(entry, now_ms);
+                }
                 if let Some(fb) = &t.feedback {
                     batch.insert(feedback_key(&fb.feedback_id), encode(fb)?);
                 }
                 let feedback = t.feedback;
-                Self::put_job(&mut batch, &job)?;
-                if !job.state.is_final() {
-                    index.enqueue(&job, now_ms);
-                    index.live.insert(job.job_id.clone(), job.clone());
+                Self::put_record(&mut batch, &r)?;
+                let job = r.job.clone();
+                if !r.job.state.is_final() {
+                    index.enqueue(&r.job, now_ms);
+                    index.live.insert(r.job.job_id.clone(), r);
                 }
                 results.push(CompleteResult::Applied {
                     job: Box::new(job),
                     feedback,
                 });
             }
-            self.put_logs(&mut batch, &logs)?;
+            self.put_logs(&mut batch, &loose_logs)?;
             self.tree.apply_batch(batch)?;
         }
         self.flush().await?;
@@ -503,28 +554,25 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut batch = ::sled::Batch::default();
-            let mut logs = Vec::new();
             for (job_id, attempt) in runs {
-                let Some(job) = index.live.get_mut(job_id) else {
+                let Some(r) = index.live.get_mut(job_id) else {
                     continue;
                 };
-                if job.state != JobState::Running || job.attempt != *attempt {
+                if r.job.state != JobState::Running || r.job.attempt != *attempt {
                     continue;
                 }
-                logs.push(
-                    LogEntry::new(job_id, LogKind::Requeued, *attempt, reason)
-                        .with_worker(&job.worker),
-                );
-                job.state = JobState::Pending;
-                job.worker.clear();
-                job.trigger_at_ms = job.trigger_at_ms.min(now_ms);
-                job.updated_at_ms = now_ms;
-                Self::put_job(&mut batch, job)?;
-                let job = job.clone();
+                let entry = LogEntry::new("", LogKind::Requeued, *attempt, reason)
+                    .with_worker(&r.job.worker);
+                r.log(entry, now_ms);
+                r.job.state = JobState::Pending;
+                r.job.worker.clear();
+                r.job.trigger_at_ms = r.job.trigger_at_ms.min(now_ms);
+                r.job.updated_at_ms = now_ms;
+                Self::put_record(&mut batch, r)?;
+                let job = r.job.clone();
                 index.enqueue(&job, now_ms);
                 n += 1;
             }
-            self.put_logs(&mut batch, &logs)?;
             self.tree.apply_batch(batch)?;
         }
         self.flush().await?;
@@ -534,42 +582,44 @@ impl JobStore for SledStore {
     async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled> {
         let cancelled = {
             let mut index = self.lock();
-            let Some(mut job) = index.live.remove(job_id) else {
-                return match self.stored_job(job_id)? {
-                    Some(job) => Err(Error::WrongState(format!(
+            let Some(mut r) = index.live.remove(job_id) else {
+                return match self.stored_record(job_id)? {
+                    Some(r) => Err(Error::WrongState(format!(
                         "job {job_id} is already {}",
-                        job.state.name()
+                        r.job.state.name()
                     ))),
                     None => Err(Error::NotFound(job_id.to_string())),
                 };
             };
-            index.dequeue(&job);
-            let before = job.clone();
-            job.state = JobState::Cancelled;
-            job.updated_at_ms = now_ms;
-            job.worker.clear();
-            let mut batch = ::sled::Batch::default();
-            Self::put_job(&mut batch, &job)?;
-            self.put_logs(
-                &mut batch,
-                &[LogEntry::new(
-                    job_id,
+            index.dequeue(&r.job);
+            let before = r.job.clone();
+            r.job.state = JobState::Cancelled;
+            r.job.updated_at_ms = now_ms;
+            r.job.worker.clear();
+            let attempt = r.job.attempt;
+            r.log(
+                LogEntry::new(
+                    "",
                     LogKind::Cancelled,
-                    job.attempt,
+                    attempt,
                     format!("cancelled while {}", before.state.name()),
-                )],
-            )?;
-            let feedback = job
+                ),
+                now_ms,
+            );
+            let mut batch = ::sled::Batch::default();
+            Self::put_record(&mut batch, &r)?;
+            let feedback = r
+                .job
                 .spec
                 .need_feedback
-                .then(|| feedback_for(&job, None, now_ms));
+                .then(|| feedback_for(&r.job, None, now_ms));
             if let Some(fb) = &feedback {
                 batch.insert(feedback_key(&fb.feedback_id), encode(fb)?);
             }
             self.tree.apply_batch(batch)?;
             Cancelled {
                 before,
-                after: job,
+                after: r.job,
                 feedback,
             }
         };
@@ -578,10 +628,10 @@ impl JobStore for SledStore {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>> {
-        if let Some(job) = self.lock().live.get(job_id) {
-            return Ok(Some(job.clone()));
+        if let Some(r) = self.lock().live.get(job_id) {
+            return Ok(Some(r.job.clone()));
         }
-        self.stored_job(job_id)
+        Ok(self.stored_record(job_id)?.map(|r| r.job))
     }
 
     async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
@@ -608,17 +658,17 @@ impl JobStore for SledStore {
         let mut jobs = Vec::new();
         for item in self.tree.range(start..b"k".to_vec()) {
             let (key, bytes) = item?;
-            let stored: Job = match decode(&key, &bytes) {
-                Ok(j) => j,
+            let stored: Record = match decode(&key, &bytes) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!("skipping a job record: {e}");
                     continue;
                 }
             };
             // The in-memory copy of a live job is the newest.
-            let job = match self.lock().live.get(&stored.job_id) {
-                Some(live) => live.clone(),
-                None => stored,
+            let job = match self.lock().live.get(&stored.job.job_id) {
+                Some(live) => live.job.clone(),
+                None => stored.job,
             };
             if filter.matches(&job) {
                 if jobs.len() == page_size {
@@ -644,46 +694,46 @@ impl JobStore for SledStore {
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<(Vec<LogEntry>, Option<String>)> {
-        let prefix = log_prefix(job_id);
-        let after: Option<u64> = match page_token {
-            Some(t) => Some(t.parse().map_err(|_| {
+        let skip: usize = match page_token {
+            Some(t) => t.parse().map_err(|_| {
                 Error::Invalid(lts_common::ValidationError::new(
                     "page_token",
                     "is not a token this tracker gave out",
                 ))
-            })?),
+            })?,
+            None => 0,
+        };
+        let history = match self.lock().live.get(job_id) {
+            Some(r) => Some(r.history.clone()),
             None => None,
         };
-        let start = match after {
-            Some(seq) => {
-                let mut k = prefix.clone();
-                k.extend_from_slice(&(seq + 1).to_be_bytes());
-                k
-            }
-            None => prefix.clone(),
+        let history = match history {
+            Some(h) => h,
+            None => self
+                .stored_record(job_id)?
+                .map(|r| r.history)
+                .unwrap_or_default(),
         };
-        let mut out = Vec::new();
-        let mut last_seq = 0;
-        for item in self.tree.range(start..) {
+        let mut all: Vec<LogEntry> = history
+            .into_iter()
+            .map(|mut e| {
+                e.job_id = job_id.to_string();
+                e
+            })
+            .collect();
+        for item in self.tree.scan_prefix(log_prefix(job_id)) {
             let (key, bytes) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            if out.len() == page_size {
-                return Ok((out, Some(last_seq.to_string())));
-            }
-            let seq_bytes: [u8; 8] =
-                key[prefix.len()..].try_into().map_err(|_| Error::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    message: "log key without a sequence number".into(),
-                })?;
-            last_seq = u64::from_be_bytes(seq_bytes);
             match decode::<LogEntry>(&key, &bytes) {
-                Ok(e) => out.push(e),
+                Ok(e) => all.push(e),
                 Err(e) => tracing::error!("skipping a log record: {e}"),
             }
         }
-        Ok((out, None))
+        // Transitions and biz lines interleave by time; the sort is stable,
+        // so lines of one instant keep the order they were written in.
+        all.sort_by_key(|e| e.at_ms);
+        let page: Vec<LogEntry> = all.iter().skip(skip).take(page_size).cloned().collect();
+        let next = (skip + page.len() < all.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
     }
 
     async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
