@@ -703,10 +703,7 @@ impl JobStore for SledStore {
             })?,
             None => 0,
         };
-        let history = match self.lock().live.get(job_id) {
-            Some(r) => Some(r.history.clone()),
-            None => None,
-        };
+        let history = self.lock().live.get(job_id).map(|r| r.history.clone());
         let history = match history {
             Some(h) => h,
             None => self
