@@ -406,6 +406,17 @@ impl MongoStore {
         self.commands.load(Ordering::Relaxed)
     }
 
+    /// Drops the whole database: for tests and benchmarks that made one of
+    /// their own.
+    pub async fn drop_database(&self) -> Result<()> {
+        self.c()
+            .await?
+            .db
+            .drop()
+            .await
+            .map_err(store_err("dropping the database"))
+    }
+
     /// The database name.
     pub fn database(&self) -> &str {
         &self.options.database
