@@ -369,6 +369,7 @@ impl JobClient {
             task_id_prefix: filter.task_id_prefix.clone().unwrap_or_default(),
             page_size,
             page_token: page_token.unwrap_or_default().to_string(),
+            kind: 0,
         };
         let (address, response) = self
             .call(Retry::UnreachableOrSlow, |mut client, timeout| {
