@@ -178,6 +178,27 @@ impl Cluster {
         self.wait_healthy("jobtracker")
     }
 
+    /// Starts another JobTracker named `name` on a port and data directory
+    /// of its own (a second tracker over a shared store), and waits until
+    /// it is healthy. Returns its `http://` address.
+    pub fn start_extra_tracker(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let data = self.dir.path().join(format!("{name}-data"));
+        let mut args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--heartbeat-interval".to_string(),
+            "500ms".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(name, "jobtracker", &args)?;
+        let url = format!("http://{addr}");
+        self.wait_healthy_at(name, &url)?;
+        Ok(url)
+    }
+
     /// Starts a TaskTracker of `group` with `slots`, allowing `allow`.
     pub fn start_task_tracker(
         &mut self,
@@ -186,11 +207,26 @@ impl Cluster {
         slots: u32,
         allow: &[&str],
     ) -> Result<()> {
+        let url = self.tracker_url();
+        self.start_task_tracker_for(name, group, slots, allow, &url, &[])
+    }
+
+    /// [`Cluster::start_task_tracker`] connected to the tracker at
+    /// `tracker_url`, with `extra` arguments.
+    pub fn start_task_tracker_for(
+        &mut self,
+        name: &str,
+        group: &str,
+        slots: u32,
+        allow: &[&str],
+        tracker_url: &str,
+        extra: &[&str],
+    ) -> Result<()> {
         let mut args = vec![
             "--node-group".to_string(),
             group.to_string(),
             "--jobtracker".to_string(),
-            self.tracker_url(),
+            tracker_url.to_string(),
             "--slots".to_string(),
             slots.to_string(),
             "--identity".to_string(),
@@ -200,6 +236,7 @@ impl Cluster {
             args.push("--allow".to_string());
             args.push(a.to_string());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn(name, "tasktracker", &args)
     }
 
@@ -213,27 +250,40 @@ impl Cluster {
     /// Waits until `name` (a JobTracker) answers its health check.
     pub fn wait_healthy(&mut self, name: &str) -> Result<()> {
         let url = self.tracker_url();
+        self.wait_healthy_at(name, &url)
+    }
+
+    /// Waits until `name`, a JobTracker at `url`, answers its health check.
+    pub fn wait_healthy_at(&mut self, name: &str, url: &str) -> Result<()> {
+        let url = url.to_string();
         let deadline = Instant::now() + READY_TIMEOUT;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         loop {
-            let ok = rt.block_on(async {
-                let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_millis(500))
-                    .connect()
-                    .await
-                else {
-                    return Ok::<bool, anyhow::Error>(false);
-                };
-                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                let r = h
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "lts.v1.JobService".into(),
-                    })
-                    .await;
-                Ok(matches!(r, Ok(r) if r.get_ref().status == 1))
-            })?;
+            // The probe runs on a thread of its own: a test may call this
+            // from inside its async runtime, where blocking on another
+            // runtime is refused.
+            let probe = || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())?
+                        .connect_timeout(Duration::from_millis(500))
+                        .connect()
+                        .await
+                    else {
+                        return Ok::<bool, anyhow::Error>(false);
+                    };
+                    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                    let r = h
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: "lts.v1.JobService".into(),
+                        })
+                        .await;
+                    Ok(matches!(r, Ok(r) if r.get_ref().status == 1))
+                })
+            };
+            let ok = std::thread::scope(|s| s.spawn(probe).join())
+                .map_err(|_| anyhow::anyhow!("the health probe of {name} panicked"))??;
             if ok {
                 return Ok(());
             }
