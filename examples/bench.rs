@@ -259,6 +259,20 @@ async fn wait_completed(metrics: &str, target: f64) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let tracker = start_tracker(&args).await?;
+    let log = tracker._dir.path().join("jobtracker.log");
+    let result = run(&args, &tracker).await;
+    if result.is_err() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        eprintln!("--- jobtracker log tail ---");
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+    result
+}
+
+async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     let pid = tracker.child.id();
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let mut figures: HashMap<&str, f64> = HashMap::new();
@@ -323,6 +337,9 @@ async fn main() -> Result<()> {
     let mut owed = 0.0f64;
     let mut sent = 0usize;
     let mut inflight = Vec::new();
+    // Bounded so a slow tracker shows up as latency, not as a pile of
+    // requests the connection refuses.
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
     while start.elapsed() < args.latency_for {
         tick.tick().await;
         owed += per_ms;
@@ -341,7 +358,12 @@ async fn main() -> Result<()> {
             .collect();
         sent += n;
         let c = client.clone();
-        inflight.push(tokio::spawn(async move { c.submit(batch).await }));
+        let permit = permits.clone().acquire_owned().await?;
+        inflight.push(tokio::spawn(async move {
+            let r = c.submit(batch).await;
+            drop(permit);
+            r
+        }));
     }
     for t in inflight {
         t.await??;

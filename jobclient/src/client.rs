@@ -227,11 +227,7 @@ impl JobClient {
                     reason: error_chain(&e),
                 })?
                 .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true)
-                // Keepalives notice a dead tracker on an idle feedback stream.
-                .http2_keep_alive_interval(Duration::from_secs(15))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true);
+                .tcp_nodelay(true);
             targets.push(Target { address, endpoint });
         }
         Ok(JobClient {
@@ -516,7 +512,7 @@ impl JobClient {
                             "JobTracker did not answer ({}); trying the next one",
                             status.message()
                         );
-                        last_error = format!("{address}: {}", status.message());
+                        last_error = format!("{address}: {}", status_detail(&status));
                         continue;
                     }
                     return Err(Error::from_status(&address, status));
@@ -591,6 +587,15 @@ impl JobClient {
                 Err(reason)
             }
         }
+    }
+}
+
+/// A status's message with the chain of errors behind it, which for
+/// transport failures holds the actual reason.
+fn status_detail(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_string(),
     }
 }
 

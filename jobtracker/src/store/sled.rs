@@ -136,9 +136,64 @@ impl Index {
     }
 }
 
+/// Makes writes durable, one flush at a time.
+///
+/// sled's `flush_async` stalled for good here when several callers flushed
+/// at once under load, so every flush goes through one thread. A caller
+/// asks after its batch is applied; the thread drains every request that
+/// is waiting, flushes once, and answers them all (group commit).
+struct Flusher {
+    requests: Option<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<()>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread; joining it closes its handle
+        // on the database, so the directory can be opened again at once.
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Flusher {
+    fn start(db: ::sled::Db) -> Result<Flusher> {
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<()>>>();
+        let thread = std::thread::Builder::new()
+            .name("sled-flusher".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for w in waiting {
+                        let _ = w.send(result.clone().map_err(Error::Store));
+                    }
+                }
+            })
+            .map_err(|e| Error::Store(format!("cannot start the flush thread: {e}")))?;
+        Ok(Flusher {
+            requests: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .as_ref()
+            .and_then(|r| r.send(tx).ok())
+            .ok_or_else(|| Error::Store("the flush thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Store("the flush thread has stopped".into()))?
+    }
+}
+
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
-    db: ::sled::Db,
+    flusher: Flusher,
     tree: ::sled::Tree,
     index: Mutex<Index>,
     log_seq: AtomicU64,
@@ -199,6 +254,8 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
             .mode(::sled::Mode::HighThroughput)
+            // Flushes come from the store's own flush thread only.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;
         let tree = db.open_tree("lts")?;
@@ -222,7 +279,7 @@ impl SledStore {
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
         Ok(SledStore {
-            db,
+            flusher: Flusher::start(db.clone())?,
             tree,
             index: Mutex::new(Index::default()),
             log_seq: AtomicU64::new(start),
@@ -255,8 +312,7 @@ impl SledStore {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
