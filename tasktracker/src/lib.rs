@@ -80,3 +80,8 @@ pub(crate) mod test_util {
         }
     }
 }
+
+/// Compiles the examples in README.md.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

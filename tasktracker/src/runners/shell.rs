@@ -396,8 +396,9 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// SIGKILLs whatever is left of the process group when the run ends early
-/// (cancelled, aborted): forked children would otherwise outlive the job.
+/// SIGKILLs whatever is left of the process group when the run ends, even
+/// by abort: background children would otherwise outlive the job and hold
+/// its pipes open.
 struct GroupGuard {
     pgid: Option<Pid>,
 }
