@@ -18,9 +18,11 @@ struct Cli {
     /// TOML file with any of these options (keys are the long flag names).
     #[arg(long, env = "TASKTRACKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Node group whose jobs this TaskTracker runs.
+    /// Node group whose jobs this TaskTracker runs (required).
+    // Optional to clap so that it may come from the --config file, which is
+    // merged after the first parse.
     #[arg(long, env = "TASKTRACKER_NODE_GROUP")]
-    node_group: String,
+    node_group: Option<String>,
     /// JobTracker to connect to: http://host:port or host:port.
     #[arg(
         long,
@@ -68,10 +70,24 @@ enum RunnerKind {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli: Cli = lts_common::config::parse_with_file();
     init_tracing(cli.log_format);
-    let mut config = TaskTrackerConfig::new(cli.jobtracker.clone(), cli.node_group.clone());
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let node_group = cli
+        .node_group
+        .clone()
+        .context("--node-group is required (or node_group in the --config file)")?;
+    let mut config = TaskTrackerConfig::new(cli.jobtracker.clone(), node_group);
     config.slots = cli.slots;
     config.shutdown_grace = cli.shutdown_grace;
     if let Some(identity) = &cli.identity {
