@@ -35,10 +35,7 @@ fn mongo_uri() -> Option<String> {
 /// A program for the shell runner that records each run it makes.
 fn recorder(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("record.sh");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\nsleep 0.05\necho \"$2\" >> \"$1\"\n",
-    )?;
+    std::fs::write(&path, "#!/bin/sh\nsleep 0.05\necho \"$2\" >> \"$1\"\n")?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
