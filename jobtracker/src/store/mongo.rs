@@ -112,7 +112,16 @@ pub struct MongoStore {
 }
 
 fn store_err(what: &str) -> impl Fn(mongodb::error::Error) -> Error + '_ {
-    move |e| Error::Store(format!("MongoDB, {what}: {e}"))
+    move |e| {
+        if is_unreachable(&e) {
+            // The driver's topology dump helps the operator, not the
+            // client: log it, answer in one line.
+            tracing::warn!("MongoDB unreachable while {what}: {e}");
+            Error::Store(format!("MongoDB cannot be reached ({what}); try again later"))
+        } else {
+            Error::Store(format!("MongoDB, {what}: {e}"))
+        }
+    }
 }
 
 fn is_unreachable(e: &mongodb::error::Error) -> bool {
