@@ -82,6 +82,31 @@ impl Backend for Mongo {
     }
 }
 
+/// Drops the case's database, so a real MongoDB keeps no test leftovers.
+/// On a thread of its own: the case's runtime is still on this one.
+impl Drop for Mongo {
+    fn drop(&mut self) {
+        let Some(uri) = self.uri.clone() else { return };
+        let database = self.database.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                MongoStore::new(mongo_options(&uri, &database, "cleanup"))
+                    .drop_database()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("cannot drop test database {}: {e}", self.database);
+        }
+    }
+}
+
 fn mongo() -> Mongo {
     Mongo {
         uri: mongo_uri(),
@@ -632,6 +657,7 @@ mod mongo_shared {
             .expect("list");
         assert_eq!(running.len(), 100);
         assert!(running.iter().all(|j| j.attempt == 1));
+        a.drop_database().await.expect("drop the test database");
     }
 
     /// The same task ids submitted through two stores at once: one job
@@ -662,6 +688,7 @@ mod mongo_shared {
                 "exactly one of {x:?} and {y:?} created the job"
             );
         }
+        a.drop_database().await.expect("drop the test database");
     }
 
     async fn s_holder(s: &dyn JobStore, task: &str) -> String {
@@ -705,5 +732,6 @@ mod mongo_shared {
         assert!(log
             .iter()
             .any(|e| e.kind == LogKind::Requeued && e.message.contains("tracker-a")));
+        b.drop_database().await.expect("drop the test database");
     }
 }
