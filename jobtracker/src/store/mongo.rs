@@ -117,7 +117,9 @@ fn store_err(what: &str) -> impl Fn(mongodb::error::Error) -> Error + '_ {
             // The driver's topology dump helps the operator, not the
             // client: log it, answer in one line.
             tracing::warn!("MongoDB unreachable while {what}: {e}");
-            Error::Store(format!("MongoDB cannot be reached ({what}); try again later"))
+            Error::Store(format!(
+                "MongoDB cannot be reached ({what}); try again later"
+            ))
         } else {
             Error::Store(format!("MongoDB, {what}: {e}"))
         }
