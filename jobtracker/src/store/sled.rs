@@ -180,6 +180,14 @@ impl Flusher {
         })
     }
 
+    /// Asks for a flush without waiting for it.
+    fn flush_soon(&self) {
+        let (tx, _) = tokio::sync::oneshot::channel();
+        if let Some(r) = &self.requests {
+            let _ = r.send(tx);
+        }
+    }
+
     async fn flush(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.requests
@@ -515,6 +523,8 @@ impl JobStore for SledStore {
             }
         }
         if any {
+            // Durable before the assignments leave: an attempt number must
+            // never be handed out twice, also across a crash.
             self.flush().await?;
         }
         Ok(claimed)
@@ -601,7 +611,9 @@ impl JobStore for SledStore {
             self.put_logs(&mut batch, &loose_logs)?;
             self.tree.apply_batch(batch)?;
         }
-        self.flush().await?;
+        // Not waited for: if the tracker dies first, the run is requeued at
+        // the next start and runs again (at least once).
+        self.flusher.flush_soon();
         Ok(results)
     }
 
@@ -631,7 +643,7 @@ impl JobStore for SledStore {
             }
             self.tree.apply_batch(batch)?;
         }
-        self.flush().await?;
+        self.flusher.flush_soon();
         Ok(n)
     }
 
@@ -807,7 +819,9 @@ impl JobStore for SledStore {
             batch.remove(feedback_key(id));
         }
         self.tree.apply_batch(batch)?;
-        self.flush().await
+        // A lost ack only means the feedback is delivered again.
+        self.flusher.flush_soon();
+        Ok(())
     }
 
     async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {

@@ -14,9 +14,11 @@
 //! gives it equals an entry, or both resolve to the same file. There is no
 //! shell: the resolved file is executed directly with the given arguments,
 //! in its own process group, stdin from `/dev/null`, and an environment of
-//! the job's `env` plus the TaskTracker's `PATH` and nothing else. A job may
-//! not set `PATH` or the loader variables `LD_*` / `DYLD_*`: those would
-//! change which code an allowed name runs.
+//! the job's `env` plus the TaskTracker's `PATH` and the run's identity
+//! (`LTS_JOB_ID`, `LTS_TASK_ID`, `LTS_ATTEMPT`, `LTS_NODE_GROUP`), and
+//! nothing else. A job may not set `PATH`, `LTS_*` or the loader variables
+//! `LD_*` / `DYLD_*`: those would change which code an allowed name runs,
+//! or what the program is told about its run.
 //!
 //! Every line on stdout goes to the job's log at info level, every line on
 //! stderr at warn level. Exit status 0 is success; another status is an
@@ -114,7 +116,11 @@ impl ShellJob {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(format!("`env` has an invalid name {key:?}"));
             }
-            if key == "PATH" || key.starts_with("LD_") || key.starts_with("DYLD_") {
+            if key == "PATH"
+                || key.starts_with("LD_")
+                || key.starts_with("DYLD_")
+                || key.starts_with("LTS_")
+            {
                 return Err(format!(
                     "`env.{key}` may not be set by a job: it would change which program runs"
                 ));
@@ -275,6 +281,11 @@ impl JobRunner for ShellRunner {
             .env_clear()
             .envs(&shell_job.env)
             .env("PATH", &self.allow.search_path)
+            // Who the program runs for, so it can be idempotent per job.
+            .env("LTS_JOB_ID", &ctx.job.job_id)
+            .env("LTS_TASK_ID", &ctx.job.spec.task_id)
+            .env("LTS_ATTEMPT", ctx.attempt.to_string())
+            .env("LTS_NODE_GROUP", &ctx.job.spec.task_tracker_node_group)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -569,7 +580,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_is_the_jobs_plus_path_only() {
+    async fn env_is_the_jobs_plus_path_and_the_run_identity_only() {
         let job = shell_job(serde_json::json!({"program": "env", "env": {"K": "V"}}));
         let (outcome, logs) = run(&runner(&["env"]), job).await;
         assert_eq!(outcome, Outcome::Success("exit status 0".into()));
@@ -578,7 +589,19 @@ mod tests {
             .map(|(_, m)| m.split('=').next().unwrap().to_string())
             .collect();
         names.sort();
-        assert_eq!(names, vec!["K", "PATH"], "{logs:?}");
+        assert_eq!(
+            names,
+            vec![
+                "K",
+                "LTS_ATTEMPT",
+                "LTS_JOB_ID",
+                "LTS_NODE_GROUP",
+                "LTS_TASK_ID",
+                "PATH"
+            ],
+            "{logs:?}"
+        );
+        assert!(logs.iter().any(|(_, m)| m == "LTS_ATTEMPT=1"), "{logs:?}");
     }
 
     #[tokio::test]
