@@ -3,7 +3,8 @@
 //! Start with [`model`]: the job as the JobTracker stores it, the outcomes a
 //! runner reports and the retry plans that decide what happens after an
 //! error. [`convert`] turns wire messages into validated domain values and
-//! back; [`limits`] lists the size limits every role enforces. The rest are
+//! back; [`plan`] reads retry plans in the text form people type;
+//! [`limits`] lists the size limits every role enforces. The rest are
 //! runtime helpers: [`config`] (flags, env vars and a TOML file),
 //! [`runtime`] (tracing, shutdown signals) and [`metrics`].
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@ pub mod cron;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod runtime;
 
 pub use convert::ValidationError;
