@@ -314,6 +314,17 @@ impl From<JobState> for pb::JobState {
     }
 }
 
+/// Reads a wire schedule kind; `None` for UNSPECIFIED or an unknown number.
+pub fn schedule_kind_from_wire(v: i32) -> Option<ScheduleKind> {
+    Some(match pb::ScheduleKind::try_from(v).ok()? {
+        pb::ScheduleKind::Unspecified => return None,
+        pb::ScheduleKind::Now => ScheduleKind::Now,
+        pb::ScheduleKind::At => ScheduleKind::At,
+        pb::ScheduleKind::Cron => ScheduleKind::Cron,
+        pb::ScheduleKind::Repeat => ScheduleKind::Repeat,
+    })
+}
+
 /// Reads a wire job state; `None` for UNSPECIFIED or an unknown number.
 pub fn job_state_from_wire(v: i32) -> Option<JobState> {
     Some(match pb::JobState::try_from(v).ok()? {

@@ -90,6 +90,48 @@ pub enum Schedule {
     },
 }
 
+/// The kind of a [`Schedule`], for filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ScheduleKind {
+    /// Runs once, as soon as possible.
+    Now,
+    /// Runs once, at a time.
+    At,
+    /// Fires cycles on a cron expression.
+    Cron,
+    /// Fires a number of cycles at an interval.
+    Repeat,
+}
+
+impl ScheduleKind {
+    /// Lower-case name, as the CLI prints and accepts it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::Now => "now",
+            ScheduleKind::At => "at",
+            ScheduleKind::Cron => "cron",
+            ScheduleKind::Repeat => "repeat",
+        }
+    }
+}
+
+impl Schedule {
+    /// Its kind.
+    pub fn kind(&self) -> ScheduleKind {
+        match self {
+            Schedule::Now => ScheduleKind::Now,
+            Schedule::At(_) => ScheduleKind::At,
+            Schedule::Cron { .. } => ScheduleKind::Cron,
+            Schedule::Repeat { .. } => ScheduleKind::Repeat,
+        }
+    }
+
+    /// Whether it fires cycles (cron, repeat) rather than running once.
+    pub fn is_recurring(&self) -> bool {
+        matches!(self, Schedule::Cron { .. } | Schedule::Repeat { .. })
+    }
+}
+
 /// What to do with cron points missed while no tracker was running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum MisfirePolicy {

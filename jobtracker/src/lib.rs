@@ -100,6 +100,28 @@ pub struct Tracker {
     pub tracker_id: String,
     /// Fires when the tracker shuts down.
     pub shutdown: CancellationToken,
+    /// Wakes the cycle scheduler: a cron or repeat job came or changed.
+    pub scheduler: tokio::sync::Notify,
+}
+
+impl Tracker {
+    /// Cancels a job; a running one's TaskTracker is told to stop it.
+    pub async fn cancel_job(&self, job_id: &str) -> Result<lts_common::Job> {
+        let c = self.store.cancel(job_id, lts_common::now_ms()).await?;
+        if c.before.state == lts_common::JobState::Running {
+            self.dispatcher.cancel_run(
+                &c.before.spec.task_tracker_node_group,
+                &c.before.worker,
+                &c.before.job_id,
+                c.before.attempt,
+                "cancelled",
+            );
+        }
+        if let Some(fb) = c.feedback {
+            self.feedback.push([fb]);
+        }
+        Ok(c.after)
+    }
 }
 
 /// Opens the configured store.
@@ -185,6 +207,7 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
         config,
         tracker_id: format!("jobtracker-{}", uuid::Uuid::now_v7().simple()),
         shutdown,
+        scheduler: tokio::sync::Notify::new(),
     }))
 }
 
@@ -234,6 +257,7 @@ pub async fn serve_tracker(
         });
     }
     tokio::spawn(update_queue_depths(tracker.clone()));
+    tokio::spawn(run_scheduler(tracker.clone()));
     if let Some(every) = tracker.store.poll_interval() {
         tokio::spawn(poll_shared_feedback(tracker.clone(), every * 4));
     }
@@ -254,6 +278,12 @@ pub async fn serve_tracker(
         pb::job_service_server::JobServiceServer::new(service::job::JobApi::new(tracker.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = pb::admin_service_server::AdminServiceServer::new(service::admin::AdminApi::new(
+        tracker.clone(),
+    ));
+    health_reporter
+        .set_serving::<pb::admin_service_server::AdminServiceServer<service::admin::AdminApi>>()
+        .await;
     let work = pb::work_service_server::WorkServiceServer::new(service::work::WorkApi::new(
         tracker.clone(),
     ))
@@ -267,6 +297,7 @@ pub async fn serve_tracker(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)
+        .add_service(admin)
         .add_service(work)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
     tokio::pin!(server);
@@ -303,6 +334,33 @@ async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
                     .filter(|f| groups.contains(&f.submit_node_group)),
             ),
             Err(e) => tracing::warn!("cannot read feedback from the store: {e}"),
+        }
+    }
+}
+
+/// Fires cron and repeat cycles when they are due.
+async fn run_scheduler(tracker: Arc<Tracker>) {
+    // Also woken by submits and operator verbs; the cap bounds how late a
+    // cycle that waited for its previous one starts after that one ends.
+    const MAX_SLEEP_MS: i64 = 200;
+    loop {
+        match tracker.store.fire_due(lts_common::now_ms()).await {
+            Ok(groups) => {
+                for g in groups {
+                    tracker.dispatcher.wake(&g);
+                }
+            }
+            Err(e) => tracing::warn!("cannot fire due cycles: {e}"),
+        }
+        let next = tracker.store.next_fire_at().await.ok().flatten();
+        let sleep_ms = match next {
+            Some(at) => (at - lts_common::now_ms()).clamp(0, MAX_SLEEP_MS),
+            None => MAX_SLEEP_MS,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+            _ = tracker.scheduler.notified() => {}
+            _ = tracker.shutdown.cancelled() => return,
         }
     }
 }

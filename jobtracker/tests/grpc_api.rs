@@ -237,22 +237,42 @@ async fn bad_input_gets_errors_naming_the_field_and_good_jobs_still_land() {
     let j = wait_for_state(&mut c, &queued, pb::JobState::Pending).await;
     assert_eq!(j.spec.expect("spec").task_id, "queued");
 
-    let cron = pb::JobSpec {
+    let cron = |task: &str, expression: &str, time_zone: &str| pb::JobSpec {
         schedule: Some(pb::Schedule {
             kind: Some(pb::schedule::Kind::Cron(pb::Cron {
-                expression: "* * * * * ?".into(),
+                expression: expression.into(),
+                time_zone: time_zone.into(),
                 ..Default::default()
             })),
         }),
-        ..job("cron", "g")
+        ..job(task, "g")
     };
     let r = c
-        .submit_jobs(pb::SubmitJobsRequest { jobs: vec![cron] })
+        .submit_jobs(pb::SubmitJobsRequest {
+            jobs: vec![
+                cron("bad-hour", "0 0 25 * * ?", ""),
+                cron("bad-zone", "0 0 1 * * ?", "Mars/Olympus"),
+                cron("never", "0 0 0 30 2 ?", ""),
+                cron("ok", "0 0 1 * * ?", "Europe/Berlin"),
+            ],
+        })
         .await
         .expect("submit")
         .into_inner()
         .results;
-    assert_eq!(error(&r[0]).code, "UNIMPLEMENTED");
+    let e = error(&r[0]);
+    assert_eq!(
+        (e.code.as_str(), e.field.as_str()),
+        ("INVALID_ARGUMENT", "schedule.cron.expression")
+    );
+    assert!(e.message.contains("hour"), "{}", e.message);
+    assert_eq!(error(&r[1]).field, "schedule.cron.time_zone");
+    assert!(
+        error(&r[2]).message.contains("no fire time"),
+        "{}",
+        error(&r[2]).message
+    );
+    job_id(&r[3]);
 
     let too_many = (0..=lts_common::limits::MAX_BATCH)
         .map(|i| job(&format!("t{i}"), "g"))

@@ -70,8 +70,11 @@ impl JobService for JobApi {
         let mut results: Vec<Option<pb::SubmitResult>> = vec![None; jobs.len()];
         let mut valid: Vec<JobSpec> = Vec::with_capacity(jobs.len());
         let mut valid_at = Vec::with_capacity(jobs.len());
+        let now = lts_common::now_ms();
         for (i, job) in jobs.into_iter().enumerate() {
-            match JobSpec::try_from(job) {
+            match JobSpec::try_from(job)
+                .and_then(|spec| crate::store::check_recurring(&spec, now).map(|_| spec))
+            {
                 Ok(spec) => {
                     valid.push(spec);
                     valid_at.push(i);
@@ -149,6 +152,7 @@ impl JobService for JobApi {
             });
         }
         self.tracker.metrics.submitted.inc_by(created);
+        self.tracker.scheduler.notify_one();
         for g in &groups {
             self.tracker.dispatcher.wake(g);
         }
@@ -192,31 +196,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let r = request.into_inner();
-        let state = match r.state {
-            0 => None,
-            v => Some(job_state_from_wire(v).ok_or_else(|| {
-                Status::invalid_argument(format!("state: {v} is not a job state"))
-            })?),
-        };
-        let filter = ListFilter {
-            node_group: opt(r.task_tracker_node_group),
-            state,
-            task_id_prefix: opt(r.task_id_prefix),
-        };
-        let (jobs, next) = self
-            .tracker
-            .store
-            .list(
-                &filter,
-                page_size(r.page_size),
-                opt(r.page_token).as_deref(),
-            )
-            .await?;
-        Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.into_iter().map(Into::into).collect(),
-            next_page_token: next.unwrap_or_default(),
-        }))
+        Ok(Response::new(
+            list_jobs(&self.tracker, request.into_inner()).await?,
+        ))
     }
 
     async fn cancel_job(
@@ -227,25 +209,9 @@ impl JobService for JobApi {
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
-        let c = self
-            .tracker
-            .store
-            .cancel(&job_id, lts_common::now_ms())
-            .await?;
-        if c.before.state == JobState::Running {
-            self.tracker.dispatcher.cancel_run(
-                &c.before.spec.task_tracker_node_group,
-                &c.before.worker,
-                &c.before.job_id,
-                c.before.attempt,
-                "cancelled by a client",
-            );
-        }
-        if let Some(fb) = c.feedback {
-            self.tracker.feedback.push([fb]);
-        }
+        let job = self.tracker.cancel_job(&job_id).await?;
         Ok(Response::new(pb::CancelJobResponse {
-            job: Some(c.after.into()),
+            job: Some(job.into()),
         }))
     }
 
@@ -329,4 +295,44 @@ impl JobService for JobApi {
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
+}
+
+/// Lists jobs by the filters of a request; shared by the job and admin
+/// services.
+pub async fn list_jobs(
+    tracker: &Tracker,
+    r: pb::ListJobsRequest,
+) -> Result<pb::ListJobsResponse, Status> {
+    let state =
+        match r.state {
+            0 => None,
+            v => Some(job_state_from_wire(v).ok_or_else(|| {
+                Status::invalid_argument(format!("state: {v} is not a job state"))
+            })?),
+        };
+    let filter = ListFilter {
+        node_group: opt(r.task_tracker_node_group),
+        state,
+        task_id_prefix: opt(r.task_id_prefix),
+        kind: match r.kind {
+            0 => None,
+            v => Some(
+                lts_common::convert::schedule_kind_from_wire(v).ok_or_else(|| {
+                    Status::invalid_argument(format!("kind: {v} is not a schedule kind"))
+                })?,
+            ),
+        },
+    };
+    let (jobs, next) = tracker
+        .store
+        .list(
+            &filter,
+            page_size(r.page_size),
+            opt(r.page_token).as_deref(),
+        )
+        .await?;
+    Ok(pb::ListJobsResponse {
+        jobs: jobs.into_iter().map(Into::into).collect(),
+        next_page_token: next.unwrap_or_default(),
+    })
 }

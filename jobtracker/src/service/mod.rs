@@ -1,5 +1,6 @@
-//! The gRPC services: [`job::JobApi`] for JobClients and
-//! [`work::WorkApi`] for TaskTrackers.
+//! The gRPC services: [`job::JobApi`] for JobClients, [`admin::AdminApi`]
+//! for operators and [`work::WorkApi`] for TaskTrackers.
 
+pub mod admin;
 pub mod job;
 pub mod work;

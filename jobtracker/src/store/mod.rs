@@ -115,6 +115,8 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     /// Only task ids with this prefix.
     pub task_id_prefix: Option<String>,
+    /// Only this kind of schedule.
+    pub kind: Option<lts_common::ScheduleKind>,
 }
 
 impl ListFilter {
@@ -128,6 +130,7 @@ impl ListFilter {
                 .task_id_prefix
                 .as_deref()
                 .is_none_or(|p| job.spec.task_id.starts_with(p))
+            && self.kind.is_none_or(|k| job.spec.schedule.kind() == k)
     }
 }
 
@@ -139,6 +142,45 @@ pub struct Claimed {
     /// When the next pending job of the group becomes ready, if one waits
     /// for a future time.
     pub next_ready_at_ms: Option<i64>,
+}
+
+/// What an operator does to a job (cancel has its own call).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdminAction {
+    /// Park a pending job, or a cron/repeat job between cycles.
+    Suspend,
+    /// Make a suspended job pending again.
+    Resume,
+    /// Run a pending job now, or fire one cycle of a cron/repeat job now.
+    Trigger,
+    /// Remove a job that is not running.
+    Delete,
+    /// Change fields of a job.
+    Update(JobUpdate),
+}
+
+/// Fields an operator may change; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobUpdate {
+    /// New params (replacing all).
+    pub params: Option<std::collections::BTreeMap<String, String>>,
+    /// New priority.
+    pub priority: Option<i32>,
+    /// New schedule.
+    pub schedule: Option<Schedule>,
+    /// New retry plan; restarts the job's error counter.
+    pub retry_plan: Option<lts_common::RetryPlan>,
+}
+
+/// What an operator verb did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admined {
+    /// The job before.
+    pub before: Job,
+    /// The job after; `None` when it was deleted.
+    pub after: Option<Job>,
+    /// Node groups that got work (a trigger).
+    pub wake: Vec<String>,
 }
 
 /// A job a cancel stopped.
@@ -237,6 +279,26 @@ pub trait JobStore: Send + Sync + 'static {
     /// Node groups that have pending jobs.
     async fn node_groups(&self) -> Result<Vec<String>>;
 
+    /// Fires the cron and repeat cycles whose time has come: each cycle
+    /// becomes a job of its own, with the task id `<task id>@<point in
+    /// Unix ms>`, so a point fires once even across a restart. Returns the
+    /// node groups that got work.
+    async fn fire_due(&self, _now_ms: i64) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// When the next cron or repeat cycle is due, if one is.
+    async fn next_fire_at(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
+    /// An operator verb on one job.
+    async fn admin(&self, job_id: &str, _action: AdminAction, _now_ms: i64) -> Result<Admined> {
+        Err(crate::error::Error::WrongState(format!(
+            "job {job_id}: this store does not support operator verbs yet"
+        )))
+    }
+
     /// How often to look for work and feedback that other JobTrackers
     /// sharing this store produced; `None` when this tracker sees every
     /// change itself (a store of its own).
@@ -245,13 +307,14 @@ pub trait JobStore: Send + Sync + 'static {
     }
 }
 
-/// Checks what the store cannot run yet. Cron schedules are refused with a
-/// clear message instead of being stored and never fired.
+/// Checks what a store without cycle firing cannot run: cron and repeat
+/// schedules are refused with a clear message instead of being stored and
+/// never fired.
 pub fn unsupported(spec: &JobSpec) -> Option<SubmitRefusal> {
     match &spec.schedule {
         Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
             field: "schedule.cron".into(),
-            message: "cron schedules are not supported by this JobTracker version".into(),
+            message: "cron schedules are not supported by this store yet".into(),
         }),
         _ => None,
     }
@@ -259,8 +322,19 @@ pub fn unsupported(spec: &JobSpec) -> Option<SubmitRefusal> {
 
 /// A new job for a validated spec.
 pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
-    let trigger_at_ms = match spec.schedule {
-        Schedule::At(at) => at,
+    let trigger_at_ms = match &spec.schedule {
+        Schedule::At(at) => *at,
+        // The first cycle of a cron job is its first point after now; one
+        // whose expression has no future point gets none (and is refused
+        // before it is stored, see `check_recurring`).
+        Schedule::Cron {
+            expression,
+            time_zone,
+            ..
+        } => lts_common::cron::CronSchedule::parse(expression, time_zone)
+            .ok()
+            .and_then(|c| c.next_after_ms(now_ms))
+            .unwrap_or(i64::MAX),
         _ => now_ms,
     };
     Job {
@@ -276,6 +350,103 @@ pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
         last_outcome: None,
         failures: 0,
         cycles: 0,
+    }
+}
+
+/// A cycle point fired later than this after its time counts as missed,
+/// and the job's misfire policy decides what happens to it.
+pub const MISFIRE_GRACE_MS: i64 = 1_000;
+
+/// Checks a cron job's expression and zone; the error names the field.
+pub fn check_recurring(spec: &JobSpec, now_ms: i64) -> Result<(), lts_common::ValidationError> {
+    if let Schedule::Cron {
+        expression,
+        time_zone,
+        ..
+    } = &spec.schedule
+    {
+        let cron = lts_common::cron::CronSchedule::parse(expression, time_zone).map_err(|e| {
+            let field = if matches!(e, lts_common::cron::CronError::UnknownTimeZone(..)) {
+                "schedule.cron.time_zone"
+            } else {
+                "schedule.cron.expression"
+            };
+            lts_common::ValidationError::new(field, e.to_string())
+        })?;
+        if cron.next_after_ms(now_ms).is_none() {
+            return Err(lts_common::ValidationError::new(
+                "schedule.cron.expression",
+                format!("`{expression}` has no fire time after now"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What to do at a due cycle point of a cron or repeat job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CycleStep {
+    /// Fire a run for this point.
+    pub fire: bool,
+    /// The point after it; `None` when there is none.
+    pub next: Option<i64>,
+}
+
+/// Decides, for a cycle point `point` that is due at `now_ms`, whether it
+/// fires and which point comes next, by the job's misfire policy:
+/// - on time (within [`MISFIRE_GRACE_MS`]): fire, next is the point after;
+/// - late, `FireOnce`: fire once for all the missed points, next is the
+///   first point after now;
+/// - late, `Skip`: do not fire, next is the first point after now;
+/// - late, `FireAll`: fire, next is the point after (which may be due too).
+///
+/// Repeat jobs keep their cadence; a late repeat cycle fires once and the
+/// next one is a full interval after now.
+pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
+    let late = now_ms - point > MISFIRE_GRACE_MS;
+    match schedule {
+        Schedule::Cron {
+            expression,
+            time_zone,
+            misfire,
+        } => {
+            let Ok(cron) = lts_common::cron::CronSchedule::parse(expression, time_zone) else {
+                return CycleStep {
+                    fire: false,
+                    next: None,
+                };
+            };
+            match (late, misfire) {
+                (false, _) | (true, lts_common::MisfirePolicy::FireAll) => CycleStep {
+                    fire: true,
+                    next: cron.next_after_ms(point),
+                },
+                (true, lts_common::MisfirePolicy::FireOnce) => CycleStep {
+                    fire: true,
+                    next: cron.next_after_ms(now_ms),
+                },
+                (true, lts_common::MisfirePolicy::Skip) => CycleStep {
+                    fire: false,
+                    next: cron.next_after_ms(now_ms),
+                },
+            }
+        }
+        Schedule::Repeat { interval_ms, .. } => {
+            let interval = *interval_ms as i64;
+            let next = if late {
+                now_ms + interval
+            } else {
+                point + interval
+            };
+            CycleStep {
+                fire: true,
+                next: Some(next),
+            }
+        }
+        Schedule::Now | Schedule::At(_) => CycleStep {
+            fire: false,
+            next: None,
+        },
     }
 }
 

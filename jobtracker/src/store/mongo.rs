@@ -1378,6 +1378,9 @@ impl JobStore for MongoStore {
             .into_iter()
             .take(page_size)
             .filter_map(|d| decode("job", d))
+            // The schedule kind is not indexed; a page filtered by kind may
+            // come back shorter than asked, with a token for the rest.
+            .filter(|j: &Job| filter.matches(j))
             .collect();
         let token = if more {
             jobs.last().map(|j| j.job_id.clone())

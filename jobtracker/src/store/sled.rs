@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,12 @@ struct Record {
     job: Job,
     #[serde(default)]
     history: Vec<LogEntry>,
+    /// For a cycle of a cron or repeat job: the job that fired it.
+    #[serde(default)]
+    parent: Option<String>,
+    /// For a cron or repeat job: the cycle it fired last.
+    #[serde(default)]
+    last_child: Option<String>,
 }
 
 /// [`Record`] for writing, without cloning.
@@ -62,6 +68,8 @@ struct Record {
 struct RecordRef<'a> {
     job: &'a Job,
     history: &'a [LogEntry],
+    parent: &'a Option<String>,
+    last_child: &'a Option<String>,
 }
 
 impl Record {
@@ -69,6 +77,8 @@ impl Record {
         Record {
             job,
             history: Vec::new(),
+            parent: None,
+            last_child: None,
         }
     }
 
@@ -87,12 +97,22 @@ struct Index {
     live: HashMap<String, Record>,
     /// Pending jobs per node group.
     queues: HashMap<String, Queues>,
+    /// Cron and repeat jobs by the time of their next cycle.
+    timers: BTreeMap<DelayedKey, String>,
+    /// Cron and repeat jobs that rely on their previous cycle, by the cycle
+    /// they wait for.
+    waiting: HashMap<String, String>,
     next_seq: u64,
 }
 
 impl Index {
     fn enqueue(&mut self, job: &Job, now_ms: i64) {
         if job.state != JobState::Pending {
+            return;
+        }
+        if job.spec.schedule.is_recurring() {
+            self.timers
+                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
             return;
         }
         let q = self
@@ -111,6 +131,7 @@ impl Index {
     }
 
     fn dequeue(&mut self, job: &Job) {
+        self.timers.remove(&(job.trigger_at_ms, job.seq));
         if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
             q.ready
                 .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
@@ -314,6 +335,8 @@ impl SledStore {
         let value = encode(&RecordRef {
             job: &r.job,
             history: &r.history,
+            parent: &r.parent,
+            last_child: &r.last_child,
         })?;
         batch.insert(job_key(&r.job.job_id), value);
         Ok(())
@@ -321,6 +344,67 @@ impl SledStore {
 
     async fn flush(&self) -> Result<()> {
         self.flusher.flush().await
+    }
+
+    /// Creates the job of one cycle of the cron or repeat job `r`, due at
+    /// `point`. Its task id carries the point, so a point fires once.
+    fn fire_cycle(
+        &self,
+        index: &mut Index,
+        batch: &mut ::sled::Batch,
+        r: &mut Record,
+        point: i64,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let mut spec = r.job.spec.clone();
+        spec.task_id = format!("{}@{point}", r.job.spec.task_id);
+        spec.schedule = Schedule::Now;
+        spec.replace_on_exist = false;
+        spec.rely_on_prev_cycle = false;
+        let tkey = task_key(&spec.task_tracker_node_group, &spec.task_id);
+        if self.tree.get(&tkey)?.is_some() {
+            // Fired before (a restart between this cycle and the next).
+            return Ok(None);
+        }
+        let child_id = new_job_id();
+        let seq = index.next_seq;
+        index.next_seq += 1;
+        let mut job = new_job(child_id.clone(), spec, seq, now_ms);
+        job.trigger_at_ms = point.min(now_ms);
+        let mut child = Record::new(job);
+        child.parent = Some(r.job.job_id.clone());
+        child.log(
+            LogEntry::new(
+                "",
+                LogKind::Received,
+                0,
+                format!(
+                    "cycle due at {} of job {}",
+                    lts_common::format_ms(point),
+                    r.job.job_id
+                ),
+            ),
+            now_ms,
+        );
+        Self::put_record(batch, &child)?;
+        batch.insert(tkey, child_id.as_bytes());
+        index.enqueue(&child.job, now_ms);
+        index.live.insert(child_id.clone(), child);
+        r.job.cycles += 1;
+        r.log(
+            LogEntry::new(
+                "",
+                LogKind::Dispatched,
+                r.job.attempt,
+                format!(
+                    "fired cycle {} due at {} as job {child_id}",
+                    r.job.cycles,
+                    lts_common::format_ms(point)
+                ),
+            ),
+            now_ms,
+        );
+        Ok(Some(child_id))
     }
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
@@ -395,10 +479,6 @@ impl JobStore for SledStore {
             // Task ids taken earlier in this same batch.
             let mut in_batch: HashMap<Vec<u8>, String> = HashMap::new();
             for spec in jobs {
-                if let Some(refusal) = unsupported(&spec) {
-                    results.push(SubmitResult::Refused(refusal));
-                    continue;
-                }
                 let tkey = task_key(&spec.task_tracker_node_group, &spec.task_id);
                 let existing = match in_batch.get(&tkey) {
                     Some(id) => Some(id.clone()),
@@ -599,7 +679,15 @@ impl JobStore for SledStore {
                 let feedback = t.feedback;
                 Self::put_record(&mut batch, &r)?;
                 let job = r.job.clone();
-                if !r.job.state.is_final() {
+                if r.job.state.is_final() {
+                    if let Some(parent) = index.waiting.remove(&r.job.job_id) {
+                        // The next cycle waited for this one; it may go now.
+                        if let Some(p) = index.live.get(&parent) {
+                            let p = p.job.clone();
+                            index.enqueue(&p, now_ms);
+                        }
+                    }
+                } else {
                     index.enqueue(&r.job, now_ms);
                     index.live.insert(r.job.job_id.clone(), r);
                 }
@@ -693,6 +781,261 @@ impl JobStore for SledStore {
         };
         self.flush().await?;
         Ok(cancelled)
+    }
+
+    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
+        let mut groups = Vec::new();
+        {
+            let mut index = self.lock();
+            let mut batch = ::sled::Batch::default();
+            let mut wrote = false;
+            // Bounded so a backlog of missed points (fire-all after a long
+            // outage) cannot hold the lock for long; the rest fire next call.
+            for _ in 0..10_000 {
+                let Some((&(at, seq), _)) = index.timers.first_key_value() else {
+                    break;
+                };
+                if at > now_ms {
+                    break;
+                }
+                let Some(id) = index.timers.remove(&(at, seq)) else {
+                    break;
+                };
+                let Some(mut r) = index.live.remove(&id) else {
+                    continue;
+                };
+                if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
+                    index.live.insert(id, r);
+                    continue;
+                }
+                if r.job.spec.rely_on_prev_cycle {
+                    if let Some(prev) = r.last_child.clone() {
+                        let running = index
+                            .live
+                            .get(&prev)
+                            .is_some_and(|c| !c.job.state.is_final());
+                        if running {
+                            // Parked until `prev` ends (see `complete`).
+                            index.waiting.insert(prev, id.clone());
+                            index.live.insert(id, r);
+                            continue;
+                        }
+                    }
+                }
+                let point = r.job.trigger_at_ms;
+                let step = cycle_step(&r.job.spec.schedule, point, now_ms);
+                wrote = true;
+                if step.fire {
+                    if let Some(child) =
+                        self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
+                    {
+                        r.last_child = Some(child);
+                        groups.push(r.job.spec.task_tracker_node_group.clone());
+                    }
+                } else {
+                    let missed_by = now_ms - point;
+                    r.log(
+                        LogEntry::new(
+                            "",
+                            LogKind::Retry,
+                            r.job.attempt,
+                            format!(
+                                "skipped the cycle due at {}: missed by {missed_by} ms (misfire policy: skip)",
+                                lts_common::format_ms(point)
+                            ),
+                        ),
+                        now_ms,
+                    );
+                }
+                let exhausted = matches!(
+                    r.job.spec.schedule,
+                    Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
+                );
+                match step.next {
+                    Some(next) if !exhausted => r.job.trigger_at_ms = next,
+                    _ => {
+                        r.job.state = JobState::Succeeded;
+                        r.log(
+                            LogEntry::new("", LogKind::Outcome, r.job.attempt, "no cycles left"),
+                            now_ms,
+                        );
+                    }
+                }
+                r.job.updated_at_ms = now_ms;
+                Self::put_record(&mut batch, &r)?;
+                if r.job.state == JobState::Pending {
+                    index.enqueue(&r.job, now_ms);
+                    index.live.insert(id, r);
+                }
+            }
+            if wrote {
+                self.tree.apply_batch(batch)?;
+            }
+        }
+        if !groups.is_empty() {
+            // Cycles are durable before they can run: a point fires once.
+            self.flush().await?;
+        }
+        groups.sort();
+        groups.dedup();
+        Ok(groups)
+    }
+
+    async fn next_fire_at(&self) -> Result<Option<i64>> {
+        Ok(self.lock().timers.first_key_value().map(|((at, _), _)| *at))
+    }
+
+    async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
+        let admined = {
+            let mut index = self.lock();
+            let mut batch = ::sled::Batch::default();
+            let (mut r, live) = match index.live.remove(job_id) {
+                Some(r) => (r, true),
+                None => match self.stored_record(job_id)? {
+                    Some(r) => (r, false),
+                    None => return Err(Error::NotFound(job_id.to_string())),
+                },
+            };
+            let before = r.job.clone();
+            let state = r.job.state;
+            let refuse =
+                |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
+            let restore = |index: &mut Index, r: Record| {
+                if live {
+                    index.live.insert(r.job.job_id.clone(), r);
+                }
+            };
+            let mut wake = Vec::new();
+            let mut deleted = false;
+            let result: Result<()> = (|| {
+                match &action {
+                    AdminAction::Suspend => match state {
+                        JobState::Pending => {
+                            index.dequeue(&r.job);
+                            r.job.state = JobState::Suspended;
+                            r.log(LogEntry::new("", LogKind::Cancelled, r.job.attempt, "suspended by an operator"), now_ms);
+                        }
+                        JobState::Suspended => {}
+                        JobState::Running => return Err(refuse("a running job cannot be suspended; cancel it, or suspend it when it is pending again")),
+                        _ => return Err(refuse("a finished job cannot be suspended")),
+                    },
+                    AdminAction::Resume => match state {
+                        JobState::Suspended => {
+                            r.job.state = JobState::Pending;
+                            r.job.trigger_at_ms = match &r.job.spec.schedule {
+                                Schedule::Cron { .. } => {
+                                    cycle_step(&r.job.spec.schedule, now_ms, now_ms).next.unwrap_or(i64::MAX)
+                                }
+                                _ => now_ms,
+                            };
+                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "resumed by an operator"), now_ms);
+                            index.enqueue(&r.job, now_ms);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
+                        }
+                        JobState::Pending | JobState::Running => {}
+                        _ => return Err(refuse("a finished job cannot be resumed")),
+                    },
+                    AdminAction::Trigger => {
+                        if r.job.spec.schedule.is_recurring() {
+                            if state.is_final() {
+                                return Err(refuse("a finished job cannot fire"));
+                            }
+                            if let Some(child) = self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)? {
+                                r.last_child = Some(child);
+                                wake.push(r.job.spec.task_tracker_node_group.clone());
+                            }
+                        } else if state == JobState::Pending {
+                            index.dequeue(&r.job);
+                            r.job.trigger_at_ms = now_ms;
+                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "triggered by an operator"), now_ms);
+                            index.enqueue(&r.job, now_ms);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
+                        } else {
+                            return Err(refuse("only a pending job, or a cron or repeat job, can be triggered"));
+                        }
+                    }
+                    AdminAction::Delete => {
+                        if state == JobState::Running {
+                            return Err(refuse("a running job cannot be deleted; cancel it first"));
+                        }
+                        index.dequeue(&r.job);
+                        batch.remove(job_key(job_id));
+                        let tkey = task_key(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id);
+                        if self.tree.get(&tkey)?.is_some_and(|v| v.as_ref() == job_id.as_bytes()) {
+                            batch.remove(tkey);
+                        }
+                        for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
+                            batch.remove(item?);
+                        }
+                        deleted = true;
+                    }
+                    AdminAction::Update(u) => {
+                        let reschedule = u.schedule.is_some() || u.priority.is_some();
+                        if u.schedule.is_some() && state == JobState::Running {
+                            return Err(refuse("the schedule of a running job cannot change; wait until it is pending"));
+                        }
+                        if state.is_final() {
+                            return Err(refuse("a finished job cannot change"));
+                        }
+                        if reschedule {
+                            index.dequeue(&r.job);
+                        }
+                        let mut changed = Vec::new();
+                        if let Some(p) = &u.params {
+                            r.job.spec.params = p.clone();
+                            changed.push("params".to_string());
+                        }
+                        if let Some(p) = u.priority {
+                            r.job.spec.priority = p;
+                            changed.push(format!("priority {p}"));
+                        }
+                        if let Some(sch) = &u.schedule {
+                            r.job.spec.schedule = sch.clone();
+                            r.job.trigger_at_ms = new_job(String::new(), r.job.spec.clone(), 0, now_ms).trigger_at_ms;
+                            changed.push(format!("schedule {:?}", sch.kind()));
+                        }
+                        if let Some(plan) = &u.retry_plan {
+                            r.job.spec.retry_plan = Some(plan.clone());
+                            r.job.failures = 0;
+                            changed.push(format!("retry plan {plan} (error counter restarted)"));
+                        }
+                        r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, format!("updated by an operator: {}", changed.join(", "))), now_ms);
+                        if reschedule {
+                            index.enqueue(&r.job, now_ms);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                restore(&mut index, r);
+                return Err(e);
+            }
+            if deleted {
+                self.tree.apply_batch(batch)?;
+                Admined {
+                    before,
+                    after: None,
+                    wake,
+                }
+            } else {
+                r.job.updated_at_ms = now_ms;
+                Self::put_record(&mut batch, &r)?;
+                self.tree.apply_batch(batch)?;
+                let after = r.job.clone();
+                if !r.job.state.is_final() {
+                    index.live.insert(r.job.job_id.clone(), r);
+                }
+                Admined {
+                    before,
+                    after: Some(after),
+                    wake,
+                }
+            }
+        };
+        self.flush().await?;
+        Ok(admined)
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>> {
