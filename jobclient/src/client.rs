@@ -9,8 +9,9 @@ use lts_common::convert::{
     job_from_wire, job_state_from_wire, log_kind_from_wire, log_level_from_wire,
 };
 use lts_common::limits::{MAX_BATCH, MAX_MESSAGE_BYTES};
-use lts_common::{Job, JobSpec, JobState, LogEntry, Outcome};
+use lts_common::{Job, JobSpec, JobState, LogEntry, Outcome, ScheduleKind};
 use lts_proto::v1 as pb;
+use lts_proto::v1::admin_service_client::AdminServiceClient;
 use lts_proto::v1::job_service_client::JobServiceClient;
 use prost::Message;
 use rand::Rng;
@@ -114,6 +115,8 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs whose task id starts with this.
     pub task_id_prefix: Option<String>,
+    /// Only jobs with this kind of schedule.
+    pub kind: Option<ScheduleKind>,
 }
 
 /// One page of [`JobClient::list`].
@@ -198,7 +201,9 @@ struct Target {
 #[derive(Clone, Debug)]
 struct Connected {
     index: usize,
-    client: JobServiceClient<Channel>,
+    // The channel, not a service client: `JobService` and `AdminService`
+    // calls share one connection and one failover state.
+    channel: Channel,
 }
 
 /// Whether a call failed in a way that lets the next tracker be tried.
@@ -356,32 +361,14 @@ impl JobClient {
         page_size: u32,
         page_token: Option<&str>,
     ) -> Result<JobPage> {
-        let request = pb::ListJobsRequest {
-            task_tracker_node_group: filter.node_group.clone().unwrap_or_default(),
-            state: filter
-                .state
-                .map(|s| pb::JobState::from(s) as i32)
-                .unwrap_or_default(),
-            task_id_prefix: filter.task_id_prefix.clone().unwrap_or_default(),
-            page_size,
-            page_token: page_token.unwrap_or_default().to_string(),
-            kind: 0,
-        };
+        let request = list_request(filter, page_size, page_token);
         let (address, response) = self
             .call(Retry::UnreachableOrSlow, |mut client, timeout| {
                 let request = request.clone();
                 async move { client.list_jobs(with_timeout(request, timeout)).await }
             })
             .await?;
-        let jobs = response
-            .jobs
-            .into_iter()
-            .map(|j| read_job(&address, Some(j)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(JobPage {
-            jobs,
-            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
-        })
+        read_page(&address, filter, response)
     }
 
     /// Cancels a job and returns it as it is now. Cancelling a job that has
@@ -471,11 +458,43 @@ impl JobClient {
         Err(Error::Unavailable { tried, last_error })
     }
 
-    /// Runs `f` against the sticky tracker, or the next ones in turn when a
-    /// tracker cannot be reached. Returns the address that answered.
+    /// Runs `f` on the `JobService` of the sticky tracker, or the next ones
+    /// in turn when a tracker cannot be reached. Returns the address that
+    /// answered.
     pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<(String, T)>
     where
         F: Fn(JobServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_channel(retry, |channel, timeout| {
+            let client = JobServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            f(client, timeout)
+        })
+        .await
+    }
+
+    /// [`JobClient::call`] on the `AdminService`.
+    pub(crate) async fn admin_call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<(String, T)>
+    where
+        F: Fn(AdminServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_channel(retry, |channel, timeout| {
+            let client = AdminServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            f(client, timeout)
+        })
+        .await
+    }
+
+    /// The failover loop under every call: `f` gets a channel to one
+    /// tracker at a time.
+    async fn call_channel<T, F, Fut>(&self, retry: Retry, f: F) -> Result<(String, T)>
+    where
+        F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.inner.targets.len();
@@ -486,17 +505,17 @@ impl JobClient {
             let index = (start + k) % n;
             let address = self.inner.targets[index].address.clone();
             tried.push(address.clone());
-            let client = match self.sticky().filter(|c| c.index == index) {
-                Some(c) => c.client,
+            let channel = match self.sticky().filter(|c| c.index == index) {
+                Some(c) => c.channel,
                 None => match self.connect_index(index).await {
-                    Ok(client) => client,
+                    Ok(channel) => channel,
                     Err(e) => {
                         last_error = e;
                         continue;
                     }
                 },
             };
-            match f(client, self.inner.options.request_timeout).await {
+            match f(channel, self.inner.options.request_timeout).await {
                 Ok(response) => return Ok((address, response.into_inner())),
                 Err(status) => {
                     let unreachable = status.code() == tonic::Code::Unavailable;
@@ -559,22 +578,16 @@ impl JobClient {
         }
     }
 
-    async fn connect_index(
-        &self,
-        index: usize,
-    ) -> std::result::Result<JobServiceClient<Channel>, String> {
+    async fn connect_index(&self, index: usize) -> std::result::Result<Channel, String> {
         let target = &self.inner.targets[index];
         match target.endpoint.connect().await {
             Ok(channel) => {
                 tracing::debug!(tracker = %target.address, "connected to JobTracker");
-                let client = JobServiceClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Connected {
                     index,
-                    client: client.clone(),
+                    channel: channel.clone(),
                 });
-                Ok(client)
+                Ok(channel)
             }
             Err(e) => {
                 *self
@@ -599,7 +612,7 @@ fn status_detail(status: &tonic::Status) -> String {
     }
 }
 
-fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
@@ -680,7 +693,7 @@ fn submit_outcome(address: &str, task_id: String, r: pb::SubmitResult) -> Result
     }
 }
 
-fn read_job(address: &str, job: Option<pb::Job>) -> Result<Job> {
+pub(crate) fn read_job(address: &str, job: Option<pb::Job>) -> Result<Job> {
     let job = job.ok_or_else(|| Error::InvalidResponse {
         address: address.to_string(),
         reason: "the reply holds no job".into(),
@@ -690,6 +703,68 @@ fn read_job(address: &str, job: Option<pb::Job>) -> Result<Job> {
         address: address.to_string(),
         reason: format!("job {job_id} has a missing or invalid spec"),
     })
+}
+
+pub(crate) fn list_request(
+    filter: &JobFilter,
+    page_size: u32,
+    page_token: Option<&str>,
+) -> pb::ListJobsRequest {
+    pb::ListJobsRequest {
+        task_tracker_node_group: filter.node_group.clone().unwrap_or_default(),
+        state: filter
+            .state
+            .map(|s| pb::JobState::from(s) as i32)
+            .unwrap_or_default(),
+        task_id_prefix: filter.task_id_prefix.clone().unwrap_or_default(),
+        page_size,
+        page_token: page_token.unwrap_or_default().to_string(),
+        kind: filter
+            .kind
+            .map(|k| schedule_kind_to_wire(k) as i32)
+            .unwrap_or_default(),
+    }
+}
+
+pub(crate) fn read_page(
+    address: &str,
+    filter: &JobFilter,
+    response: pb::ListJobsResponse,
+) -> Result<JobPage> {
+    let jobs = response
+        .jobs
+        .into_iter()
+        .map(|j| read_job(address, Some(j)))
+        .collect::<Result<Vec<_>>>()?;
+    // A tracker older than the `kind` field drops it unread and lists every
+    // kind; say so rather than show a list that looks filtered but is not.
+    if let Some(kind) = filter.kind {
+        if let Some(other) = jobs.iter().find(|j| j.spec.schedule.kind() != kind) {
+            return Err(Error::InvalidResponse {
+                address: address.to_string(),
+                reason: format!(
+                    "asked for {} jobs, got job {} of kind {}; the tracker may be too old \
+                     to filter by kind",
+                    kind.name(),
+                    other.job_id,
+                    other.spec.schedule.kind().name()
+                ),
+            });
+        }
+    }
+    Ok(JobPage {
+        jobs,
+        next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
+    })
+}
+
+fn schedule_kind_to_wire(kind: ScheduleKind) -> pb::ScheduleKind {
+    match kind {
+        ScheduleKind::Now => pb::ScheduleKind::Now,
+        ScheduleKind::At => pb::ScheduleKind::At,
+        ScheduleKind::Cron => pb::ScheduleKind::Cron,
+        ScheduleKind::Repeat => pb::ScheduleKind::Repeat,
+    }
 }
 
 fn log_entry_from_wire(e: pb::LogEntry) -> LogEntry {

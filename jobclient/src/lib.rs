@@ -9,6 +9,9 @@
 //! [`FeedbackSubscription`]. Feedback is delivered at least once, so the
 //! code that handles it must be idempotent.
 //!
+//! Operators suspend, resume, trigger, delete and update jobs of every kind
+//! with an [`AdminClient`], a view of the same client ([`JobClient::admin`]).
+//!
 //! Every error is an [`Error`]; [`Error::Unavailable`] means no tracker
 //! answered and names the addresses tried.
 //!
@@ -57,11 +60,13 @@
 //! later; the trackers' dedup on task id makes the replay safe.
 #![warn(missing_docs)]
 
+mod admin;
 pub mod cli;
 mod client;
 mod error;
 mod feedback;
 
+pub use admin::{AdminClient, JobUpdate};
 pub use client::{
     normalize_address, ClientOptions, Feedback, JobClient, JobFilter, JobPage, SubmitOutcome,
     SubmitRefusal, DEFAULT_JOBTRACKER,

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use lts_common::{JobSpec, JobState, MisfirePolicy, RetryPlan, Schedule};
+use lts_common::cron::{CronError, CronSchedule};
+use lts_common::{JobSpec, JobState, MisfirePolicy, RetryPlan, Schedule, ScheduleKind};
 use serde::Deserialize;
 
+use crate::admin::JobUpdate;
 use crate::client::DEFAULT_JOBTRACKER;
 
 /// Submit, inspect and cancel jobs on the scheduler's JobTrackers, and read
@@ -64,13 +66,28 @@ pub enum Command {
     Wait(WaitArgs),
     /// Print, then acknowledge, the feedback of a submit node group.
     Feedback(FeedbackArgs),
+    /// Park a pending job, or a cron or repeat job between cycles, until
+    /// it is resumed.
+    Suspend(JobRefArgs),
+    /// Make a suspended job pending again.
+    Resume(JobRefArgs),
+    /// Run a pending job now, or fire one cycle of a cron or repeat job now.
+    Trigger(JobRefArgs),
+    /// Remove a job that is not running, with its execution log.
+    Delete(JobRefArgs),
+    /// Change a job's priority, params, schedule or retry plan.
+    Update(Box<UpdateArgs>),
+    /// Retry plans: set a job's plan, or check one locally.
+    Plan(PlanArgs),
+    /// Cron expressions, checked locally: the next fire times, or what an
+    /// expression means. Needs no JobTracker.
+    Cron(CronArgs),
 }
 
 /// Flags of `submit`.
 #[derive(Args, Debug, Default)]
 #[command(group(ArgGroup::new("which").required(true).args(["task_id", "task_id_prefix", "from_file"])))]
 #[command(group(ArgGroup::new("body").args(["payload", "payload_file", "shell"])))]
-#[command(group(ArgGroup::new("when").args(["at", "delay", "cron", "repeat_every"])))]
 pub struct SubmitArgs {
     /// Node group of the TaskTrackers that run the job.
     #[arg(long, short = 'g', value_name = "GROUP")]
@@ -135,10 +152,31 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
 
+    /// The retry plan, e.g. '[retry_after 10s, backoff 1m x2 max 1h] x3'
+    /// (see README); instead of --max-retries.
+    #[arg(long, value_name = "PLAN", value_parser = parse_plan, conflicts_with = "max_retries")]
+    pub plan: Option<RetryPlan>,
+
     /// Cancel a run that takes longer than this and count it as an error.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
+    /// When the job runs; now if not given.
+    #[command(flatten)]
+    pub when: ScheduleArgs,
+
+    /// A cron or repeat cycle waits while the previous one still runs.
+    #[arg(long)]
+    pub rely_on_prev_cycle: bool,
+}
+
+/// When a job runs: the schedule flags of `submit` and `update`.
+#[derive(Args, Debug, Default, Clone)]
+// Not a derived group: that would hold every field, and --time-zone must
+// go with --cron, not conflict with it.
+#[group(skip)]
+#[command(group(ArgGroup::new("when").args(["at", "delay", "cron", "repeat_every"])))]
+pub struct ScheduleArgs {
     /// Run at this time, RFC 3339 (2030-01-02T03:04:05Z or with an offset
     /// like +02:00).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
@@ -148,13 +186,20 @@ pub struct SubmitArgs {
     #[arg(long = "in", value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Duration>,
 
-    /// Run on a cron expression.
+    /// Run on a cron expression: Quartz (6-7 fields, with seconds) or
+    /// crontab (5 fields). Checked here before it is sent; try
+    /// `jobclient cron next EXPR`.
     #[arg(long, value_name = "EXPR")]
     pub cron: Option<String>,
 
-    /// IANA time zone of --cron; UTC if not given.
-    #[arg(long, value_name = "ZONE", requires = "cron")]
+    /// IANA time zone of --cron, e.g. Europe/Paris; UTC if not given.
+    #[arg(long, visible_alias = "tz", value_name = "ZONE", requires = "cron")]
     pub time_zone: Option<String>,
+
+    /// What a --cron job does with fire times missed while no JobTracker
+    /// ran: fire-once (the default), skip or fire-all.
+    #[arg(long, value_name = "POLICY", value_parser = parse_misfire, requires = "cron")]
+    pub misfire: Option<MisfirePolicy>,
 
     /// Run repeatedly, this far apart.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -163,10 +208,212 @@ pub struct SubmitArgs {
     /// How many runs of --repeat-every in all; forever if not given.
     #[arg(long, value_name = "N", requires = "repeat_every")]
     pub repeat_count: Option<u32>,
+}
 
-    /// A cron or repeat cycle waits while the previous one still runs.
-    #[arg(long)]
-    pub rely_on_prev_cycle: bool,
+impl ScheduleArgs {
+    /// The schedule these flags name, `None` when they name none. A cron
+    /// expression and zone are checked with the cron engine, so a typo is
+    /// reported here, naming the field, rather than by the tracker.
+    pub fn schedule(&self, now_ms: i64) -> Result<Option<Schedule>, String> {
+        Ok(Some(if let Some(at) = self.at {
+            Schedule::At(at)
+        } else if let Some(delay) = self.delay {
+            Schedule::At(now_ms.saturating_add(duration_ms(delay, "--in")? as i64))
+        } else if let Some(expression) = &self.cron {
+            let time_zone = self.time_zone.clone().unwrap_or_default();
+            check_cron(expression, &time_zone)?;
+            Schedule::Cron {
+                expression: expression.trim().to_string(),
+                time_zone,
+                misfire: self.misfire.unwrap_or_default(),
+            }
+        } else if let Some(every) = self.repeat_every {
+            let interval_ms = duration_ms(every, "--repeat-every")?;
+            if interval_ms == 0 {
+                return Err("--repeat-every: must be at least 1ms".into());
+            }
+            Schedule::Repeat {
+                interval_ms,
+                count: self.repeat_count.unwrap_or(0),
+            }
+        } else {
+            return Ok(None);
+        }))
+    }
+}
+
+/// Checks a cron expression and zone with the engine the tracker uses; the
+/// message names the flag and, for the expression, the field at fault.
+pub fn check_cron(expression: &str, time_zone: &str) -> Result<CronSchedule, String> {
+    CronSchedule::parse(expression, time_zone).map_err(|e| match e {
+        CronError::UnknownTimeZone(_) => format!("--time-zone: {e}"),
+        _ => format!("--cron `{}`: {e}", expression.trim()),
+    })
+}
+
+/// Flags of the verbs that take one job id.
+#[derive(Args, Debug)]
+pub struct JobRefArgs {
+    /// The job id.
+    pub job_id: String,
+}
+
+/// Flags of `update`.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The job id.
+    pub job_id: String,
+
+    /// The new priority; smaller runs first.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+
+    /// Replace the job's params with these; repeat for several.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+
+    /// Remove all of the job's params.
+    #[arg(long, conflicts_with = "params")]
+    pub clear_params: bool,
+
+    /// The new schedule.
+    #[command(flatten)]
+    pub when: ScheduleArgs,
+
+    /// The new retry plan (see `jobclient plan set`); the job's error
+    /// counter restarts.
+    #[arg(long, value_name = "PLAN", value_parser = parse_plan)]
+    pub plan: Option<RetryPlan>,
+
+    /// A new retry plan of N retries with the default backoff; the job's
+    /// error counter restarts.
+    #[arg(long, value_name = "N", conflicts_with = "plan")]
+    pub max_retries: Option<u32>,
+}
+
+impl UpdateArgs {
+    /// The change these flags ask for; an error when they ask for none.
+    pub fn update(&self, now_ms: i64) -> Result<JobUpdate, String> {
+        let update = JobUpdate {
+            params: if self.clear_params {
+                Some(BTreeMap::new())
+            } else if self.params.is_empty() {
+                None
+            } else {
+                Some(self.params.iter().cloned().collect())
+            },
+            priority: self.priority,
+            schedule: self.when.schedule(now_ms)?,
+            retry_plan: self
+                .plan
+                .clone()
+                .or_else(|| self.max_retries.map(retry_plan_for)),
+        };
+        if update.is_empty() {
+            return Err(
+                "nothing to change: say --priority, --param, --clear-params, a schedule \
+                        (--cron, --repeat-every, --at, --in) or --plan"
+                    .into(),
+            );
+        }
+        Ok(update)
+    }
+}
+
+/// Flags of `plan`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PlanCommand,
+}
+
+/// The subcommands of `plan`.
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Give a job a new retry plan; its error counter restarts.
+    Set(PlanSetArgs),
+    /// Check a plan locally and show what happens after each error.
+    Check(PlanCheckArgs),
+}
+
+/// Flags of `plan set`.
+#[derive(Args, Debug)]
+pub struct PlanSetArgs {
+    /// The job id.
+    pub job_id: String,
+    /// The plan, e.g. '[retry, retry_after 1s, backoff 1s x2 max 1m,
+    /// suspend, give_up] x3' or '[backoff 1s x2 max 1h] forever'.
+    #[arg(value_name = "PLAN", value_parser = parse_plan)]
+    pub plan: RetryPlan,
+}
+
+/// Flags of `plan check`.
+#[derive(Args, Debug)]
+pub struct PlanCheckArgs {
+    /// The plan, as for `plan set`.
+    #[arg(value_name = "PLAN", value_parser = parse_plan)]
+    pub plan: RetryPlan,
+    /// Show the decisions for this many errors at most.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub errors: u32,
+}
+
+/// Flags of `cron`.
+#[derive(Args, Debug)]
+pub struct CronArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CronCommand,
+}
+
+/// The subcommands of `cron`.
+#[derive(Subcommand, Debug)]
+pub enum CronCommand {
+    /// Print the next fire times, one per line, in the zone's local time
+    /// with its offset.
+    Next(CronNextArgs),
+    /// Say in words when an expression fires.
+    Explain(CronExplainArgs),
+}
+
+/// Flags of `cron next`.
+#[derive(Args, Debug)]
+pub struct CronNextArgs {
+    /// The expression: Quartz (6-7 fields, with seconds), crontab (5
+    /// fields) or a macro such as @daily. Quote it.
+    #[arg(value_name = "EXPR")]
+    pub expression: String,
+    /// IANA time zone, e.g. Europe/Paris; UTC if not given.
+    #[arg(
+        long,
+        visible_alias = "time-zone",
+        value_name = "ZONE",
+        default_value = ""
+    )]
+    pub tz: String,
+    /// Fire times strictly after this RFC 3339 time; now if not given.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub after: Option<i64>,
+    /// How many fire times.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+}
+
+/// Flags of `cron explain`.
+#[derive(Args, Debug)]
+pub struct CronExplainArgs {
+    /// The expression, as for `cron next`.
+    #[arg(value_name = "EXPR")]
+    pub expression: String,
+    /// IANA time zone, e.g. Europe/Paris; UTC if not given.
+    #[arg(
+        long,
+        visible_alias = "time-zone",
+        value_name = "ZONE",
+        default_value = ""
+    )]
+    pub tz: String,
 }
 
 /// Flags of `get`.
@@ -205,6 +452,9 @@ pub struct ListArgs {
     /// The token printed by the previous page.
     #[arg(long, value_name = "TOKEN")]
     pub page_token: Option<String>,
+    /// Only jobs with this kind of schedule: now, at, cron or repeat.
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Option<ScheduleKind>,
 }
 
 /// Flags of `cancel`.
@@ -308,6 +558,36 @@ pub fn parse_state(s: &str) -> Result<JobState, String> {
     })
 }
 
+/// Parses a schedule kind name as [`ScheduleKind::name`] prints it.
+pub fn parse_kind(s: &str) -> Result<ScheduleKind, String> {
+    let kinds = [
+        ScheduleKind::Now,
+        ScheduleKind::At,
+        ScheduleKind::Cron,
+        ScheduleKind::Repeat,
+    ];
+    kinds
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| "expected one of now, at, cron, repeat".into())
+}
+
+/// Parses a misfire policy: `fire-once`, `skip` or `fire-all`.
+pub fn parse_misfire(s: &str) -> Result<MisfirePolicy, String> {
+    match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+        "fire-once" => Ok(MisfirePolicy::FireOnce),
+        "skip" => Ok(MisfirePolicy::Skip),
+        "fire-all" => Ok(MisfirePolicy::FireAll),
+        _ => Err("expected one of fire-once, skip, fire-all".into()),
+    }
+}
+
+/// Parses a retry plan (see [`lts_common::plan`]); the message quotes the
+/// offending token and its position.
+pub fn parse_plan(s: &str) -> Result<RetryPlan, String> {
+    s.parse::<RetryPlan>().map_err(|e| e.to_string())
+}
+
 /// The JSON payload read by the TaskTracker's built-in shell runner.
 pub fn shell_payload(command: &[String], env: &[(String, String)]) -> Result<Vec<u8>, String> {
     let Some((program, args)) = command.split_first() else {
@@ -387,6 +667,7 @@ pub struct JobLine {
     submit_node_group: Option<String>,
     replace: Option<bool>,
     max_retries: Option<u32>,
+    plan: Option<String>,
     timeout: Option<String>,
     at: Option<String>,
 }
@@ -469,32 +750,14 @@ impl SubmitArgs {
         spec.submit_node_group = self.submit_node_group.clone().unwrap_or_default();
         spec.replace_on_exist = self.replace;
         spec.rely_on_prev_cycle = self.rely_on_prev_cycle;
-        spec.retry_plan = self.max_retries.map(retry_plan_for);
+        spec.retry_plan = self
+            .plan
+            .clone()
+            .or_else(|| self.max_retries.map(retry_plan_for));
         if let Some(t) = self.timeout {
             spec.timeout_ms = duration_ms(t, "--timeout")?;
         }
-        spec.schedule = if let Some(at) = self.at {
-            Schedule::At(at)
-        } else if let Some(delay) = self.delay {
-            Schedule::At(now_ms.saturating_add(duration_ms(delay, "--in")? as i64))
-        } else if let Some(expression) = &self.cron {
-            Schedule::Cron {
-                expression: expression.clone(),
-                time_zone: self.time_zone.clone().unwrap_or_default(),
-                misfire: MisfirePolicy::default(),
-            }
-        } else if let Some(every) = self.repeat_every {
-            let interval_ms = duration_ms(every, "--repeat-every")?;
-            if interval_ms == 0 {
-                return Err("--repeat-every: must be at least 1ms".into());
-            }
-            Schedule::Repeat {
-                interval_ms,
-                count: self.repeat_count.unwrap_or(0),
-            }
-        } else {
-            Schedule::Now
-        };
+        spec.schedule = self.when.schedule(now_ms)?.unwrap_or(Schedule::Now);
         Ok(spec)
     }
 
@@ -552,8 +815,15 @@ impl SubmitArgs {
         if let Some(r) = line.replace {
             spec.replace_on_exist = r;
         }
-        if let Some(n) = line.max_retries {
-            spec.retry_plan = Some(retry_plan_for(n));
+        match (line.max_retries, line.plan) {
+            (Some(_), Some(_)) => {
+                return Err(format!("{at}: say max_retries or plan, not both"));
+            }
+            (Some(n), None) => spec.retry_plan = Some(retry_plan_for(n)),
+            (None, Some(text)) => {
+                spec.retry_plan = Some(parse_plan(&text).map_err(|e| format!("{at}: plan: {e}"))?)
+            }
+            (None, None) => {}
         }
         if let Some(t) = line.timeout {
             let d = parse_duration(&t).map_err(|e| format!("{at}: timeout: {e}"))?;
@@ -581,6 +851,7 @@ fn duration_ms(d: Duration, flag: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use lts_common::RetryStep;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("jobclient").chain(args.iter().copied()))
@@ -833,6 +1104,207 @@ mod tests {
             .jobs(None, Some("\n"), 0)
             .unwrap_err()
             .contains("no jobs"));
+    }
+
+    #[test]
+    fn plans_parse_locally_and_exclude_max_retries() {
+        let job = one_job(&[
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--plan",
+            "[retry_after 1s, suspend] x2",
+        ]);
+        let plan = job.retry_plan.expect("a plan");
+        assert_eq!(
+            plan.steps,
+            [RetryStep::RetryAfter(1_000), RetryStep::Suspend]
+        );
+        assert_eq!(plan.count, 2);
+        let e = parse(&["submit", "-g", "w", "-t", "t", "--plan", "[retri]"]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("--plan") && text.contains("position 2") && text.contains("`retri`"),
+            "{text}"
+        );
+        let e = parse(&[
+            "submit",
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--plan",
+            "[retry]",
+            "--max-retries",
+            "2",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+
+        let args = submit_args(&["-g", "w", "--from-file", "f"]);
+        let jobs = args
+            .jobs(None, Some(r#"{"task_id": "a", "plan": "[give_up]"}"#), 0)
+            .expect("valid");
+        assert_eq!(jobs[0].retry_plan, Some(RetryPlan::no_retry()));
+        let e = args
+            .jobs(None, Some(r#"{"task_id": "a", "plan": "[give_up] x0"}"#), 0)
+            .unwrap_err();
+        assert!(e.contains("line 1: plan: at position 11 (`x0`)"), "{e}");
+    }
+
+    #[test]
+    fn cron_flags_are_checked_locally() {
+        let job = one_job(&[
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--cron",
+            "0 0 3 * *",
+            "--tz",
+            "Europe/Paris",
+            "--misfire",
+            "skip",
+        ]);
+        assert_eq!(
+            job.schedule,
+            Schedule::Cron {
+                expression: "0 0 3 * *".into(),
+                time_zone: "Europe/Paris".into(),
+                misfire: MisfirePolicy::Skip
+            }
+        );
+        let e = submit_args(&["-g", "w", "-t", "t", "--cron", "0 0 25 * * ?"])
+            .jobs(None, None, 0)
+            .unwrap_err();
+        assert!(
+            e.starts_with("--cron `0 0 25 * * ?`: field 3 (hour)"),
+            "{e}"
+        );
+        let e = submit_args(&[
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--cron",
+            "0 0 3 * *",
+            "--time-zone",
+            "Paris",
+        ])
+        .jobs(None, None, 0)
+        .unwrap_err();
+        assert!(
+            e.starts_with("--time-zone: unknown time zone `Paris`"),
+            "{e}"
+        );
+        // --misfire and --time-zone only go with --cron; schedules exclude
+        // each other.
+        assert!(parse(&["submit", "-g", "w", "-t", "t", "--misfire", "skip"]).is_err());
+        assert!(parse(&["submit", "-g", "w", "-t", "t", "--tz", "UTC"]).is_err());
+        let e = parse(&[
+            "submit",
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--cron",
+            "@daily",
+            "--misfire",
+            "never",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("fire-once, skip, fire-all"), "{e}");
+        let e = parse(&[
+            "submit",
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--cron",
+            "@daily",
+            "--repeat-every",
+            "1m",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+    }
+
+    #[test]
+    fn update_flags_make_an_update() {
+        let update = |args: &[&str]| {
+            let mut full = vec!["update", "j1"];
+            full.extend_from_slice(args);
+            match parse(&full).expect("valid arguments").command {
+                Command::Update(u) => u.update(1_000),
+                other => panic!("{other:?}"),
+            }
+        };
+        let u = update(&["--priority", "-3", "--param", "a=1", "--param", "b=2"]).expect("valid");
+        assert_eq!(u.priority, Some(-3));
+        assert_eq!(u.params.map(|p| p.len()), Some(2));
+        assert!(u.schedule.is_none() && u.retry_plan.is_none());
+        let u = update(&["--clear-params"]).expect("valid");
+        assert_eq!(u.params, Some(BTreeMap::new()));
+        let u = update(&["--repeat-every", "5m", "--repeat-count", "3"]).expect("valid");
+        assert_eq!(
+            u.schedule,
+            Some(Schedule::Repeat {
+                interval_ms: 300_000,
+                count: 3
+            })
+        );
+        let u = update(&["--in", "1s", "--plan", "[give_up]"]).expect("valid");
+        assert_eq!(u.schedule, Some(Schedule::At(2_000)));
+        assert_eq!(u.retry_plan, Some(RetryPlan::no_retry()));
+        let e = update(&["--cron", "61 * * * *"]).unwrap_err();
+        assert!(e.contains("field 1 (minute)"), "{e}");
+        let e = update(&[]).unwrap_err();
+        assert!(e.starts_with("nothing to change"), "{e}");
+        assert!(parse(&["update", "j1", "--clear-params", "--param", "a=1"]).is_err());
+        assert!(parse(&["update", "j1", "--plan", "[retry]", "--max-retries", "1"]).is_err());
+        assert!(parse(&["update", "--priority", "1"]).is_err());
+    }
+
+    #[test]
+    fn admin_verbs_cron_and_kind_filters_parse() {
+        for verb in ["suspend", "resume", "trigger", "delete"] {
+            assert!(parse(&[verb, "j1"]).is_ok(), "{verb}");
+            assert!(parse(&[verb]).is_err(), "{verb}");
+        }
+        match parse(&["list", "--kind", "CRON"]).expect("valid").command {
+            Command::List(l) => assert_eq!(l.kind, Some(ScheduleKind::Cron)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&["list", "--kind", "daily"]).unwrap_err();
+        assert!(e.to_string().contains("now, at, cron, repeat"), "{e}");
+        match parse(&["plan", "set", "j1", "[retry] forever"])
+            .expect("valid")
+            .command
+        {
+            Command::Plan(PlanArgs {
+                command: PlanCommand::Set(s),
+            }) => assert!(s.plan.forever),
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "cron",
+            "next",
+            "*/5 * * * *",
+            "--time-zone",
+            "Asia/Tokyo",
+            "--count",
+            "2",
+        ])
+        .expect("valid")
+        .command
+        {
+            Command::Cron(CronArgs {
+                command: CronCommand::Next(n),
+            }) => assert_eq!((n.tz.as_str(), n.count, n.after), ("Asia/Tokyo", 2, None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cron", "next", "@daily", "--count", "0"]).is_err());
     }
 
     #[test]

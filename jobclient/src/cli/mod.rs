@@ -6,6 +6,7 @@
 //! be reached or answered with an error; 4 a wait or feedback timed out.
 
 mod args;
+mod local;
 mod output;
 
 use std::collections::{HashMap, HashSet};
@@ -18,14 +19,20 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 pub use args::{
-    parse_duration, parse_key_value, parse_state, parse_time, retry_plan_for, shell_payload,
-    CancelArgs, Cli, Command, FeedbackArgs, GetArgs, JobLine, ListArgs, SubmitArgs, WaitArgs,
+    check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
+    parse_state, parse_time, retry_plan_for, shell_payload, CancelArgs, Cli, Command, CronArgs,
+    CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs, GetArgs, JobLine, JobRefArgs,
+    ListArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs, ScheduleArgs, SubmitArgs,
+    UpdateArgs, WaitArgs,
 };
+pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
-    feedback_json, feedback_text, job_json, job_text, jobs_text, log_json, log_text, schedule_text,
-    submit_json, submit_text, table,
+    cron_next_json, cron_next_text, decision_text, feedback_json, feedback_text, fire_time,
+    job_json, job_text, jobs_text, log_json, log_text, misfire_name, plan_check_json,
+    plan_check_text, schedule_text, submit_json, submit_text, table,
 };
 
+use crate::admin::{AdminClient, JobUpdate};
 use crate::client::{ClientOptions, JobClient, JobFilter};
 use crate::error::Error;
 
@@ -87,6 +94,16 @@ pub async fn run(cli: Cli) -> u8 {
 
 /// Runs a parsed command, printing results to stdout.
 pub async fn execute(cli: Cli) -> Result<u8, CliError> {
+    let json = cli.json;
+    // These need no tracker, so a bad or unreachable --jobtracker must not
+    // stop them.
+    match &cli.command {
+        Command::Cron(a) => return cron(a, json),
+        Command::Plan(PlanArgs {
+            command: PlanCommand::Check(a),
+        }) => return plan_check(a, json),
+        _ => {}
+    }
     let options = ClientOptions {
         connect_timeout: cli.connect_timeout,
         ..ClientOptions::default()
@@ -97,7 +114,7 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         }
         other => CliError::Client(other),
     })?;
-    let json = cli.json;
+    let admin = client.admin();
     match cli.command {
         Command::Submit(a) => submit(&client, *a, json).await,
         Command::Get(a) => get(&client, a, json).await,
@@ -114,7 +131,146 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Wait(a) => wait(&client, a, json).await,
         Command::Feedback(a) => feedback(&client, a, json).await,
+        Command::Suspend(a) => {
+            let job = admin.suspend(&a.job_id).await?;
+            print_job(
+                &job,
+                &format!("job {} is {}", job.job_id, job.state.name()),
+                json,
+            )
+        }
+        Command::Resume(a) => {
+            let job = admin.resume(&a.job_id).await?;
+            print_job(
+                &job,
+                &format!("job {} is {}", job.job_id, job.state.name()),
+                json,
+            )
+        }
+        Command::Trigger(a) => {
+            let job = admin.trigger(&a.job_id).await?;
+            let headline = format!("job {} triggered; it is {}", job.job_id, job.state.name());
+            print_job(&job, &headline, json)
+        }
+        Command::Delete(a) => {
+            admin.delete(&a.job_id).await?;
+            if json {
+                print_json(&serde_json::json!({"job_id": a.job_id, "deleted": true}))?;
+            } else {
+                print(&format!("deleted job {}\n", a.job_id))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Update(a) => {
+            let update = a.update(lts_common::now_ms()).map_err(CliError::Usage)?;
+            update_job(&admin, &a.job_id, update, json).await
+        }
+        Command::Plan(PlanArgs {
+            command: PlanCommand::Set(a),
+        }) => {
+            let update = JobUpdate {
+                retry_plan: Some(a.plan),
+                ..JobUpdate::default()
+            };
+            update_job(&admin, &a.job_id, update, json).await
+        }
+        // Handled above, before a client was made.
+        Command::Plan(PlanArgs {
+            command: PlanCommand::Check(a),
+        }) => plan_check(&a, json),
+        Command::Cron(a) => cron(&a, json),
     }
+}
+
+async fn update_job(
+    admin: &AdminClient,
+    job_id: &str,
+    update: JobUpdate,
+    json: bool,
+) -> Result<u8, CliError> {
+    let new_plan = update.retry_plan.is_some();
+    let job = admin.update(job_id, update).await?;
+    let mut headline = format!("job {} updated", job.job_id);
+    if new_plan {
+        headline.push_str(&format!(
+            "; retry plan {}; its error counter restarts from 0",
+            job.spec.effective_retry_plan()
+        ));
+    }
+    print_job(&job, &headline, json)
+}
+
+/// A headline, then the job; or the job as JSON.
+fn print_job(job: &Job, headline: &str, json: bool) -> Result<u8, CliError> {
+    if json {
+        print_json(&job_json(job))?;
+    } else {
+        print(&format!("{headline}\n\n{}", job_text(job)))?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn cron(a: &CronArgs, json: bool) -> Result<u8, CliError> {
+    let (expression, tz) = match &a.command {
+        CronCommand::Next(n) => (&n.expression, &n.tz),
+        CronCommand::Explain(e) => (&e.expression, &e.tz),
+    };
+    let schedule = lts_common::cron::CronSchedule::parse(expression, tz).map_err(|e| match e {
+        lts_common::cron::CronError::UnknownTimeZone(_) => CliError::Usage(format!("--tz: {e}")),
+        _ => CliError::Usage(format!("cron expression `{}`: {e}", expression.trim())),
+    })?;
+    let zone = schedule.time_zone().name().to_string();
+    let dialect = dialect_name(schedule.dialect());
+    match &a.command {
+        CronCommand::Next(n) => {
+            let after_ms = n.after.unwrap_or_else(lts_common::now_ms);
+            let after = chrono::DateTime::from_timestamp_millis(after_ms)
+                .ok_or_else(|| CliError::Usage("--after: is out of range".into()))?;
+            let times = next_fire_times(&schedule, after, n.count as usize);
+            if json {
+                print_json(&cron_next_json(
+                    schedule.expression(),
+                    &zone,
+                    dialect,
+                    &times,
+                ))?;
+            } else {
+                print(&cron_next_text(&times))?;
+            }
+            if times.len() < n.count as usize {
+                eprintln!(
+                    "jobclient: `{}` fires {} times after {} and then no more before the year 2400",
+                    schedule.expression(),
+                    times.len(),
+                    lts_common::format_ms(after_ms)
+                );
+            }
+        }
+        CronCommand::Explain(_) => {
+            let explanation = schedule.explain();
+            if json {
+                print_json(&serde_json::json!({
+                    "expression": schedule.expression(),
+                    "time_zone": zone,
+                    "dialect": dialect,
+                    "explanation": explanation,
+                }))?;
+            } else {
+                print(&format!("{explanation}\n"))?;
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn plan_check(a: &PlanCheckArgs, json: bool) -> Result<u8, CliError> {
+    let decisions = plan_decisions(&a.plan, a.errors);
+    if json {
+        print_json(&plan_check_json(&a.plan, &decisions))?;
+    } else {
+        print(&plan_check_text(&a.plan, &decisions))?;
+    }
+    Ok(EXIT_OK)
 }
 
 async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, CliError> {
@@ -201,6 +357,7 @@ async fn list(client: &JobClient, a: ListArgs, json: bool) -> Result<u8, CliErro
         node_group: a.node_group,
         state: a.state,
         task_id_prefix: a.task_id_prefix,
+        kind: a.kind,
     };
     let page = client
         .list(&filter, a.limit, a.page_token.as_deref())

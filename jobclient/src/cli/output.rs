@@ -1,6 +1,7 @@
 //! What the CLI prints: text for people, JSON for scripts.
 
-use lts_common::{format_ms, Job, LogEntry, Schedule};
+use chrono::{DateTime, FixedOffset, SecondsFormat};
+use lts_common::{format_ms, Job, LogEntry, MisfirePolicy, RetryDecision, RetryPlan, Schedule};
 use serde_json::{json, Value};
 
 use crate::client::{Feedback, SubmitOutcome};
@@ -53,7 +54,10 @@ pub fn schedule_text(s: &Schedule) -> String {
             } else {
                 time_zone
             };
-            format!("cron \"{expression}\" in {zone}, misfire {misfire:?}")
+            format!(
+                "cron \"{expression}\" in {zone}, misfire {}",
+                misfire_name(*misfire)
+            )
         }
         Schedule::Repeat { interval_ms, count } => {
             let every = humantime::format_duration(std::time::Duration::from_millis(*interval_ms));
@@ -64,6 +68,94 @@ pub fn schedule_text(s: &Schedule) -> String {
             }
         }
     }
+}
+
+/// A misfire policy as the `--misfire` flag names it.
+pub fn misfire_name(m: MisfirePolicy) -> &'static str {
+    match m {
+        MisfirePolicy::FireOnce => "fire-once",
+        MisfirePolicy::Skip => "skip",
+        MisfirePolicy::FireAll => "fire-all",
+    }
+}
+
+/// A fire time as RFC 3339 with the zone's offset, even for UTC
+/// (`+00:00`), so every line has the same shape.
+pub fn fire_time(t: &DateTime<FixedOffset>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+/// One fire time per line.
+pub fn cron_next_text(times: &[DateTime<FixedOffset>]) -> String {
+    times
+        .iter()
+        .map(|t| format!("{}\n", fire_time(t)))
+        .collect()
+}
+
+/// The fire times with the expression, zone and dialect they came from.
+pub fn cron_next_json(
+    expression: &str,
+    time_zone: &str,
+    dialect: &str,
+    times: &[DateTime<FixedOffset>],
+) -> Value {
+    json!({
+        "expression": expression,
+        "time_zone": time_zone,
+        "dialect": dialect,
+        "next": times.iter().map(|t| json!({
+            "at": fire_time(t),
+            "unix_ms": t.timestamp_millis(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What one retry decision does, for people.
+pub fn decision_text(d: &RetryDecision) -> String {
+    match d {
+        RetryDecision::RetryAfter(0) => "retry at once".into(),
+        RetryDecision::RetryAfter(ms) => format!(
+            "retry after {}",
+            humantime::format_duration(std::time::Duration::from_millis(*ms))
+        ),
+        RetryDecision::Suspend => "suspend until an operator resumes the job".into(),
+        RetryDecision::GiveUp => "give up: the job fails".into(),
+    }
+}
+
+/// A plan in its canonical form, then what follows each error.
+pub fn plan_check_text(plan: &RetryPlan, decisions: &[RetryDecision]) -> String {
+    let mut out = format!("plan {plan}\n");
+    for (i, d) in decisions.iter().enumerate() {
+        out.push_str(&format!("error {}: {}\n", i + 1, decision_text(d)));
+    }
+    if decisions.last() != Some(&RetryDecision::GiveUp) {
+        out.push_str("...\n");
+    }
+    out
+}
+
+/// [`plan_check_text`] for scripts.
+pub fn plan_check_json(plan: &RetryPlan, decisions: &[RetryDecision]) -> Value {
+    json!({
+        "plan": plan.to_string(),
+        "forever": plan.forever,
+        "count": plan.count,
+        "steps": plan.steps.len(),
+        "decisions": decisions.iter().enumerate().map(|(i, d)| {
+            let mut v = json!({"error": i + 1});
+            match d {
+                RetryDecision::RetryAfter(ms) => {
+                    v["decision"] = "retry".into();
+                    v["delay_ms"] = (*ms).into();
+                }
+                RetryDecision::Suspend => v["decision"] = "suspend".into(),
+                RetryDecision::GiveUp => v["decision"] = "give_up".into(),
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
 }
 
 /// A job as labelled lines.
@@ -446,8 +538,64 @@ mod tests {
     }
 
     #[test]
+    fn fire_times_print_with_their_offset() {
+        let times: Vec<DateTime<FixedOffset>> = [
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:00:00+02:00",
+            "2026-01-01T00:00:00Z",
+        ]
+        .iter()
+        .map(|t| DateTime::parse_from_rfc3339(t).expect("valid"))
+        .collect();
+        assert_eq!(
+            cron_next_text(&times),
+            "2026-03-28T02:30:00+01:00\n2026-03-29T03:00:00+02:00\n2026-01-01T00:00:00+00:00\n"
+        );
+        let v = cron_next_json("0 30 2 * * ?", "Europe/Berlin", "quartz", &times);
+        assert_eq!(v["next"][1]["at"], "2026-03-29T03:00:00+02:00");
+        assert_eq!(v["next"][1]["unix_ms"], 1_774_746_000_000i64);
+        assert_eq!(v["dialect"], "quartz");
+    }
+
+    #[test]
+    fn plan_checks_list_each_error() {
+        let plan: RetryPlan = "[retry, retry_after 90s, suspend] x1"
+            .parse()
+            .expect("valid");
+        let decisions = [
+            RetryDecision::RetryAfter(0),
+            RetryDecision::RetryAfter(90_000),
+            RetryDecision::Suspend,
+            RetryDecision::GiveUp,
+        ];
+        assert_eq!(
+            plan_check_text(&plan, &decisions),
+            "plan [retry, retry_after 90000ms, suspend] x1\n\
+             error 1: retry at once\n\
+             error 2: retry after 1m 30s\n\
+             error 3: suspend until an operator resumes the job\n\
+             error 4: give up: the job fails\n"
+        );
+        assert!(plan_check_text(&plan, &decisions[..2]).ends_with("...\n"));
+        let v = plan_check_json(&plan, &decisions);
+        assert_eq!(
+            v["decisions"][1],
+            json!({"error": 2, "decision": "retry", "delay_ms": 90_000})
+        );
+        assert_eq!(v["decisions"][3]["decision"], "give_up");
+    }
+
+    #[test]
     fn schedules_read_well() {
         assert_eq!(schedule_text(&Schedule::Now), "now");
+        assert_eq!(
+            schedule_text(&Schedule::Cron {
+                expression: "0 0 3 * * ?".into(),
+                time_zone: String::new(),
+                misfire: MisfirePolicy::FireAll,
+            }),
+            "cron \"0 0 3 * * ?\" in UTC, misfire fire-all"
+        );
         assert_eq!(
             schedule_text(&Schedule::Repeat {
                 interval_ms: 90_000,
