@@ -19,14 +19,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use lts_common::{JobSpec, Outcome};
 use lts_jobclient::JobClient;
 use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_and_rss, metric, scrape, start_tracker, TrackerProcess};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -93,113 +96,6 @@ impl JobRunner for Probe {
     }
 }
 
-struct TrackerProcess {
-    child: std::process::Child,
-    url: String,
-    metrics: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TrackerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn start_tracker(args: &Args) -> Result<TrackerProcess> {
-    let bin = match &args.jobtracker_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|p| p.parent())
-            .context("no target directory")?
-            .join("jobtracker"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --bins` first",
-            bin.display()
-        );
-    }
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let mport = free_port()?;
-    let log = std::fs::File::create(dir.path().join("jobtracker.log"))?;
-    let child = std::process::Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{mport}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let t = TrackerProcess {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics: format!("127.0.0.1:{mport}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scrape(&t.metrics).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the jobtracker did not come up within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(t)
-}
-
-/// Fetches /metrics with a bare HTTP/1.0 request.
-async fn scrape(addr: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    Ok(body)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// (user + system CPU seconds, peak RSS bytes) of a process.
-fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit(')').next().context("stat format")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat are 11 and 12 after the command name.
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let tck = clock_ticks();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    Ok((ticks / tck, hwm_kb * 1024))
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn jobs(prefix: &str, group: &str, n: usize, base: Option<Instant>) -> Vec<JobSpec> {
     (0..n)
         .map(|i| {
@@ -258,8 +154,8 @@ async fn wait_completed(metrics: &str, target: f64) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let tracker = start_tracker(&args).await?;
-    let log = tracker._dir.path().join("jobtracker.log");
+    let tracker = start_tracker(args.jobtracker_bin.as_deref()).await?;
+    let log = tracker.dir.path().join("jobtracker.log");
     let result = run(&args, &tracker).await;
     if result.is_err() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -1,0 +1,127 @@
+//! What the benchmark programs share: the jobtracker as a child process,
+//! its metrics, and its CPU time and memory from /proc.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `jobtracker` binary running as a child process.
+pub struct TrackerProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its gRPC address.
+    pub url: String,
+    /// Its metrics address.
+    pub metrics: String,
+    /// Its data directory and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for TrackerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts the jobtracker (`bin`, or the one beside this program) with a
+/// fresh data directory and metrics, and waits until it serves.
+pub async fn start_tracker(bin: Option<&Path>) -> Result<TrackerProcess> {
+    let bin = match bin {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .context("no target directory")?
+            .join("jobtracker"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --bins` first",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mport = free_port()?;
+    let log = std::fs::File::create(dir.path().join("jobtracker.log"))?;
+    let child = std::process::Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{mport}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let t = TrackerProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        metrics: format!("127.0.0.1:{mport}"),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(&t.metrics).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the jobtracker did not come up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(t)
+}
+
+/// Fetches /metrics with a bare HTTP/1.0 request.
+pub async fn scrape(addr: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// The sum of a metric's samples in a scrape.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (user + system CPU seconds, peak RSS bytes) of a process.
+pub fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit(')').next().context("stat format")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are 11 and 12 after the command name.
+    let field = |i: usize| -> Result<f64> {
+        Ok(f.get(i).context("short /proc stat line")?.parse::<f64>()?)
+    };
+    let ticks = field(11)? + field(12)?;
+    let tck = clock_ticks();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks / tck, hwm_kb * 1024))
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
