@@ -735,3 +735,93 @@ mod mongo_shared {
         b.drop_database().await.expect("drop the test database");
     }
 }
+
+/// Cycle firing is done by the embedded store only (so far).
+mod sled_cycles {
+    use super::*;
+
+    fn every_second(task: &str, misfire: lts_common::MisfirePolicy) -> JobSpec {
+        let mut s = spec(task, "g");
+        s.schedule = Schedule::Cron {
+            expression: "* * * * * ?".into(),
+            time_zone: String::new(),
+            misfire,
+        };
+        s
+    }
+
+    async fn cycles_of(s: &dyn JobStore, task: &str) -> Vec<String> {
+        let filter = ListFilter {
+            task_id_prefix: Some(format!("{task}@")),
+            ..Default::default()
+        };
+        let mut ids: Vec<String> = s
+            .list(&filter, 1000, None)
+            .await
+            .expect("list")
+            .0
+            .into_iter()
+            .map(|j| j.spec.task_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn missed_points_follow_each_misfire_policy_after_a_restart() {
+        use lts_common::MisfirePolicy::*;
+        let b = sled();
+        {
+            let s = fresh(&b).await;
+            s.submit(
+                vec![
+                    every_second("once", FireOnce),
+                    every_second("skip", Skip),
+                    every_second("all", FireAll),
+                ],
+                NOW,
+            )
+            .await
+            .expect("submit");
+        }
+        // The store comes back 5.5 s after the first point was due.
+        let s = b.open();
+        s.recover(NOW + 6_500).await.expect("recover");
+        assert_eq!(s.next_fire_at().await.expect("next"), Some(NOW + 1_000));
+        let groups = s.fire_due(NOW + 6_500).await.expect("fire");
+        assert_eq!(groups, ["g"]);
+        assert_eq!(
+            cycles_of(&*s, "once").await,
+            [format!("once@{}", NOW + 1_000)]
+        );
+        assert!(cycles_of(&*s, "skip").await.is_empty());
+        let all: Vec<String> = (1..=6)
+            .map(|k| format!("all@{}", NOW + k * 1_000))
+            .collect();
+        assert_eq!(cycles_of(&*s, "all").await, all);
+        // Firing again at the same instant fires nothing twice.
+        s.fire_due(NOW + 6_500).await.expect("fire");
+        assert_eq!(cycles_of(&*s, "all").await.len(), 6);
+        assert_eq!(s.next_fire_at().await.expect("next"), Some(NOW + 7_000));
+    }
+
+    #[tokio::test]
+    async fn a_cycle_relying_on_the_previous_waits_for_it() {
+        let s = fresh(&sled()).await;
+        let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
+        sp.rely_on_prev_cycle = true;
+        s.submit(vec![sp], NOW).await.expect("submit");
+        s.fire_due(NOW + 1_000).await.expect("fire");
+        let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
+        s.fire_due(NOW + 2_000).await.expect("fire");
+        assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
+        s.complete(
+            vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
+            NOW + 2_500,
+        )
+        .await
+        .expect("complete");
+        s.fire_due(NOW + 2_600).await.expect("fire");
+        assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
+    }
+}

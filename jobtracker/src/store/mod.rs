@@ -661,4 +661,76 @@ mod tests {
         apply_outcome(&mut job, &report(Outcome::Success(String::new())), 2_500);
         assert_eq!((job.state, job.cycles), (JobState::Succeeded, 2));
     }
+
+    fn cron(misfire: lts_common::MisfirePolicy) -> Schedule {
+        Schedule::Cron {
+            expression: "* * * * * ?".into(),
+            time_zone: String::new(),
+            misfire,
+        }
+    }
+
+    #[test]
+    fn on_time_points_fire_and_step_to_the_next() {
+        let step = cycle_step(&cron(lts_common::MisfirePolicy::Skip), 10_000, 10_020);
+        assert_eq!(
+            step,
+            CycleStep {
+                fire: true,
+                next: Some(11_000)
+            }
+        );
+    }
+
+    #[test]
+    fn late_points_follow_the_misfire_policy() {
+        use lts_common::MisfirePolicy::*;
+        // The point 10 s was missed by 5.5 s.
+        let now = 15_500;
+        assert_eq!(
+            cycle_step(&cron(FireOnce), 10_000, now),
+            CycleStep {
+                fire: true,
+                next: Some(16_000)
+            }
+        );
+        assert_eq!(
+            cycle_step(&cron(Skip), 10_000, now),
+            CycleStep {
+                fire: false,
+                next: Some(16_000)
+            }
+        );
+        assert_eq!(
+            cycle_step(&cron(FireAll), 10_000, now),
+            CycleStep {
+                fire: true,
+                next: Some(11_000)
+            }
+        );
+        let repeat = Schedule::Repeat {
+            interval_ms: 1_000,
+            count: 0,
+        };
+        assert_eq!(
+            cycle_step(&repeat, 10_000, now),
+            CycleStep {
+                fire: true,
+                next: Some(16_500)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_cron_fields_are_named() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.schedule = Schedule::Cron {
+            expression: "0 61 * * * ?".into(),
+            time_zone: String::new(),
+            misfire: lts_common::MisfirePolicy::FireOnce,
+        };
+        let e = check_recurring(&spec, 0).unwrap_err();
+        assert_eq!(e.field, "schedule.cron.expression");
+        assert!(e.message.contains("minute"), "{}", e.message);
+    }
 }
