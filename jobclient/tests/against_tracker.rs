@@ -1,12 +1,13 @@
 //! The JobClient against a real in-process JobTracker (embedded sled store,
 //! port 0). No TaskTracker runs here: jobs stay pending unless cancelled,
 //! which is enough to cover submit, queries, cancel, the log and feedback
-//! (a cancelled job that asked for feedback reports it).
+//! (a cancelled job that asked for feedback reports it), and the operator
+//! verbs of `AdminService`, through the library and the `jobclient` binary.
 
 use std::time::Duration;
 
-use lts_common::{JobSpec, JobState, Schedule};
-use lts_jobclient::{ClientOptions, Error, JobClient, JobFilter, SubmitOutcome};
+use lts_common::{JobSpec, JobState, MisfirePolicy, RetryPlan, Schedule, ScheduleKind};
+use lts_jobclient::{ClientOptions, Error, JobClient, JobFilter, JobUpdate, SubmitOutcome};
 use tokio::sync::oneshot;
 
 struct Tracker {
@@ -231,6 +232,207 @@ async fn feedback_is_redelivered_until_acked() {
         ),
         Ok(Err(e)) => panic!("feedback stream failed: {e}"),
     }
+
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn admin_verbs_suspend_resume_trigger_update_and_delete() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let admin = client.admin();
+    let outcomes = client.submit(vec![later_job("a-1")]).await.expect("submit");
+    let job_id = outcomes[0].job_id().expect("accepted").to_string();
+
+    let job = admin.suspend(&job_id).await.expect("suspend");
+    assert_eq!(job.state, JobState::Suspended);
+    let job = admin.resume(&job_id).await.expect("resume");
+    assert_eq!(job.state, JobState::Pending);
+
+    // Due in an hour; a trigger makes it due now.
+    let before = lts_common::now_ms();
+    let job = admin.trigger(&job_id).await.expect("trigger");
+    assert!(
+        job.trigger_at_ms >= before && job.trigger_at_ms < before + 60_000,
+        "{job:?}"
+    );
+
+    let plan: RetryPlan = "[retry_after 1s, suspend] x2".parse().expect("valid plan");
+    let update = JobUpdate {
+        params: Some([("day".to_string(), "monday".to_string())].into()),
+        priority: Some(7),
+        retry_plan: Some(plan.clone()),
+        ..JobUpdate::default()
+    };
+    let job = admin.update(&job_id, update).await.expect("update");
+    assert_eq!(job.spec.priority, 7);
+    assert_eq!(
+        job.spec.params.get("day").map(String::as_str),
+        Some("monday")
+    );
+    assert_eq!(job.spec.retry_plan, Some(plan));
+    assert_eq!(job.failures, 0);
+
+    // The tracker validates an update too, naming the field.
+    let bad = JobUpdate {
+        schedule: Some(Schedule::Repeat {
+            interval_ms: 0,
+            count: 1,
+        }),
+        ..JobUpdate::default()
+    };
+    let e = admin.update(&job_id, bad).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("interval_ms"), "{e}");
+
+    admin.delete(&job_id).await.expect("delete");
+    let e = client.get(&job_id).await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    let e = admin.suspend("no-such-job").await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn lists_filter_by_schedule_kind() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let mut nightly = JobSpec::new("k-cron", "workers");
+    nightly.schedule = Schedule::Cron {
+        expression: "0 0 3 * * ?".into(),
+        time_zone: "Europe/Paris".into(),
+        misfire: MisfirePolicy::Skip,
+    };
+    let outcomes = client
+        .submit(vec![nightly, later_job("k-at")])
+        .await
+        .expect("submit");
+    assert!(outcomes.iter().all(|o| o.is_accepted()), "{outcomes:?}");
+
+    let cron = JobFilter {
+        kind: Some(ScheduleKind::Cron),
+        ..Default::default()
+    };
+    let page = client.admin().list(&cron, 100, None).await.expect("list");
+    let tasks: Vec<&str> = page.jobs.iter().map(|j| j.spec.task_id.as_str()).collect();
+    assert_eq!(tasks, ["k-cron"]);
+    let at = JobFilter {
+        kind: Some(ScheduleKind::At),
+        ..Default::default()
+    };
+    let page = client.list(&at, 100, None).await.expect("list");
+    let tasks: Vec<&str> = page.jobs.iter().map(|j| j.spec.task_id.as_str()).collect();
+    assert_eq!(tasks, ["k-at"]);
+
+    tracker.stop().await;
+}
+
+/// Runs the `jobclient` binary against `address`; the tracker keeps
+/// serving on this test's runtime meanwhile.
+async fn jobclient(address: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobclient"))
+        .args(["--jobtracker", address])
+        .args(args)
+        .env_remove("JOBCLIENT_CONFIG")
+        .env_remove("JOBCLIENT_JOBTRACKER")
+        .output()
+        .await
+        .expect("run jobclient");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_admin_verbs_against_a_tracker() {
+    let tracker = Tracker::start().await;
+    let addr = tracker.address.as_str();
+
+    let (code, out, err) = jobclient(
+        addr,
+        &[
+            "submit",
+            "-g",
+            "workers",
+            "-t",
+            "cli-cron",
+            "--cron",
+            "0 0 3 * *",
+            "--tz",
+            "Europe/Paris",
+            "--misfire",
+            "skip",
+            "--plan",
+            "[backoff 1s x2 max 1m] x5",
+            "--shell",
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let job_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("accepted JOBID task T")
+        .to_string();
+
+    let (code, out, err) = jobclient(addr, &["get", &job_id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("cron \"0 0 3 * *\" in Europe/Paris, misfire skip"),
+        "{out}"
+    );
+    assert!(
+        out.contains("retry plan    [backoff 1000ms x2 max 60000ms] x5"),
+        "{out}"
+    );
+
+    let (code, out, err) = jobclient(addr, &["plan", "set", &job_id, "[suspend]"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("retry plan [suspend] x1; its error counter restarts from 0"),
+        "{out}"
+    );
+
+    let (code, out, err) = jobclient(addr, &["suspend", &job_id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with(&format!("job {job_id} is suspended")),
+        "{out}"
+    );
+
+    let (code, out, err) = jobclient(addr, &["--json", "list", "--kind", "cron"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["jobs"][0]["job_id"], job_id.as_str());
+    assert_eq!(v["jobs"][0]["state"], "suspended");
+
+    let (code, out, err) = jobclient(
+        addr,
+        &["update", &job_id, "--priority", "5", "--param", "a=1"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("priority      5"), "{out}");
+
+    // A bad expression never reaches the tracker: exit 2 naming the field.
+    let (code, _, err) = jobclient(addr, &["update", &job_id, "--cron", "0 0 3 * * MOON"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("field 6 (day-of-week)"), "{err}");
+
+    let (code, out, err) = jobclient(addr, &["delete", &job_id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, format!("deleted job {job_id}\n"));
+    let (code, _, err) = jobclient(addr, &["resume", &job_id]).await;
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("NotFound"), "{err}");
 
     tracker.stop().await;
 }

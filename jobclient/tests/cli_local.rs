@@ -1,0 +1,229 @@
+//! The `jobclient` binary's local commands (`cron next`, `cron explain`,
+//! `plan check`): run as a user would, checking stdout, stderr and the exit
+//! code. None needs a JobTracker.
+
+use std::process::{Command, Output};
+
+/// An address nothing listens on: the local commands must not care.
+const NO_TRACKER: &str = "127.0.0.1:1";
+
+fn jobclient(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jobclient"))
+        .args(["--jobtracker", NO_TRACKER])
+        .args(args)
+        .env_remove("JOBCLIENT_CONFIG")
+        .env_remove("JOBCLIENT_JOBTRACKER")
+        .output()
+        .expect("run jobclient")
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn usage_error(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {}, stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cron_next_quartz_six_fields() {
+    // 2026-01-02 is a Friday.
+    let out = jobclient(&[
+        "cron",
+        "next",
+        "0 0 12 ? * MON-FRI",
+        "--after",
+        "2026-01-02T00:00:00Z",
+        "--count",
+        "3",
+    ]);
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "2026-01-02T12:00:00+00:00",
+            "2026-01-05T12:00:00+00:00",
+            "2026-01-06T12:00:00+00:00",
+        ]
+    );
+}
+
+#[test]
+fn cron_next_crontab_five_fields_in_a_zone() {
+    // Mondays at 09:30 New York time, five by default.
+    let out = jobclient(&[
+        "cron",
+        "next",
+        "30 9 * * 1",
+        "--tz",
+        "America/New_York",
+        "--after",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "2026-01-05T09:30:00-05:00",
+            "2026-01-12T09:30:00-05:00",
+            "2026-01-19T09:30:00-05:00",
+            "2026-01-26T09:30:00-05:00",
+            "2026-02-02T09:30:00-05:00",
+        ]
+    );
+}
+
+#[test]
+fn cron_next_shows_the_offset_change_at_dst() {
+    // Spring forward in Paris: 02:30 does not exist on 29 March 2026 and
+    // fires once at 03:00 CEST; the offset goes from +01:00 to +02:00.
+    let out = jobclient(&[
+        "cron",
+        "next",
+        "0 30 2 * * ?",
+        "--tz",
+        "Europe/Paris",
+        "--after",
+        "2026-03-27T12:00:00Z",
+        "--count",
+        "3",
+    ]);
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-30T02:30:00+02:00",
+        ]
+    );
+    // Fall back in New York (1 November 2026): hourly fires at 01:00 EDT,
+    // stays silent through the repeated hour, then goes on in EST.
+    let out = jobclient(&[
+        "cron",
+        "next",
+        "0 * * * *",
+        "--time-zone",
+        "America/New_York",
+        "--after",
+        "2026-11-01T04:30:00Z",
+        "--count",
+        "3",
+    ]);
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "2026-11-01T01:00:00-04:00",
+            "2026-11-01T02:00:00-05:00",
+            "2026-11-01T03:00:00-05:00",
+        ]
+    );
+}
+
+#[test]
+fn cron_next_json_for_scripts() {
+    let out = jobclient(&[
+        "--json",
+        "cron",
+        "next",
+        "@daily",
+        "--tz",
+        "Asia/Tokyo",
+        "--after",
+        "2026-01-01T00:00:00Z",
+        "--count",
+        "1",
+    ]);
+    let text = stdout_lines(&out).join("\n");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["time_zone"], "Asia/Tokyo");
+    assert_eq!(v["dialect"], "crontab");
+    assert_eq!(v["next"][0]["at"], "2026-01-02T00:00:00+09:00");
+    assert_eq!(v["next"][0]["unix_ms"], 1_767_279_600_000i64);
+}
+
+#[test]
+fn invalid_expressions_and_zones_exit_2_naming_the_field() {
+    let e = usage_error(&jobclient(&["cron", "next", "0 0 25 * * ?"]));
+    assert!(
+        e.contains("field 3 (hour)") && e.contains("25") && e.contains("0-23"),
+        "{e}"
+    );
+    let e = usage_error(&jobclient(&["cron", "next", "*/5 * * * MOON"]));
+    assert!(e.contains("field 5 (day-of-week)"), "{e}");
+    let e = usage_error(&jobclient(&["cron", "next", "* * *"]));
+    assert!(e.contains("found 3"), "{e}");
+    let e = usage_error(&jobclient(&["cron", "next", "@daily", "--tz", "Mars/Base"]));
+    assert!(e.contains("--tz") && e.contains("Mars/Base"), "{e}");
+    let e = usage_error(&jobclient(&["cron", "explain", "0 0 0 ? * 8"]));
+    assert!(e.contains("field 6 (day-of-week)"), "{e}");
+    let e = usage_error(&jobclient(&["cron", "next", "@daily", "--after", "soon"]));
+    assert!(e.contains("--after"), "{e}");
+}
+
+#[test]
+fn cron_explain_says_when() {
+    let lines = stdout_lines(&jobclient(&[
+        "cron",
+        "explain",
+        "0 30 9 ? * MON-FRI",
+        "--tz",
+        "Europe/Berlin",
+    ]));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("Europe/Berlin"), "{lines:?}");
+}
+
+#[test]
+fn schedules_that_end_print_what_there_is() {
+    let out = jobclient(&[
+        "cron",
+        "next",
+        "0 0 0 1 1 ? 2030",
+        "--after",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(stdout_lines(&out), ["2030-01-01T00:00:00+00:00"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no more before the year 2400"), "{stderr}");
+}
+
+#[test]
+fn plan_check_shows_each_error_and_bad_plans_exit_2() {
+    let lines = stdout_lines(&jobclient(&[
+        "plan",
+        "check",
+        "[retry_after 1s, backoff 1s x2 max 1m] x2",
+    ]));
+    assert_eq!(
+        lines,
+        [
+            "plan [retry_after 1000ms, backoff 1000ms x2 max 60000ms] x2",
+            "error 1: retry after 1s",
+            "error 2: retry after 2s",
+            "error 3: retry after 1s",
+            "error 4: retry after 8s",
+            "error 5: give up: the job fails",
+        ]
+    );
+    let e = usage_error(&jobclient(&["plan", "check", "[retry, retyr]"]));
+    assert!(e.contains("position 9") && e.contains("`retyr`"), "{e}");
+}
