@@ -287,7 +287,8 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// When the next cron or repeat cycle is due, if one is.
+    /// When [`JobStore::fire_due`] next has work: the next cycle's point,
+    /// less however early the store makes cycles.
     async fn next_fire_at(&self) -> Result<Option<i64>> {
         Ok(None)
     }

@@ -38,6 +38,10 @@ use crate::error::{Error, Result};
 
 const SCHEMA_VERSION: u64 = 1;
 
+/// How long before its point a cron or repeat cycle is made: its job then
+/// waits in the queue, and at the point only the dispatch remains to do.
+pub const FIRE_AHEAD_MS: i64 = 500;
+
 /// Ordering key of a ready job: priority, trigger time, submit order.
 type ReadyKey = (i32, i64, u64);
 /// Ordering key of a job waiting for its trigger time.
@@ -370,7 +374,9 @@ impl SledStore {
         let seq = index.next_seq;
         index.next_seq += 1;
         let mut job = new_job(child_id.clone(), spec, seq, now_ms);
-        job.trigger_at_ms = point.min(now_ms);
+        // A cycle made ahead of its point waits in the delayed queue until
+        // then; the dispatcher wakes at that instant.
+        job.trigger_at_ms = point;
         let mut child = Record::new(job);
         child.parent = Some(r.job.job_id.clone());
         child.log(
@@ -795,7 +801,7 @@ impl JobStore for SledStore {
                 let Some((&(at, seq), _)) = index.timers.first_key_value() else {
                     break;
                 };
-                if at > now_ms {
+                if at > now_ms + FIRE_AHEAD_MS {
                     break;
                 }
                 let Some(id) = index.timers.remove(&(at, seq)) else {
@@ -882,7 +888,11 @@ impl JobStore for SledStore {
     }
 
     async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(self.lock().timers.first_key_value().map(|((at, _), _)| *at))
+        Ok(self
+            .lock()
+            .timers
+            .first_key_value()
+            .map(|((at, _), _)| *at - FIRE_AHEAD_MS))
     }
 
     async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
@@ -912,6 +922,22 @@ impl JobStore for SledStore {
                     AdminAction::Suspend => match state {
                         JobState::Pending => {
                             index.dequeue(&r.job);
+                            // A cycle made ahead of its point has not started
+                            // yet: it goes too, so nothing fires after this.
+                            if let Some(child_id) = r.last_child.clone() {
+                                let ahead = index.live.get(&child_id).is_some_and(|c| {
+                                    c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
+                                });
+                                if ahead {
+                                    if let Some(mut c) = index.live.remove(&child_id) {
+                                        index.dequeue(&c.job);
+                                        c.job.state = JobState::Cancelled;
+                                        c.job.updated_at_ms = now_ms;
+                                        c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
+                                        Self::put_record(&mut batch, &c)?;
+                                    }
+                                }
+                            }
                             r.job.state = JobState::Suspended;
                             r.log(LogEntry::new("", LogKind::Cancelled, r.job.attempt, "suspended by an operator"), now_ms);
                         }
