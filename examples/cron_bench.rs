@@ -141,7 +141,9 @@ async fn main() -> Result<()> {
         h.value_at_quantile(0.99),
         h.max()
     );
-    println!("missed cycles: {missed}, doubled cycles: {doubled}");
+    println!(
+        "cycles not run by the end of the window (late; each point still fires once): {missed}, cycles run twice: {doubled}"
+    );
     println!(
         "jobtracker CPU: {:.0}% of one core ({:.1} us per cycle)",
         cpu / wall * 100.0,

@@ -353,3 +353,36 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Task id -> number of runs, from a file where each run appended a line
+/// starting with its task id.
+pub fn runs_by_task(record: &Path) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for line in std::fs::read_to_string(record).unwrap_or_default().lines() {
+        if let Some(task) = line.split_whitespace().next() {
+            *out.entry(task.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Every job of `group`, paging through the list.
+pub async fn all_jobs(
+    client: &lts_jobclient::JobClient,
+    group: &str,
+) -> Result<Vec<lts_common::Job>> {
+    let mut jobs = Vec::new();
+    let mut token: Option<String> = None;
+    let filter = lts_jobclient::JobFilter {
+        node_group: Some(group.to_string()),
+        ..Default::default()
+    };
+    loop {
+        let page = client.list(&filter, 1000, token.as_deref()).await?;
+        jobs.extend(page.jobs);
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return Ok(jobs),
+        }
+    }
+}

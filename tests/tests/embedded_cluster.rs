@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{wait_until, Cluster};
+use lts_tests::{all_jobs, runs_by_task, wait_until, Cluster};
 
 const JOBS: usize = 1000;
 
@@ -21,35 +21,6 @@ fn recorder(dir: &Path, pause: &str) -> Result<PathBuf> {
     )?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
-}
-
-/// Task id -> number of runs recorded.
-fn runs(record: &Path) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for line in std::fs::read_to_string(record).unwrap_or_default().lines() {
-        if let Some(task) = line.split_whitespace().next() {
-            *out.entry(task.to_string()).or_insert(0) += 1;
-        }
-    }
-    out
-}
-
-/// Every job of `group`, paging through the list.
-async fn all_jobs(client: &JobClient, group: &str) -> Result<Vec<lts_common::Job>> {
-    let mut jobs = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let filter = lts_jobclient::JobFilter {
-            node_group: Some(group.to_string()),
-            ..Default::default()
-        };
-        let page = client.list(&filter, 1000, token.as_deref()).await?;
-        jobs.extend(page.jobs);
-        match page.next_page_token {
-            Some(t) => token = Some(t),
-            None => return Ok(jobs),
-        }
-    }
 }
 
 async fn wait_all_succeeded(
@@ -145,7 +116,7 @@ async fn a_thousand_jobs_submitted_through_the_cli_run_once_each() -> Result<()>
         jobs.iter().all(|j| j.attempt == 1),
         "no job needed a second attempt"
     );
-    let runs = runs(&record);
+    let runs = runs_by_task(&record);
     assert_eq!(runs.len(), JOBS, "every job ran");
     assert!(runs.values().all(|n| *n == 1), "no job ran twice");
     // Both TaskTrackers took work.
@@ -181,7 +152,7 @@ async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()
     let ids = submit_through_cli(&cluster, "work", &program, &record)?;
     // Kill the tracker in the middle of the run.
     let seen = wait_until(Duration::from_secs(60), "a few hundred runs", || async {
-        let n = runs(&record).len();
+        let n = runs_by_task(&record).len();
         Ok(if n >= 200 {
             Ok(n)
         } else {
@@ -206,7 +177,7 @@ async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()
             .with_context(|| format!("acked job {id} was lost"))?;
         assert_eq!(job.state, JobState::Succeeded);
     }
-    let runs = runs(&record);
+    let runs = runs_by_task(&record);
     assert_eq!(runs.len(), JOBS, "every job ran at least once");
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{wait_until, Cluster};
+use lts_tests::{all_jobs, runs_by_task, wait_until, Cluster};
 
 const JOBS: usize = 500;
 /// Slots of the TaskTracker of the tracker that is killed: at most this
@@ -38,34 +38,6 @@ fn recorder(dir: &Path) -> Result<PathBuf> {
     std::fs::write(&path, "#!/bin/sh\nsleep 0.05\necho \"$2\" >> \"$1\"\n")?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
-}
-
-/// Task id -> number of runs recorded.
-fn runs(record: &Path) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for line in std::fs::read_to_string(record).unwrap_or_default().lines() {
-        if let Some(task) = line.split_whitespace().next() {
-            *out.entry(task.to_string()).or_insert(0) += 1;
-        }
-    }
-    out
-}
-
-async fn all_jobs(client: &JobClient, group: &str) -> Result<Vec<lts_common::Job>> {
-    let mut jobs = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let filter = lts_jobclient::JobFilter {
-            node_group: Some(group.to_string()),
-            ..Default::default()
-        };
-        let page = client.list(&filter, 1000, token.as_deref()).await?;
-        jobs.extend(page.jobs);
-        match page.next_page_token {
-            Some(t) => token = Some(t),
-            None => return Ok(jobs),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +109,7 @@ async fn two_trackers_share_mongodb_and_lose_nothing_to_a_kill_9() -> Result<()>
     anyhow::ensure!(ids.len() == JOBS, "{} acks for {JOBS} jobs", ids.len());
 
     let seen = wait_until(Duration::from_secs(120), "a hundred runs", || async {
-        let n = runs(&record).len();
+        let n = runs_by_task(&record).len();
         Ok(if n >= 100 {
             Ok(n)
         } else {
@@ -183,7 +155,7 @@ async fn two_trackers_share_mongodb_and_lose_nothing_to_a_kill_9() -> Result<()>
             .with_context(|| format!("acked job {id} was lost"))?;
         assert_eq!(job.state, JobState::Succeeded);
     }
-    let runs = runs(&record);
+    let runs = runs_by_task(&record);
     assert_eq!(runs.len(), JOBS, "every job ran");
     let twice: Vec<(&String, &usize)> = runs.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
