@@ -416,6 +416,26 @@ async fn logs_and_listing(b: &dyn Backend) {
         ..Default::default()
     };
     assert_eq!(s.list(&prefix, 100, None).await.expect("list").0.len(), 5);
+
+    let mut later = spec("later", "g");
+    later.schedule = Schedule::At(NOW + 60_000);
+    s.submit(vec![later], NOW).await.expect("submit");
+    let at = ListFilter {
+        kind: Some(lts_common::ScheduleKind::At),
+        ..Default::default()
+    };
+    // Paged one by one, the filter still finds the one job of its kind.
+    let mut found = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (page, next) = s.list(&at, 1, token.as_deref()).await.expect("list");
+        found.extend(page.into_iter().map(|j| j.spec.task_id));
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(found, ["later"]);
 }
 
 async fn cancel(b: &dyn Backend) {

@@ -1374,19 +1374,21 @@ impl JobStore for MongoStore {
             .await
             .map_err(store_err("listing jobs"))?;
         let more = docs.len() > page_size;
-        let jobs: Vec<Job> = docs
+        let page: Vec<Document> = docs.into_iter().take(page_size).collect();
+        // The token is the last document read, kept or not, so the next page
+        // starts after everything this one looked at.
+        let last_id = page
+            .last()
+            .and_then(|d| d.get_str("_id").ok())
+            .map(str::to_string);
+        let jobs: Vec<Job> = page
             .into_iter()
-            .take(page_size)
             .filter_map(|d| decode("job", d))
             // The schedule kind is not indexed; a page filtered by kind may
             // come back shorter than asked, with a token for the rest.
             .filter(|j: &Job| filter.matches(j))
             .collect();
-        let token = if more {
-            jobs.last().map(|j| j.job_id.clone())
-        } else {
-            None
-        };
+        let token = if more { last_id } else { None };
         Ok((jobs, token))
     }
 
