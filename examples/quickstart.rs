@@ -6,7 +6,7 @@
 //! while their feedback arrives; and prints a summary.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --jobs 5000 --slots 16]
+//! cargo run --release --example quickstart [-- --jobs 5000 --slots 64]
 //! ```
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     jobs: usize,
     /// Slots of the TaskTracker.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     slots: u32,
     /// Keep the data here instead of a temporary directory.
     #[arg(long)]
