@@ -119,6 +119,30 @@ pub struct JobFilter {
     pub kind: Option<ScheduleKind>,
 }
 
+/// Which execution log lines [`JobClient::query_logs`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogQuery {
+    /// Only this job.
+    pub job_id: Option<String>,
+    /// Only jobs with exactly this task id.
+    pub task_id: Option<String>,
+    /// Only jobs of this node group.
+    pub node_group: Option<String>,
+    /// Only lines at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only lines before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// One page of [`JobClient::query_logs`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogPage {
+    /// The lines, job by job.
+    pub entries: Vec<LogEntry>,
+    /// Pass it to the next call for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
 /// One page of [`JobClient::list`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobPage {
@@ -417,6 +441,39 @@ impl JobClient {
             }
             page_token = response.next_page_token;
         }
+    }
+
+    /// One page of execution log lines of the jobs `query` selects, whole
+    /// jobs per page (so a page may hold more lines than `page_size`).
+    pub async fn query_logs(
+        &self,
+        query: &LogQuery,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<LogPage> {
+        let request = pb::ListLogsRequest {
+            job_id: query.job_id.clone().unwrap_or_default(),
+            task_id: query.task_id.clone().unwrap_or_default(),
+            task_tracker_node_group: query.node_group.clone().unwrap_or_default(),
+            since_unix_ms: query.since_ms.unwrap_or(0),
+            until_unix_ms: query.until_ms.unwrap_or(0),
+            page_size,
+            page_token: page_token.unwrap_or_default().to_string(),
+        };
+        let (_, response) = self
+            .call(Retry::UnreachableOrSlow, |mut client, timeout| {
+                let request = request.clone();
+                async move { client.list_logs(with_timeout(request, timeout)).await }
+            })
+            .await?;
+        Ok(LogPage {
+            entries: response
+                .entries
+                .into_iter()
+                .map(log_entry_from_wire)
+                .collect(),
+            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
+        })
     }
 
     /// Subscribes to the feedback of a submit node group. `client_id` names

@@ -68,8 +68,8 @@ mod feedback;
 
 pub use admin::{AdminClient, JobUpdate};
 pub use client::{
-    normalize_address, ClientOptions, Feedback, JobClient, JobFilter, JobPage, SubmitOutcome,
-    SubmitRefusal, DEFAULT_JOBTRACKER,
+    normalize_address, ClientOptions, Feedback, JobClient, JobFilter, JobPage, LogPage, LogQuery,
+    SubmitOutcome, SubmitRefusal, DEFAULT_JOBTRACKER,
 };
 pub use error::{Error, Result};
 pub use feedback::FeedbackSubscription;

@@ -436,3 +436,78 @@ async fn cli_admin_verbs_against_a_tracker() {
 
     tracker.stop().await;
 }
+
+#[tokio::test]
+async fn logs_of_many_jobs_by_node_group_task_id_and_time() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let mut other = later_job("log-a");
+    other.task_tracker_node_group = "others".into();
+    let results = client
+        .submit(vec![later_job("log-a"), later_job("log-b"), other])
+        .await
+        .expect("submit");
+    let ids: Vec<String> = results
+        .iter()
+        .map(|r| r.job_id().expect("accepted").to_string())
+        .collect();
+
+    let by_group = lts_jobclient::LogQuery {
+        node_group: Some("workers".into()),
+        ..Default::default()
+    };
+    let page = client.query_logs(&by_group, 100, None).await.expect("logs");
+    let mut jobs: Vec<&str> = page.entries.iter().map(|e| e.job_id.as_str()).collect();
+    jobs.sort();
+    jobs.dedup();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort();
+    assert_eq!(jobs, want, "the group's jobs, and only those");
+
+    let by_task = lts_jobclient::LogQuery {
+        task_id: Some("log-a".into()),
+        node_group: Some("others".into()),
+        ..Default::default()
+    };
+    let page = client.query_logs(&by_task, 100, None).await.expect("logs");
+    assert!(!page.entries.is_empty());
+    assert!(page.entries.iter().all(|e| e.job_id == ids[2]));
+
+    // Through the CLI: a time range that ends before the jobs existed.
+    let (code, out, err) = jobclient(
+        &tracker.address,
+        &["logs", "-g", "workers", "--until", "2001-01-01T00:00:00Z"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no log lines match"), "{out}");
+    let (code, out, err) = jobclient(
+        &tracker.address,
+        &[
+            "--json",
+            "logs",
+            "-g",
+            "workers",
+            "--since",
+            "2001-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let entries = v["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["job_id"] == ids[0].as_str()),
+        "{out}"
+    );
+    assert!(
+        entries.iter().all(|e| e["job_id"] != ids[2].as_str()),
+        "{out}"
+    );
+    let (code, _, err) = jobclient(&tracker.address, &["logs", "--since", "yesterday"]).await;
+    assert_eq!(code, Some(2), "a bad time is a usage error: {err}");
+    assert!(err.contains("--since"), "{err}");
+    tracker.stop().await;
+}

@@ -9,7 +9,7 @@ use lts_common::{JobSpec, JobState, LogKind, Outcome, RetryPlan, RetryStep, Sche
 use lts_jobtracker::store::mongo::{MongoOptions, MongoStore};
 use lts_jobtracker::store::sled::SledStore;
 use lts_jobtracker::store::{
-    CompleteResult, JobStore, ListFilter, RunReport, SubmitRefusal, SubmitResult,
+    CompleteResult, JobStore, ListFilter, LogFilter, RunReport, SubmitRefusal, SubmitResult,
 };
 
 /// Opens stores of one backend at a location, again and again.
@@ -438,6 +438,84 @@ async fn logs_and_listing(b: &dyn Backend) {
     assert_eq!(found, ["later"]);
 }
 
+async fn log_queries(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let r = s
+        .submit(vec![spec("a", "g"), spec("b", "g"), spec("a", "h")], NOW)
+        .await
+        .expect("submit");
+    let ids: Vec<String> = r.iter().map(created).collect();
+    let by = |node_group: Option<&str>, task_id: Option<&str>| LogFilter {
+        node_group: node_group.map(str::to_string),
+        task_id: task_id.map(str::to_string),
+        ..Default::default()
+    };
+    let jobs_of = |lines: &[lts_common::LogEntry]| {
+        let mut j: Vec<String> = lines.iter().map(|e| e.job_id.clone()).collect();
+        j.sort();
+        j.dedup();
+        j
+    };
+    let (lines, _) = s
+        .query_logs(&by(Some("g"), None), 100, None)
+        .await
+        .expect("query");
+    let mut want = vec![ids[0].clone(), ids[1].clone()];
+    want.sort();
+    assert_eq!(jobs_of(&lines), want, "only the node group's jobs");
+    let (lines, _) = s
+        .query_logs(&by(None, Some("a")), 100, None)
+        .await
+        .expect("query");
+    let mut want = vec![ids[0].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(jobs_of(&lines), want, "only that task id, in every group");
+    let (lines, _) = s
+        .query_logs(&by(Some("h"), Some("a")), 100, None)
+        .await
+        .expect("query");
+    assert_eq!(jobs_of(&lines), [ids[2].clone()]);
+    // Paged by job: one line per page asked, a whole job per page given.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (lines, next) = s
+            .query_logs(&by(Some("g"), None), 1, token.as_deref())
+            .await
+            .expect("query");
+        seen.extend(jobs_of(&lines));
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2);
+    let future = LogFilter {
+        node_group: Some("g".into()),
+        since_ms: Some(i64::MAX - 1),
+        ..Default::default()
+    };
+    assert!(s
+        .query_logs(&future, 100, None)
+        .await
+        .expect("query")
+        .0
+        .is_empty());
+    let past = LogFilter {
+        job_id: Some(ids[0].clone()),
+        until_ms: Some(1),
+        ..Default::default()
+    };
+    assert!(s
+        .query_logs(&past, 100, None)
+        .await
+        .expect("query")
+        .0
+        .is_empty());
+}
+
 async fn cancel(b: &dyn Backend) {
     let s = fresh(b).await;
     let r = s
@@ -576,6 +654,14 @@ macro_rules! conformance {
                     return;
                 }
                 super::logs_and_listing(&b).await
+            }
+            #[tokio::test]
+            async fn log_queries() {
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::log_queries(&b).await
             }
             #[tokio::test]
             async fn cancel() {

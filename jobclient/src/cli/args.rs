@@ -59,6 +59,9 @@ pub enum Command {
     Get(GetArgs),
     /// List jobs, one page at a time.
     List(ListArgs),
+    /// Execution log lines of many jobs: by node group, task id or job,
+    /// within a time range, one page at a time.
+    Logs(LogsArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
     /// Wait until jobs have finished (succeeded, failed or cancelled).
@@ -455,6 +458,32 @@ pub struct ListArgs {
     /// Only jobs with this kind of schedule: now, at, cron or repeat.
     #[arg(long, value_name = "KIND", value_parser = parse_kind)]
     pub kind: Option<ScheduleKind>,
+}
+
+/// Flags of `logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Only this job.
+    #[arg(long = "job", value_name = "JOB")]
+    pub job_id: Option<String>,
+    /// Only jobs with exactly this task id.
+    #[arg(long, short = 't', value_name = "ID")]
+    pub task_id: Option<String>,
+    /// Only jobs of this node group.
+    #[arg(long, short = 'g', value_name = "GROUP")]
+    pub node_group: Option<String>,
+    /// Only lines at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<i64>,
+    /// Only lines before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<i64>,
+    /// About this many lines per page (whole jobs), at most 1000.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// The token printed by the previous page.
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
 }
 
 /// Flags of `cancel`.

@@ -22,8 +22,8 @@ pub use args::{
     check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
     parse_state, parse_time, retry_plan_for, shell_payload, CancelArgs, Cli, Command, CronArgs,
     CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs, GetArgs, JobLine, JobRefArgs,
-    ListArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs, ScheduleArgs, SubmitArgs,
-    UpdateArgs, WaitArgs,
+    ListArgs, LogsArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs, ScheduleArgs,
+    SubmitArgs, UpdateArgs, WaitArgs,
 };
 pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
@@ -119,6 +119,7 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         Command::Submit(a) => submit(&client, *a, json).await,
         Command::Get(a) => get(&client, a, json).await,
         Command::List(a) => list(&client, a, json).await,
+        Command::Logs(a) => logs(&client, a, json).await,
         Command::Cancel(a) => {
             let job = client.cancel(&a.job_id).await?;
             if json {
@@ -348,6 +349,57 @@ async fn get(client: &JobClient, a: GetArgs, json: bool) -> Result<u8, CliError>
         if let Some(log) = &log {
             print(&format!("\n{}", log_text(log)))?;
         }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn logs(client: &JobClient, a: LogsArgs, json: bool) -> Result<u8, CliError> {
+    let query = crate::LogQuery {
+        job_id: a.job_id,
+        task_id: a.task_id,
+        node_group: a.node_group,
+        since_ms: a.since,
+        until_ms: a.until,
+    };
+    let page = client
+        .query_logs(&query, a.limit, a.page_token.as_deref())
+        .await?;
+    if json {
+        let mut lines = log_json(&page.entries);
+        if let Value::Array(items) = &mut lines {
+            for (item, e) in items.iter_mut().zip(&page.entries) {
+                if let Value::Object(map) = item {
+                    map.insert("job_id".into(), Value::String(e.job_id.clone()));
+                }
+            }
+        }
+        print_json(&serde_json::json!({
+            "entries": lines,
+            "next_page_token": page.next_page_token,
+        }))?;
+    } else {
+        let mut text = String::new();
+        let mut start = 0;
+        // One table per job, under its id.
+        while start < page.entries.len() {
+            let job = &page.entries[start].job_id;
+            let end = page.entries[start..]
+                .iter()
+                .position(|e| &e.job_id != job)
+                .map_or(page.entries.len(), |n| start + n);
+            text.push_str(&format!(
+                "job {job}\n{}\n",
+                log_text(&page.entries[start..end])
+            ));
+            start = end;
+        }
+        if page.entries.is_empty() {
+            text.push_str("no log lines match\n");
+        }
+        if let Some(t) = &page.next_page_token {
+            text.push_str(&format!("next page: --page-token {t}\n"));
+        }
+        print(text.trim_end())?;
     }
     Ok(EXIT_OK)
 }

@@ -241,6 +241,42 @@ impl JobService for JobApi {
         }))
     }
 
+    async fn list_logs(
+        &self,
+        request: Request<pb::ListLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let r = request.into_inner();
+        if !r.task_tracker_node_group.is_empty() {
+            check_node_group(&r.task_tracker_node_group)
+                .map_err(|m| ValidationError::new("task_tracker_node_group", m))?;
+        }
+        if r.since_unix_ms > 0 && r.until_unix_ms > 0 && r.until_unix_ms <= r.since_unix_ms {
+            return Err(Status::invalid_argument(
+                "until_unix_ms: is not after since_unix_ms",
+            ));
+        }
+        let filter = crate::store::LogFilter {
+            job_id: opt(r.job_id),
+            task_id: opt(r.task_id),
+            node_group: opt(r.task_tracker_node_group),
+            since_ms: (r.since_unix_ms > 0).then_some(r.since_unix_ms),
+            until_ms: (r.until_unix_ms > 0).then_some(r.until_unix_ms),
+        };
+        let (entries, next) = self
+            .tracker
+            .store
+            .query_logs(
+                &filter,
+                page_size(r.page_size),
+                opt(r.page_token).as_deref(),
+            )
+            .await?;
+        Ok(Response::new(pb::ListLogsResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
     type FeedbackStream =
         Pin<Box<dyn Stream<Item = Result<pb::FeedbackServerMessage, Status>> + Send + 'static>>;
 

@@ -134,6 +134,21 @@ impl ListFilter {
     }
 }
 
+/// Filter of [`JobStore::query_logs`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogFilter {
+    /// Only this job.
+    pub job_id: Option<String>,
+    /// Only jobs with exactly this task id.
+    pub task_id: Option<String>,
+    /// Only jobs of this node group.
+    pub node_group: Option<String>,
+    /// Only lines at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only lines before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
 /// Jobs handed out by one claim, per grant.
 #[derive(Debug, Default)]
 pub struct Claimed {
@@ -266,6 +281,73 @@ pub trait JobStore: Send + Sync + 'static {
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<(Vec<LogEntry>, Option<String>)>;
+
+    /// Log lines of the jobs `filter` selects, a page of whole jobs at a
+    /// time, oldest line first within a job. The page token is the last
+    /// job id of the page.
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        let in_range = |e: &LogEntry| {
+            filter.since_ms.is_none_or(|s| e.at_ms >= s)
+                && filter.until_ms.is_none_or(|u| e.at_ms < u)
+        };
+        let job_logs = |job_id: String| async move {
+            let mut all = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let (page, next) = self.logs(&job_id, 1000, token.as_deref()).await?;
+                all.extend(page);
+                match next {
+                    Some(t) => token = Some(t),
+                    None => return Ok::<_, crate::error::Error>(all),
+                }
+            }
+        };
+        if let Some(job_id) = &filter.job_id {
+            let lines: Vec<LogEntry> = job_logs(job_id.clone())
+                .await?
+                .into_iter()
+                .filter(|e| in_range(e))
+                .collect();
+            return Ok((lines, None));
+        }
+        let jobs = ListFilter {
+            node_group: filter.node_group.clone(),
+            task_id_prefix: filter.task_id.clone(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut cursor = page_token.map(str::to_string);
+        loop {
+            let (page, next) = self.list(&jobs, 100, cursor.as_deref()).await?;
+            for job in page {
+                if filter
+                    .task_id
+                    .as_ref()
+                    .is_some_and(|t| *t != job.spec.task_id)
+                {
+                    continue;
+                }
+                out.extend(
+                    job_logs(job.job_id.clone())
+                        .await?
+                        .into_iter()
+                        .filter(|e| in_range(e)),
+                );
+                if out.len() >= page_size {
+                    return Ok((out, Some(job.job_id)));
+                }
+            }
+            match next {
+                Some(t) => cursor = Some(t),
+                None => return Ok((out, None)),
+            }
+        }
+    }
 
     /// Every feedback not yet acked.
     async fn pending_feedback(&self) -> Result<Vec<Feedback>>;
