@@ -324,6 +324,11 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The whole log of the child `name` (empty if there is none).
+    pub fn procs_log(&self, name: &str) -> String {
+        self.procs.get(name).map(Proc::log_text).unwrap_or_default()
+    }
+
     /// Log tails of every child, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
