@@ -945,3 +945,45 @@ mod sled_cycles {
         assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
     }
 }
+
+/// Mongo only: documents the tracker cannot read.
+mod mongo_bad_documents {
+    use super::*;
+    use mongodb::bson::{doc, Document};
+
+    #[tokio::test]
+    async fn a_document_that_cannot_be_decoded_is_skipped_not_a_crash() {
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let s = Arc::new(MongoStore::new(mongo_options(&uri, &db, "bad-documents")));
+        s.recover(NOW).await.expect("recover");
+        let good = created(
+            &s.submit(vec![spec("good", "g")], NOW)
+                .await
+                .expect("submit")[0],
+        );
+        // Written by hand, or by a newer version: not a job this tracker reads.
+        let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+        client
+            .database(&db)
+            .collection::<Document>("jobs")
+            .insert_one(doc! { "_id": "0-written-by-hand", "spec": "not a spec", "state": 42 })
+            .await
+            .expect("insert");
+        let (jobs, _) = s
+            .list(&ListFilter::default(), 100, None)
+            .await
+            .expect("listing works with a bad document present");
+        let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(ids, [good.as_str()], "the bad document is skipped");
+        assert!(
+            !matches!(s.get("0-written-by-hand").await, Ok(Some(_))),
+            "a bad document is not reported as a job"
+        );
+        let j = claim_one(&*s, "g", NOW)
+            .await
+            .expect("the good job still runs");
+        assert_eq!(j.job_id, good);
+        let _ = client.database(&db).drop().await;
+    }
+}
