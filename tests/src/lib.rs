@@ -391,3 +391,37 @@ pub async fn all_jobs(
         }
     }
 }
+
+/// Waits until `group` holds exactly `n` jobs, all succeeded; fails at once
+/// when one ends any other way, naming it.
+pub async fn wait_all_succeeded(
+    client: &lts_jobclient::JobClient,
+    group: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<lts_common::Job>> {
+    use lts_common::JobState;
+    wait_until(timeout, "every job succeeding", || async {
+        let jobs = match all_jobs(client, group).await {
+            Ok(j) => j,
+            Err(e) => return Ok(Err(format!("list failed: {e}"))),
+        };
+        let done = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count();
+        let failed: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.state.is_final() && j.state != JobState::Succeeded)
+            .map(|j| format!("{} {:?} {:?}", j.spec.task_id, j.state, j.last_outcome))
+            .take(5)
+            .collect();
+        anyhow::ensure!(failed.is_empty(), "jobs ended badly: {failed:?}");
+        if jobs.len() == n && done == n {
+            Ok(Ok(jobs))
+        } else {
+            Ok(Err(format!("{} jobs listed, {done} succeeded", jobs.len())))
+        }
+    })
+    .await
+}

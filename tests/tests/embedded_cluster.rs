@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{all_jobs, runs_by_task, wait_until, Cluster};
+use lts_tests::{runs_by_task, wait_all_succeeded, wait_until, Cluster};
 
 const JOBS: usize = 1000;
 
@@ -21,36 +21,6 @@ fn recorder(dir: &Path, pause: &str) -> Result<PathBuf> {
     )?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
-}
-
-async fn wait_all_succeeded(
-    client: &JobClient,
-    group: &str,
-    n: usize,
-) -> Result<Vec<lts_common::Job>> {
-    wait_until(Duration::from_secs(120), "every job succeeding", || async {
-        let jobs = match all_jobs(client, group).await {
-            Ok(j) => j,
-            Err(e) => return Ok(Err(format!("list failed: {e}"))),
-        };
-        let done = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Succeeded)
-            .count();
-        let failed: Vec<_> = jobs
-            .iter()
-            .filter(|j| j.state.is_final() && j.state != JobState::Succeeded)
-            .map(|j| format!("{} {:?} {:?}", j.spec.task_id, j.state, j.last_outcome))
-            .take(5)
-            .collect();
-        anyhow::ensure!(failed.is_empty(), "jobs ended badly: {failed:?}");
-        if jobs.len() == n && done == n {
-            Ok(Ok(jobs))
-        } else {
-            Ok(Err(format!("{} jobs listed, {done} succeeded", jobs.len())))
-        }
-    })
-    .await
 }
 
 fn submit_through_cli(
@@ -103,7 +73,7 @@ async fn a_thousand_jobs_submitted_through_the_cli_run_once_each() -> Result<()>
 
     let ids = submit_through_cli(&cluster, "work", &program, &record)?;
     let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
-    let jobs = match wait_all_succeeded(&client, "work", JOBS).await {
+    let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
     };
@@ -165,7 +135,7 @@ async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()
     cluster.start_tracker(&[])?;
 
     let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
-    let jobs = match wait_all_succeeded(&client, "work", JOBS).await {
+    let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
     };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{all_jobs, runs_by_task, wait_until, Cluster};
+use lts_tests::{runs_by_task, wait_all_succeeded, wait_until, Cluster};
 
 const JOBS: usize = 500;
 /// Slots of the TaskTracker of the tracker that is killed: at most this
@@ -122,30 +122,9 @@ async fn two_trackers_share_mongodb_and_lose_nothing_to_a_kill_9() -> Result<()>
     assert!(seen < JOBS, "the kill came in the middle of the run");
 
     let client = JobClient::connect(vec![b_url.clone()]).await?;
-    let jobs = wait_until(Duration::from_secs(240), "every job succeeding", || async {
-        let jobs = match all_jobs(&client, "work").await {
-            Ok(j) => j,
-            Err(e) => return Ok(Err(format!("list failed: {e}"))),
-        };
-        let done = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Succeeded)
-            .count();
-        let bad: Vec<_> = jobs
-            .iter()
-            .filter(|j| j.state.is_final() && j.state != JobState::Succeeded)
-            .map(|j| format!("{} {:?} {:?}", j.spec.task_id, j.state, j.last_outcome))
-            .take(5)
-            .collect();
-        anyhow::ensure!(bad.is_empty(), "jobs ended badly: {bad:?}");
-        Ok(if done == JOBS {
-            Ok(jobs)
-        } else {
-            Err(format!("{} jobs listed, {done} succeeded", jobs.len()))
-        })
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    let jobs = wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(240))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
 
     let by_id: HashMap<&str, &lts_common::Job> =
         jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
