@@ -51,6 +51,9 @@ struct Args {
     /// Length of the latency phase.
     #[arg(long, default_value = "5s", value_parser = humantime_parse)]
     latency_for: Duration,
+    /// Rate of the latency phase in jobs/s; default: half the end-to-end rate.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Path of the jobtracker binary; default: beside this program.
     #[arg(long)]
     jobtracker_bin: Option<std::path::PathBuf>,
@@ -220,8 +223,9 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     figures.insert("e2e_jobs_per_s", e2e_rate);
     figures.insert("tracker_cpu_us_per_job", cpu_us);
 
-    // 3. Latency at half the end-to-end rate, submitted every millisecond.
-    let rate = (e2e_rate / 2.0).max(1.0);
+    // 3. Latency at half the end-to-end rate (or the rate asked for),
+    // submitted every millisecond.
+    let rate = args.latency_rate.unwrap_or(e2e_rate / 2.0).max(1.0);
     let per_ms = rate / 1000.0;
     let done_before = metric(
         &scrape(&tracker.metrics).await?,

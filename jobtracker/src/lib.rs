@@ -197,6 +197,12 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher::new(store.clone(), metrics.clone(), shutdown.clone());
+    let wake = Arc::downgrade(&dispatcher);
+    store.on_claimable(Arc::new(move |group: &str| {
+        if let Some(d) = wake.upgrade() {
+            d.wake(group);
+        }
+    }));
     let feedback = FeedbackRouter::new(store.clone());
     feedback.push(store.pending_feedback().await?);
     Ok(Arc::new(Tracker {
@@ -291,9 +297,20 @@ pub async fn serve_tracker(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("jobtracker listening on {}", listener.local_addr()?);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` covers only listeners tonic binds itself: set
+    // it on each accepted connection, or Nagle's algorithm holds small
+    // messages (an assignment, an ack) back for tens of milliseconds.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            })
+        },
+    );
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)

@@ -97,13 +97,6 @@ impl JobService for JobApi {
             g.dedup();
             g
         };
-        // Wake the dispatchers before the write: a claim that runs while the
-        // batch is being made durable joins the same flush, which halves the
-        // time from submit to start. The wake after the write covers a claim
-        // that came too early.
-        for g in &groups {
-            self.tracker.dispatcher.wake(g);
-        }
         let stored = self
             .tracker
             .store
@@ -153,6 +146,8 @@ impl JobService for JobApi {
         }
         self.tracker.metrics.submitted.inc_by(created);
         self.tracker.scheduler.notify_one();
+        // A store that can says earlier, as soon as the jobs can be claimed
+        // (before they are durable); see `JobStore::on_claimable`.
         for g in &groups {
             self.tracker.dispatcher.wake(g);
         }

@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::error::Result;
 
 /// Why a job of a submitted batch was not stored.
@@ -223,6 +225,9 @@ pub struct Recovery {
     pub corrupt: usize,
 }
 
+/// See [`JobStore::on_claimable`].
+pub type ClaimableHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where jobs live. Every mutating call is durable when it returns.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -233,6 +238,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// Stores a validated batch: dedup on (node group, task id), one result
     /// per job, in order. One durable write for the batch.
     async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>>;
+
+    /// Registers `hook`, called with a node group as soon as submitted jobs
+    /// of it can be claimed, which may be before they are durable (a store
+    /// that cannot tell does not call it; the caller wakes its dispatchers
+    /// after `submit` returns anyway).
+    fn on_claimable(&self, hook: ClaimableHook) {
+        let _ = hook;
+    }
 
     /// Claims, for each `(worker, n)` grant, up to `n` ready jobs of
     /// `node_group` in order (priority, trigger time, submit order): each

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
@@ -65,6 +65,14 @@ struct Record {
     /// For a cron or repeat job: the cycle it fired last.
     #[serde(default)]
     last_child: Option<String>,
+    /// The lowest attempt the job can have on disk after a crash: the
+    /// attempt of its last flushed write (or of its first write, which is
+    /// the only version a crash can leave). See [`SledStore::claim`].
+    #[serde(skip)]
+    floor: u32,
+    /// The attempt and write generation of a write not yet known flushed.
+    #[serde(skip)]
+    unflushed: Option<(u32, u64)>,
 }
 
 /// [`Record`] for writing, without cloning.
@@ -83,7 +91,23 @@ impl Record {
             history: Vec::new(),
             parent: None,
             last_child: None,
+            floor: 0,
+            unflushed: None,
         }
+    }
+
+    /// Whether handing out the next attempt needs the record flushed first:
+    /// a crash must never leave a version of the job whose attempt is lower
+    /// than the last one handed out minus one (recovery skips one number,
+    /// so the next attempt after a restart is always new).
+    fn claim_needs_flush(&mut self, flushed_gen: u64) -> bool {
+        if let Some((attempt, generation)) = self.unflushed {
+            if generation <= flushed_gen {
+                self.floor = attempt;
+                self.unflushed = None;
+            }
+        }
+        self.job.attempt > self.floor
     }
 
     /// Appends a transition line at `at_ms` (the store's clock, so that
@@ -184,7 +208,7 @@ impl Drop for Flusher {
 }
 
 impl Flusher {
-    fn start(db: ::sled::Db) -> Result<Flusher> {
+    fn start(db: ::sled::Db, generations: Arc<Generations>) -> Result<Flusher> {
         let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<()>>>();
         let thread = std::thread::Builder::new()
             .name("sled-flusher".into())
@@ -192,7 +216,13 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
+                    // Every batch up to this generation is applied, so the
+                    // flush makes it durable.
+                    let applied = generations.written.load(Ordering::SeqCst);
                     let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        generations.flushed.fetch_max(applied, Ordering::SeqCst);
+                    }
                     for w in waiting {
                         let _ = w.send(result.clone().map_err(Error::Store));
                     }
@@ -224,8 +254,18 @@ impl Flusher {
     }
 }
 
+/// Write generations: each batch of job records applied under the index
+/// lock takes the next one; a flush makes every applied one durable.
+#[derive(Default)]
+struct Generations {
+    written: AtomicU64,
+    flushed: AtomicU64,
+}
+
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
+    claimable: std::sync::OnceLock<ClaimableHook>,
+    generations: Arc<Generations>,
     flusher: Flusher,
     tree: ::sled::Tree,
     index: Mutex<Index>,
@@ -311,8 +351,11 @@ impl SledStore {
             }
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
+        let generations = Arc::new(Generations::default());
         Ok(SledStore {
-            flusher: Flusher::start(db.clone())?,
+            claimable: std::sync::OnceLock::new(),
+            flusher: Flusher::start(db.clone(), generations.clone())?,
+            generations,
             tree,
             index: Mutex::new(Index::default()),
             log_seq: AtomicU64::new(start),
@@ -335,7 +378,9 @@ impl SledStore {
         Ok(())
     }
 
-    fn put_record(batch: &mut ::sled::Batch, r: &Record) -> Result<()> {
+    /// Puts `r` into `batch`, which the caller applies with [`Self::commit`]
+    /// under the same hold of the index lock.
+    fn put_record(&self, batch: &mut ::sled::Batch, r: &mut Record) -> Result<()> {
         let value = encode(&RecordRef {
             job: &r.job,
             history: &r.history,
@@ -343,6 +388,16 @@ impl SledStore {
             last_child: &r.last_child,
         })?;
         batch.insert(job_key(&r.job.job_id), value);
+        let generation = self.generations.written.load(Ordering::SeqCst) + 1;
+        r.unflushed = Some((r.job.attempt, generation));
+        Ok(())
+    }
+
+    /// Applies a batch of job records (called with the index lock held, so
+    /// generations follow the order of the writes).
+    fn commit(&self, batch: ::sled::Batch) -> Result<()> {
+        self.tree.apply_batch(batch)?;
+        self.generations.written.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -392,7 +447,7 @@ impl SledStore {
             ),
             now_ms,
         );
-        Self::put_record(batch, &child)?;
+        self.put_record(batch, &mut child)?;
         batch.insert(tkey, child_id.as_bytes());
         index.enqueue(&child.job, now_ms);
         index.live.insert(child_id.clone(), child);
@@ -461,17 +516,22 @@ impl JobStore for SledStore {
                     job.trigger_at_ms = job.trigger_at_ms.min(now_ms);
                     job.updated_at_ms = now_ms;
                     r.log(entry, now_ms);
-                    Self::put_record(&mut batch, &r)?;
+                    self.put_record(&mut batch, &mut r)?;
                     rec.requeued += 1;
                 } else {
                     rec.pending += 1;
                 }
+                // A claim before the restart may have handed out the next
+                // attempt without writing it: that number is skipped.
+                r.floor = r.job.attempt;
+                r.unflushed = None;
+                r.job.attempt += 1;
                 index.enqueue(&r.job, now_ms);
                 index.live.insert(r.job.job_id.clone(), r);
             }
             index.next_seq = max_seq + 1;
             rec.feedback = self.tree.scan_prefix(b"f").count();
-            self.tree.apply_batch(batch)?;
+            self.commit(batch)?;
         }
         self.flush().await?;
         Ok(rec)
@@ -479,6 +539,7 @@ impl JobStore for SledStore {
 
     async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>> {
         let mut results = Vec::with_capacity(jobs.len());
+        let mut ready_groups: Vec<String> = Vec::new();
         {
             let mut index = self.lock();
             let mut batch = ::sled::Batch::default();
@@ -523,7 +584,7 @@ impl JobStore for SledStore {
                             ),
                             now_ms,
                         );
-                        Self::put_record(&mut batch, &old)?;
+                        self.put_record(&mut batch, &mut old)?;
                         replaced = Some(before);
                     }
                 }
@@ -531,10 +592,17 @@ impl JobStore for SledStore {
                 index.next_seq += 1;
                 let mut r = Record::new(new_job(job_id.clone(), spec, seq, now_ms));
                 r.log(LogEntry::new("", LogKind::Received, 0, ""), now_ms);
-                Self::put_record(&mut batch, &r)?;
+                self.put_record(&mut batch, &mut r)?;
                 batch.insert(tkey.clone(), job_id.as_bytes());
                 in_batch.insert(tkey, job_id.clone());
                 index.enqueue(&r.job, now_ms);
+                if r.job.state == JobState::Pending
+                    && !r.job.spec.schedule.is_recurring()
+                    && r.job.trigger_at_ms <= now_ms
+                    && !ready_groups.contains(&r.job.spec.task_tracker_node_group)
+                {
+                    ready_groups.push(r.job.spec.task_tracker_node_group.clone());
+                }
                 index.live.insert(job_id.clone(), r);
                 results.push(match replaced {
                     Some(replaced) => SubmitResult::Replaced {
@@ -544,10 +612,21 @@ impl JobStore for SledStore {
                     None => SubmitResult::Created(job_id),
                 });
             }
-            self.tree.apply_batch(batch)?;
+            self.commit(batch)?;
+        }
+        // Claimable now; durable after the flush. A claim meanwhile joins
+        // the same flush if it needs one.
+        if let Some(hook) = self.claimable.get() {
+            for g in &ready_groups {
+                hook(g);
+            }
         }
         self.flush().await?;
         Ok(results)
+    }
+
+    fn on_claimable(&self, hook: ClaimableHook) {
+        let _ = self.claimable.set(hook);
     }
 
     async fn claim(
@@ -557,7 +636,8 @@ impl JobStore for SledStore {
         now_ms: i64,
     ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
-        let mut any = false;
+        let mut write = false;
+        let flushed = self.generations.flushed.load(Ordering::SeqCst);
         {
             let mut index = self.lock();
             index.promote(node_group, now_ms);
@@ -584,6 +664,7 @@ impl JobStore for SledStore {
                     continue;
                 };
                 let worker = &grants[i].0;
+                let must_write = r.claim_needs_flush(flushed);
                 r.job.state = JobState::Running;
                 r.job.attempt += 1;
                 r.job.worker.clone_from(worker);
@@ -594,23 +675,28 @@ impl JobStore for SledStore {
                         .with_worker(worker),
                     now_ms,
                 );
-                Self::put_record(&mut batch, r)?;
+                if must_write {
+                    self.put_record(&mut batch, r)?;
+                    write = true;
+                }
                 claimed.per_grant[i].push(r.job.clone());
                 remaining[i] -= 1;
-                any = true;
             }
             claimed.next_ready_at_ms = index
                 .queues
                 .get(node_group)
                 .and_then(|q| q.delayed.first_key_value())
                 .map(|((at, _), _)| *at);
-            if any {
-                self.tree.apply_batch(batch)?;
+            if write {
+                self.commit(batch)?;
             }
         }
-        if any {
-            // Durable before the assignments leave: an attempt number must
-            // never be handed out twice, also across a crash.
+        if write {
+            // An attempt number is never handed out twice, also across a
+            // crash: a claim is kept in memory (its lines are written with
+            // the job's next transition) as long as what a crash can leave
+            // on disk is at most one attempt behind; recovery skips one
+            // number. Otherwise the claim is durable before it leaves.
             self.flush().await?;
         }
         Ok(claimed)
@@ -683,7 +769,7 @@ impl JobStore for SledStore {
                     batch.insert(feedback_key(&fb.feedback_id), encode(fb)?);
                 }
                 let feedback = t.feedback;
-                Self::put_record(&mut batch, &r)?;
+                self.put_record(&mut batch, &mut r)?;
                 let job = r.job.clone();
                 if r.job.state.is_final() {
                     if let Some(parent) = index.waiting.remove(&r.job.job_id) {
@@ -703,7 +789,7 @@ impl JobStore for SledStore {
                 });
             }
             self.put_logs(&mut batch, &loose_logs)?;
-            self.tree.apply_batch(batch)?;
+            self.commit(batch)?;
         }
         // Not waited for: if the tracker dies first, the run is requeued at
         // the next start and runs again (at least once).
@@ -730,12 +816,12 @@ impl JobStore for SledStore {
                 r.job.worker.clear();
                 r.job.trigger_at_ms = r.job.trigger_at_ms.min(now_ms);
                 r.job.updated_at_ms = now_ms;
-                Self::put_record(&mut batch, r)?;
+                self.put_record(&mut batch, r)?;
                 let job = r.job.clone();
                 index.enqueue(&job, now_ms);
                 n += 1;
             }
-            self.tree.apply_batch(batch)?;
+            self.commit(batch)?;
         }
         self.flusher.flush_soon();
         Ok(n)
@@ -769,7 +855,7 @@ impl JobStore for SledStore {
                 now_ms,
             );
             let mut batch = ::sled::Batch::default();
-            Self::put_record(&mut batch, &r)?;
+            self.put_record(&mut batch, &mut r)?;
             let feedback = r
                 .job
                 .spec
@@ -778,7 +864,7 @@ impl JobStore for SledStore {
             if let Some(fb) = &feedback {
                 batch.insert(feedback_key(&fb.feedback_id), encode(fb)?);
             }
-            self.tree.apply_batch(batch)?;
+            self.commit(batch)?;
             Cancelled {
                 before,
                 after: r.job,
@@ -868,14 +954,14 @@ impl JobStore for SledStore {
                     }
                 }
                 r.job.updated_at_ms = now_ms;
-                Self::put_record(&mut batch, &r)?;
+                self.put_record(&mut batch, &mut r)?;
                 if r.job.state == JobState::Pending {
                     index.enqueue(&r.job, now_ms);
                     index.live.insert(id, r);
                 }
             }
             if wrote {
-                self.tree.apply_batch(batch)?;
+                self.commit(batch)?;
             }
         }
         if !groups.is_empty() {
@@ -934,7 +1020,7 @@ impl JobStore for SledStore {
                                         c.job.state = JobState::Cancelled;
                                         c.job.updated_at_ms = now_ms;
                                         c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
-                                        Self::put_record(&mut batch, &c)?;
+                                        self.put_record(&mut batch, &mut c)?;
                                     }
                                 }
                             }
@@ -1039,7 +1125,7 @@ impl JobStore for SledStore {
                 return Err(e);
             }
             if deleted {
-                self.tree.apply_batch(batch)?;
+                self.commit(batch)?;
                 Admined {
                     before,
                     after: None,
@@ -1047,8 +1133,8 @@ impl JobStore for SledStore {
                 }
             } else {
                 r.job.updated_at_ms = now_ms;
-                Self::put_record(&mut batch, &r)?;
-                self.tree.apply_batch(batch)?;
+                self.put_record(&mut batch, &mut r)?;
+                self.commit(batch)?;
                 let after = r.job.clone();
                 if !r.job.state.is_final() {
                     index.live.insert(r.job.job_id.clone(), r);
