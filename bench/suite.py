@@ -61,12 +61,17 @@ def parse_args():
     p.add_argument("--lts-bin", default=os.path.join(ROOT, "target/release/examples/suite"))
     p.add_argument("--apalis-bin",
                    default=os.path.join(BENCH, "peers/apalis/target/release/lts-bench-apalis"))
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="a subset of w1,w2,w3,w4 (a full W4 of Celery alone takes hours)")
     p.add_argument("--pid-file", help="append the pid of every server started here")
     args = p.parse_args()
     args.systems = [s for s in args.systems.split(",") if s]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; known: {SYSTEMS}")
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    if not args.workloads or set(args.workloads) - set(WORKLOADS):
+        p.error(f"--workloads: a subset of {WORKLOADS}")
     return args
 
 
@@ -425,7 +430,7 @@ def main():
     results = {s: {} for s in args.systems}
 
     def run_system(system):
-        for workload in WORKLOADS:
+        for workload in args.workloads:
             t = time.monotonic()
             obj = run_one(system, workload, args, mode, logs)
             results[system][workload] = obj
