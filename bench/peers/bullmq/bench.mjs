@@ -215,7 +215,7 @@ const [, appendfsync] = await admin.config('GET', 'appendfsync');
 const [, appendonly] = await admin.config('GET', 'appendonly');
 const redisVersion = /redis_version:(\S+)/.exec(await admin.info('server'))[1];
 const results = await workloads[args.workload]();
-console.log(JSON.stringify({
+const line = JSON.stringify({
   system: 'bullmq',
   version: `bullmq ${BULLMQ_VERSION}, ioredis ${IOREDIS_VERSION}, Node ${process.versions.node}, Redis ${redisVersion}`,
   workload: args.workload,
@@ -224,6 +224,8 @@ console.log(JSON.stringify({
   notes: `Queue and Worker in one Node process. single = queue.add, one job per call, ${args.inFlight} calls in flight; `
     + `batched = queue.addBulk of ${BATCH}, ${BATCH_IN_FLIGHT} in flight; Worker concurrency ${args.concurrency}, no-op processor; `
     + 'done = job in the completed set. W4 RSS = redis-server VmHWM, disk = Redis data dir after the submit.',
-}));
-// Closing a Worker waits for its blocking connection; exit instead.
-process.exit(0);
+});
+// Closing a Worker waits for its blocking connection; exit instead, once
+// the line is written (a pipe takes it asynchronously: exiting at once
+// would cut a long line short).
+process.stdout.write(`${line}\n`, () => process.exit(0));
