@@ -367,7 +367,8 @@ def draw(results, systems, out, w3_size):
     ax.set_yscale("log")
     ax.set_ylabel("jobs per second (log scale)")
     ax.set_title("Throughput, higher is better")
-    ax.legend(loc="upper center", ncol=max(len(ok), 1))
+    if ok:
+        ax.legend(loc="upper center", ncol=len(ok))
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.margins(y=0.25)
     fig.tight_layout()
@@ -478,10 +479,13 @@ def main():
             mark = {True: "holds", False: "DOES NOT HOLD", None: "unknown"}[holds]
             print(f"  {g}: {mark} ({detail})")
     for system, by_workload in failed.items():
+        shown = set()
         for workload, obj in by_workload.items():
             print(f"\n{system} {workload} FAILED: {obj['error']}")
-            if obj.get("stderr_tail"):
-                print("  " + obj["stderr_tail"].rstrip().replace("\n", "\n  "))
+            tail_text = obj.get("stderr_tail", "").rstrip()
+            if tail_text and tail_text not in shown:
+                shown.add(tail_text)
+                print("  " + tail_text.replace("\n", "\n  "))
     draw(results, args.systems, out, sizes["w3"])
     print(f"\nwrote {out}/results.json, {out}/throughput.png, {out}/latency.png "
           f"(adapter logs in {logs})")
