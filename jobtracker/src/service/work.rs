@@ -276,9 +276,24 @@ impl Session {
         if requeued {
             t.dispatcher.wake(&self.group);
         }
-        let _ = self.tx.send(msg(pb::tracker_message::Kind::OutcomeAcks(
-            pb::OutcomeAcks { runs: acks },
-        )));
+        // Acknowledged once durable, so the TaskTracker keeps (and resends)
+        // an outcome a crash could lose; the stream goes on meanwhile.
+        let tx = self.tx.clone();
+        let store = t.store.clone();
+        let worker = self.identity.clone();
+        tokio::spawn(async move {
+            match store.sync().await {
+                Ok(()) => {
+                    let _ = tx.send(msg(pb::tracker_message::Kind::OutcomeAcks(
+                        pb::OutcomeAcks { runs: acks },
+                    )));
+                }
+                Err(e) => tracing::warn!(
+                    worker = %worker,
+                    "outcomes not acknowledged: they are not durable ({e}); the TaskTracker keeps them and sends them again when it reconnects"
+                ),
+            }
+        });
         Ok(())
     }
 }

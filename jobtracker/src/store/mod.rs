@@ -247,6 +247,12 @@ pub trait JobStore: Send + Sync + 'static {
         let _ = hook;
     }
 
+    /// Returns once everything written before the call is durable. A store
+    /// whose calls are durable when they return has nothing to wait for.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Claims, for each `(worker, n)` grant, up to `n` ready jobs of
     /// `node_group` in order (priority, trigger time, submit order): each
     /// becomes running with its attempt incremented.

@@ -6,7 +6,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` job id | the job and its transition history (MessagePack, named fields) |
+//! | `j` job id | the job and its transition history (MessagePack) |
 //! | `t` node group `0x00` task id | job id |
 //! | `l` job id `0x00` sequence (u64 BE) | a biz log line, or a line about a finished job |
 //! | `f` feedback id | a feedback |
@@ -37,6 +37,9 @@ use super::*;
 use crate::error::{Error, Result};
 
 const SCHEMA_VERSION: u64 = 1;
+
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long before its point a cron or repeat cycle is made: its job then
 /// waits in the queue, and at the point only the dispatch remains to do.
@@ -122,7 +125,7 @@ impl Record {
 #[derive(Default)]
 struct Index {
     /// Jobs that are not final.
-    live: HashMap<String, Record>,
+    live: HashMap<String, Box<Record>>,
     /// Pending jobs per node group.
     queues: HashMap<String, Queues>,
     /// Cron and repeat jobs by the time of their next cycle.
@@ -273,7 +276,11 @@ pub struct SledStore {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+    // Struct fields as arrays, in declaration order: about half the bytes
+    // of the named form, and sled's cost grows with the bytes it moves. A
+    // field added later goes last, with a default; records in the named
+    // form (written before) still read.
+    rmp_serde::to_vec(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -327,6 +334,10 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
             .mode(::sled::Mode::HighThroughput)
+            // Live jobs are served from the in-memory index; the page cache
+            // serves dedup lookups and finished jobs. sled's default (1 GiB)
+            // made the tracker's memory grow with the queue.
+            .cache_capacity(SLED_CACHE_BYTES)
             // Flushes come from the store's own flush thread only.
             .flush_every_ms(None)
             .open()
@@ -450,7 +461,7 @@ impl SledStore {
         self.put_record(batch, &mut child)?;
         batch.insert(tkey, child_id.as_bytes());
         index.enqueue(&child.job, now_ms);
-        index.live.insert(child_id.clone(), child);
+        index.live.insert(child_id.clone(), Box::new(child));
         r.job.cycles += 1;
         r.log(
             LogEntry::new(
@@ -527,7 +538,7 @@ impl JobStore for SledStore {
                 r.unflushed = None;
                 r.job.attempt += 1;
                 index.enqueue(&r.job, now_ms);
-                index.live.insert(r.job.job_id.clone(), r);
+                index.live.insert(r.job.job_id.clone(), Box::new(r));
             }
             index.next_seq = max_seq + 1;
             rec.feedback = self.tree.scan_prefix(b"f").count();
@@ -565,7 +576,7 @@ impl JobStore for SledStore {
                     }
                     let old = match index.live.remove(&existing_id) {
                         Some(old) => Some(old),
-                        None => self.stored_record(&existing_id)?,
+                        None => self.stored_record(&existing_id)?.map(Box::new),
                     };
                     if let Some(mut old) = old {
                         index.dequeue(&old.job);
@@ -603,7 +614,7 @@ impl JobStore for SledStore {
                 {
                     ready_groups.push(r.job.spec.task_tracker_node_group.clone());
                 }
-                index.live.insert(job_id.clone(), r);
+                index.live.insert(job_id.clone(), Box::new(r));
                 results.push(match replaced {
                     Some(replaced) => SubmitResult::Replaced {
                         job_id,
@@ -627,6 +638,10 @@ impl JobStore for SledStore {
 
     fn on_claimable(&self, hook: ClaimableHook) {
         let _ = self.claimable.set(hook);
+    }
+
+    async fn sync(&self) -> Result<()> {
+        self.flush().await
     }
 
     async fn claim(
@@ -791,8 +806,8 @@ impl JobStore for SledStore {
             self.put_logs(&mut batch, &loose_logs)?;
             self.commit(batch)?;
         }
-        // Not waited for: if the tracker dies first, the run is requeued at
-        // the next start and runs again (at least once).
+        // Not waited for here: the caller acknowledges the outcomes to their
+        // TaskTracker after `sync`, so the stream goes on meanwhile.
         self.flusher.flush_soon();
         Ok(results)
     }
@@ -988,7 +1003,7 @@ impl JobStore for SledStore {
             let (mut r, live) = match index.live.remove(job_id) {
                 Some(r) => (r, true),
                 None => match self.stored_record(job_id)? {
-                    Some(r) => (r, false),
+                    Some(r) => (Box::new(r), false),
                     None => return Err(Error::NotFound(job_id.to_string())),
                 },
             };
@@ -996,7 +1011,7 @@ impl JobStore for SledStore {
             let state = r.job.state;
             let refuse =
                 |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
-            let restore = |index: &mut Index, r: Record| {
+            let restore = |index: &mut Index, r: Box<Record>| {
                 if live {
                     index.live.insert(r.job.job_id.clone(), r);
                 }
