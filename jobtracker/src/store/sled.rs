@@ -38,6 +38,11 @@ use crate::error::{Error, Result};
 
 const SCHEMA_VERSION: u64 = 1;
 
+/// Lines a cron or repeat job keeps in its own execution log; older ones
+/// go as new cycles fire, so a template firing every second for months
+/// costs the same to write as a new one.
+pub const TEMPLATE_HISTORY_LINES: usize = 100;
+
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -463,6 +468,12 @@ impl SledStore {
         index.enqueue(&child.job, now_ms);
         index.live.insert(child_id.clone(), Box::new(child));
         r.job.cycles += 1;
+        if r.history.len() >= TEMPLATE_HISTORY_LINES {
+            // The oldest lines after `received` go: each cycle is a job of
+            // its own, listed by the task id prefix `<task id>@`.
+            let excess = r.history.len() + 1 - TEMPLATE_HISTORY_LINES;
+            r.history.drain(1..=excess);
+        }
         r.log(
             LogEntry::new(
                 "",
