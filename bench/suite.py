@@ -353,6 +353,7 @@ def draw(results, systems, out, w3_size):
     bars = [c for c in COLUMNS if c[3] == "rate"]
     fig, ax = plt.subplots(figsize=(11, 5.5))
     width = 0.8 / max(len(ok), 1)
+    any_bar = False
     for i, system in enumerate(ok):
         xs, ys = [], []
         for j, (header, workload, key, _) in enumerate(bars):
@@ -360,11 +361,13 @@ def draw(results, systems, out, w3_size):
             if v:
                 xs.append(j + (i - (len(ok) - 1) / 2) * width)
                 ys.append(v)
+        any_bar = any_bar or bool(ys)
         rects = ax.bar(xs, ys, width, label=system)
         ax.bar_label(rects, labels=[f"{y:,.0f}" for y in ys], fontsize=7, rotation=90,
                      padding=2)
     ax.set_xticks(range(len(bars)), [h.replace("/s", "") for (h, _, _, _) in bars])
-    ax.set_yscale("log")
+    if any_bar:
+        ax.set_yscale("log")
     ax.set_ylabel("jobs per second (log scale)")
     ax.set_title("Throughput, higher is better")
     if ok:
