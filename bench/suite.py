@@ -318,7 +318,8 @@ def goals(results, systems):
     if ours_w2 and w4_drain:
         drop = 1 - w4_drain / ours_w2
         out.append(("W4 drain: ours drops <= 20% against W2", drop <= 0.20,
-                    f"W2 {ours_w2:,.0f}/s, W4 {w4_drain:,.0f}/s: {drop * 100:+.0f}% drop"))
+                    f"W2 {ours_w2:,.0f}/s, W4 {w4_drain:,.0f}/s: "
+                    + (f"{drop * 100:.0f}% lower" if drop > 0 else f"{-drop * 100:.0f}% higher")))
     else:
         out.append(("W4 drain: ours drops <= 20% against W2", None, "no figures"))
     return out
