@@ -75,6 +75,20 @@ def parse_args():
     return args
 
 
+# Every process group this driver started and has not reaped yet, so that
+# an interrupted run (bench/run's trap sends SIGTERM) leaves nothing behind.
+LIVE = set()
+
+
+def on_terminate(signum, _frame):
+    for proc in list(LIVE):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(128 + signum)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +107,7 @@ class Redis:
              "--dir", data_dir, "--appendonly", "yes", "--appendfsync", "always",
              "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.add(self.proc)
         if pid_file:
             with open(pid_file, "a") as f:
                 f.write(f"{self.proc.pid}\n")
@@ -119,6 +134,7 @@ class Redis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        LIVE.discard(self.proc)
         self.log.close()
 
 
@@ -173,6 +189,7 @@ def run_one(system, workload, args, mode, logs):
             started = time.monotonic()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
                                     cwd=ROOT, start_new_session=True)
+            LIVE.add(proc)
             try:
                 stdout, _ = proc.communicate(timeout=TIMEOUTS[mode][workload])
             except subprocess.TimeoutExpired:
@@ -198,9 +215,14 @@ def run_one(system, workload, args, mode, logs):
     except Exception as e:  # a failed system is reported, the suite goes on
         return {"error": f"{type(e).__name__}: {e}", "stderr_tail": tail(log_path)}
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            # The adapter's own children (Celery workers) share its group.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
             proc.wait()
+            LIVE.discard(proc)
         if redis is not None:
             redis.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -422,6 +444,8 @@ def durability(system, objs):
 
 def main():
     args = parse_args()
+    signal.signal(signal.SIGTERM, on_terminate)
+    signal.signal(signal.SIGINT, on_terminate)
     mode = "smoke" if args.smoke else "full"
     out = os.path.abspath(args.out)
     logs = os.path.join(out, "logs")
