@@ -401,7 +401,7 @@ def draw(results, systems, out, w3_size):
     fig.savefig(os.path.join(out, "throughput.png"), dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     drawn = False
     for system in ok:
         obj = results[system].get("w3", {})
@@ -422,7 +422,7 @@ def draw(results, systems, out, w3_size):
     ax.axhline(0.99, color="grey", lw=0.5, ls="--")
     ax.axhline(0.5, color="grey", lw=0.5, ls="--")
     if drawn:
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "latency.png"), dpi=110)
