@@ -254,7 +254,8 @@ def machine_info():
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": mem_gib,
             "kernel": platform.release(), "os": os_name,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "load_average_at_start": os.getloadavg()}
+            "commit": commit, "load_average_at_start": os.getloadavg(),
+            "lts_build_profile": os.environ.get("LTS_BENCH_PROFILE", "release")}
 
 
 def value(results, system, workload, key):
