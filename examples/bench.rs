@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use lts_common::{JobSpec, Outcome};
@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_and_rss, metric, scrape, start_tracker, TrackerProcess};
+use support::{
+    cpu_and_rss, metric, scrape, start_tracker, submit_all, wait_completed, TrackerProcess,
+};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -112,48 +114,6 @@ fn jobs(prefix: &str, group: &str, n: usize, base: Option<Instant>) -> Vec<JobSp
         .collect()
 }
 
-async fn submit_all(
-    client: &JobClient,
-    all: Vec<JobSpec>,
-    batch: usize,
-    in_flight: usize,
-) -> Result<()> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    let mut tasks = Vec::new();
-    let mut all = all.into_iter().peekable();
-    while all.peek().is_some() {
-        let chunk: Vec<JobSpec> = all.by_ref().take(batch).collect();
-        let permit = sem.clone().acquire_owned().await?;
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = client.submit(chunk).await;
-            drop(permit);
-            r
-        }));
-    }
-    for t in tasks {
-        let results = t.await??;
-        if let Some(bad) = results.iter().find(|r| !r.is_accepted()) {
-            bail!("a job was refused: {bad:?}");
-        }
-    }
-    Ok(())
-}
-
-async fn wait_completed(metrics: &str, target: f64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let text = scrape(metrics).await?;
-        if metric(&text, "lts_jobtracker_jobs_completed_total") >= target {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("jobs did not complete within 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -210,7 +170,12 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     let specs = jobs("e", "bench", args.e2e_jobs, None);
     let t = Instant::now();
     submit_all(&client, specs, args.batch, args.in_flight).await?;
-    wait_completed(&tracker.metrics, done0 + args.e2e_jobs as f64).await?;
+    wait_completed(
+        &tracker.metrics,
+        done0 + args.e2e_jobs as f64,
+        Duration::from_secs(600),
+    )
+    .await?;
     let e2e_secs = t.elapsed().as_secs_f64();
     let e2e_rate = args.e2e_jobs as f64 / e2e_secs;
     let (cpu1, _) = cpu_and_rss(pid)?;
@@ -268,7 +233,12 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     for t in inflight {
         t.await??;
     }
-    wait_completed(&tracker.metrics, done_before + sent as f64).await?;
+    wait_completed(
+        &tracker.metrics,
+        done_before + sent as f64,
+        Duration::from_secs(600),
+    )
+    .await?;
     let h = latencies
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock"))?

@@ -23,7 +23,6 @@ use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 use support::{cpu_and_rss, start_tracker};
 

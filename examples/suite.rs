@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_and_rss, metric, scrape, start_tracker, TrackerProcess};
+use support::{cpu_and_rss, start_tracker, submit_all, TrackerProcess};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Workload {
@@ -119,54 +119,6 @@ fn specs(prefix: &str, group: &str, n: usize) -> Vec<JobSpec> {
         .collect()
 }
 
-/// Submits `all` in calls of `per_call` jobs, `in_flight` calls at once.
-async fn submit(
-    client: &JobClient,
-    all: Vec<JobSpec>,
-    per_call: usize,
-    in_flight: usize,
-) -> Result<()> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    let mut tasks = Vec::new();
-    let mut all = all.into_iter().peekable();
-    while all.peek().is_some() {
-        let chunk: Vec<JobSpec> = all.by_ref().take(per_call).collect();
-        let permit = sem.clone().acquire_owned().await?;
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = client.submit(chunk).await;
-            drop(permit);
-            r
-        }));
-    }
-    for t in tasks {
-        let results = t.await??;
-        if let Some(bad) = results.iter().find(|r| !r.is_accepted()) {
-            bail!("a job was refused: {bad:?}");
-        }
-    }
-    Ok(())
-}
-
-async fn completed(tracker: &TrackerProcess) -> Result<f64> {
-    Ok(metric(
-        &scrape(&tracker.metrics).await?,
-        "lts_jobtracker_jobs_completed_total",
-    ))
-}
-
-/// Waits, polling the tracker's counter, until `target` jobs completed.
-async fn wait_completed(tracker: &TrackerProcess, target: f64, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while completed(tracker).await? < target {
-        if Instant::now() > deadline {
-            bail!("jobs did not complete within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -211,7 +163,7 @@ impl JobRunner for Probe {
 async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let t = Instant::now();
-    submit(
+    submit_all(
         &client,
         specs("single", "w1-single", args.jobs),
         1,
@@ -220,7 +172,7 @@ async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
     .await?;
     let single = args.jobs as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
-    submit(
+    submit_all(
         &client,
         specs("batched", "w1-batched", args.jobs),
         args.batch,
@@ -248,7 +200,7 @@ async fn enqueue_then_drain(
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let (cpu0, _) = cpu_and_rss(pid)?;
     let t = Instant::now();
-    submit(
+    submit_all(
         &client,
         specs(group, group, args.jobs),
         args.batch,
@@ -258,10 +210,15 @@ async fn enqueue_then_drain(
     let submit_rate = args.jobs as f64 / t.elapsed().as_secs_f64();
     let disk = dir_bytes(tracker.dir.path()) as f64 / MIB;
     let (_, rss_queued) = cpu_and_rss(pid)?;
-    let done0 = completed(tracker).await?;
+    let done0 = support::completed(&tracker.metrics).await?;
     let worker = start_tasktracker(&bin_dir(args)?, tracker, group, args.slots)?;
     let t = Instant::now();
-    wait_completed(tracker, done0 + args.jobs as f64, Duration::from_secs(1800)).await?;
+    support::wait_completed(
+        &tracker.metrics,
+        done0 + args.jobs as f64,
+        Duration::from_secs(1800),
+    )
+    .await?;
     let drain_rate = args.jobs as f64 / t.elapsed().as_secs_f64();
     let (cpu1, tracker_rss) = cpu_and_rss(pid)?;
     let (tt_cpu, tt_rss) = cpu_and_rss(worker.0.id())?;
@@ -305,7 +262,7 @@ async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
         stop.clone().cancelled_owned(),
     ));
     let jobs = (f64::from(args.rate) * args.seconds).round() as usize;
-    let done0 = completed(tracker).await?;
+    let done0 = support::completed(&tracker.metrics).await?;
     // One job per call, each sent at its own instant on a fixed schedule
     // (not after the previous call returned), so a slow call shows up as
     // latency of its job and does not thin the rate.
@@ -326,7 +283,12 @@ async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
             bail!("a job was refused: {bad:?}");
         }
     }
-    wait_completed(tracker, done0 + jobs as f64, Duration::from_secs(120)).await?;
+    support::wait_completed(
+        &tracker.metrics,
+        done0 + jobs as f64,
+        Duration::from_secs(120),
+    )
+    .await?;
     stop.cancel();
     let _ = worker.await;
     let mut s = samples

@@ -1,10 +1,15 @@
 //! What the benchmark programs share: the jobtracker as a child process,
-//! its metrics, and its CPU time and memory from /proc.
+//! its metrics, its CPU time and memory from /proc, and submitting many
+//! jobs. Each program uses part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lts_common::JobSpec;
+use lts_jobclient::JobClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `jobtracker` binary running as a child process.
@@ -124,4 +129,55 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Submits `all` in calls of `per_call` jobs, `in_flight` calls at once;
+/// fails if any job is refused.
+pub async fn submit_all(
+    client: &JobClient,
+    all: Vec<JobSpec>,
+    per_call: usize,
+    in_flight: usize,
+) -> Result<()> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut tasks = Vec::new();
+    let mut all = all.into_iter().peekable();
+    while all.peek().is_some() {
+        let chunk: Vec<JobSpec> = all.by_ref().take(per_call).collect();
+        let permit = sem.clone().acquire_owned().await?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client.submit(chunk).await;
+            drop(permit);
+            r
+        }));
+    }
+    for t in tasks {
+        let results = t.await??;
+        if let Some(bad) = results.iter().find(|r| !r.is_accepted()) {
+            bail!("a job was refused: {bad:?}");
+        }
+    }
+    Ok(())
+}
+
+/// The tracker's count of completed jobs, from its metrics at `addr`.
+pub async fn completed(addr: &str) -> Result<f64> {
+    Ok(metric(
+        &scrape(addr).await?,
+        "lts_jobtracker_jobs_completed_total",
+    ))
+}
+
+/// Waits, polling the tracker's metrics at `addr`, until `target` jobs
+/// completed, for at most `limit`.
+pub async fn wait_completed(addr: &str, target: f64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while completed(addr).await? < target {
+        if Instant::now() > deadline {
+            bail!("jobs did not complete within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
