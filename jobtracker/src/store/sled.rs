@@ -1022,7 +1022,10 @@ impl JobStore for SledStore {
             let state = r.job.state;
             let refuse =
                 |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
-            let restore = |index: &mut Index, r: Box<Record>| {
+            let restore = |index: &mut Index, mut r: Box<Record>| {
+                // A write put into the batch is not applied: forget its
+                // stamp (the job's next claim flushes if it needs to).
+                r.unflushed = None;
                 if live {
                     index.live.insert(r.job.job_id.clone(), r);
                 }
