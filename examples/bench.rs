@@ -16,21 +16,20 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use lts_common::{JobSpec, Outcome};
+use lts_common::JobSpec;
 use lts_jobclient::JobClient;
-use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
 mod support;
 use support::{
-    cpu_and_rss, metric, scrape, start_tracker, submit_all, wait_completed, TrackerProcess,
+    cpu_and_rss, metric, scrape, start_tracker, submit_all, wait_completed, ProbeTracker,
+    TrackerProcess,
 };
 
 #[derive(Parser, Clone)]
@@ -73,31 +72,6 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
         _ => Err(format!("{s}: use s or ms")),
-    }
-}
-
-/// Runs nothing; records submit-to-start for jobs that carry a stamp.
-struct Probe {
-    base: Instant,
-    latencies: Arc<Mutex<Histogram<u64>>>,
-}
-
-#[async_trait::async_trait]
-impl JobRunner for Probe {
-    async fn run(&self, ctx: JobContext) -> Outcome {
-        if let Some(stamp) = ctx
-            .job
-            .spec
-            .params
-            .get("t")
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            let now = self.base.elapsed().as_micros() as u64;
-            if let Ok(mut h) = self.latencies.lock() {
-                let _ = h.record(now.saturating_sub(stamp).max(1));
-            }
-        }
-        Outcome::Success(String::new())
     }
 }
 
@@ -150,18 +124,7 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
 
     // 2. End to end with a no-op TaskTracker.
     let base = Instant::now();
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let stop = CancellationToken::new();
-    let mut config = TaskTrackerConfig::new(tracker.url.clone(), "bench");
-    config.slots = args.slots;
-    let task_tracker = tokio::spawn(lts_tasktracker::run(
-        config,
-        Arc::new(Probe {
-            base,
-            latencies: latencies.clone(),
-        }),
-        stop.clone().cancelled_owned(),
-    ));
+    let probe = ProbeTracker::start(&tracker.url, "bench", args.slots, base);
     let (cpu0, _) = cpu_and_rss(pid)?;
     let done0 = metric(
         &scrape(&tracker.metrics).await?,
@@ -239,10 +202,10 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
         Duration::from_secs(600),
     )
     .await?;
-    let h = latencies
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock"))?
-        .clone();
+    let mut h = Histogram::<u64>::new(3)?;
+    for us in probe.samples_us()? {
+        h.record(us)?;
+    }
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
         "submit-to-start at {rate:.0} jobs/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} jobs)",
@@ -270,7 +233,6 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
             .collect();
         println!("{{{}}}", body.join(", "));
     }
-    stop.cancel();
-    let _ = task_tracker.await;
+    probe.stop().await;
     Ok(())
 }

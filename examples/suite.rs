@@ -14,20 +14,17 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use lts_common::{JobSpec, Outcome};
+use lts_common::JobSpec;
 use lts_jobclient::JobClient;
-use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_and_rss, start_tracker, submit_all, TrackerProcess};
+use support::{cpu_and_rss, start_tracker, submit_all, ProbeTracker, TrackerProcess};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Workload {
@@ -135,31 +132,6 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Runs nothing; notes start minus the enqueue stamp in the job's params.
-struct Probe {
-    base: Instant,
-    samples: Arc<Mutex<Vec<f64>>>,
-}
-
-#[async_trait::async_trait]
-impl JobRunner for Probe {
-    async fn run(&self, ctx: JobContext) -> Outcome {
-        let now = self.base.elapsed().as_micros() as u64;
-        if let Some(stamp) = ctx
-            .job
-            .spec
-            .params
-            .get("t")
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            if let Ok(mut s) = self.samples.lock() {
-                s.push(now.saturating_sub(stamp) as f64 / 1000.0);
-            }
-        }
-        Outcome::Success(String::new())
-    }
-}
-
 async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let t = Instant::now();
@@ -249,18 +221,7 @@ async fn w2(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
 async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let base = Instant::now();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let stop = CancellationToken::new();
-    let mut config = TaskTrackerConfig::new(tracker.url.clone(), "w3");
-    config.slots = args.slots;
-    let worker = tokio::spawn(lts_tasktracker::run(
-        config,
-        Arc::new(Probe {
-            base,
-            samples: samples.clone(),
-        }),
-        stop.clone().cancelled_owned(),
-    ));
+    let probe = ProbeTracker::start(&tracker.url, "w3", args.slots, base);
     let jobs = (f64::from(args.rate) * args.seconds).round() as usize;
     let done0 = support::completed(&tracker.metrics).await?;
     // One job per call, each sent at its own instant on a fixed schedule
@@ -289,12 +250,12 @@ async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
         Duration::from_secs(120),
     )
     .await?;
-    stop.cancel();
-    let _ = worker.await;
-    let mut s = samples
-        .lock()
-        .map_err(|_| anyhow::anyhow!("samples lock"))?
-        .clone();
+    let mut s: Vec<f64> = probe
+        .samples_us()?
+        .into_iter()
+        .map(|us| us as f64 / 1000.0)
+        .collect();
+    probe.stop().await;
     s.sort_by(f64::total_cmp);
     let q = |p: f64| s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1];
     if s.is_empty() {

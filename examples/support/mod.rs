@@ -4,13 +4,16 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lts_common::JobSpec;
+use lts_common::Outcome;
 use lts_jobclient::JobClient;
+use lts_tasktracker::{JobContext, JobRunner, TaskTrackerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// The `jobtracker` binary running as a child process.
 pub struct TrackerProcess {
@@ -180,4 +183,76 @@ pub async fn wait_completed(addr: &str, target: f64, limit: Duration) -> Result<
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Runs nothing; for a job whose `t` param holds microseconds since `base`
+/// (stamped just before its submit), notes start minus stamp.
+struct Probe {
+    base: Instant,
+    samples_us: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl JobRunner for Probe {
+    async fn run(&self, ctx: JobContext) -> Outcome {
+        let now = self.base.elapsed().as_micros() as u64;
+        if let Some(stamp) = ctx
+            .job
+            .spec
+            .params
+            .get("t")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            if let Ok(mut s) = self.samples_us.lock() {
+                s.push(now.saturating_sub(stamp).max(1));
+            }
+        }
+        Outcome::Success(String::new())
+    }
+}
+
+/// A TaskTracker in this process whose runner notes submit-to-start.
+pub struct ProbeTracker {
+    samples_us: Arc<Mutex<Vec<u64>>>,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl ProbeTracker {
+    /// Connects to the tracker at `url` for `group` with `slots` slots;
+    /// stamps are microseconds since `base`.
+    pub fn start(url: &str, group: &str, slots: u32, base: Instant) -> ProbeTracker {
+        let samples_us = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let mut config = TaskTrackerConfig::new(url.to_string(), group);
+        config.slots = slots;
+        let runner = Arc::new(Probe {
+            base,
+            samples_us: samples_us.clone(),
+        });
+        let done = stop.clone().cancelled_owned();
+        let handle = tokio::spawn(async move {
+            let _ = lts_tasktracker::run(config, runner, done).await;
+        });
+        ProbeTracker {
+            samples_us,
+            stop,
+            handle,
+        }
+    }
+
+    /// Submit-to-start of every stamped job so far, in microseconds.
+    pub fn samples_us(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .samples_us
+            .lock()
+            .map_err(|_| anyhow::anyhow!("samples lock"))?
+            .clone())
+    }
+
+    /// Stops the TaskTracker and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
 }
