@@ -1052,4 +1052,34 @@ mod sled_attempts {
         s.recover(NOW + 1).await.expect("recover");
         assert!(claim_attempt(&*s, NOW + 1).await > before);
     }
+
+    #[tokio::test]
+    async fn a_directory_in_use_is_refused_and_reopens_once_released() {
+        let b = sled();
+        let s = fresh(&b).await;
+        s.submit(vec![spec("a", "g")], NOW).await.expect("submit");
+        let err = match SledStore::open(b.0.path()) {
+            Ok(_) => panic!("a second store opened a directory in use"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("in use by another JobTracker"), "{err}");
+        assert!(err.contains(&b.0.path().display().to_string()), "{err}");
+        drop(s);
+        // Closing and reopening in a row, with writes in between, never
+        // trips over the previous store's lock.
+        for round in 1..20 {
+            let s = b.open();
+            s.recover(NOW + round).await.expect("recover");
+            s.submit(vec![spec(&format!("r{round}"), "g")], NOW + round)
+                .await
+                .expect("submit");
+        }
+        let s = b.open();
+        s.recover(NOW + 20).await.expect("recover");
+        let (jobs, _) = s
+            .list(&ListFilter::default(), 100, None)
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 20, "every job submitted across the reopens");
+    }
 }

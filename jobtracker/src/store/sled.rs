@@ -295,6 +295,38 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// How long an open waits for the data directory's lock.
+///
+/// A store closed in this process releases the lock only when sled's last
+/// background write for it ends, a few milliseconds later; a reopen (a
+/// restart within the process) waits that out. A directory held by
+/// another process is still refused, after the wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sled reports a held lock as an I/O error of kind `Other` with this text.
+fn is_lock_conflict(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+fn open_locked(config: &::sled::Config, dir: &Path) -> Result<::sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) if is_lock_conflict(&e) => {
+                return Err(Error::Store(format!(
+                    "cannot open {}: the data directory is in use by another JobTracker ({e})",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(Error::Store(format!("cannot open {}: {e}", dir.display()))),
+        }
+    }
+}
+
 fn job_key(job_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + job_id.len());
     k.push(b'j');
@@ -336,7 +368,7 @@ impl SledStore {
                 dir.display()
             ))
         })?;
-        let db = ::sled::Config::new()
+        let config = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
             .mode(::sled::Mode::HighThroughput)
             // Live jobs are served from the in-memory index; the page cache
@@ -344,9 +376,8 @@ impl SledStore {
             // made the tracker's memory grow with the queue.
             .cache_capacity(SLED_CACHE_BYTES)
             // Flushes come from the store's own flush thread only.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;
+            .flush_every_ms(None);
+        let db = open_locked(&config, dir)?;
         let tree = db.open_tree("lts")?;
         match tree.get(b"mschema_version")? {
             Some(v) => {
