@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -494,6 +495,27 @@ pub struct CycleStep {
     pub next: Option<i64>,
 }
 
+/// Parsed cron expressions by (expression, zone): a cron job fires every
+/// cycle, and parsing its expression each time cost more than the step.
+fn parsed_cron(expression: &str, time_zone: &str) -> Option<Arc<lts_common::cron::CronSchedule>> {
+    type Cache = HashMap<(String, String), Arc<lts_common::cron::CronSchedule>>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    /// Distinct expressions kept; past it the cache starts over.
+    const MAX_ENTRIES: usize = 4_096;
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (expression.to_string(), time_zone.to_string());
+    if let Some(c) = cache.lock().ok()?.get(&key) {
+        return Some(c.clone());
+    }
+    let parsed = Arc::new(lts_common::cron::CronSchedule::parse(expression, time_zone).ok()?);
+    let mut map = cache.lock().ok()?;
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, parsed.clone());
+    Some(parsed)
+}
+
 /// Decides, for a cycle point `point` that is due at `now_ms`, whether it
 /// fires and which point comes next, by the job's misfire policy:
 /// - on time (within [`MISFIRE_GRACE_MS`]): fire, next is the point after;
@@ -512,7 +534,7 @@ pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
             time_zone,
             misfire,
         } => {
-            let Ok(cron) = lts_common::cron::CronSchedule::parse(expression, time_zone) else {
+            let Some(cron) = parsed_cron(expression, time_zone) else {
                 return CycleStep {
                     fire: false,
                     next: None,

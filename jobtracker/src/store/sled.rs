@@ -50,6 +50,12 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// waits in the queue, and at the point only the dispatch remains to do.
 pub const FIRE_AHEAD_MS: i64 = 500;
 
+/// Cycles fired under one hold of the index lock.
+const FIRE_CHUNK: usize = 256;
+
+/// Cycles fired by one [`JobStore::fire_due`] call at most.
+const FIRE_MAX_PER_CALL: usize = 10_240;
+
 /// Ordering key of a ready job: priority, trigger time, submit order.
 type ReadyKey = (i32, i64, u64);
 /// Ordering key of a job waiting for its trigger time.
@@ -934,56 +940,67 @@ impl JobStore for SledStore {
 
     async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
         let mut groups = Vec::new();
-        {
-            let mut index = self.lock();
-            let mut batch = ::sled::Batch::default();
-            let mut wrote = false;
-            // Bounded so a backlog of missed points (fire-all after a long
-            // outage) cannot hold the lock for long; the rest fire next call.
-            for _ in 0..10_000 {
-                let Some((&(at, seq), _)) = index.timers.first_key_value() else {
-                    break;
-                };
-                if at > now_ms + FIRE_AHEAD_MS {
-                    break;
-                }
-                let Some(id) = index.timers.remove(&(at, seq)) else {
-                    break;
-                };
-                let Some(mut r) = index.live.remove(&id) else {
-                    continue;
-                };
-                if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
-                    index.live.insert(id, r);
-                    continue;
-                }
-                if r.job.spec.rely_on_prev_cycle {
-                    if let Some(prev) = r.last_child.clone() {
-                        let running = index
-                            .live
-                            .get(&prev)
-                            .is_some_and(|c| !c.job.state.is_final());
-                        if running {
-                            // Parked until `prev` ends (see `complete`).
-                            index.waiting.insert(prev, id.clone());
-                            index.live.insert(id, r);
-                            continue;
+        // Bounded so a backlog of missed points (fire-all after a long
+        // outage) cannot hold the call for long; the rest fire next call.
+        // The lock is taken per chunk, so claims and outcomes go on
+        // between chunks while many jobs fire at the same instant.
+        let mut chunks = FIRE_MAX_PER_CALL / FIRE_CHUNK;
+        let mut more = true;
+        while more && chunks > 0 {
+            chunks -= 1;
+            more = false;
+            {
+                let mut index = self.lock();
+                let mut batch = ::sled::Batch::default();
+                let mut wrote = false;
+                for n in 0..=FIRE_CHUNK {
+                    if n == FIRE_CHUNK {
+                        more = true;
+                        break;
+                    }
+                    let Some((&(at, seq), _)) = index.timers.first_key_value() else {
+                        break;
+                    };
+                    if at > now_ms + FIRE_AHEAD_MS {
+                        break;
+                    }
+                    let Some(id) = index.timers.remove(&(at, seq)) else {
+                        break;
+                    };
+                    let Some(mut r) = index.live.remove(&id) else {
+                        continue;
+                    };
+                    if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
+                        index.live.insert(id, r);
+                        continue;
+                    }
+                    if r.job.spec.rely_on_prev_cycle {
+                        if let Some(prev) = r.last_child.clone() {
+                            let running = index
+                                .live
+                                .get(&prev)
+                                .is_some_and(|c| !c.job.state.is_final());
+                            if running {
+                                // Parked until `prev` ends (see `complete`).
+                                index.waiting.insert(prev, id.clone());
+                                index.live.insert(id, r);
+                                continue;
+                            }
                         }
                     }
-                }
-                let point = r.job.trigger_at_ms;
-                let step = cycle_step(&r.job.spec.schedule, point, now_ms);
-                wrote = true;
-                if step.fire {
-                    if let Some(child) =
-                        self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
-                    {
-                        r.last_child = Some(child);
-                        groups.push(r.job.spec.task_tracker_node_group.clone());
-                    }
-                } else {
-                    let missed_by = now_ms - point;
-                    r.log(
+                    let point = r.job.trigger_at_ms;
+                    let step = cycle_step(&r.job.spec.schedule, point, now_ms);
+                    wrote = true;
+                    if step.fire {
+                        if let Some(child) =
+                            self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
+                        {
+                            r.last_child = Some(child);
+                            groups.push(r.job.spec.task_tracker_node_group.clone());
+                        }
+                    } else {
+                        let missed_by = now_ms - point;
+                        r.log(
                         LogEntry::new(
                             "",
                             LogKind::Retry,
@@ -995,30 +1012,39 @@ impl JobStore for SledStore {
                         ),
                         now_ms,
                     );
-                }
-                let exhausted = matches!(
-                    r.job.spec.schedule,
-                    Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
-                );
-                match step.next {
-                    Some(next) if !exhausted => r.job.trigger_at_ms = next,
-                    _ => {
-                        r.job.state = JobState::Succeeded;
-                        r.log(
-                            LogEntry::new("", LogKind::Outcome, r.job.attempt, "no cycles left"),
-                            now_ms,
-                        );
+                    }
+                    let exhausted = matches!(
+                        r.job.spec.schedule,
+                        Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
+                    );
+                    match step.next {
+                        Some(next) if !exhausted => r.job.trigger_at_ms = next,
+                        _ => {
+                            r.job.state = JobState::Succeeded;
+                            r.log(
+                                LogEntry::new(
+                                    "",
+                                    LogKind::Outcome,
+                                    r.job.attempt,
+                                    "no cycles left",
+                                ),
+                                now_ms,
+                            );
+                        }
+                    }
+                    r.job.updated_at_ms = now_ms;
+                    self.put_record(&mut batch, &mut r)?;
+                    if r.job.state == JobState::Pending {
+                        index.enqueue(&r.job, now_ms);
+                        index.live.insert(id, r);
                     }
                 }
-                r.job.updated_at_ms = now_ms;
-                self.put_record(&mut batch, &mut r)?;
-                if r.job.state == JobState::Pending {
-                    index.enqueue(&r.job, now_ms);
-                    index.live.insert(id, r);
+                if wrote {
+                    self.commit(batch)?;
                 }
             }
-            if wrote {
-                self.commit(batch)?;
+            if more {
+                tokio::task::yield_now().await;
             }
         }
         if !groups.is_empty() {
