@@ -37,16 +37,21 @@ struct Args {
     /// TaskTracker slots.
     #[arg(long, default_value_t = 1024)]
     slots: u32,
+    /// TaskTracker ahead slots (jobs held before their instant); default:
+    /// one per cron job, so a whole second's cycles are sent ahead.
+    #[arg(long)]
+    ahead_slots: Option<u32>,
     /// Path of the jobtracker binary; default: beside this program.
     #[arg(long)]
     jobtracker_bin: Option<std::path::PathBuf>,
 }
 
-/// Records, per cycle, when its runner started.
+/// (cron job task id, point) -> (runs, first start - point in ms).
+type Runs = HashMap<(String, i64), (u32, i64)>;
+
+/// Records, per cycle, how often it ran and how late it first started.
 struct Probe {
-    delays: Arc<Mutex<Histogram<u64>>>,
-    /// (cron job task id, point) -> runs.
-    runs: Arc<Mutex<HashMap<(String, i64), u32>>>,
+    runs: Arc<Mutex<Runs>>,
 }
 
 #[async_trait::async_trait]
@@ -56,11 +61,10 @@ impl JobRunner for Probe {
         let task = &ctx.job.spec.task_id;
         if let Some((parent, point)) = task.rsplit_once('@') {
             if let Ok(point) = point.parse::<i64>() {
-                if let Ok(mut h) = self.delays.lock() {
-                    let _ = h.record((now - point).max(0) as u64);
-                }
                 if let Ok(mut r) = self.runs.lock() {
-                    *r.entry((parent.to_string(), point)).or_insert(0) += 1;
+                    r.entry((parent.to_string(), point))
+                        .or_insert((0, now - point))
+                        .0 += 1;
                 }
             }
         }
@@ -74,17 +78,16 @@ async fn main() -> Result<()> {
     let tracker = start_tracker(args.jobtracker_bin.as_deref()).await?;
     let pid = tracker.child.id();
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
-    let delays = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let runs = Arc::new(Mutex::new(HashMap::new()));
     let stop = CancellationToken::new();
     let mut config = TaskTrackerConfig::new(tracker.url.clone(), "cron-bench");
     config.slots = args.slots;
+    config.ahead_slots = args
+        .ahead_slots
+        .unwrap_or(args.jobs.min(lts_common::limits::MAX_AHEAD_SLOTS as usize) as u32);
     let task_tracker = tokio::spawn(lts_tasktracker::run(
         config,
-        Arc::new(Probe {
-            delays: delays.clone(),
-            runs: runs.clone(),
-        }),
+        Arc::new(Probe { runs: runs.clone() }),
         stop.clone().cancelled_owned(),
     ));
 
@@ -117,18 +120,26 @@ async fn main() -> Result<()> {
     let _ = task_tracker.await;
 
     let runs = runs.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
-    let (mut missed, mut doubled) = (0usize, 0usize);
+    // Only the points of the measured seconds count.
+    let (mut missed, mut doubled, mut early) = (0usize, 0usize, 0usize);
+    let mut h = Histogram::<u64>::new(3)?;
     for i in 0..args.jobs {
         let task = format!("cron-{i}");
         for s in start_s..end_s {
             match runs.get(&(task.clone(), s * 1000)) {
                 None => missed += 1,
-                Some(1) => {}
-                Some(_) => doubled += 1,
+                Some(&(n, delay)) => {
+                    if n > 1 {
+                        doubled += 1;
+                    }
+                    if delay < 0 {
+                        early += 1;
+                    }
+                    h.record(delay.max(0) as u64)?;
+                }
             }
         }
     }
-    let h = delays.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
     let expected = args.jobs * args.seconds as usize;
     println!(
         "{} cron jobs every second, {} s measured: {expected} cycles expected",
@@ -141,7 +152,7 @@ async fn main() -> Result<()> {
         h.max()
     );
     println!(
-        "cycles not run by the end of the window (late; each point still fires once): {missed}, cycles run twice: {doubled}"
+        "cycles not run by the end of the window (late; each point still fires once): {missed}, cycles run twice: {doubled}, started before their point: {early}"
     );
     println!(
         "jobtracker CPU: {:.0}% of one core ({:.1} us per cycle)",

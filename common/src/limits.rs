@@ -20,6 +20,10 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 /// Most slots one TaskTracker may offer.
 pub const MAX_SLOTS: u32 = 10_000;
+
+/// Most assignments not yet due a TaskTracker holds at once (its
+/// `--ahead-slots`).
+pub const MAX_AHEAD_SLOTS: u32 = 100_000;
 /// Largest gRPC message any role accepts (a submit batch of large payloads).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest message kept from an outcome or a biz log line, in bytes; longer

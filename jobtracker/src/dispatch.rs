@@ -6,6 +6,12 @@
 //! call, and the store gives each to the TaskTracker with the most credits
 //! left. The loop sleeps until a submit, a credit, an outcome that
 //! re-queued a job, or the next delayed job's trigger time.
+//!
+//! A TaskTracker that offers ahead slots also gets jobs up to [`AHEAD_MS`]
+//! before their trigger time (cron cycles, jobs at a time, delayed
+//! retries), marked with the instant they start at: thousands of jobs due
+//! at the same instant then start at it, instead of queueing behind their
+//! own claims and sends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +28,10 @@ use crate::store::JobStore;
 /// Most jobs one claim asks for.
 const MAX_CLAIM: usize = 1024;
 
+/// How long before its trigger time a job may be sent to a TaskTracker with
+/// ahead slots.
+pub const AHEAD_MS: i64 = 1_000;
+
 /// The outbound half of a TaskTracker's stream.
 pub type Outbound = mpsc::UnboundedSender<Result<pb::TrackerMessage, tonic::Status>>;
 
@@ -29,6 +39,8 @@ struct Worker {
     identity: String,
     tx: Outbound,
     credits: usize,
+    /// Assignments it can still hold ahead of their time.
+    ahead_credits: usize,
     /// Runs in flight there, with the time each job became ready.
     running: HashMap<(String, u32), i64>,
 }
@@ -76,6 +88,7 @@ impl Dispatcher {
         node_group: &str,
         identity: &str,
         slots: u32,
+        ahead_slots: u32,
         tx: Outbound,
     ) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +114,7 @@ impl Dispatcher {
                 identity: identity.to_string(),
                 tx,
                 credits: slots as usize,
+                ahead_credits: ahead_slots as usize,
                 running: HashMap::new(),
             },
         );
@@ -130,11 +144,12 @@ impl Dispatcher {
         }
     }
 
-    /// A TaskTracker freed `n` slots.
-    pub fn add_credits(&self, node_group: &str, conn: u64, n: u32) {
+    /// A TaskTracker freed `n` slots and `ahead` ahead slots.
+    pub fn add_credits(&self, node_group: &str, conn: u64, n: u32, ahead: u32) {
         if let Some(group) = lock(&self.groups).get(node_group).cloned() {
             if let Some(w) = lock(&group.workers).get_mut(&conn) {
                 w.credits = w.credits.saturating_add(n as usize);
+                w.ahead_credits = w.ahead_credits.saturating_add(ahead as usize);
             }
             group.wake.notify_one();
         }
@@ -212,100 +227,80 @@ impl Dispatcher {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let grants: Vec<(u64, String, usize)> = {
+            let (grants, ahead_grants) = {
                 let workers = lock(&group.workers);
-                let mut grants: Vec<(u64, String, usize)> = workers
-                    .iter()
-                    .filter(|(_, w)| w.credits > 0)
-                    .map(|(conn, w)| (*conn, w.identity.clone(), w.credits.min(MAX_CLAIM)))
-                    .collect();
-                // Stable order so ties go the same way.
-                grants.sort_by_key(|g| g.0);
-                grants
+                let grants_of = |credits: fn(&Worker) -> usize| {
+                    let mut grants: Vec<(u64, String, usize)> = workers
+                        .iter()
+                        .filter(|(_, w)| credits(w) > 0)
+                        .map(|(conn, w)| (*conn, w.identity.clone(), credits(w).min(MAX_CLAIM)))
+                        .collect();
+                    // Stable order so ties go the same way.
+                    grants.sort_by_key(|g| g.0);
+                    grants
+                };
+                (grants_of(|w| w.credits), grants_of(|w| w.ahead_credits))
             };
-            if grants.is_empty() {
+            if grants.is_empty() && ahead_grants.is_empty() {
                 tokio::select! {
                     _ = group.wake.notified() => continue,
                     _ = self.shutdown.cancelled() => return,
                 }
             }
-            let store_grants: Vec<(String, usize)> =
-                grants.iter().map(|(_, id, n)| (id.clone(), *n)).collect();
-            let claimed = match self
-                .store
-                .claim(&group.name, &store_grants, lts_common::now_ms())
-                .await
-            {
-                Ok(c) => {
-                    store_errors = 0;
-                    c
-                }
-                Err(e) => {
-                    store_errors = store_errors.saturating_add(1);
-                    let backoff = Duration::from_millis(50u64 << store_errors.min(6));
-                    tracing::warn!(node_group = %group.name, "claim failed, retrying in {backoff:?}: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => continue,
-                        _ = self.shutdown.cancelled() => return,
-                    }
-                }
-            };
+            let now = lts_common::now_ms();
             let mut handed = 0usize;
-            let mut orphans: Vec<(String, u32)> = Vec::new();
-            {
-                let mut workers = lock(&group.workers);
-                for ((conn, _, _), jobs) in grants.iter().zip(claimed.per_grant) {
-                    if jobs.is_empty() {
-                        continue;
+            let mut next_ready_at_ms: Option<i64> = None;
+            let mut failed = None;
+            for ahead in [false, true] {
+                let grants = if ahead { &ahead_grants } else { &grants };
+                if grants.is_empty() {
+                    continue;
+                }
+                let store_grants: Vec<(String, usize)> =
+                    grants.iter().map(|(_, id, n)| (id.clone(), *n)).collect();
+                let claimed = if ahead {
+                    self.store
+                        .claim_ahead(&group.name, &store_grants, now, now + AHEAD_MS)
+                        .await
+                } else {
+                    self.store.claim(&group.name, &store_grants, now).await
+                };
+                let claimed = match claimed {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
-                    let Some(w) = workers.get_mut(conn) else {
-                        orphans.extend(jobs.iter().map(|j| (j.job_id.clone(), j.attempt)));
-                        continue;
-                    };
-                    w.credits = w.credits.saturating_sub(jobs.len());
-                    handed += jobs.len();
-                    let mut assignments = Vec::with_capacity(jobs.len());
-                    for job in jobs {
-                        let ready_at = job.trigger_at_ms.max(job.submitted_at_ms);
-                        w.running
-                            .insert((job.job_id.clone(), job.attempt), ready_at);
-                        let attempt = job.attempt;
-                        assignments.push(pb::Assignment {
-                            job: Some(job.into()),
-                            attempt,
-                        });
-                    }
-                    let msg = pb::TrackerMessage {
-                        kind: Some(pb::tracker_message::Kind::Assignments(pb::Assignments {
-                            assignments,
-                        })),
-                    };
-                    if w.tx.send(Ok(msg)).is_err() {
-                        // The stream is gone; its session puts the runs
-                        // back when it unregisters.
-                        tracing::debug!(worker = %w.identity, "assignment to a closed stream");
-                    }
+                };
+                // When the loop has something to do next: the next delayed
+                // job is due, or (from a store that sends ahead) may be sent.
+                let next = claimed
+                    .next_ready_at_ms
+                    .map(|at| if ahead { at - AHEAD_MS } else { at });
+                next_ready_at_ms = match (next_ready_at_ms, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                handed += self
+                    .hand_out(&group, grants, claimed.per_grant, ahead)
+                    .await;
+            }
+            if let Some(e) = failed {
+                store_errors = store_errors.saturating_add(1);
+                let backoff = Duration::from_millis(50u64 << store_errors.min(6));
+                tracing::warn!(node_group = %group.name, "claim failed, retrying in {backoff:?}: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = self.shutdown.cancelled() => return,
                 }
             }
-            self.metrics.dispatched.inc_by(handed as u64);
-            if !orphans.is_empty() {
-                if let Err(e) = self
-                    .store
-                    .requeue(
-                        &orphans,
-                        "its TaskTracker left before the run was sent",
-                        lts_common::now_ms(),
-                    )
-                    .await
-                {
-                    tracing::error!("cannot put back {} runs: {e}", orphans.len());
-                }
-            }
+            store_errors = 0;
             if handed > 0 {
                 continue;
             }
-            // Nothing ready: sleep until woken or until the next delayed job.
-            let sleep = match claimed.next_ready_at_ms {
+            // Nothing ready: sleep until woken or until the next delayed job
+            // is due (or may be sent ahead).
+            let sleep = match next_ready_at_ms {
                 Some(at) => {
                     Duration::from_millis((at - lts_common::now_ms()).clamp(1, 60_000) as u64)
                 }
@@ -319,5 +314,77 @@ impl Dispatcher {
                 _ = self.shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Sends claimed jobs to their TaskTrackers (`ahead`: marked with the
+    /// instant they start at); puts back those whose TaskTracker left.
+    /// Returns how many were sent.
+    async fn hand_out(
+        &self,
+        group: &Group,
+        grants: &[(u64, String, usize)],
+        per_grant: Vec<Vec<lts_common::Job>>,
+        ahead: bool,
+    ) -> usize {
+        let mut handed = 0usize;
+        let mut orphans: Vec<(String, u32)> = Vec::new();
+        {
+            let mut workers = lock(&group.workers);
+            for ((conn, _, _), jobs) in grants.iter().zip(per_grant) {
+                if jobs.is_empty() {
+                    continue;
+                }
+                let Some(w) = workers.get_mut(conn) else {
+                    orphans.extend(jobs.iter().map(|j| (j.job_id.clone(), j.attempt)));
+                    continue;
+                };
+                if ahead {
+                    w.ahead_credits = w.ahead_credits.saturating_sub(jobs.len());
+                } else {
+                    w.credits = w.credits.saturating_sub(jobs.len());
+                }
+                handed += jobs.len();
+                let mut assignments = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let ready_at = job.trigger_at_ms.max(job.submitted_at_ms);
+                    w.running
+                        .insert((job.job_id.clone(), job.attempt), ready_at);
+                    let attempt = job.attempt;
+                    // An instant of 0 means "now" on the wire; a trigger time
+                    // never is 0 in practice, but keep the mark non-zero.
+                    let not_before_unix_ms = if ahead { job.trigger_at_ms.max(1) } else { 0 };
+                    assignments.push(pb::Assignment {
+                        job: Some(job.into()),
+                        attempt,
+                        not_before_unix_ms,
+                    });
+                }
+                let msg = pb::TrackerMessage {
+                    kind: Some(pb::tracker_message::Kind::Assignments(pb::Assignments {
+                        assignments,
+                    })),
+                };
+                if w.tx.send(Ok(msg)).is_err() {
+                    // The stream is gone; its session puts the runs
+                    // back when it unregisters.
+                    tracing::debug!(worker = %w.identity, "assignment to a closed stream");
+                }
+            }
+        }
+        self.metrics.dispatched.inc_by(handed as u64);
+        if !orphans.is_empty() {
+            if let Err(e) = self
+                .store
+                .requeue(
+                    &orphans,
+                    "its TaskTracker left before the run was sent",
+                    lts_common::now_ms(),
+                )
+                .await
+            {
+                tracing::error!("cannot put back {} runs: {e}", orphans.len());
+            }
+        }
+        handed
     }
 }

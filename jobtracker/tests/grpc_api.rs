@@ -96,13 +96,27 @@ struct Peer {
 }
 
 fn hello(group: &str, slots: u32, version: u32) -> pb::WorkerMessage {
+    hello_ahead(group, slots, version, 0)
+}
+
+fn hello_ahead(group: &str, slots: u32, version: u32, ahead_slots: u32) -> pb::WorkerMessage {
     pb::WorkerMessage {
         kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
             identity: format!("peer-{group}-{slots}"),
             node_group: group.into(),
             slots,
             protocol_version: version,
+            ahead_slots,
         })),
+    }
+}
+
+fn at(task: &str, group: &str, at_unix_ms: i64) -> pb::JobSpec {
+    pb::JobSpec {
+        schedule: Some(pb::Schedule {
+            kind: Some(pb::schedule::Kind::At(pb::At { at_unix_ms })),
+        }),
+        ..job(task, group)
     }
 }
 
@@ -128,7 +142,20 @@ impl Peer {
                 .expect("stream ok")
                 .expect("stream open");
             match m.kind.expect("message kind") {
-                pb::tracker_message::Kind::Heartbeat(_) => continue,
+                pb::tracker_message::Kind::Heartbeat(_) => {
+                    // Answer, as a TaskTracker does, so a long wait does
+                    // not end the stream for silence.
+                    let beat = pb::Heartbeat {
+                        at_unix_ms: lts_common::now_ms(),
+                    };
+                    let _ = self
+                        .tx
+                        .send(pb::WorkerMessage {
+                            kind: Some(pb::worker_message::Kind::Heartbeat(beat)),
+                        })
+                        .await;
+                    continue;
+                }
                 k => return k,
             }
         }
@@ -604,5 +631,96 @@ async fn health_and_cancel() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_due_soon_go_ahead_to_task_trackers_with_ahead_slots_only() {
+    let t = TestTracker::start().await;
+    let mut c = t.jobs().await;
+    // Far enough ahead that a slow machine still submits before the time.
+    let due = lts_common::now_ms() + 3_000;
+    let submit = |task: &str, group: &str| {
+        let spec = at(task, group, due);
+        let mut c = c.clone();
+        async move {
+            job_id(
+                &c.submit_jobs(pb::SubmitJobsRequest { jobs: vec![spec] })
+                    .await
+                    .expect("submit")
+                    .into_inner()
+                    .results[0],
+            )
+        }
+    };
+    let submit_now = |c: &mut JobServiceClient<Channel>, task: &str, group: &str| {
+        let spec = job(task, group);
+        let mut c = c.clone();
+        async move {
+            job_id(
+                &c.submit_jobs(pb::SubmitJobsRequest { jobs: vec![spec] })
+                    .await
+                    .expect("submit")
+                    .into_inner()
+                    .results[0],
+            )
+        }
+    };
+    let early = submit("early", "ahead").await;
+    let plain = submit("plain", "plain").await;
+
+    // A TaskTracker with ahead slots gets the job before its time, marked
+    // with the instant it starts at, on an ahead slot.
+    let mut peer = open_work(
+        &t.addr,
+        hello_ahead("ahead", 1, lts_proto::PROTOCOL_VERSION, 8),
+    )
+    .await
+    .expect("accepted");
+    let a = peer.assignments().await;
+    let received_at = lts_common::now_ms();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].job.as_ref().expect("job").job_id, early);
+    assert_eq!(a[0].not_before_unix_ms, due);
+    assert!(received_at < due, "sent at {received_at}, due at {due}");
+    let job = wait_for_state(&mut c, &early, pb::JobState::Running).await;
+    assert_eq!(job.attempt, 1);
+    // Its one slot is still free: a job due now goes there at once.
+    let now_id = submit_now(&mut c, "now", "ahead").await;
+    let b = peer.assignments().await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].job.as_ref().expect("job").job_id, now_id);
+    assert_eq!(b[0].not_before_unix_ms, 0);
+    // The execution log says when the ahead run starts.
+    let log = c
+        .get_job_log(pb::GetJobLogRequest {
+            job_id: early.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("log")
+        .into_inner()
+        .entries;
+    assert!(
+        log.iter().any(|l| l.message.contains("ahead of its time")),
+        "{log:?}"
+    );
+    peer.report(
+        &early,
+        1,
+        pb::outcome::Kind::Success(pb::Success::default()),
+    )
+    .await;
+    wait_for_state(&mut c, &early, pb::JobState::Succeeded).await;
+
+    // One without ahead slots gets it only once it is due.
+    let mut old = open_work(&t.addr, hello("plain", 1, lts_proto::PROTOCOL_VERSION))
+        .await
+        .expect("accepted");
+    let a = old.assignments().await;
+    let received_at = lts_common::now_ms();
+    assert_eq!(a[0].job.as_ref().expect("job").job_id, plain);
+    assert_eq!(a[0].not_before_unix_ms, 0);
+    assert!(received_at >= due, "sent at {received_at}, due at {due}");
     t.stop().await;
 }

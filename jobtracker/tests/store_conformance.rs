@@ -1082,4 +1082,124 @@ mod sled_attempts {
             .expect("list");
         assert_eq!(jobs.len(), 20, "every job submitted across the reopens");
     }
+
+    #[tokio::test]
+    async fn jobs_due_soon_are_claimed_ahead_in_trigger_order() {
+        let b = sled();
+        let s = fresh(&b).await;
+        let at = |task: &str, when: i64| {
+            let mut sp = spec(task, "g");
+            sp.schedule = Schedule::At(when);
+            sp
+        };
+        s.submit(
+            vec![
+                at("late", NOW + 2_000),
+                at("b", NOW + 500),
+                at("a", NOW + 100),
+            ],
+            NOW,
+        )
+        .await
+        .expect("submit");
+        // Nothing is due yet.
+        assert!(claim_one(&*s, "g", NOW).await.is_none());
+        let c = s
+            .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
+            .await
+            .expect("claim ahead");
+        let got: Vec<(String, i64, u32, JobState)> = c.per_grant[0]
+            .iter()
+            .map(|j| (j.spec.task_id.clone(), j.trigger_at_ms, j.attempt, j.state))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), NOW + 100, 1, JobState::Running),
+                ("b".to_string(), NOW + 500, 1, JobState::Running),
+            ]
+        );
+        assert_eq!(c.next_ready_at_ms, Some(NOW + 2_000));
+        // The one beyond the horizon is claimed when due, once.
+        assert!(s
+            .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
+            .await
+            .expect("claim ahead")
+            .per_grant[0]
+            .is_empty());
+        let late = claim_one(&*s, "g", NOW + 2_000).await.expect("due");
+        assert_eq!(late.spec.task_id, "late");
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_store_opens_with_its_task_ids_still_taken() {
+        let b = sled();
+        let id = {
+            let s = fresh(&b).await;
+            created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0])
+        };
+        // Make it look like schema 1: the version, and a task-id key.
+        {
+            let db = sled::open(b.0.path().join("jobs.sled")).expect("raw open");
+            let tree = db.open_tree("lts").expect("tree");
+            tree.insert(b"mschema_version", &1u64.to_be_bytes())
+                .expect("version");
+            tree.insert(b"tg\0a", id.as_bytes()).expect("task key");
+            db.flush().expect("flush");
+        }
+        let s = b.open();
+        s.recover(NOW + 1).await.expect("recover");
+        let r = s
+            .submit(vec![spec("a", "g"), spec("b", "g")], NOW + 1)
+            .await
+            .expect("submit");
+        assert!(
+            matches!(&r[0], SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) if *job_id == id),
+            "{r:?}"
+        );
+        created(&r[1]);
+        let by_task = s.get_by_task("g", "a").await.expect("get").expect("found");
+        assert_eq!(by_task.job_id, id);
+        drop(s);
+        let db = sled::open(b.0.path().join("jobs.sled")).expect("raw open");
+        let tree = db.open_tree("lts").expect("tree");
+        assert_eq!(
+            tree.scan_prefix(b"t").count(),
+            0,
+            "schema 1 task keys dropped"
+        );
+        assert_eq!(
+            tree.get(b"mschema_version")
+                .expect("get")
+                .map(|v| v.to_vec()),
+            Some(2u64.to_be_bytes().to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_a_replaced_task_id_belongs_to_its_replacement() {
+        let b = sled();
+        let newer = {
+            let s = fresh(&b).await;
+            created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
+            let mut again = spec("a", "g");
+            again.replace_on_exist = true;
+            match &s.submit(vec![again], NOW + 1).await.expect("replace")[0] {
+                SubmitResult::Replaced { job_id, .. } => job_id.clone(),
+                other => panic!("expected a replacement, got {other:?}"),
+            }
+        };
+        let s = b.open();
+        s.recover(NOW + 2).await.expect("recover");
+        let holder = s.get_by_task("g", "a").await.expect("get").expect("found");
+        assert_eq!(holder.job_id, newer);
+        let r = s
+            .submit(vec![spec("a", "g")], NOW + 2)
+            .await
+            .expect("submit");
+        assert!(
+            matches!(&r[0], SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) if *job_id == newer),
+            "{r:?}"
+        );
+    }
 }

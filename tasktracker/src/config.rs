@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lts_common::limits::{check_node_group, MAX_SLOTS};
+use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
 
 use crate::error::{Error, Result};
 
@@ -17,6 +17,10 @@ pub struct TaskTrackerConfig {
     pub node_group: String,
     /// Jobs run at the same time.
     pub slots: u32,
+    /// Jobs sent ahead of their trigger time (cron cycles, jobs at a time)
+    /// held at once, each started at its instant; they take no slot while
+    /// held. 0: the JobTracker sends every job once it is due.
+    pub ahead_slots: u32,
     /// Name of this process as the JobTracker shows it; unique per process.
     pub identity: String,
     /// First wait before reconnecting after the stream to the JobTracker
@@ -38,13 +42,14 @@ pub struct TaskTrackerConfig {
 }
 
 impl TaskTrackerConfig {
-    /// A config for `node_group` talking to `jobtracker`, with 4 slots and
-    /// defaults for the rest.
+    /// A config for `node_group` talking to `jobtracker`, with 4 slots,
+    /// 4096 ahead slots and defaults for the rest.
     pub fn new(jobtracker: impl Into<String>, node_group: impl Into<String>) -> Self {
         TaskTrackerConfig {
             jobtracker: jobtracker.into(),
             node_group: node_group.into(),
             slots: 4,
+            ahead_slots: 4096,
             identity: default_identity(),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
@@ -65,6 +70,15 @@ impl TaskTrackerConfig {
             return Err(Error::Config {
                 field: "--slots",
                 message: format!("{} is out of range; say 1 to {MAX_SLOTS}", self.slots),
+            });
+        }
+        if self.ahead_slots > MAX_AHEAD_SLOTS {
+            return Err(Error::Config {
+                field: "--ahead-slots",
+                message: format!(
+                    "{} is out of range; say 0 (off) to {MAX_AHEAD_SLOTS}",
+                    self.ahead_slots
+                ),
             });
         }
         if self.identity.trim().is_empty() {
@@ -187,5 +201,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--jobtracker"));
+    }
+
+    #[test]
+    fn ahead_slots_are_bounded_and_zero_turns_them_off() {
+        let mut c = TaskTrackerConfig::new("http://127.0.0.1:7070", "workers");
+        assert_eq!(c.ahead_slots, 4096);
+        c.ahead_slots = 0;
+        c.validate().unwrap();
+        c.ahead_slots = MAX_AHEAD_SLOTS;
+        c.validate().unwrap();
+        c.ahead_slots = MAX_AHEAD_SLOTS + 1;
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.contains("--ahead-slots"), "{message}");
+        assert!(message.contains(&MAX_AHEAD_SLOTS.to_string()), "{message}");
     }
 }

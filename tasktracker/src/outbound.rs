@@ -31,6 +31,9 @@ pub(crate) enum Outgoing {
     Outcome(pb::OutcomeReport),
     /// Slots freed up.
     Credit(u32),
+    /// Ahead slots freed up: jobs sent ahead of their time became due or
+    /// were cancelled.
+    AheadCredit(u32),
     /// A line of a run's execution log.
     Log(pb::BizLog),
     /// Still alive.
@@ -45,6 +48,7 @@ pub(crate) struct Batch {
     logs: Vec<pb::BizLog>,
     reports: Vec<pb::OutcomeReport>,
     credits: u32,
+    ahead_credits: u32,
     heartbeat_at: Option<i64>,
     items: usize,
     bytes: usize,
@@ -66,6 +70,7 @@ impl Batch {
                 self.reports.push(report);
             }
             Outgoing::Credit(n) => self.credits = self.credits.saturating_add(n),
+            Outgoing::AheadCredit(n) => self.ahead_credits = self.ahead_credits.saturating_add(n),
             Outgoing::Log(line) => {
                 self.bytes += line.job_id.len() + line.message.len() + 24;
                 self.logs.push(line);
@@ -102,9 +107,10 @@ impl Batch {
                 reports: self.reports,
             }));
         }
-        if self.credits > 0 {
+        if self.credits > 0 || self.ahead_credits > 0 {
             put(Kind::Credit(pb::Credit {
                 credits: self.credits,
+                ahead_credits: self.ahead_credits,
             }));
         }
         if let Some(at_unix_ms) = self.heartbeat_at {
@@ -198,6 +204,9 @@ mod tests {
             queued_logs.fetch_add(1, Ordering::Relaxed);
             tx.send(Outgoing::Outcome(report(i))).unwrap();
             tx.send(Outgoing::Credit(1)).unwrap();
+            if i % 2 == 0 {
+                tx.send(Outgoing::AheadCredit(1)).unwrap();
+            }
         }
         tx.send(Outgoing::Heartbeat(7)).unwrap();
         drop(tx);
@@ -228,9 +237,30 @@ mod tests {
             }
             other => panic!("expected outcomes, got {other:?}"),
         }
-        assert!(matches!(kind(&sent[4]), Kind::Credit(c) if c.credits == 1000));
+        // Slot and ahead credits share one message.
+        assert!(matches!(
+            kind(&sent[4]),
+            Kind::Credit(c) if c.credits == 1000 && c.ahead_credits == 500
+        ));
         assert!(matches!(kind(&sent[5]), Kind::Heartbeat(h) if h.at_unix_ms == 7));
         assert_eq!(queued_logs.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn ahead_credits_alone_still_leave_as_a_credit() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Outgoing::AheadCredit(3)).unwrap();
+        tx.send(Outgoing::AheadCredit(4)).unwrap();
+        drop(tx);
+        let hello = pb::WorkerMessage {
+            kind: Some(Kind::Hello(pb::Hello::default())),
+        };
+        let sent: Vec<_> = coalesced(hello, rx, Arc::default()).skip(1).collect().await;
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(
+            kind(&sent[0]),
+            Kind::Credit(c) if c.credits == 0 && c.ahead_credits == 7
+        ));
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use crate::error::Result;
 pub(crate) struct Metrics {
     slots_busy: IntGauge,
     slots_total: IntGauge,
+    ahead_held: IntGauge,
     // Resolved once: a label lookup per finished run would hash every time.
     runs: [IntCounter; 4],
 }
@@ -29,6 +30,10 @@ impl Metrics {
             "lts_tasktracker_slots_total",
             "Slots this TaskTracker offers.",
         )?;
+        let ahead_held = IntGauge::new(
+            "lts_tasktracker_ahead_held",
+            "Jobs sent ahead of their trigger time, held until it comes.",
+        )?;
         let runs_total = IntCounterVec::new(
             Opts::new(
                 "lts_tasktracker_runs_total",
@@ -38,11 +43,13 @@ impl Metrics {
         )?;
         registry.register(Box::new(slots_busy.clone()))?;
         registry.register(Box::new(slots_total.clone()))?;
+        registry.register(Box::new(ahead_held.clone()))?;
         registry.register(Box::new(runs_total.clone()))?;
         let runs = OUTCOME_KINDS.map(|kind| runs_total.with_label_values(&[kind]));
         Ok(Metrics {
             slots_busy,
             slots_total,
+            ahead_held,
             runs,
         })
     }
@@ -74,6 +81,8 @@ pub struct Stats {
     pub errors: u64,
     /// Jobs running now.
     pub busy: u64,
+    /// Jobs sent ahead of their trigger time, held until it comes.
+    pub ahead_held: u64,
     /// Whether the stream to a JobTracker is up (welcome received).
     pub connected: bool,
     /// Streams opened so far (welcome received).
@@ -95,6 +104,7 @@ impl Stats {
 struct Counters {
     runs: [AtomicU64; 4],
     busy: AtomicU64,
+    ahead_held: AtomicU64,
     connected: AtomicBool,
     connections: AtomicU64,
     unacked: AtomicU64,
@@ -133,6 +143,13 @@ impl Recorder {
     pub(crate) fn set_busy(&self, busy: usize) {
         self.counters.busy.store(busy as u64, Ordering::Relaxed);
         self.metrics.slots_busy.set(busy as i64);
+    }
+
+    pub(crate) fn set_ahead_held(&self, held: usize) {
+        self.counters
+            .ahead_held
+            .store(held as u64, Ordering::Relaxed);
+        self.metrics.ahead_held.set(held as i64);
     }
 
     pub(crate) fn set_unacked(&self, unacked: usize) {
@@ -179,6 +196,7 @@ impl TaskTrackerHandle {
             later: runs(2),
             errors: runs(3),
             busy: c.busy.load(Ordering::Relaxed),
+            ahead_held: c.ahead_held.load(Ordering::Relaxed),
             connected: c.connected.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
             unacked: c.unacked.load(Ordering::Relaxed),

@@ -1,13 +1,17 @@
 //! The TaskTracker: one stream to a JobTracker, runs in slots, reconnects.
 //!
 //! One task (the driver) owns all state: the runs in flight, the credit the
-//! JobTracker holds, the spool of unacknowledged outcomes and the current
-//! stream. Runs talk to it through one queue of events, and it talks to the
-//! JobTracker through the coalescing queue of [`crate::outbound`]. Nothing
-//! is shared behind a lock, so the hot path is a few queue operations per
-//! job.
+//! JobTracker holds, the jobs sent ahead of their time, the spool of
+//! unacknowledged outcomes and the current stream. Runs talk to it through
+//! one queue of events, and it talks to the JobTracker through the
+//! coalescing queue of [`crate::outbound`]. Nothing is shared behind a
+//! lock, so the hot path is a few queue operations per job.
+//!
+//! Jobs sent ahead of their time wait in one map ordered by the instant
+//! they start at, watched by one timer: when thousands fall due in the same
+//! second they are released in one pass, without a task or timer each.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lts_common::convert::job_from_wire;
-use lts_common::limits::{clip_message, MAX_MESSAGE_BYTES};
+use lts_common::limits::{clip_message, MAX_DELAY_MS, MAX_MESSAGE_BYTES};
 use lts_common::{now_ms, Outcome};
 use lts_proto::v1 as pb;
 use pb::tracker_message::Kind as TrackerKind;
@@ -42,6 +46,9 @@ const EVENT_BURST: usize = 4096;
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the JobTracker to close its side after ours ended.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Longest sleep of the timer for jobs held ahead; a later instant is
+/// looked at again then (the JobTracker sends jobs about a second ahead).
+const MAX_AHEAD_WAIT_MS: u64 = 3_600_000;
 
 /// A TaskTracker ready to run: build it, take a [`handle`](Self::handle) or
 /// the [`registry`](Self::registry) if you want them, then [`run`](Self::run)
@@ -135,6 +142,8 @@ impl TaskTracker {
             events_rx,
             running: HashMap::new(),
             waiting: VecDeque::new(),
+            ahead: BTreeMap::new(),
+            ahead_seq: 0,
             runs_cancel,
             stopping: false,
             queued_log_lines: Arc::new(AtomicUsize::new(0)),
@@ -213,6 +222,13 @@ struct Driver {
     /// Assignments beyond the free slots (the JobTracker sent more than the
     /// credit, e.g. around a reconnect); they start as slots free up.
     waiting: VecDeque<pb::Assignment>,
+    /// Assignments sent ahead of their time, by the instant they start at
+    /// (Unix ms) and then arrival order. They take an ahead slot, not a
+    /// slot, until they are due.
+    ahead: BTreeMap<(i64, u64), pb::Assignment>,
+    /// Arrival counter: jobs due at the same instant start in the order the
+    /// JobTracker sent them.
+    ahead_seq: u64,
     /// Parent of every run's token; fires at the end of the shutdown grace.
     runs_cancel: CancellationToken,
     stopping: bool,
@@ -225,7 +241,11 @@ impl Driver {
         let mut backoff = self.config.reconnect_backoff_min;
         let mut flush_deadline: Option<Instant> = None;
         loop {
-            if self.stopping && self.running.is_empty() && self.waiting.is_empty() {
+            if self.stopping
+                && self.running.is_empty()
+                && self.waiting.is_empty()
+                && self.ahead.is_empty()
+            {
                 let deadline = *flush_deadline
                     .get_or_insert_with(|| Instant::now() + self.config.flush_timeout);
                 if self.spool.is_empty() || Instant::now() >= deadline {
@@ -233,6 +253,7 @@ impl Driver {
                 }
             }
             let far = Instant::now() + Duration::from_secs(3600);
+            let ahead_due = self.next_ahead_due();
             tokio::select! {
                 Some(event) = self.events_rx.recv() => {
                     let mut link_up = as_conn(&mut link);
@@ -276,6 +297,7 @@ impl Driver {
                                 status.message()
                             ),
                         }
+                        self.drop_ahead();
                         self.recorder.set_connected(false);
                         self.recorder.notify();
                         link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
@@ -287,6 +309,11 @@ impl Driver {
                         }
                     }
                 },
+                _ = tokio::time::sleep_until(ahead_due.unwrap_or(far)), if ahead_due.is_some() => {
+                    let mut link_up = as_conn(&mut link);
+                    self.release_due_ahead(&mut link_up);
+                    self.settle(link_up);
+                }
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => {}
             }
         }
@@ -325,6 +352,9 @@ impl Driver {
             // the credit bookkeeping absorbs it.
             slots: free.max(1) as u32,
             protocol_version: lts_proto::PROTOCOL_VERSION,
+            // Every ahead slot is free here: jobs held ahead are dropped
+            // with the stream they came on.
+            ahead_slots: self.config.ahead_slots,
         };
         Link::Connecting(Box::pin(open_stream(
             self.endpoint.clone(),
@@ -338,11 +368,13 @@ impl Driver {
         let Some(conn) = conn else { return };
         self.recorder.set_connected(true);
         tracing::info!(
-            "connected to JobTracker {} at {} as {} ({} slots, {} running, {} outcomes to resend)",
+            "connected to JobTracker {} at {} as {} ({} slots, {} ahead slots, {} running, \
+             {} outcomes to resend)",
             conn.tracker_id,
             self.config.jobtracker_uri(),
             self.config.identity,
             self.slots,
+            self.config.ahead_slots,
             self.running.len(),
             self.spool.len()
         );
@@ -416,11 +448,17 @@ impl Driver {
         }
         self.stopping = true;
         tracing::info!(
-            "shutting down: taking no new jobs; {} running get {} ms to finish",
+            "shutting down: taking no new jobs; {} running get {} ms to finish; \
+             {} waiting for a slot and {} held ahead of their time are handed back",
             self.running.len(),
-            self.config.shutdown_grace.as_millis()
+            self.config.shutdown_grace.as_millis(),
+            self.waiting.len(),
+            self.ahead.len()
         );
         while let Some(assignment) = self.waiting.pop_front() {
+            self.hand_back(assignment, conn);
+        }
+        for assignment in std::mem::take(&mut self.ahead).into_values() {
             self.hand_back(assignment, conn);
         }
     }
@@ -428,18 +466,30 @@ impl Driver {
     fn on_message(&mut self, message: pb::TrackerMessage, conn: &mut Option<&mut Conn>) {
         match message.kind {
             Some(TrackerKind::Assignments(batch)) => {
+                let now = now_ms();
+                let mut due_ahead = 0u32;
                 for assignment in batch.assignments {
-                    if let Some(conn) = conn.as_deref_mut() {
-                        conn.granted = conn.granted.saturating_sub(1);
+                    let not_before = assignment.not_before_unix_ms;
+                    if not_before == 0 {
+                        if let Some(conn) = conn.as_deref_mut() {
+                            conn.granted = conn.granted.saturating_sub(1);
+                        }
                     }
                     if self.stopping {
                         self.hand_back(assignment, conn);
-                    } else if self.running.len() < self.slots {
-                        self.start(assignment, conn);
+                    } else if not_before > now {
+                        self.ahead_seq += 1;
+                        self.ahead.insert((not_before, self.ahead_seq), assignment);
                     } else {
-                        self.waiting.push_back(assignment);
+                        if not_before != 0 {
+                            // Sent ahead but already due: its ahead slot is
+                            // free again at once.
+                            due_ahead += 1;
+                        }
+                        self.run_or_queue(assignment, conn);
                     }
                 }
+                self.return_ahead_slots(due_ahead, conn);
             }
             Some(TrackerKind::Cancel(cancel)) => self.on_cancel(cancel, conn),
             Some(TrackerKind::OutcomeAcks(acks)) => {
@@ -466,11 +516,19 @@ impl Driver {
             return;
         }
         let (job_id, attempt) = key;
-        let position = self.waiting.iter().position(|a| {
+        let is_run = |a: &pb::Assignment| {
             a.attempt == attempt && a.job.as_ref().is_some_and(|j| j.job_id == job_id)
-        });
-        if let Some(position) = position {
-            self.waiting.remove(position);
+        };
+        let removed = if let Some(position) = self.waiting.iter().position(is_run) {
+            self.waiting.remove(position).is_some()
+        } else if let Some(held) = self.ahead.iter().find(|(_, a)| is_run(a)).map(|(k, _)| *k) {
+            self.ahead.remove(&held);
+            self.return_ahead_slots(1, conn);
+            true
+        } else {
+            false
+        };
+        if removed {
             let now = now_ms();
             let outcome = Outcome::Error(clip_message(format!(
                 "cancelled by the JobTracker before it started: {}",
@@ -483,16 +541,89 @@ impl Driver {
     /// Returns an assignment unrun: the JobTracker runs it again, on another
     /// TaskTracker if this one is gone.
     fn hand_back(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
-        let Some(job) = assignment.job else { return };
         let now = now_ms();
+        // A job sent ahead goes back with the time left to its instant, so
+        // another TaskTracker does not run it early.
+        let delay_ms = u64::try_from(assignment.not_before_unix_ms.saturating_sub(now))
+            .unwrap_or(0)
+            .min(MAX_DELAY_MS);
+        let Some(job) = assignment.job else { return };
         let outcome = Outcome::Later {
-            delay_ms: 0,
+            delay_ms,
             message: "the TaskTracker is shutting down; handed back unrun".into(),
         };
         self.report(
             outcome_report(job.job_id, assignment.attempt, outcome, now, now),
             conn,
         );
+    }
+
+    /// Starts a due assignment in a free slot, or queues it for the next one.
+    fn run_or_queue(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
+        if self.running.len() < self.slots {
+            self.start(assignment, conn);
+        } else {
+            self.waiting.push_back(assignment);
+        }
+    }
+
+    /// When the earliest job held ahead of its time is due, on the clock of
+    /// the runtime's timer.
+    fn next_ahead_due(&self) -> Option<Instant> {
+        let (&(not_before, _), _) = self.ahead.first_key_value()?;
+        let wait = u64::try_from(not_before.saturating_sub(now_ms()))
+            .unwrap_or(0)
+            .min(MAX_AHEAD_WAIT_MS);
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    /// Starts (or queues for a slot) every held job whose instant has come,
+    /// in one pass, and gives their ahead slots back in one credit.
+    fn release_due_ahead(&mut self, conn: &mut Option<&mut Conn>) {
+        let now = now_ms();
+        let mut released = 0u32;
+        while let Some(entry) = self.ahead.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let assignment = entry.remove();
+            released += 1;
+            self.run_or_queue(assignment, conn);
+        }
+        if released > 0 {
+            tracing::debug!(
+                released,
+                still_held = self.ahead.len(),
+                "jobs sent ahead of their time are due"
+            );
+        }
+        self.return_ahead_slots(released, conn);
+    }
+
+    /// Tells the JobTracker that `n` ahead slots are free again.
+    fn return_ahead_slots(&self, n: u32, conn: &mut Option<&mut Conn>) {
+        if n == 0 {
+            return;
+        }
+        if let Some(conn) = conn {
+            let _ = conn.out.send(Outgoing::AheadCredit(n));
+        }
+    }
+
+    /// Drops every job held ahead of its time, unrun, when the stream they
+    /// came on ends: the JobTracker hands the runs of an ended stream out
+    /// again, so running them here as well would run them twice.
+    fn drop_ahead(&mut self) {
+        if self.ahead.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "dropped {} jobs sent ahead of their time, unrun: the stream they came on ended \
+             and the JobTracker hands them out again",
+            self.ahead.len()
+        );
+        self.ahead.clear();
+        self.recorder.set_ahead_held(0);
     }
 
     fn start(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
@@ -567,6 +698,7 @@ impl Driver {
             }
         }
         self.recorder.set_busy(self.running.len());
+        self.recorder.set_ahead_held(self.ahead.len());
         self.recorder.set_unacked(self.spool.len());
         self.recorder.notify();
     }

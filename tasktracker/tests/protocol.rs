@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lts_common::{JobSpec, Outcome};
+use lts_common::{now_ms, JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::{
     Error, JobContext, JobRunner, TaskTracker, TaskTrackerConfig, TaskTrackerHandle,
@@ -51,6 +51,15 @@ impl Session {
         self.send(ToWorker::Assignments(pb::Assignments { assignments }));
     }
 
+    /// Sends one job ahead of its time, to start at `not_before` (Unix ms).
+    fn assign_ahead(&self, job_id: &str, mode: &str, not_before: i64) {
+        let mut ahead = assignment(job_id, mode);
+        ahead.not_before_unix_ms = not_before;
+        self.send(ToWorker::Assignments(pb::Assignments {
+            assignments: vec![ahead],
+        }));
+    }
+
     fn ack(&self, runs: &[(&str, u32)]) {
         let runs = runs
             .iter()
@@ -86,13 +95,35 @@ impl Session {
                     got.outcome_messages += 1;
                     got.reports.extend(o.reports);
                 }
-                FromWorker::Credit(c) => got.credits += c.credits,
+                FromWorker::Credit(c) => {
+                    got.credits += c.credits;
+                    got.ahead_credits += c.ahead_credits;
+                }
                 FromWorker::Started(s) => got.started += s.runs.len(),
                 FromWorker::BizLogs(l) => got.logs.extend(l.lines.into_iter().map(|l| l.message)),
                 FromWorker::Heartbeat(_) => {}
                 FromWorker::Hello(_) => panic!("a second hello on one stream"),
             }
         }
+        got
+    }
+
+    /// Reads until the ahead slots given back add up to `n`; also returns
+    /// the slot credit and the runs started meanwhile.
+    async fn ahead_credit(&mut self, n: u32) -> Received {
+        let mut got = Received::default();
+        while got.ahead_credits < n {
+            match self.next().await {
+                FromWorker::Credit(c) => {
+                    got.credits += c.credits;
+                    got.ahead_credits += c.ahead_credits;
+                }
+                FromWorker::Started(s) => got.started += s.runs.len(),
+                FromWorker::Outcomes(o) => got.reports.extend(o.reports),
+                _ => {}
+            }
+        }
+        assert_eq!(got.ahead_credits, n, "{got:?}");
         got
     }
 
@@ -113,6 +144,7 @@ struct Received {
     reports: Vec<pb::OutcomeReport>,
     outcome_messages: usize,
     credits: u32,
+    ahead_credits: u32,
     started: usize,
     logs: Vec<String>,
 }
@@ -132,6 +164,7 @@ fn assignment(job_id: &str, mode: &str) -> pb::Assignment {
             ..Default::default()
         }),
         attempt: 1,
+        not_before_unix_ms: 0,
     }
 }
 
@@ -254,21 +287,42 @@ impl Harness {
     }
 }
 
-/// Behaves by the job's `mode` param.
+/// Behaves by the job's `mode` param and records when each run began.
 struct Scripted {
     gate: Arc<Semaphore>,
+    runs: Mutex<Vec<(String, i64)>>,
 }
 
 impl Scripted {
     fn new() -> (Arc<Self>, Arc<Semaphore>) {
         let gate = Arc::new(Semaphore::new(0));
-        (Arc::new(Scripted { gate: gate.clone() }), gate)
+        let runner = Scripted {
+            gate: gate.clone(),
+            runs: Mutex::default(),
+        };
+        (Arc::new(runner), gate)
+    }
+
+    /// The jobs run so far, in the order they began.
+    fn ran(&self) -> Vec<String> {
+        let runs = self.runs.lock().unwrap();
+        runs.iter().map(|(job_id, _)| job_id.clone()).collect()
+    }
+
+    /// When the runner began `job_id` (Unix ms), if it did.
+    fn began_at(&self, job_id: &str) -> Option<i64> {
+        let runs = self.runs.lock().unwrap();
+        runs.iter().find(|(id, _)| id == job_id).map(|(_, at)| *at)
     }
 }
 
 #[async_trait]
 impl JobRunner for Scripted {
     async fn run(&self, ctx: JobContext) -> Outcome {
+        self.runs
+            .lock()
+            .unwrap()
+            .push((ctx.job.job_id.clone(), now_ms()));
         match ctx.job.spec.params.get("mode").map(String::as_str) {
             Some("gate") => {
                 self.gate.acquire().await.expect("gate open").forget();
@@ -546,4 +600,180 @@ async fn shutdown_waits_then_cancels_hands_back_and_flushes() {
     })
     .await
     .expect("the stream ends");
+}
+
+#[tokio::test]
+async fn a_job_sent_ahead_starts_at_its_instant_and_takes_no_slot() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start_with(2, runner.clone(), |c| c.ahead_slots = 8).await;
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 2);
+    assert_eq!(s.hello.ahead_slots, 8);
+    s.welcome(10_000);
+    let not_before = now_ms() + 300;
+    s.assign_ahead("ahead", "noop", not_before);
+    // Both slots are still the JobTracker's to fill while the job is held.
+    s.assign(ids("g", 2, "gate"));
+    let got = s.ahead_credit(1).await;
+    assert!(
+        now_ms() >= not_before,
+        "the ahead slot came back before the job's instant"
+    );
+    assert_eq!(got.started, 2, "both due jobs run alongside the held one");
+    assert_eq!(
+        got.credits, 0,
+        "the held job took no slot, so no slot was granted back: {got:?}"
+    );
+    assert!(got.reports.is_empty(), "{got:?}");
+    // Due now, but both slots are busy: it waits for one.
+    let stats = tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 0))
+        .await
+        .unwrap();
+    assert_eq!(stats.busy, 2);
+    assert_eq!(runner.ran(), vec!["g0", "g1"]);
+
+    gate.add_permits(2);
+    let done = s.outcomes(3).await;
+    let ahead = done
+        .reports
+        .iter()
+        .find(|r| r.job_id == "ahead")
+        .expect("the held job ran once a slot was free");
+    assert_eq!(outcome(ahead), Outcome::Success(String::new()));
+    assert!(ahead.started_at_unix_ms >= not_before, "{ahead:?}");
+    let began = runner.began_at("ahead").expect("the runner ran it");
+    assert!(
+        began >= not_before,
+        "began at {began}, {} ms before its instant",
+        not_before - began
+    );
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_sent_ahead_whose_instant_has_passed_runs_at_once() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1, runner.clone()).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign_ahead("late", "noop", now_ms() - 1_000);
+    let mut got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "late");
+    assert_eq!(outcome(&got.reports[0]), Outcome::Success(String::new()));
+    if got.ahead_credits == 0 {
+        got = s.ahead_credit(1).await;
+    }
+    assert_eq!(got.ahead_credits, 1, "its ahead slot is given back");
+    assert_eq!(runner.ran(), vec!["late"]);
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_job_held_ahead_reports_it_and_it_never_runs() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1, runner.clone()).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    let not_before = now_ms() + 300;
+    s.assign_ahead("held", "noop", not_before);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
+        .await
+        .unwrap();
+    s.send(ToWorker::Cancel(pb::CancelRun {
+        job_id: "held".into(),
+        attempt: 1,
+        reason: "cancelled by a test".into(),
+    }));
+    let mut got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "held");
+    assert_eq!(
+        outcome(&got.reports[0]),
+        Outcome::Error("cancelled by the JobTracker before it started: cancelled by a test".into())
+    );
+    assert_eq!(got.started, 0);
+    if got.ahead_credits == 0 {
+        got = s.ahead_credit(1).await;
+    }
+    assert_eq!(got.ahead_credits, 1, "its ahead slot is given back");
+    assert_eq!(h.handle.stats().ahead_held, 0);
+
+    // Jobs held ahead start in the order of their instants: once a job due
+    // after the cancelled one has run, the cancelled one would have run too.
+    s.assign_ahead("after", "noop", not_before + 50);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "after");
+    assert!(now_ms() >= not_before + 50);
+    assert_eq!(runner.ran(), vec!["after"], "the cancelled job never ran");
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start_with(2, runner.clone(), |c| c.ahead_slots = 16).await;
+    let s = h.session().await;
+    s.welcome(10_000);
+    let not_before = now_ms() + 300;
+    s.assign_ahead("held", "noop", not_before);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
+        .await
+        .unwrap();
+    s.break_stream();
+
+    let mut s = h.session().await;
+    assert_eq!(s.hello.ahead_slots, 16, "every ahead slot is offered again");
+    assert_eq!(s.hello.slots, 2);
+    s.welcome(10_000);
+    let stats = tokio::time::timeout(
+        WAIT,
+        h.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.ahead_held, 0);
+    // The JobTracker hands the dropped job out again; a job due after it,
+    // sent on the new stream, marks that its instant has passed.
+    s.assign_ahead("after", "noop", not_before + 100);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "after");
+    assert!(now_ms() >= not_before + 100);
+    assert_eq!(runner.ran(), vec!["after"], "the dropped job never ran");
+    assert_eq!(h.handle.stats().succeeded, 1);
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start(1, runner.clone()).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    let not_before = now_ms() + 60_000;
+    s.assign_ahead("held", "noop", not_before);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
+        .await
+        .unwrap();
+    let stopped_at = now_ms();
+    let _ = h.stop.take().unwrap().send(());
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "held");
+    match outcome(&got.reports[0]) {
+        Outcome::Later { delay_ms, message } => {
+            assert!(message.contains("shutting down"), "{message}");
+            // Not run early elsewhere: it is due again at its own instant.
+            let due_again = got.reports[0].finished_at_unix_ms + delay_ms as i64;
+            assert_eq!(due_again, not_before, "{delay_ms}");
+            assert!(due_again > stopped_at);
+        }
+        other => panic!("expected the job handed back, got {other:?}"),
+    }
+    assert_eq!(got.ahead_credits, 0, "no ahead slot offered while stopping");
+    s.ack(&[("held", 1)]);
+    // Nothing held is left, so the TaskTracker stops without waiting for it.
+    tokio::time::timeout(WAIT, h.tracker)
+        .await
+        .expect("the TaskTracker stops in time")
+        .unwrap()
+        .unwrap();
+    assert!(runner.ran().is_empty());
 }

@@ -1,19 +1,23 @@
 //! How many no-op jobs per second pass through a TaskTracker, against a
 //! peer that hands out a job for every credit and acknowledges every
-//! outcome. The peer shares the process, so the figure is a lower bound.
+//! outcome; and how close to their instant 10,000 jobs sent ahead of the
+//! same instant start. The peer shares the process, so the figures are
+//! bounds.
 //!
 //! `cargo test -p lts-tasktracker --release --test throughput -- --nocapture`
 //! (`LTS_BENCH_JOBS` sets the number of jobs, default 20000; `LTS_BENCH_MIN_RATE`
-//! makes a rate below it a failure).
+//! makes a rate below it a failure; `LTS_BENCH_AHEAD_MAX_LATE_MS` makes a
+//! job sent ahead starting later than that after its instant a failure;
+//! without them both print their figures only).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use lts_common::JobSpec;
+use lts_common::{now_ms, JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::runners::NoopRunner;
-use lts_tasktracker::{TaskTracker, TaskTrackerConfig};
+use lts_tasktracker::{JobContext, JobRunner, TaskTracker, TaskTrackerConfig};
 use pb::tracker_message::Kind as ToWorker;
 use pb::work_service_server::{WorkService, WorkServiceServer};
 use pb::worker_message::Kind as FromWorker;
@@ -70,6 +74,7 @@ impl WorkService for Feeder {
                             ..Default::default()
                         }),
                         attempt: 1,
+                        not_before_unix_ms: 0,
                     })
                     .collect();
                 *sent += n;
@@ -152,4 +157,160 @@ async fn noop_jobs_per_second() {
     {
         assert!(rate >= min, "{rate:.0} jobs/s is below {min}");
     }
+}
+
+/// Sends `total` jobs ahead of one instant as soon as the TaskTracker says
+/// hello, and acknowledges their outcomes.
+#[derive(Clone)]
+struct AheadFeeder {
+    total: usize,
+    not_before: i64,
+    done: mpsc::UnboundedSender<()>,
+}
+
+#[async_trait]
+impl WorkService for AheadFeeder {
+    type WorkStream = UnboundedReceiverStream<Result<pb::TrackerMessage, Status>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(pb::WorkerMessage {
+            kind: Some(FromWorker::Hello(hello)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument("expected a hello"));
+        };
+        if (hello.ahead_slots as usize) < self.total {
+            return Err(Status::invalid_argument("too few ahead slots for the test"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(message(ToWorker::Welcome(pb::Welcome {
+            tracker_id: "feeder".into(),
+            protocol_version: lts_proto::PROTOCOL_VERSION,
+            heartbeat_interval_ms: 5_000,
+        })));
+        let spec: pb::JobSpec = JobSpec::new("cron", "bench").into();
+        for chunk in (0..self.total).collect::<Vec<_>>().chunks(1_000) {
+            let assignments = chunk
+                .iter()
+                .map(|i| pb::Assignment {
+                    job: Some(pb::Job {
+                        job_id: format!("cycle-{i}"),
+                        spec: Some(spec.clone()),
+                        attempt: 1,
+                        ..Default::default()
+                    }),
+                    attempt: 1,
+                    not_before_unix_ms: self.not_before,
+                })
+                .collect();
+            let _ = tx.send(message(ToWorker::Assignments(pb::Assignments {
+                assignments,
+            })));
+        }
+        let total = self.total;
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let mut finished = 0usize;
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(FromWorker::Outcomes(o)) = m.kind {
+                    finished += o.reports.len();
+                    let runs = o
+                        .reports
+                        .into_iter()
+                        .map(|r| pb::RunRef {
+                            job_id: r.job_id,
+                            attempt: r.attempt,
+                        })
+                        .collect();
+                    let _ = tx.send(message(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs })));
+                    if finished == total {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// Notes when each run began.
+#[derive(Default)]
+struct BeganAt(Mutex<Vec<i64>>);
+
+#[async_trait]
+impl JobRunner for BeganAt {
+    async fn run(&self, _ctx: JobContext) -> Outcome {
+        self.0.lock().unwrap().push(now_ms());
+        Outcome::Success(String::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_sent_ahead_of_one_instant_start_at_it() {
+    let total = 10_000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    // A second is what the JobTracker sends ahead by; the jobs arrive well
+    // within it.
+    let not_before = now_ms() + 1_000;
+    let feeder = AheadFeeder {
+        total,
+        not_before,
+        done: done_tx,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkServiceServer::new(feeder))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut config = TaskTrackerConfig::new(addr.to_string(), "bench");
+    config.slots = total as u32;
+    config.ahead_slots = total as u32;
+    let runner = Arc::new(BeganAt::default());
+    let tracker = TaskTracker::new(config, runner.clone()).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(tracker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(60), done.recv())
+        .await
+        .expect("every job finishes in time")
+        .unwrap();
+    let mut began = runner.0.lock().unwrap().clone();
+    began.sort_unstable();
+    assert_eq!(began.len(), total);
+    assert!(
+        began[0] >= not_before,
+        "a job began {} ms before its instant",
+        not_before - began[0]
+    );
+    let late = |q: f64| began[((total - 1) as f64 * q) as usize] - not_before;
+    println!(
+        "{total} jobs sent ahead of one instant began after it by: p50 {} ms, p99 {} ms, max {} ms",
+        late(0.5),
+        late(0.99),
+        late(1.0)
+    );
+    // A figure, not a check, unless asked for: the machine is shared.
+    if let Some(max_late) = std::env::var("LTS_BENCH_AHEAD_MAX_LATE_MS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        assert!(
+            late(1.0) <= max_late,
+            "the last job began {} ms after its instant (limit {max_late} ms)",
+            late(1.0)
+        );
+    }
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use lts_common::limits::{check_node_group, MAX_SLOTS};
+use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
 use lts_common::{LogEntry, LogKind, Outcome};
 use lts_proto::v1 as pb;
 use lts_proto::PROTOCOL_VERSION;
@@ -54,6 +54,12 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
             h.slots
         )));
     }
+    if h.ahead_slots > MAX_AHEAD_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "hello.ahead_slots: {} is above {MAX_AHEAD_SLOTS}",
+            h.ahead_slots
+        )));
+    }
     Ok(())
 }
 
@@ -98,12 +104,14 @@ impl WorkService for WorkApi {
             &hello.node_group,
             &hello.identity,
             hello.slots,
+            hello.ahead_slots,
             tx.clone(),
         );
         tracing::info!(
             worker = %hello.identity,
             node_group = %hello.node_group,
             slots = hello.slots,
+            ahead_slots = hello.ahead_slots,
             "TaskTracker connected"
         );
         let session = Session {
@@ -185,7 +193,10 @@ impl Session {
     async fn handle(&self, m: pb::WorkerMessage) -> crate::error::Result<()> {
         let t = &self.tracker;
         match m.kind {
-            Some(Kind::Credit(c)) => t.dispatcher.add_credits(&self.group, self.conn, c.credits),
+            Some(Kind::Credit(c)) => {
+                t.dispatcher
+                    .add_credits(&self.group, self.conn, c.credits, c.ahead_credits)
+            }
             Some(Kind::Started(s)) => {
                 let runs: Vec<(String, u32)> =
                     s.runs.into_iter().map(|r| (r.job_id, r.attempt)).collect();

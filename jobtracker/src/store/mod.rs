@@ -8,6 +8,7 @@
 
 pub mod mongo;
 pub mod sled;
+mod task_index;
 
 use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
@@ -263,6 +264,26 @@ pub trait JobStore: Send + Sync + 'static {
         grants: &[(String, usize)],
         now_ms: i64,
     ) -> Result<Claimed>;
+
+    /// Like [`JobStore::claim`], for pending jobs of `node_group` whose
+    /// trigger time is after now and at or before `until_ms`: they go to
+    /// TaskTrackers ahead of their time and start at it (see
+    /// `Assignment.not_before_unix_ms`). Claimed in trigger order. A store
+    /// that does not send jobs ahead claims nothing; its jobs are claimed
+    /// by `claim` once due.
+    async fn claim_ahead(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Claimed> {
+        let _ = (node_group, now_ms, until_ms);
+        Ok(Claimed {
+            per_grant: vec![Vec::new(); grants.len()],
+            next_ready_at_ms: None,
+        })
+    }
 
     /// Notes that runs started (execution log only).
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()>;

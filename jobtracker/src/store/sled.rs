@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::error::{Error, Result};
 
-const SCHEMA_VERSION: u64 = 1;
+/// 2: the task-id index lives in memory (rebuilt from the job records at
+/// open); the `t` keys of schema 1 are no longer written or read.
+const SCHEMA_VERSION: u64 = 2;
 
 /// Lines a cron or repeat job keeps in its own execution log; older ones
 /// go as new cycles fire, so a template firing every second for months
@@ -48,7 +50,7 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long before its point a cron or repeat cycle is made: its job then
 /// waits in the queue, and at the point only the dispatch remains to do.
-pub const FIRE_AHEAD_MS: i64 = 500;
+pub const FIRE_AHEAD_MS: i64 = 1_000;
 
 /// Cycles fired under one hold of the index lock.
 const FIRE_CHUNK: usize = 256;
@@ -144,6 +146,8 @@ struct Index {
     /// Cron and repeat jobs that rely on their previous cycle, by the cycle
     /// they wait for.
     waiting: HashMap<String, String>,
+    /// Which job holds each (node group, task id), for dedup.
+    tasks: super::task_index::TaskIndex,
     next_seq: u64,
 }
 
@@ -340,15 +344,6 @@ fn job_key(job_id: &str) -> Vec<u8> {
     k
 }
 
-fn task_key(node_group: &str, task_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + node_group.len() + task_id.len());
-    k.push(b't');
-    k.extend_from_slice(node_group.as_bytes());
-    k.push(0);
-    k.extend_from_slice(task_id.as_bytes());
-    k
-}
-
 fn log_prefix(job_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + job_id.len());
     k.push(b'l');
@@ -397,6 +392,19 @@ impl SledStore {
                         "{} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
                         dir.display()
                     )));
+                }
+                if version < 2 {
+                    // Schema 1 kept a key per job for its task id; the index
+                    // is in memory now. Dropping the keys and raising the
+                    // version go in one batch, so an older JobTracker never
+                    // opens a store without them.
+                    let mut batch = ::sled::Batch::default();
+                    for key in tree.scan_prefix(b"t").keys() {
+                        batch.remove(key?);
+                    }
+                    batch.insert(&b"mschema_version"[..], &SCHEMA_VERSION.to_be_bytes()[..]);
+                    tree.apply_batch(batch)?;
+                    tree.flush()?;
                 }
             }
             None => {
@@ -473,12 +481,18 @@ impl SledStore {
         spec.schedule = Schedule::Now;
         spec.replace_on_exist = false;
         spec.rely_on_prev_cycle = false;
-        let tkey = task_key(&spec.task_tracker_node_group, &spec.task_id);
-        if self.tree.get(&tkey)?.is_some() {
-            // Fired before (a restart between this cycle and the next).
+        if index
+            .tasks
+            .get(&spec.task_tracker_node_group, &spec.task_id)
+            .is_some()
+        {
+            // Fired before: a replaced template's cycle of the same point.
             return Ok(None);
         }
         let child_id = new_job_id();
+        index
+            .tasks
+            .set(&spec.task_tracker_node_group, &spec.task_id, &child_id);
         let seq = index.next_seq;
         index.next_seq += 1;
         let mut job = new_job(child_id.clone(), spec, seq, now_ms);
@@ -501,7 +515,6 @@ impl SledStore {
             now_ms,
         );
         self.put_record(batch, &mut child)?;
-        batch.insert(tkey, child_id.as_bytes());
         index.enqueue(&child.job, now_ms);
         index.live.insert(child_id.clone(), Box::new(child));
         r.job.cycles += 1;
@@ -525,6 +538,98 @@ impl SledStore {
             now_ms,
         );
         Ok(Some(child_id))
+    }
+
+    /// Claims ready jobs, or with `until_ms` delayed ones due by then
+    /// (sent ahead, to start at their trigger time).
+    async fn claim_from(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<Claimed> {
+        let mut claimed = Claimed::default();
+        let mut write = false;
+        let flushed = self.generations.flushed.load(Ordering::SeqCst);
+        {
+            let mut index = self.lock();
+            index.promote(node_group, now_ms);
+            let mut batch = ::sled::Batch::default();
+            claimed.per_grant = grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect();
+            let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
+            // Each job goes to the grant with the most room left, so work
+            // spreads over the idlest TaskTrackers first.
+            while let Some((i, _)) = remaining
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r > 0)
+                .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
+            {
+                let Some(job_id) = index
+                    .queues
+                    .get_mut(node_group)
+                    .and_then(|q| match until_ms {
+                        None => q.ready.pop_first().map(|(_, id)| id),
+                        Some(until) => {
+                            // Sent ahead, in trigger order (priority orders
+                            // jobs of the same instant only once they are due).
+                            let entry = q.delayed.first_entry()?;
+                            if entry.key().0 > until {
+                                return None;
+                            }
+                            Some(entry.remove())
+                        }
+                    })
+                else {
+                    break;
+                };
+                let Some(r) = index.live.get_mut(&job_id) else {
+                    continue;
+                };
+                let worker = &grants[i].0;
+                let must_write = r.claim_needs_flush(flushed);
+                r.job.state = JobState::Running;
+                r.job.attempt += 1;
+                r.job.worker.clone_from(worker);
+                r.job.updated_at_ms = now_ms;
+                let attempt = r.job.attempt;
+                let line = match until_ms {
+                    None => format!("to {worker}"),
+                    Some(_) => format!(
+                        "to {worker}, ahead of its time: it starts at {}",
+                        lts_common::format_ms(r.job.trigger_at_ms)
+                    ),
+                };
+                r.log(
+                    LogEntry::new("", LogKind::Dispatched, attempt, line).with_worker(worker),
+                    now_ms,
+                );
+                if must_write {
+                    self.put_record(&mut batch, r)?;
+                    write = true;
+                }
+                claimed.per_grant[i].push(r.job.clone());
+                remaining[i] -= 1;
+            }
+            claimed.next_ready_at_ms = index
+                .queues
+                .get(node_group)
+                .and_then(|q| q.delayed.first_key_value())
+                .map(|((at, _), _)| *at);
+            if write {
+                self.commit(batch)?;
+            }
+        }
+        if write {
+            // An attempt number is never handed out twice, also across a
+            // crash: a claim is kept in memory (its lines are written with
+            // the job's next transition) as long as what a crash can leave
+            // on disk is at most one attempt behind; recovery skips one
+            // number. Otherwise the claim is durable before it leaves.
+            self.flush().await?;
+        }
+        Ok(claimed)
     }
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
@@ -555,6 +660,13 @@ impl JobStore for SledStore {
                     }
                 };
                 max_seq = max_seq.max(r.job.seq);
+                // A replaced job gave its task id to the job that replaced
+                // it; every other job holds its own.
+                let replaced = r.history.iter().any(|e| e.kind == LogKind::Replaced);
+                let (group, task) = (&r.job.spec.task_tracker_node_group, &r.job.spec.task_id);
+                if !replaced || index.tasks.get(group, task).is_none() {
+                    index.tasks.set(group, task, &r.job.job_id);
+                }
                 if r.job.state.is_final() {
                     continue;
                 }
@@ -602,17 +714,10 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut batch = ::sled::Batch::default();
-            // Task ids taken earlier in this same batch.
-            let mut in_batch: HashMap<Vec<u8>, String> = HashMap::new();
             for spec in jobs {
-                let tkey = task_key(&spec.task_tracker_node_group, &spec.task_id);
-                let existing = match in_batch.get(&tkey) {
-                    Some(id) => Some(id.clone()),
-                    None => self
-                        .tree
-                        .get(&tkey)?
-                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                };
+                let existing = index
+                    .tasks
+                    .get(&spec.task_tracker_node_group, &spec.task_id);
                 let job_id = new_job_id();
                 let mut replaced = None;
                 if let Some(existing_id) = existing {
@@ -652,8 +757,11 @@ impl JobStore for SledStore {
                 let mut r = Record::new(new_job(job_id.clone(), spec, seq, now_ms));
                 r.log(LogEntry::new("", LogKind::Received, 0, ""), now_ms);
                 self.put_record(&mut batch, &mut r)?;
-                batch.insert(tkey.clone(), job_id.as_bytes());
-                in_batch.insert(tkey, job_id.clone());
+                index.tasks.set(
+                    &r.job.spec.task_tracker_node_group,
+                    &r.job.spec.task_id,
+                    &job_id,
+                );
                 index.enqueue(&r.job, now_ms);
                 if r.job.state == JobState::Pending
                     && !r.job.spec.schedule.is_recurring()
@@ -698,71 +806,18 @@ impl JobStore for SledStore {
         grants: &[(String, usize)],
         now_ms: i64,
     ) -> Result<Claimed> {
-        let mut claimed = Claimed::default();
-        let mut write = false;
-        let flushed = self.generations.flushed.load(Ordering::SeqCst);
-        {
-            let mut index = self.lock();
-            index.promote(node_group, now_ms);
-            let mut batch = ::sled::Batch::default();
-            claimed.per_grant = grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect();
-            let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
-            // Each job goes to the grant with the most room left, so work
-            // spreads over the idlest TaskTrackers first.
-            while let Some((i, _)) = remaining
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| **r > 0)
-                .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
-            {
-                let Some(job_id) = index
-                    .queues
-                    .get_mut(node_group)
-                    .and_then(|q| q.ready.pop_first())
-                    .map(|(_, id)| id)
-                else {
-                    break;
-                };
-                let Some(r) = index.live.get_mut(&job_id) else {
-                    continue;
-                };
-                let worker = &grants[i].0;
-                let must_write = r.claim_needs_flush(flushed);
-                r.job.state = JobState::Running;
-                r.job.attempt += 1;
-                r.job.worker.clone_from(worker);
-                r.job.updated_at_ms = now_ms;
-                let attempt = r.job.attempt;
-                r.log(
-                    LogEntry::new("", LogKind::Dispatched, attempt, format!("to {worker}"))
-                        .with_worker(worker),
-                    now_ms,
-                );
-                if must_write {
-                    self.put_record(&mut batch, r)?;
-                    write = true;
-                }
-                claimed.per_grant[i].push(r.job.clone());
-                remaining[i] -= 1;
-            }
-            claimed.next_ready_at_ms = index
-                .queues
-                .get(node_group)
-                .and_then(|q| q.delayed.first_key_value())
-                .map(|((at, _), _)| *at);
-            if write {
-                self.commit(batch)?;
-            }
-        }
-        if write {
-            // An attempt number is never handed out twice, also across a
-            // crash: a claim is kept in memory (its lines are written with
-            // the job's next transition) as long as what a crash can leave
-            // on disk is at most one attempt behind; recovery skips one
-            // number. Otherwise the claim is durable before it leaves.
-            self.flush().await?;
-        }
-        Ok(claimed)
+        self.claim_from(node_group, grants, now_ms, None).await
+    }
+
+    async fn claim_ahead(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Claimed> {
+        self.claim_from(node_group, grants, now_ms, Some(until_ms))
+            .await
     }
 
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()> {
@@ -1158,10 +1213,7 @@ impl JobStore for SledStore {
                         }
                         index.dequeue(&r.job);
                         batch.remove(job_key(job_id));
-                        let tkey = task_key(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id);
-                        if self.tree.get(&tkey)?.is_some_and(|v| v.as_ref() == job_id.as_bytes()) {
-                            batch.remove(tkey);
-                        }
+                        index.tasks.remove(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id, job_id);
                         for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
                             batch.remove(item?);
                         }
@@ -1244,8 +1296,9 @@ impl JobStore for SledStore {
     }
 
     async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
-        match self.tree.get(task_key(node_group, task_id))? {
-            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
+        let holder = self.lock().tasks.get(node_group, task_id);
+        match holder {
+            Some(id) => self.get(&id).await,
             None => Ok(None),
         }
     }

@@ -33,6 +33,12 @@ struct Cli {
     /// Jobs run at the same time (1 to 10000).
     #[arg(long, env = "TASKTRACKER_SLOTS", default_value_t = 4)]
     slots: u32,
+    /// Jobs with a trigger time (cron cycles, jobs at a time, delayed
+    /// retries) the JobTracker may send up to a second early, held here and
+    /// started each at its instant: many jobs due in the same second then
+    /// start on time. Held jobs take no slot. 0 turns it off (0 to 100000).
+    #[arg(long, env = "TASKTRACKER_AHEAD_SLOTS", default_value_t = 4096)]
+    ahead_slots: u32,
     /// Name of this process in the JobTracker's worker list [default: host:pid:random].
     #[arg(long, env = "TASKTRACKER_IDENTITY")]
     identity: Option<String>,
@@ -89,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("--node-group is required (or node_group in the --config file)")?;
     let mut config = TaskTrackerConfig::new(cli.jobtracker.clone(), node_group);
     config.slots = cli.slots;
+    config.ahead_slots = cli.ahead_slots;
     config.shutdown_grace = cli.shutdown_grace;
     if let Some(identity) = &cli.identity {
         config.identity = identity.clone();
@@ -100,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("  jobtracker: {}", config.jobtracker_uri());
         println!("  node group: {}", config.node_group);
         println!("  slots:      {}", config.slots);
+        println!("  ahead:      {}", config.ahead_slots);
         println!("  identity:   {}", config.identity);
         println!("  runner:     {:?}", cli.runner);
         println!("  allow:      {}", allow.names().join(", "));
