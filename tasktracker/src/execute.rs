@@ -1,11 +1,18 @@
-//! One run in a slot: the runner in its own task, so that a panic becomes
-//! an outcome, with the job's timeout and cancellation around it.
+//! One run in a slot: the runner with the job's timeout and cancellation
+//! around it, and a panic caught as an outcome.
+//!
+//! The runner's future is polled in the run's own task (no second task per
+//! run: when thousands of runs start at the same instant, each spawn
+//! counts); dropping it is what aborts a runner that ignores its
+//! cancellation.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use lts_common::Outcome;
-use tokio::task::JoinError;
 
 use crate::runner::{JobContext, JobRunner};
 
@@ -25,7 +32,9 @@ pub(crate) async fn execute(
 ) -> Outcome {
     let timeout_ms = ctx.job.spec.timeout_ms;
     let token = ctx.cancel.clone();
-    let mut task = tokio::spawn(async move { runner.run(ctx).await });
+    // The runner's panic, if any, ends this future, not the TaskTracker.
+    let task = AssertUnwindSafe(async move { runner.run(ctx).await }).catch_unwind();
+    tokio::pin!(task);
     let timeout = async {
         if timeout_ms > 0 {
             tokio::time::sleep(Duration::from_millis(timeout_ms)).await
@@ -39,10 +48,8 @@ pub(crate) async fn execute(
         _ = token.cancelled() => Stop::Cancelled,
     };
     token.cancel();
+    // Past the grace, the runner's future is dropped with this call.
     let joined = tokio::time::timeout(cancel_grace, &mut task).await;
-    if joined.is_err() {
-        task.abort();
-    }
     match (stop, joined) {
         (Stop::TimedOut, _) => Outcome::Error(format!("timed out after {timeout_ms} ms")),
         (Stop::Cancelled, Ok(joined)) => outcome_of(joined),
@@ -53,11 +60,10 @@ pub(crate) async fn execute(
     }
 }
 
-fn outcome_of(joined: Result<Outcome, JoinError>) -> Outcome {
+fn outcome_of(joined: Result<Outcome, Box<dyn Any + Send>>) -> Outcome {
     match joined {
         Ok(outcome) => outcome,
-        Err(e) if e.is_panic() => {
-            let panic = e.into_panic();
+        Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -65,7 +71,6 @@ fn outcome_of(joined: Result<Outcome, JoinError>) -> Outcome {
                 .unwrap_or_else(|| "a non-string panic payload".to_string());
             Outcome::Error(format!("runner panicked: {message}"))
         }
-        Err(_) => Outcome::Error("the runner's task was cancelled".to_string()),
     }
 }
 

@@ -7,9 +7,12 @@
 //! coalescing queue of [`crate::outbound`]. Nothing is shared behind a
 //! lock, so the hot path is a few queue operations per job.
 //!
-//! Jobs sent ahead of their time wait in one map ordered by the instant
-//! they start at, watched by one timer: when thousands fall due in the same
-//! second they are released in one pass, without a task or timer each.
+//! Jobs sent ahead of their time are made ready when they arrive: the job
+//! read, its context built and its task spawned, waiting on a one-shot
+//! signal. They wait in one map ordered by the instant they start at,
+//! watched by one timer; when thousands fall due in the same second, the
+//! release is a signal each, so the last starts a few milliseconds after the
+//! first rather than after thousands of task spawns.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -143,6 +146,7 @@ impl TaskTracker {
             running: HashMap::new(),
             waiting: VecDeque::new(),
             ahead: BTreeMap::new(),
+            due_waiting: VecDeque::new(),
             ahead_seq: 0,
             runs_cancel,
             stopping: false,
@@ -175,6 +179,17 @@ impl Drop for AbortOnDrop {
 }
 
 type RunKey = (String, u32);
+
+/// A run whose task is spawned and waits for the signal to start; dropping
+/// it ends that task unrun.
+struct Prepared {
+    job_id: String,
+    attempt: u32,
+    /// The instant it starts at, for a run sent ahead; 0 otherwise.
+    not_before: i64,
+    cancel: CancellationToken,
+    go: tokio::sync::oneshot::Sender<i64>,
+}
 
 /// The state of the stream to the JobTracker.
 enum Link {
@@ -222,10 +237,12 @@ struct Driver {
     /// Assignments beyond the free slots (the JobTracker sent more than the
     /// credit, e.g. around a reconnect); they start as slots free up.
     waiting: VecDeque<pb::Assignment>,
-    /// Assignments sent ahead of their time, by the instant they start at
-    /// (Unix ms) and then arrival order. They take an ahead slot, not a
-    /// slot, until they are due.
-    ahead: BTreeMap<(i64, u64), pb::Assignment>,
+    /// Runs sent ahead of their time, by the instant they start at (Unix
+    /// ms) and then arrival order. They take an ahead slot, not a slot,
+    /// until they are due.
+    ahead: BTreeMap<(i64, u64), Prepared>,
+    /// Runs sent ahead that are due, waiting for a free slot.
+    due_waiting: VecDeque<Prepared>,
     /// Arrival counter: jobs due at the same instant start in the order the
     /// JobTracker sent them.
     ahead_seq: u64,
@@ -244,6 +261,7 @@ impl Driver {
             if self.stopping
                 && self.running.is_empty()
                 && self.waiting.is_empty()
+                && self.due_waiting.is_empty()
                 && self.ahead.is_empty()
             {
                 let deadline = *flush_deadline
@@ -414,10 +432,13 @@ impl Driver {
         report.job_id = key.0;
         self.report(report, conn);
         while self.running.len() < self.slots {
-            let Some(assignment) = self.waiting.pop_front() else {
+            if let Some(run) = self.due_waiting.pop_front() {
+                self.go(run, conn);
+            } else if let Some(assignment) = self.waiting.pop_front() {
+                self.start(assignment, conn);
+            } else {
                 break;
-            };
-            self.start(assignment, conn);
+            }
         }
     }
 
@@ -452,14 +473,20 @@ impl Driver {
              {} waiting for a slot and {} held ahead of their time are handed back",
             self.running.len(),
             self.config.shutdown_grace.as_millis(),
-            self.waiting.len(),
+            self.waiting.len() + self.due_waiting.len(),
             self.ahead.len()
         );
         while let Some(assignment) = self.waiting.pop_front() {
             self.hand_back(assignment, conn);
         }
-        for assignment in std::mem::take(&mut self.ahead).into_values() {
-            self.hand_back(assignment, conn);
+        let prepared: Vec<Prepared> = self
+            .due_waiting
+            .drain(..)
+            .chain(std::mem::take(&mut self.ahead).into_values())
+            .collect();
+        for run in prepared {
+            // Dropping the run ends its task unrun.
+            self.hand_back_run(run.job_id, run.attempt, run.not_before, conn);
         }
     }
 
@@ -478,8 +505,14 @@ impl Driver {
                     if self.stopping {
                         self.hand_back(assignment, conn);
                     } else if not_before > now {
-                        self.ahead_seq += 1;
-                        self.ahead.insert((not_before, self.ahead_seq), assignment);
+                        match self.prepare(assignment, conn) {
+                            Some(run) => {
+                                self.ahead_seq += 1;
+                                self.ahead.insert((not_before, self.ahead_seq), run);
+                            }
+                            // Unreadable, reported: its ahead slot is free.
+                            None => due_ahead += 1,
+                        }
                     } else {
                         if not_before != 0 {
                             // Sent ahead but already due: its ahead slot is
@@ -519,9 +552,18 @@ impl Driver {
         let is_run = |a: &pb::Assignment| {
             a.attempt == attempt && a.job.as_ref().is_some_and(|j| j.job_id == job_id)
         };
+        let is_prepared = |r: &Prepared| r.attempt == attempt && r.job_id == job_id;
+        // A prepared run that is removed is dropped: its task ends unrun.
         let removed = if let Some(position) = self.waiting.iter().position(is_run) {
             self.waiting.remove(position).is_some()
-        } else if let Some(held) = self.ahead.iter().find(|(_, a)| is_run(a)).map(|(k, _)| *k) {
+        } else if let Some(position) = self.due_waiting.iter().position(is_prepared) {
+            self.due_waiting.remove(position).is_some()
+        } else if let Some(held) = self
+            .ahead
+            .iter()
+            .find(|(_, r)| is_prepared(r))
+            .map(|(k, _)| *k)
+        {
             self.ahead.remove(&held);
             self.return_ahead_slots(1, conn);
             true
@@ -541,21 +583,34 @@ impl Driver {
     /// Returns an assignment unrun: the JobTracker runs it again, on another
     /// TaskTracker if this one is gone.
     fn hand_back(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
+        let Some(job) = assignment.job else { return };
+        self.hand_back_run(
+            job.job_id,
+            assignment.attempt,
+            assignment.not_before_unix_ms,
+            conn,
+        );
+    }
+
+    /// Returns a run unrun; one sent ahead goes back with the time left to
+    /// its instant (`not_before`), so another TaskTracker does not run it
+    /// early.
+    fn hand_back_run(
+        &mut self,
+        job_id: String,
+        attempt: u32,
+        not_before: i64,
+        conn: &mut Option<&mut Conn>,
+    ) {
         let now = now_ms();
-        // A job sent ahead goes back with the time left to its instant, so
-        // another TaskTracker does not run it early.
-        let delay_ms = u64::try_from(assignment.not_before_unix_ms.saturating_sub(now))
+        let delay_ms = u64::try_from(not_before.saturating_sub(now))
             .unwrap_or(0)
             .min(MAX_DELAY_MS);
-        let Some(job) = assignment.job else { return };
         let outcome = Outcome::Later {
             delay_ms,
             message: "the TaskTracker is shutting down; handed back unrun".into(),
         };
-        self.report(
-            outcome_report(job.job_id, assignment.attempt, outcome, now, now),
-            conn,
-        );
+        self.report(outcome_report(job_id, attempt, outcome, now, now), conn);
     }
 
     /// Starts a due assignment in a free slot, or queues it for the next one.
@@ -586,9 +641,13 @@ impl Driver {
             if entry.key().0 > now {
                 break;
             }
-            let assignment = entry.remove();
+            let run = entry.remove();
             released += 1;
-            self.run_or_queue(assignment, conn);
+            if self.running.len() < self.slots {
+                self.go(run, conn);
+            } else {
+                self.due_waiting.push_back(run);
+            }
         }
         if released > 0 {
             tracing::debug!(
@@ -627,47 +686,54 @@ impl Driver {
     }
 
     fn start(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
+        if let Some(run) = self.prepare(assignment, conn) {
+            self.go(run, conn);
+        }
+    }
+
+    /// Reads the job, builds its context and spawns its task, which waits
+    /// for [`Self::go`]. An assignment that cannot be read is reported as an
+    /// error at once and gives `None`.
+    fn prepare(
+        &mut self,
+        assignment: pb::Assignment,
+        conn: &mut Option<&mut Conn>,
+    ) -> Option<Prepared> {
         let attempt = assignment.attempt;
+        let not_before = assignment.not_before_unix_ms;
         let Some(wire_job) = assignment.job else {
             tracing::warn!("the JobTracker sent an assignment without a job; ignoring it");
-            return;
+            return None;
         };
         let job_id = wire_job.job_id.clone();
-        let started_at = now_ms();
         let Some(job) = job_from_wire(wire_job) else {
+            let now = now_ms();
             let outcome = Outcome::Error(
                 "the JobTracker sent a job this TaskTracker cannot read (its spec is missing \
                  or invalid); is the JobTracker a newer version?"
                     .into(),
             );
-            self.report(
-                outcome_report(job_id, attempt, outcome, started_at, now_ms()),
-                conn,
-            );
-            return;
+            self.report(outcome_report(job_id, attempt, outcome, now, now), conn);
+            return None;
         };
-        tracing::debug!(job_id = %job_id, attempt, "run started");
         let cancel = self.runs_cancel.child_token();
-        self.running
-            .insert((job_id.clone(), attempt), cancel.clone());
-        if let Some(conn) = conn {
-            let run = pb::RunRef {
-                job_id: job_id.clone(),
-                attempt,
-            };
-            let _ = conn.out.send(Outgoing::Started(run, started_at));
-        }
         let ctx = JobContext {
             job,
             attempt,
-            cancel,
+            cancel: cancel.clone(),
             log: BizLogger::new(job_id.clone(), attempt, self.events_tx.clone()),
         };
         let runner = self.runner.clone();
         let events = self.events_tx.clone();
         let runs_cancel = self.runs_cancel.clone();
         let cancel_grace = self.config.cancel_grace;
+        let (go, started) = tokio::sync::oneshot::channel::<i64>();
+        let run_id = job_id.clone();
         tokio::spawn(async move {
+            // Dropped unrun (cancelled, handed back, its stream ended).
+            let Ok(started_at) = started.await else {
+                return;
+            };
             let mut outcome = execute(runner, ctx, cancel_grace).await;
             if runs_cancel.is_cancelled() && !matches!(outcome, Outcome::Success(_)) {
                 // Cut short by our own shutdown, not by the job: hand it back
@@ -679,9 +745,35 @@ impl Driver {
                     ),
                 };
             }
-            let report = outcome_report(job_id, attempt, outcome, started_at, now_ms());
+            let report = outcome_report(run_id, attempt, outcome, started_at, now_ms());
             let _ = events.send(Event::Finished(report));
         });
+        Some(Prepared {
+            job_id,
+            attempt,
+            not_before,
+            cancel,
+            go,
+        })
+    }
+
+    /// Starts a prepared run in a slot.
+    fn go(&mut self, run: Prepared, conn: &mut Option<&mut Conn>) {
+        let started_at = now_ms();
+        if run.go.send(started_at).is_err() {
+            // Its task is gone (the runtime is shutting down): nothing runs.
+            tracing::warn!(job_id = %run.job_id, attempt = run.attempt, "a run's task ended before it started");
+            return;
+        }
+        tracing::debug!(job_id = %run.job_id, attempt = run.attempt, "run started");
+        if let Some(conn) = conn {
+            let started = pb::RunRef {
+                job_id: run.job_id.clone(),
+                attempt: run.attempt,
+            };
+            let _ = conn.out.send(Outgoing::Started(started, started_at));
+        }
+        self.running.insert((run.job_id, run.attempt), run.cancel);
     }
 
     /// Grants credit for free slots and publishes the counters; once per
@@ -689,7 +781,8 @@ impl Driver {
     fn settle(&mut self, conn: Option<&mut Conn>) {
         if let Some(conn) = conn {
             if !self.stopping {
-                let taken = self.running.len() + self.waiting.len() + conn.granted;
+                let taken =
+                    self.running.len() + self.waiting.len() + self.due_waiting.len() + conn.granted;
                 let free = self.slots.saturating_sub(taken);
                 if free > 0 {
                     conn.granted += free;

@@ -50,7 +50,7 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long before its point a cron or repeat cycle is made: its job then
 /// waits in the queue, and at the point only the dispatch remains to do.
-pub const FIRE_AHEAD_MS: i64 = 1_000;
+pub const FIRE_AHEAD_MS: i64 = 800;
 
 /// Cycles fired under one hold of the index lock.
 const FIRE_CHUNK: usize = 256;
