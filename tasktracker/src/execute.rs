@@ -43,6 +43,9 @@ pub(crate) async fn execute(
         }
     };
     let stop = tokio::select! {
+        // The runner first: a run that ends at its first poll never sets up
+        // the timer or the cancellation wait.
+        biased;
         joined = &mut task => return outcome_of(joined),
         _ = timeout => Stop::TimedOut,
         _ = token.cancelled() => Stop::Cancelled,
