@@ -34,9 +34,10 @@ struct Args {
     /// Seconds to measure, after the first full second.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// TaskTracker slots.
-    #[arg(long, default_value_t = 1024)]
-    slots: u32,
+    /// TaskTracker slots; default: one per cron job (at most the limit of
+    /// one TaskTracker), so a second's cycles can all run at their point.
+    #[arg(long)]
+    slots: Option<u32>,
     /// TaskTracker ahead slots (jobs held before their instant); default:
     /// one per cron job, so a whole second's cycles are sent ahead.
     #[arg(long)]
@@ -81,7 +82,9 @@ async fn main() -> Result<()> {
     let runs = Arc::new(Mutex::new(HashMap::new()));
     let stop = CancellationToken::new();
     let mut config = TaskTrackerConfig::new(tracker.url.clone(), "cron-bench");
-    config.slots = args.slots;
+    config.slots = args
+        .slots
+        .unwrap_or(args.jobs.clamp(1, lts_common::limits::MAX_SLOTS as usize) as u32);
     config.ahead_slots = args
         .ahead_slots
         .unwrap_or(args.jobs.min(lts_common::limits::MAX_AHEAD_SLOTS as usize) as u32);
