@@ -82,6 +82,28 @@ fn job_id(r: &pb::SubmitResult) -> String {
     }
 }
 
+/// Submits one job that must be accepted; returns its id.
+async fn submit_one(c: &mut JobServiceClient<Channel>, spec: pb::JobSpec) -> String {
+    job_id(
+        &c.submit_jobs(pb::SubmitJobsRequest { jobs: vec![spec] })
+            .await
+            .expect("submit")
+            .into_inner()
+            .results[0],
+    )
+}
+
+async fn job_log(c: &mut JobServiceClient<Channel>, job_id: &str) -> Vec<pb::LogEntry> {
+    c.get_job_log(pb::GetJobLogRequest {
+        job_id: job_id.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("log")
+    .into_inner()
+    .entries
+}
+
 fn error(r: &pb::SubmitResult) -> pb::SubmitError {
     match &r.result {
         Some(pb::submit_result::Result::Error(e)) => e.clone(),
@@ -463,15 +485,7 @@ async fn a_job_runs_reports_and_feeds_back_once_acked() {
         .await
         .expect("ack");
 
-    let log = c
-        .get_job_log(pb::GetJobLogRequest {
-            job_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("log")
-        .into_inner()
-        .entries;
+    let log = job_log(&mut c, &id).await;
     let kinds: Vec<i32> = log.iter().map(|e| e.kind).collect();
     for want in [
         pb::LogKind::Received,
@@ -640,34 +654,8 @@ async fn jobs_due_soon_go_ahead_to_task_trackers_with_ahead_slots_only() {
     let mut c = t.jobs().await;
     // Far enough ahead that a slow machine still submits before the time.
     let due = lts_common::now_ms() + 3_000;
-    let submit = |task: &str, group: &str| {
-        let spec = at(task, group, due);
-        let mut c = c.clone();
-        async move {
-            job_id(
-                &c.submit_jobs(pb::SubmitJobsRequest { jobs: vec![spec] })
-                    .await
-                    .expect("submit")
-                    .into_inner()
-                    .results[0],
-            )
-        }
-    };
-    let submit_now = |c: &mut JobServiceClient<Channel>, task: &str, group: &str| {
-        let spec = job(task, group);
-        let mut c = c.clone();
-        async move {
-            job_id(
-                &c.submit_jobs(pb::SubmitJobsRequest { jobs: vec![spec] })
-                    .await
-                    .expect("submit")
-                    .into_inner()
-                    .results[0],
-            )
-        }
-    };
-    let early = submit("early", "ahead").await;
-    let plain = submit("plain", "plain").await;
+    let early = submit_one(&mut c, at("early", "ahead", due)).await;
+    let plain = submit_one(&mut c, at("plain", "plain", due)).await;
 
     // A TaskTracker with ahead slots gets the job before its time, marked
     // with the instant it starts at, on an ahead slot.
@@ -683,24 +671,16 @@ async fn jobs_due_soon_go_ahead_to_task_trackers_with_ahead_slots_only() {
     assert_eq!(a[0].job.as_ref().expect("job").job_id, early);
     assert_eq!(a[0].not_before_unix_ms, due);
     assert!(received_at < due, "sent at {received_at}, due at {due}");
-    let job = wait_for_state(&mut c, &early, pb::JobState::Running).await;
-    assert_eq!(job.attempt, 1);
+    let running = wait_for_state(&mut c, &early, pb::JobState::Running).await;
+    assert_eq!(running.attempt, 1);
     // Its one slot is still free: a job due now goes there at once.
-    let now_id = submit_now(&mut c, "now", "ahead").await;
+    let now_id = submit_one(&mut c, job("now", "ahead")).await;
     let b = peer.assignments().await;
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].job.as_ref().expect("job").job_id, now_id);
     assert_eq!(b[0].not_before_unix_ms, 0);
     // The execution log says when the ahead run starts.
-    let log = c
-        .get_job_log(pb::GetJobLogRequest {
-            job_id: early.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("log")
-        .into_inner()
-        .entries;
+    let log = job_log(&mut c, &early).await;
     assert!(
         log.iter().any(|l| l.message.contains("ahead of its time")),
         "{log:?}"

@@ -153,6 +153,15 @@ fn outcome(report: &pb::OutcomeReport) -> Outcome {
     Outcome::try_from(report.outcome.clone().expect("an outcome")).expect("a valid outcome")
 }
 
+/// Sends `job_id` ahead of `not_before` and waits until the TaskTracker
+/// holds it.
+async fn hold_one_ahead(h: &Harness, s: &Session, job_id: &str, not_before: i64) {
+    s.assign_ahead(job_id, "noop", not_before);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
+        .await
+        .unwrap();
+}
+
 fn assignment(job_id: &str, mode: &str) -> pb::Assignment {
     let mut spec = JobSpec::new(format!("task-{job_id}"), "workers");
     spec.params.insert("mode".into(), mode.into());
@@ -675,10 +684,7 @@ async fn cancelling_a_job_held_ahead_reports_it_and_it_never_runs() {
     let mut s = h.session().await;
     s.welcome(10_000);
     let not_before = now_ms() + 300;
-    s.assign_ahead("held", "noop", not_before);
-    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
-        .await
-        .unwrap();
+    hold_one_ahead(&h, &s, "held", not_before).await;
     s.send(ToWorker::Cancel(pb::CancelRun {
         job_id: "held".into(),
         attempt: 1,
@@ -714,10 +720,7 @@ async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
     let s = h.session().await;
     s.welcome(10_000);
     let not_before = now_ms() + 300;
-    s.assign_ahead("held", "noop", not_before);
-    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
-        .await
-        .unwrap();
+    hold_one_ahead(&h, &s, "held", not_before).await;
     s.break_stream();
 
     let mut s = h.session().await;
@@ -749,10 +752,7 @@ async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant
     let mut s = h.session().await;
     s.welcome(10_000);
     let not_before = now_ms() + 60_000;
-    s.assign_ahead("held", "noop", not_before);
-    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 1))
-        .await
-        .unwrap();
+    hold_one_ahead(&h, &s, "held", not_before).await;
     let stopped_at = now_ms();
     let _ = h.stop.take().unwrap().send(());
     let got = s.outcomes(1).await;
