@@ -35,6 +35,37 @@ fn message(kind: ToWorker) -> Result<pb::TrackerMessage, Status> {
     Ok(pb::TrackerMessage { kind: Some(kind) })
 }
 
+type Outbound = mpsc::UnboundedSender<Result<pb::TrackerMessage, Status>>;
+type OutboundRx = mpsc::UnboundedReceiver<Result<pb::TrackerMessage, Status>>;
+
+/// Reads the TaskTracker's hello and queues the welcome.
+async fn handshake(
+    request: Request<Streaming<pb::WorkerMessage>>,
+) -> Result<
+    (
+        pb::Hello,
+        Streaming<pb::WorkerMessage>,
+        Outbound,
+        OutboundRx,
+    ),
+    Status,
+> {
+    let mut inbound = request.into_inner();
+    let Some(pb::WorkerMessage {
+        kind: Some(FromWorker::Hello(hello)),
+    }) = inbound.message().await?
+    else {
+        return Err(Status::invalid_argument("expected a hello"));
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(message(ToWorker::Welcome(pb::Welcome {
+        tracker_id: "feeder".into(),
+        protocol_version: lts_proto::PROTOCOL_VERSION,
+        heartbeat_interval_ms: 5_000,
+    })));
+    Ok((hello, inbound, tx, rx))
+}
+
 #[async_trait]
 impl WorkService for Feeder {
     type WorkStream = UnboundedReceiverStream<Result<pb::TrackerMessage, Status>>;
@@ -43,19 +74,7 @@ impl WorkService for Feeder {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
-        let mut inbound = request.into_inner();
-        let Some(pb::WorkerMessage {
-            kind: Some(FromWorker::Hello(hello)),
-        }) = inbound.message().await?
-        else {
-            return Err(Status::invalid_argument("expected a hello"));
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(message(ToWorker::Welcome(pb::Welcome {
-            tracker_id: "feeder".into(),
-            protocol_version: lts_proto::PROTOCOL_VERSION,
-            heartbeat_interval_ms: 5_000,
-        })));
+        let (hello, mut inbound, tx, rx) = handshake(request).await?;
         let spec: pb::JobSpec = JobSpec::new("task", "bench").into();
         let total = self.total;
         let done = self.done.clone();
@@ -176,22 +195,10 @@ impl WorkService for AheadFeeder {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
-        let mut inbound = request.into_inner();
-        let Some(pb::WorkerMessage {
-            kind: Some(FromWorker::Hello(hello)),
-        }) = inbound.message().await?
-        else {
-            return Err(Status::invalid_argument("expected a hello"));
-        };
+        let (hello, mut inbound, tx, rx) = handshake(request).await?;
         if (hello.ahead_slots as usize) < self.total {
             return Err(Status::invalid_argument("too few ahead slots for the test"));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(message(ToWorker::Welcome(pb::Welcome {
-            tracker_id: "feeder".into(),
-            protocol_version: lts_proto::PROTOCOL_VERSION,
-            heartbeat_interval_ms: 5_000,
-        })));
         let spec: pb::JobSpec = JobSpec::new("cron", "bench").into();
         for chunk in (0..self.total).collect::<Vec<_>>().chunks(1_000) {
             let assignments = chunk
