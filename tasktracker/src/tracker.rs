@@ -673,15 +673,18 @@ impl Driver {
     /// came on ends: the JobTracker hands the runs of an ended stream out
     /// again, so running them here as well would run them twice.
     fn drop_ahead(&mut self) {
-        if self.ahead.is_empty() {
+        // Those already due but still waiting for a slot go too: they have
+        // not started either.
+        let dropped = self.ahead.len() + self.due_waiting.len();
+        if dropped == 0 {
             return;
         }
         tracing::info!(
-            "dropped {} jobs sent ahead of their time, unrun: the stream they came on ended \
-             and the JobTracker hands them out again",
-            self.ahead.len()
+            "dropped {dropped} jobs sent ahead of their time, unrun: the stream they came on \
+             ended and the JobTracker hands them out again"
         );
         self.ahead.clear();
+        self.due_waiting.clear();
         self.recorder.set_ahead_held(0);
     }
 

@@ -746,6 +746,36 @@ async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
 }
 
 #[tokio::test]
+async fn a_job_sent_ahead_that_is_due_but_waits_for_a_slot_is_dropped_when_the_stream_breaks() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start_with(1, runner.clone(), |c| c.ahead_slots = 4).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // The one slot is busy until the gate opens.
+    s.assign(ids("g", 1, "gate"));
+    let not_before = now_ms() + 100;
+    hold_one_ahead(&h, &s, "due", not_before).await;
+    // Its instant passes; with no free slot it waits.
+    let got = s.ahead_credit(1).await;
+    assert!(now_ms() >= not_before, "{got:?}");
+    assert_eq!(runner.ran(), vec!["g0"]);
+    s.break_stream();
+
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    gate.add_permits(1);
+    // The gated run ends and its outcome is resent on the new stream; a job
+    // due now, sent after, runs in the freed slot; the dropped one never.
+    s.assign(ids("n", 1, "noop"));
+    let got = s.outcomes(2).await;
+    let mut done: Vec<&str> = got.reports.iter().map(|r| r.job_id.as_str()).collect();
+    done.sort_unstable();
+    assert_eq!(done, ["g0", "n0"]);
+    assert_eq!(runner.ran(), vec!["g0", "n0"], "the dropped job never ran");
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant() {
     let (runner, _gate) = Scripted::new();
     let mut h = Harness::start(1, runner.clone()).await;
