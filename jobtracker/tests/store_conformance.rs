@@ -1202,4 +1202,70 @@ mod sled_attempts {
             "{r:?}"
         );
     }
+
+    /// Operator changes racing with outcomes never bring a finished job
+    /// back: a change either lands before the outcome or sees the job
+    /// finished (also while the outcome's write is still being applied).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn changes_racing_with_outcomes_never_undo_them() {
+        use lts_jobtracker::store::{AdminAction, JobUpdate};
+        let b = sled();
+        let s = fresh(&b).await;
+        let n = 400;
+        let specs = (0..n).map(|i| spec(&format!("t{i}"), "g")).collect();
+        let ids: Vec<String> = s
+            .submit(specs, NOW)
+            .await
+            .expect("submit")
+            .iter()
+            .map(created)
+            .collect();
+        let claimed = s
+            .claim("g", &[("w1".to_string(), n)], NOW)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.per_grant[0].len(), n);
+        let completer = {
+            let s = s.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                for chunk in ids.chunks(8) {
+                    let reports = chunk
+                        .iter()
+                        .map(|id| report(id, 1, Outcome::Success(String::new())))
+                        .collect();
+                    s.complete(reports, NOW + 1).await.expect("complete");
+                }
+            })
+        };
+        let changer = {
+            let s = s.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                for id in ids.iter().rev() {
+                    let mut params = std::collections::BTreeMap::new();
+                    params.insert("k".to_string(), "v".to_string());
+                    let update = AdminAction::Update(JobUpdate {
+                        params: Some(params),
+                        ..Default::default()
+                    });
+                    // Refused once finished; either answer is fine here.
+                    let _ = s.admin(id, update, NOW + 1).await;
+                }
+            })
+        };
+        completer.await.expect("completer");
+        changer.await.expect("changer");
+        for id in &ids {
+            let job = s.get(id).await.expect("get").expect("found");
+            assert_eq!(job.state, JobState::Succeeded, "job {id}");
+        }
+        drop(s);
+        let s = b.open();
+        s.recover(NOW + 2).await.expect("recover");
+        for id in &ids {
+            let job = s.get(id).await.expect("get").expect("found");
+            assert_eq!(job.state, JobState::Succeeded, "job {id} after a restart");
+        }
+    }
 }

@@ -294,18 +294,32 @@ impl Writes {
     }
 }
 
-/// Write generations: each batch of job records applied under the index
-/// lock takes the next one; a flush makes every applied one durable.
+/// Write generations: each batch of writes takes the next one under the
+/// index lock (`assigned`), is applied in that order (`written`, after the
+/// lock is released), and a flush makes every applied one durable.
 #[derive(Default)]
 struct Generations {
+    assigned: AtomicU64,
     written: AtomicU64,
     flushed: AtomicU64,
+}
+
+/// Batches whose turn to be applied has not ended, and the values they
+/// write: reads of a job that is no longer in the index see its newest
+/// version here until it is in the tree.
+#[derive(Default)]
+struct Pending {
+    /// Key -> (generation of the batch, value; `None` for a removal).
+    writes: HashMap<::sled::IVec, (u64, Option<::sled::IVec>)>,
 }
 
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
     generations: Arc<Generations>,
+    pending: Mutex<Pending>,
+    /// Signalled when a batch's turn ends.
+    turn: std::sync::Condvar,
     flusher: Flusher,
     tree: ::sled::Tree,
     index: Mutex<Index>,
@@ -437,6 +451,8 @@ impl SledStore {
         let generations = Arc::new(Generations::default());
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
+            pending: Mutex::new(Pending::default()),
+            turn: std::sync::Condvar::new(),
             flusher: Flusher::start(db.clone(), generations.clone())?,
             generations,
             tree,
@@ -471,17 +487,52 @@ impl SledStore {
             last_child: &r.last_child,
         })?;
         batch.insert(job_key(&r.job.job_id), value);
-        let generation = self.generations.written.load(Ordering::SeqCst) + 1;
+        // The generation `commit` gives this batch (under the same hold of
+        // the index lock).
+        let generation = self.generations.assigned.load(Ordering::SeqCst) + 1;
         r.unflushed = Some((r.job.attempt, generation));
         Ok(())
     }
 
-    /// Applies a batch of job records (called with the index lock held, so
-    /// generations follow the order of the writes).
-    fn commit(&self, batch: Writes) -> Result<()> {
-        self.apply(batch)?;
-        self.generations.written.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+    /// Gives `batch` the next generation, releases the index lock and
+    /// applies the batch once every earlier one is applied.
+    ///
+    /// The index lock is not held while sled writes: a claim, which works
+    /// on the index alone, never waits for an outcome's or a submit's
+    /// writes. Until the batch is applied its values are readable through
+    /// [`Self::stored_record`].
+    fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
+        let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut p = self.pending_lock();
+            for (key, value) in &batch.0 {
+                p.writes.insert(key.clone(), (generation, value.clone()));
+            }
+        }
+        drop(index);
+        let mut p = self.pending_lock();
+        while self.generations.written.load(Ordering::SeqCst) + 1 != generation {
+            p = self.turn.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(p);
+        let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
+        // Applied or failed, the turn passes on: a failed write leaves the
+        // store in error for every caller after it anyway.
+        let result = self.apply(batch);
+        let mut p = self.pending_lock();
+        for key in keys {
+            if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
+                p.writes.remove(&key);
+            }
+        }
+        self.generations.written.store(generation, Ordering::SeqCst);
+        drop(p);
+        self.turn.notify_all();
+        result
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn flush(&self) -> Result<()> {
@@ -655,7 +706,7 @@ impl SledStore {
                 .and_then(|q| q.delayed.first_key_value())
                 .map(|((at, _), _)| *at);
             if write {
-                self.commit(batch)?;
+                self.commit(index, batch)?;
             }
         }
         if write {
@@ -671,6 +722,17 @@ impl SledStore {
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
+        let unapplied = self
+            .pending_lock()
+            .writes
+            .get(key.as_slice())
+            .map(|(_, v)| v.clone());
+        if let Some(value) = unapplied {
+            return match value {
+                Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
+                None => Ok(None),
+            };
+        }
         match self.tree.get(&key)? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
@@ -739,7 +801,7 @@ impl JobStore for SledStore {
             }
             index.next_seq = max_seq + 1;
             rec.feedback = self.tree.scan_prefix(b"f").count();
-            self.commit(batch)?;
+            self.commit(index, batch)?;
         }
         self.flush().await?;
         Ok(rec)
@@ -816,7 +878,7 @@ impl JobStore for SledStore {
                     None => SubmitResult::Created(job_id),
                 });
             }
-            self.commit(batch)?;
+            self.commit(index, batch)?;
         }
         // Claimable now; durable after the flush. A claim meanwhile joins
         // the same flush if it needs one.
@@ -944,7 +1006,7 @@ impl JobStore for SledStore {
                 });
             }
             self.put_logs(&mut batch, &loose_logs)?;
-            self.commit(batch)?;
+            self.commit(index, batch)?;
         }
         // Not waited for here: the caller acknowledges the outcomes to their
         // TaskTracker after `sync`, so the stream goes on meanwhile.
@@ -976,7 +1038,7 @@ impl JobStore for SledStore {
                 index.enqueue(&job, now_ms);
                 n += 1;
             }
-            self.commit(batch)?;
+            self.commit(index, batch)?;
         }
         self.flusher.flush_soon();
         Ok(n)
@@ -1019,7 +1081,7 @@ impl JobStore for SledStore {
             if let Some(fb) = &feedback {
                 batch.insert(feedback_key(&fb.feedback_id), encode(fb)?);
             }
-            self.commit(batch)?;
+            self.commit(index, batch)?;
             Cancelled {
                 before,
                 after: r.job,
@@ -1132,7 +1194,7 @@ impl JobStore for SledStore {
                     }
                 }
                 if wrote {
-                    self.commit(batch)?;
+                    self.commit(index, batch)?;
                 }
             }
             if more {
@@ -1302,7 +1364,7 @@ impl JobStore for SledStore {
                 return Err(e);
             }
             if deleted {
-                self.commit(batch)?;
+                self.commit(index, batch)?;
                 Admined {
                     before,
                     after: None,
@@ -1311,11 +1373,11 @@ impl JobStore for SledStore {
             } else {
                 r.job.updated_at_ms = now_ms;
                 self.put_record(&mut batch, &mut r)?;
-                self.commit(batch)?;
                 let after = r.job.clone();
                 if !r.job.state.is_final() {
                     index.live.insert(r.job.job_id.clone(), r);
                 }
+                self.commit(index, batch)?;
                 Admined {
                     before,
                     after: Some(after),
