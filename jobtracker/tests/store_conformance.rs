@@ -133,6 +133,16 @@ fn created(r: &SubmitResult) -> String {
     }
 }
 
+/// Submits `specs` at `NOW`, every one accepted; returns their ids.
+async fn submit_ids(s: &dyn JobStore, specs: Vec<JobSpec>) -> Vec<String> {
+    s.submit(specs, NOW)
+        .await
+        .expect("submit")
+        .iter()
+        .map(created)
+        .collect()
+}
+
 fn report(job_id: &str, attempt: u32, outcome: Outcome) -> RunReport {
     RunReport {
         job_id: job_id.into(),
@@ -366,13 +376,7 @@ async fn feedback_queue(b: &dyn Backend) {
 async fn logs_and_listing(b: &dyn Backend) {
     let s = fresh(b).await;
     let specs = (0..5).map(|i| spec(&format!("job-{i}"), "g")).collect();
-    let ids: Vec<String> = s
-        .submit(specs, NOW)
-        .await
-        .expect("submit")
-        .iter()
-        .map(created)
-        .collect();
+    let ids = submit_ids(&*s, specs).await;
     s.submit(vec![spec("x", "h")], NOW).await.expect("submit");
     let j = claim_one(&*s, "g", NOW).await.expect("claimed");
     s.started(&[(j.job_id.clone(), 1)], "w1", NOW + 1)
@@ -1213,13 +1217,7 @@ mod sled_attempts {
         let s = fresh(&b).await;
         let n = 400;
         let specs = (0..n).map(|i| spec(&format!("t{i}"), "g")).collect();
-        let ids: Vec<String> = s
-            .submit(specs, NOW)
-            .await
-            .expect("submit")
-            .iter()
-            .map(created)
-            .collect();
+        let ids = submit_ids(&*s, specs).await;
         let claimed = s
             .claim("g", &[("w1".to_string(), n)], NOW)
             .await

@@ -38,6 +38,21 @@ fn message(kind: ToWorker) -> Result<pb::TrackerMessage, Status> {
 type Outbound = mpsc::UnboundedSender<Result<pb::TrackerMessage, Status>>;
 type OutboundRx = mpsc::UnboundedReceiver<Result<pb::TrackerMessage, Status>>;
 
+/// Acknowledges every outcome of `o`; returns how many there were.
+fn ack_all(tx: &Outbound, o: pb::Outcomes) -> usize {
+    let n = o.reports.len();
+    let runs = o
+        .reports
+        .into_iter()
+        .map(|r| pb::RunRef {
+            job_id: r.job_id,
+            attempt: r.attempt,
+        })
+        .collect();
+    let _ = tx.send(message(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs })));
+    n
+}
+
 /// Reads the TaskTracker's hello and queues the welcome.
 async fn handshake(
     request: Request<Streaming<pb::WorkerMessage>>,
@@ -106,16 +121,7 @@ impl WorkService for Feeder {
                 match m.kind {
                     Some(FromWorker::Credit(c)) => hand_out(c.credits as usize, &mut sent),
                     Some(FromWorker::Outcomes(o)) => {
-                        finished += o.reports.len();
-                        let runs = o
-                            .reports
-                            .into_iter()
-                            .map(|r| pb::RunRef {
-                                job_id: r.job_id,
-                                attempt: r.attempt,
-                            })
-                            .collect();
-                        let _ = tx.send(message(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs })));
+                        finished += ack_all(&tx, o);
                         if finished == total {
                             let _ = done.send(started.elapsed());
                         }
@@ -224,16 +230,7 @@ impl WorkService for AheadFeeder {
             let mut finished = 0usize;
             while let Ok(Some(m)) = inbound.message().await {
                 if let Some(FromWorker::Outcomes(o)) = m.kind {
-                    finished += o.reports.len();
-                    let runs = o
-                        .reports
-                        .into_iter()
-                        .map(|r| pb::RunRef {
-                            job_id: r.job_id,
-                            attempt: r.attempt,
-                        })
-                        .collect();
-                    let _ = tx.send(message(ToWorker::OutcomeAcks(pb::OutcomeAcks { runs })));
+                    finished += ack_all(&tx, o);
                     if finished == total {
                         let _ = done.send(());
                     }
