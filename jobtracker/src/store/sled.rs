@@ -276,8 +276,8 @@ impl Flusher {
 ///
 /// Not a `sled::Batch`: sled applies a batch under an exclusive lock that
 /// its flush holds shared for the whole write and sync of the log, so every
-/// batch (and the index lock held around it) waited out each flush, 3 to
-/// 30 ms here. Single writes go on during a flush. A crash keeps a prefix
+/// batch waited out each flush, 3 to 30 ms here, and the batches behind it
+/// (see [`SledStore::commit`]). Single writes go on during a flush. A crash keeps a prefix
 /// of the writes in order, so each caller puts a write that others depend
 /// on first: a feedback item before the outcome that produced it, a cycle's
 /// job before its template's move to the next point.
