@@ -32,6 +32,11 @@ use support::{
     TrackerProcess,
 };
 
+// The allocator of the `jobtracker` and `tasktracker` binaries, for the
+// TaskTracker and client running in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Clone)]
 struct Args {
     /// Jobs for the batched submit phase.

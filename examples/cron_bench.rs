@@ -26,6 +26,11 @@ use tokio_util::sync::CancellationToken;
 mod support;
 use support::{cpu_and_rss, start_tracker};
 
+// The allocator of the `jobtracker` and `tasktracker` binaries, for the
+// TaskTracker and client running in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Cron jobs, each firing every second.
@@ -126,9 +131,12 @@ async fn main() -> Result<()> {
     // Only the points of the measured seconds count.
     let (mut missed, mut doubled, mut early) = (0usize, 0usize, 0usize);
     let mut h = Histogram::<u64>::new(3)?;
+    let mut per_second = (start_s..end_s)
+        .map(|_| Histogram::<u64>::new(3))
+        .collect::<Result<Vec<_>, _>>()?;
     for i in 0..args.jobs {
         let task = format!("cron-{i}");
-        for s in start_s..end_s {
+        for (s, second) in (start_s..end_s).zip(per_second.iter_mut()) {
             match runs.get(&(task.clone(), s * 1000)) {
                 None => missed += 1,
                 Some(&(n, delay)) => {
@@ -139,6 +147,7 @@ async fn main() -> Result<()> {
                         early += 1;
                     }
                     h.record(delay.max(0) as u64)?;
+                    second.record(delay.max(0) as u64)?;
                 }
             }
         }
@@ -154,6 +163,11 @@ async fn main() -> Result<()> {
         h.value_at_quantile(0.99),
         h.max()
     );
+    let p99s: Vec<u64> = per_second
+        .iter()
+        .map(|h| h.value_at_quantile(0.99))
+        .collect();
+    println!("p99 of each measured second, ms: {p99s:?}");
     println!(
         "cycles not run by the end of the window (late; each point still fires once): {missed}, cycles run twice: {doubled}, started before their point: {early}"
     );

@@ -17,16 +17,16 @@ use tokio::sync::mpsc;
 
 /// A batch stops growing past this many bytes (roughly counted), well below
 /// the gRPC message limit.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A batch stops growing past this many items, so one pull never holds the
 /// queue for long.
-const MAX_BATCH_ITEMS: usize = 20_000;
+const MAX_BATCH_ITEMS: usize = 1024;
 
 /// One thing to tell the JobTracker.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A run began at the given Unix milliseconds.
-    Started(pb::RunRef, i64),
+    /// Runs began at the given Unix milliseconds.
+    Started(Vec<pb::RunRef>, i64),
     /// A run ended.
     Outcome(pb::OutcomeReport),
     /// Slots freed up.
@@ -58,12 +58,17 @@ impl Batch {
     pub(crate) fn push(&mut self, item: Outgoing) {
         self.items += 1;
         match item {
-            Outgoing::Started(run, at) => {
+            Outgoing::Started(runs, at) => {
                 if self.started.is_empty() {
                     self.started_at = at;
                 }
-                self.bytes += run.job_id.len() + 8;
-                self.started.push(run);
+                self.items += runs.len().saturating_sub(1);
+                self.bytes += runs.iter().map(|r| r.job_id.len() + 8).sum::<usize>();
+                if self.started.is_empty() {
+                    self.started = runs;
+                } else {
+                    self.started.extend(runs);
+                }
             }
             Outgoing::Outcome(report) => {
                 self.bytes += report.job_id.len() + 48 + outcome_len(&report);
@@ -186,12 +191,12 @@ mod tests {
     async fn a_burst_leaves_as_one_message_per_kind_in_order() {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued_logs = Arc::new(AtomicUsize::new(0));
-        for i in 0..1000 {
+        for i in 0..200 {
             tx.send(Outgoing::Started(
-                pb::RunRef {
+                vec![pb::RunRef {
                     job_id: format!("j-{i}"),
                     attempt: 1,
-                },
+                }],
                 100 + i as i64,
             ))
             .unwrap();
@@ -223,24 +228,24 @@ mod tests {
         assert!(matches!(kind(&sent[0]), Kind::Hello(_)));
         match kind(&sent[1]) {
             Kind::Started(s) => {
-                assert_eq!(s.runs.len(), 1000);
+                assert_eq!(s.runs.len(), 200);
                 assert_eq!(s.at_unix_ms, 100);
             }
             other => panic!("expected started, got {other:?}"),
         }
-        assert!(matches!(kind(&sent[2]), Kind::BizLogs(l) if l.lines.len() == 1000));
+        assert!(matches!(kind(&sent[2]), Kind::BizLogs(l) if l.lines.len() == 200));
         match kind(&sent[3]) {
             Kind::Outcomes(o) => {
                 let ids: Vec<_> = o.reports.iter().map(|r| r.job_id.as_str()).collect();
                 assert_eq!(ids[0], "j-0");
-                assert_eq!(ids[999], "j-999");
+                assert_eq!(ids[199], "j-199");
             }
             other => panic!("expected outcomes, got {other:?}"),
         }
         // Slot and ahead credits share one message.
         assert!(matches!(
             kind(&sent[4]),
-            Kind::Credit(c) if c.credits == 1000 && c.ahead_credits == 500
+            Kind::Credit(c) if c.credits == 200 && c.ahead_credits == 100
         ));
         assert!(matches!(kind(&sent[5]), Kind::Heartbeat(h) if h.at_unix_ms == 7));
         assert_eq!(queued_logs.load(Ordering::Relaxed), 0);

@@ -81,6 +81,8 @@ pub(crate) enum Event {
     Finished(pb::OutcomeReport),
     /// The shutdown signal arrived.
     Stop,
+    /// The shutdown grace is over: the runs still going are cancelled.
+    GraceOver,
 }
 
 /// Writes lines to the execution log of one run. The lines travel to the

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ use crate::stats::{Metrics, Recorder, TaskTrackerHandle};
 const MAX_QUEUED_LOG_LINES: usize = 100_000;
 /// Events handled before credits are granted and counters published.
 const EVENT_BURST: usize = 4096;
+/// At most this many runs are told started in one item.
+const STARTED_BATCH: usize = 1024;
 /// Heartbeat period when the JobTracker names none.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the JobTracker to close its side after ours ended.
@@ -121,21 +123,20 @@ impl TaskTracker {
     /// does, since retrying cannot help.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let runs_cancel = CancellationToken::new();
         let stopper = {
             let events = events_tx.clone();
-            let runs_cancel = runs_cancel.clone();
             let grace = self.config.shutdown_grace;
             AbortOnDrop(tokio::spawn(async move {
                 shutdown.await;
                 let _ = events.send(Event::Stop);
                 tokio::time::sleep(grace).await;
-                runs_cancel.cancel();
+                let _ = events.send(Event::GraceOver);
             }))
         };
         let endpoint = self.config.endpoint()?;
+        let slots = self.config.slots as usize;
         let mut driver = Driver {
-            slots: self.config.slots as usize,
+            slots,
             config: self.config,
             endpoint,
             runner: self.runner,
@@ -143,18 +144,22 @@ impl TaskTracker {
             recorder: self.recorder,
             events_tx,
             events_rx,
-            running: HashMap::new(),
+            // Sized for every slot up front: growing it while thousands of
+            // runs start at one instant would cost a rehash in the middle.
+            running: HashMap::with_capacity(slots),
             waiting: VecDeque::new(),
             ahead: BTreeMap::new(),
             due_waiting: VecDeque::new(),
             ahead_seq: 0,
-            runs_cancel,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            started: Vec::new(),
+            started_at: 0,
             stopping: false,
             queued_log_lines: Arc::new(AtomicUsize::new(0)),
         };
         let result = driver.drive().await;
         // Runs still going after a refusal would run unobserved.
-        driver.runs_cancel.cancel();
+        driver.cancel_running();
         drop(stopper);
         result
     }
@@ -247,7 +252,12 @@ struct Driver {
     /// JobTracker sent them.
     ahead_seq: u64,
     /// Parent of every run's token; fires at the end of the shutdown grace.
-    runs_cancel: CancellationToken,
+    /// Set when the shutdown grace is over: runs cut short by it hand their
+    /// job back instead of spending a retry.
+    shutting_down: Arc<AtomicBool>,
+    /// Runs started and not yet told to the JobTracker, all at `started_at`.
+    started: Vec<pb::RunRef>,
+    started_at: i64,
     stopping: bool,
     queued_log_lines: Arc<AtomicUsize>,
 }
@@ -422,6 +432,7 @@ impl Driver {
                 _ => self.recorder.log_line_dropped(),
             },
             Event::Stop => self.on_stop(conn),
+            Event::GraceOver => self.cancel_running(),
         }
     }
 
@@ -459,6 +470,8 @@ impl Driver {
             );
         }
         if let Some(conn) = conn {
+            // A run's start goes out before its outcome.
+            self.send_started(conn);
             let _ = conn.out.send(Outgoing::Outcome(report));
         }
     }
@@ -659,6 +672,21 @@ impl Driver {
         self.return_ahead_slots(released, conn);
     }
 
+    /// Cancels every run still going: the shutdown grace is over, or the
+    /// TaskTracker stops for good.
+    fn cancel_running(&mut self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        if !self.running.is_empty() {
+            tracing::info!(
+                "cancelling {} runs still going at shutdown",
+                self.running.len()
+            );
+        }
+        for token in self.running.values() {
+            token.cancel();
+        }
+    }
+
     /// Tells the JobTracker that `n` ahead slots are free again.
     fn return_ahead_slots(&self, n: u32, conn: &mut Option<&mut Conn>) {
         if n == 0 {
@@ -719,7 +747,10 @@ impl Driver {
             self.report(outcome_report(job_id, attempt, outcome, now, now), conn);
             return None;
         };
-        let cancel = self.runs_cancel.child_token();
+        // A token of its own, not a child of a shared one: a child token
+        // takes its parent's lock when made and when dropped, and thousands
+        // of runs end at once.
+        let cancel = CancellationToken::new();
         let ctx = JobContext {
             job,
             attempt,
@@ -728,7 +759,7 @@ impl Driver {
         };
         let runner = self.runner.clone();
         let events = self.events_tx.clone();
-        let runs_cancel = self.runs_cancel.clone();
+        let shutting_down = self.shutting_down.clone();
         let cancel_grace = self.config.cancel_grace;
         let (go, started) = tokio::sync::oneshot::channel::<i64>();
         let run_id = job_id.clone();
@@ -738,7 +769,7 @@ impl Driver {
                 return;
             };
             let mut outcome = execute(runner, ctx, cancel_grace).await;
-            if runs_cancel.is_cancelled() && !matches!(outcome, Outcome::Success(_)) {
+            if shutting_down.load(Ordering::Relaxed) && !matches!(outcome, Outcome::Success(_)) {
                 // Cut short by our own shutdown, not by the job: hand it back
                 // instead of spending one of its retries.
                 outcome = Outcome::Later {
@@ -770,19 +801,34 @@ impl Driver {
         }
         tracing::debug!(job_id = %run.job_id, attempt = run.attempt, "run started");
         if let Some(conn) = conn {
-            let started = pb::RunRef {
+            if !self.started.is_empty()
+                && (self.started_at != started_at || self.started.len() >= STARTED_BATCH)
+            {
+                self.send_started(conn);
+            }
+            self.started_at = started_at;
+            self.started.push(pb::RunRef {
                 job_id: run.job_id.clone(),
                 attempt: run.attempt,
-            };
-            let _ = conn.out.send(Outgoing::Started(started, started_at));
+            });
         }
         self.running.insert((run.job_id, run.attempt), run.cancel);
+    }
+
+    /// Sends the runs started since the last call, as one item: thousands
+    /// of runs released at one instant cost one send, not one each.
+    fn send_started(&mut self, conn: &mut Conn) {
+        if !self.started.is_empty() {
+            let runs = std::mem::take(&mut self.started);
+            let _ = conn.out.send(Outgoing::Started(runs, self.started_at));
+        }
     }
 
     /// Grants credit for free slots and publishes the counters; once per
     /// burst of events.
     fn settle(&mut self, conn: Option<&mut Conn>) {
         if let Some(conn) = conn {
+            self.send_started(conn);
             if !self.stopping {
                 let taken =
                     self.running.len() + self.waiting.len() + self.due_waiting.len() + conn.granted;
