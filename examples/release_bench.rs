@@ -28,6 +28,10 @@ use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::cpu_and_rss;
+
 // The allocator of the `tasktracker` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -131,7 +135,9 @@ async fn main() -> Result<()> {
             }))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let delays = Arc::new(Mutex::new(Vec::new()));
+    let delays = Arc::new(Mutex::new(Vec::with_capacity(
+        args.runs as usize * args.rounds as usize,
+    )));
     let mut config = TaskTrackerConfig::new(addr.to_string(), "release-bench");
     config.slots = args.runs.min(lts_common::limits::MAX_SLOTS);
     config.ahead_slots = args.runs;
@@ -149,11 +155,13 @@ async fn main() -> Result<()> {
         .context("the peer stopped")?;
 
     let mut to_last_outcome = Vec::new();
+    let mut cpu_s = 0.0;
     for round in 0..args.rounds {
         // Sent about 700 ms ahead of the next whole second.
         let at_ms = (now_ms() / 1000 + 2) * 1000;
         let wait = (at_ms - 700 - now_ms()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        let (cpu0, _) = cpu_and_rss(std::process::id())?;
         let assignments = (0..args.runs)
             .map(|i| assignment(round, i, at_ms))
             .collect::<Vec<_>>();
@@ -187,6 +195,7 @@ async fn main() -> Result<()> {
             }
         }
         to_last_outcome.push(now_ms() - at_ms);
+        cpu_s += cpu_and_rss(std::process::id())?.0 - cpu0;
     }
     stop.cancel();
     drop(tx);
@@ -211,5 +220,9 @@ async fn main() -> Result<()> {
         h.max()
     );
     println!("instant to a round's last outcome at the peer, ms: {to_last_outcome:?}");
+    println!(
+        "CPU of this process (TaskTracker and peer) per run: {:.1} us",
+        cpu_s * 1e6 / f64::from(args.runs * args.rounds)
+    );
     Ok(())
 }

@@ -45,6 +45,16 @@ impl MemorySpool {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// An empty spool with room for `runs` outcomes before it grows: a
+    /// TaskTracker sizes it for its slots, so a burst of runs ending at
+    /// once does not rehash it halfway.
+    pub fn with_capacity(runs: usize) -> Self {
+        MemorySpool {
+            by_job: HashMap::with_capacity(runs),
+            len: 0,
+        }
+    }
 }
 
 impl OutcomeSpool for MemorySpool {

@@ -89,10 +89,11 @@ impl TaskTracker {
         config.validate()?;
         let metrics = Metrics::register(&registry)?;
         let recorder = Recorder::new(metrics, config.slots);
+        let spool = Box::new(MemorySpool::with_capacity(config.slots as usize));
         Ok(TaskTracker {
             config,
             runner,
-            spool: Box::new(MemorySpool::new()),
+            spool,
             registry,
             recorder,
         })
