@@ -168,6 +168,16 @@ async fn main() -> Result<()> {
         .map(|h| h.value_at_quantile(0.99))
         .collect();
     println!("p99 of each measured second, ms: {p99s:?}");
+    if let Some(worst) = per_second.iter().max_by_key(|h| h.value_at_quantile(0.99)) {
+        println!(
+            "worst second: min {} ms, p10 {} ms, p50 {} ms, p90 {} ms, max {} ms",
+            worst.min(),
+            worst.value_at_quantile(0.1),
+            worst.value_at_quantile(0.5),
+            worst.value_at_quantile(0.9),
+            worst.max()
+        );
+    }
     println!(
         "cycles not run by the end of the window (late; each point still fires once): {missed}, cycles run twice: {doubled}, started before their point: {early}"
     );

@@ -46,6 +46,7 @@ mod outbound;
 mod runner;
 pub mod runners;
 mod spool;
+mod starting;
 mod stats;
 mod tracker;
 

@@ -15,6 +15,8 @@ use lts_proto::v1 as pb;
 use pb::worker_message::Kind;
 use tokio::sync::mpsc;
 
+use crate::starting::Starting;
+
 /// A batch stops growing past this many bytes (roughly counted), well below
 /// the gRPC message limit.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -138,22 +140,27 @@ fn outcome_len(report: &pb::OutcomeReport) -> usize {
 /// The stream gRPC sends: `first` (the hello), then the queue, coalesced.
 /// It ends when every sender of the queue is gone. `queued_log_lines` is
 /// lowered by the number of log lines taken off the queue, so producers
-/// can drop lines instead of queueing without bound.
+/// can drop lines instead of queueing without bound. Nothing is taken off
+/// the queue while `starting` holds (runs released at their instant have
+/// not all begun).
 pub(crate) fn coalesced(
     first: pb::WorkerMessage,
     queue: mpsc::UnboundedReceiver<Outgoing>,
     queued_log_lines: Arc<AtomicUsize>,
+    starting: Arc<Starting>,
 ) -> impl Stream<Item = pb::WorkerMessage> + Send + 'static {
     let mut ready = VecDeque::with_capacity(4);
     ready.push_back(first);
     futures::stream::unfold(
-        (queue, ready, queued_log_lines),
-        |(mut queue, mut ready, queued_log_lines)| async move {
+        (queue, ready, queued_log_lines, starting),
+        |(mut queue, mut ready, queued_log_lines, starting)| async move {
             if let Some(message) = ready.pop_front() {
-                return Some((message, (queue, ready, queued_log_lines)));
+                return Some((message, (queue, ready, queued_log_lines, starting)));
             }
+            let first = queue.recv().await?;
+            starting.hold_over().await;
             let mut batch = Batch::default();
-            batch.push(queue.recv().await?);
+            batch.push(first);
             while !batch.is_full() {
                 match queue.try_recv() {
                     Ok(item) => batch.push(item),
@@ -163,7 +170,7 @@ pub(crate) fn coalesced(
             queued_log_lines.fetch_sub(batch.log_lines(), Ordering::Relaxed);
             batch.into_messages(&mut ready);
             let message = ready.pop_front()?;
-            Some((message, (queue, ready, queued_log_lines)))
+            Some((message, (queue, ready, queued_log_lines, starting)))
         },
     )
 }
@@ -218,7 +225,9 @@ mod tests {
         let hello = pb::WorkerMessage {
             kind: Some(Kind::Hello(pb::Hello::default())),
         };
-        let sent: Vec<_> = coalesced(hello, rx, queued_logs.clone()).collect().await;
+        let sent: Vec<_> = coalesced(hello, rx, queued_logs.clone(), Arc::default())
+            .collect()
+            .await;
         assert_eq!(
             sent.len(),
             6,
@@ -260,7 +269,10 @@ mod tests {
         let hello = pb::WorkerMessage {
             kind: Some(Kind::Hello(pb::Hello::default())),
         };
-        let sent: Vec<_> = coalesced(hello, rx, Arc::default()).skip(1).collect().await;
+        let sent: Vec<_> = coalesced(hello, rx, Arc::default(), Arc::default())
+            .skip(1)
+            .collect()
+            .await;
         assert_eq!(sent.len(), 1);
         assert!(matches!(
             kind(&sent[0]),
@@ -279,7 +291,10 @@ mod tests {
         let hello = pb::WorkerMessage {
             kind: Some(Kind::Heartbeat(pb::Heartbeat::default())),
         };
-        let sent: Vec<_> = coalesced(hello, rx, Arc::default()).skip(1).collect().await;
+        let sent: Vec<_> = coalesced(hello, rx, Arc::default(), Arc::default())
+            .skip(1)
+            .collect()
+            .await;
         let sizes: Vec<_> = sent
             .iter()
             .map(|m| match kind(m) {

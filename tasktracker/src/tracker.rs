@@ -38,6 +38,7 @@ use crate::execute::execute;
 use crate::outbound::{coalesced, Outgoing};
 use crate::runner::{BizLogger, Event, JobContext, JobRunner};
 use crate::spool::{MemorySpool, OutcomeSpool};
+use crate::starting::Starting;
 use crate::stats::{Metrics, Recorder, TaskTrackerHandle};
 
 /// Log lines queued for the JobTracker beyond this are dropped: a runner
@@ -155,6 +156,7 @@ impl TaskTracker {
             shutting_down: Arc::new(AtomicBool::new(false)),
             started: Vec::new(),
             started_at: 0,
+            starting: Arc::default(),
             stopping: false,
             queued_log_lines: Arc::new(AtomicUsize::new(0)),
         };
@@ -194,7 +196,7 @@ struct Prepared {
     /// The instant it starts at, for a run sent ahead; 0 otherwise.
     not_before: i64,
     cancel: CancellationToken,
-    go: tokio::sync::oneshot::Sender<i64>,
+    go: tokio::sync::oneshot::Sender<(i64, bool)>,
 }
 
 /// The state of the stream to the JobTracker.
@@ -259,6 +261,9 @@ struct Driver {
     /// Runs started and not yet told to the JobTracker, all at `started_at`.
     started: Vec<pb::RunRef>,
     started_at: i64,
+    /// Runs released at their instant that have not begun: while any
+    /// has not, events and outbound messages wait (boundedly).
+    starting: Arc<Starting>,
     stopping: bool,
     queued_log_lines: Arc<AtomicUsize>,
 }
@@ -283,8 +288,13 @@ impl Driver {
             }
             let far = Instant::now() + Duration::from_secs(3600);
             let ahead_due = self.next_ahead_due();
+            let starting = self.starting.clone();
+            let holding = starting.holding_until().is_some();
             tokio::select! {
-                Some(event) = self.events_rx.recv() => {
+                // Runs released at their instant begin before the outcomes
+                // of those already done are reported.
+                _ = starting.hold_over(), if holding => {}
+                Some(event) = self.events_rx.recv(), if !holding => {
                     let mut link_up = as_conn(&mut link);
                     self.on_event(event, &mut link_up);
                     for _ in 1..EVENT_BURST {
@@ -389,6 +399,7 @@ impl Driver {
             self.endpoint.clone(),
             hello,
             self.queued_log_lines.clone(),
+            self.starting.clone(),
             self.config.connect_timeout,
         )))
     }
@@ -445,7 +456,7 @@ impl Driver {
         self.report(report, conn);
         while self.running.len() < self.slots {
             if let Some(run) = self.due_waiting.pop_front() {
-                self.go(run, conn);
+                self.go(run, conn, false);
             } else if let Some(assignment) = self.waiting.pop_front() {
                 self.start(assignment, conn);
             } else {
@@ -650,15 +661,19 @@ impl Driver {
     /// in one pass, and gives their ahead slots back in one credit.
     fn release_due_ahead(&mut self, conn: &mut Option<&mut Conn>) {
         let now = now_ms();
+        // Counted before any of them can begin (and without collecting
+        // them: a burst allocating fresh memory costs page faults).
+        let due = self.ahead.range(..=(now, u64::MAX)).count();
+        let to_start = due.min(self.slots.saturating_sub(self.running.len()));
+        self.starting.released(to_start);
         let mut released = 0u32;
-        while let Some(entry) = self.ahead.first_entry() {
-            if entry.key().0 > now {
+        for n in 0..due {
+            let Some(run) = self.ahead.pop_first().map(|(_, run)| run) else {
                 break;
-            }
-            let run = entry.remove();
+            };
             released += 1;
-            if self.running.len() < self.slots {
-                self.go(run, conn);
+            if n < to_start {
+                self.go(run, conn, true);
             } else {
                 self.due_waiting.push_back(run);
             }
@@ -719,7 +734,7 @@ impl Driver {
 
     fn start(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
         if let Some(run) = self.prepare(assignment, conn) {
-            self.go(run, conn);
+            self.go(run, conn, false);
         }
     }
 
@@ -762,13 +777,17 @@ impl Driver {
         let events = self.events_tx.clone();
         let shutting_down = self.shutting_down.clone();
         let cancel_grace = self.config.cancel_grace;
-        let (go, started) = tokio::sync::oneshot::channel::<i64>();
+        let (go, started) = tokio::sync::oneshot::channel::<(i64, bool)>();
+        let starting = self.starting.clone();
         let run_id = job_id.clone();
         tokio::spawn(async move {
             // Dropped unrun (cancelled, handed back, its stream ended).
-            let Ok(started_at) = started.await else {
+            let Ok((started_at, released)) = started.await else {
                 return;
             };
+            if released {
+                starting.begun();
+            }
             let mut outcome = execute(runner, ctx, cancel_grace).await;
             if shutting_down.load(Ordering::Relaxed) && !matches!(outcome, Outcome::Success(_)) {
                 // Cut short by our own shutdown, not by the job: hand it back
@@ -792,10 +811,14 @@ impl Driver {
         })
     }
 
-    /// Starts a prepared run in a slot.
-    fn go(&mut self, run: Prepared, conn: &mut Option<&mut Conn>) {
+    /// Starts a prepared run in a slot; `released` when it is one of the
+    /// runs counted by [`Starting::released`].
+    fn go(&mut self, run: Prepared, conn: &mut Option<&mut Conn>, released: bool) {
         let started_at = now_ms();
-        if run.go.send(started_at).is_err() {
+        if run.go.send((started_at, released)).is_err() {
+            if released {
+                self.starting.begun();
+            }
             // Its task is gone (the runtime is shutting down): nothing runs.
             tracing::warn!(job_id = %run.job_id, attempt = run.attempt, "a run's task ended before it started");
             return;
@@ -903,6 +926,7 @@ async fn open_stream(
     endpoint: tonic::transport::Endpoint,
     hello: pb::Hello,
     queued_log_lines: Arc<AtomicUsize>,
+    starting: Arc<Starting>,
     welcome_timeout: Duration,
 ) -> Result<Box<Conn>, ConnectError> {
     let channel = endpoint
@@ -919,7 +943,7 @@ async fn open_stream(
     };
     let opening = async {
         let mut inbound = client
-            .work(coalesced(hello, queue, queued_log_lines))
+            .work(coalesced(hello, queue, queued_log_lines, starting))
             .await
             .map_err(refusal)?
             .into_inner();

@@ -660,6 +660,41 @@ async fn a_job_sent_ahead_starts_at_its_instant_and_takes_no_slot() {
 }
 
 #[tokio::test]
+async fn a_burst_due_at_one_instant_all_begin_then_every_outcome_is_reported_once() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start_with(500, runner.clone(), |c| c.ahead_slots = 500).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    let not_before = now_ms() + 300;
+    let assignments = (0..500)
+        .map(|i| {
+            let mut a = assignment(&format!("b{i}"), "noop");
+            a.not_before_unix_ms = not_before;
+            a
+        })
+        .collect();
+    s.send(ToWorker::Assignments(pb::Assignments { assignments }));
+    let got = s.outcomes(500).await;
+    let mut reported: Vec<_> = got.reports.iter().map(|r| r.job_id.clone()).collect();
+    reported.sort();
+    reported.dedup();
+    assert_eq!(reported.len(), 500, "each run reported once: {got:?}");
+    assert_eq!(got.started, 500, "every start is told to the JobTracker");
+    // No runner began before the instant.
+    let began: Vec<i64> = (0..500)
+        .map(|i| runner.began_at(&format!("b{i}")).expect("every run began"))
+        .collect();
+    assert!(began.iter().all(|&at| at >= not_before), "{began:?}");
+    assert!(got
+        .reports
+        .iter()
+        .all(|r| r.started_at_unix_ms >= not_before));
+    let ahead = s.ahead_credit(500 - got.ahead_credits).await;
+    assert_eq!(got.ahead_credits + ahead.ahead_credits, 500);
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_job_sent_ahead_whose_instant_has_passed_runs_at_once() {
     let (runner, _gate) = Scripted::new();
     let mut h = Harness::start(1, runner.clone()).await;
