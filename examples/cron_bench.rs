@@ -84,7 +84,11 @@ async fn main() -> Result<()> {
     let tracker = start_tracker(args.jobtracker_bin.as_deref()).await?;
     let pid = tracker.child.id();
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
-    let runs = Arc::new(Mutex::new(HashMap::new()));
+    // Sized for every cycle up front: growing it under its lock would hold
+    // up every run of that second behind the rehash.
+    let runs = Arc::new(Mutex::new(HashMap::with_capacity(
+        args.jobs * (args.seconds as usize + 4),
+    )));
     let stop = CancellationToken::new();
     let mut config = TaskTrackerConfig::new(tracker.url.clone(), "cron-bench");
     config.slots = args
