@@ -208,9 +208,24 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     )
     .await?;
     let mut h = Histogram::<u64>::new(3)?;
-    for us in probe.samples_us()? {
+    let samples = probe.samples_us()?;
+    for &us in &samples {
         h.record(us)?;
     }
+    // In start order, a quarter second of jobs at a time: shows whether
+    // the tail is spread out or a few stalls.
+    let quarter = ((rate / 4.0) as usize).max(1);
+    let windows: Vec<String> = samples
+        .chunks(quarter)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort_unstable();
+            format!(
+                "{:.1}",
+                c[(c.len() * 99 / 100).min(c.len() - 1)] as f64 / 1000.0
+            )
+        })
+        .collect();
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
         "submit-to-start at {rate:.0} jobs/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} jobs)",
@@ -219,6 +234,7 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
         ms(h.max()),
         h.len()
     );
+    println!("  p99 of each quarter second, ms: {}", windows.join(" "));
     figures.insert("latency_rate_jobs_per_s", rate);
     figures.insert("latency_p50_ms", ms(h.value_at_quantile(0.5)));
     figures.insert("latency_p99_ms", ms(h.value_at_quantile(0.99)));
