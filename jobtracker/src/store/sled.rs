@@ -234,12 +234,18 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    // Every batch up to this generation is applied, so the
-                    // flush makes it durable.
-                    let applied = generations.written.load(Ordering::SeqCst);
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    // Every batch committed before these requests has a
+                    // generation up to this one; the flush waits until they
+                    // are applied (by whichever caller applies the queue),
+                    // so it makes them durable.
+                    let need = generations.assigned.load(Ordering::SeqCst);
+                    generations.wait_written(need);
+                    let result = match generations.failed.get() {
+                        Some(e) => Err(e.clone()),
+                        None => db.flush().map(|_| ()).map_err(|e| e.to_string()),
+                    };
                     if result.is_ok() {
-                        generations.flushed.fetch_max(applied, Ordering::SeqCst);
+                        generations.flushed.fetch_max(need, Ordering::SeqCst);
                     }
                     for w in waiting {
                         let _ = w.send(result.clone().map_err(Error::Store));
@@ -302,15 +308,42 @@ struct Generations {
     assigned: AtomicU64,
     written: AtomicU64,
     flushed: AtomicU64,
+    /// Set by the first write sled refused: the store is in error from
+    /// then on (sled refuses writes after an I/O error).
+    failed: std::sync::OnceLock<String>,
+    /// Signalled when `written` moves, for the flush thread.
+    moved: (Mutex<()>, std::sync::Condvar),
 }
 
-/// Batches whose turn to be applied has not ended, and the values they
-/// write: reads of a job that is no longer in the index see its newest
-/// version here until it is in the tree.
+impl Generations {
+    /// Records that every batch up to `generation` is applied.
+    fn written(&self, generation: u64) {
+        let _guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.written.store(generation, Ordering::SeqCst);
+        self.moved.1.notify_all();
+    }
+
+    /// Blocks until every batch up to `generation` is applied (or the
+    /// store failed). Only for the flush thread: never on the runtime.
+    fn wait_written(&self, generation: u64) {
+        let mut guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
+        while self.written.load(Ordering::SeqCst) < generation && self.failed.get().is_none() {
+            guard = self.moved.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Batches not applied yet, and the values they write: reads of a job that
+/// is no longer in the index see its newest version here until it is in
+/// the tree.
 #[derive(Default)]
 struct Pending {
     /// Key -> (generation of the batch, value; `None` for a removal).
     writes: HashMap<::sled::IVec, (u64, Option<::sled::IVec>)>,
+    /// Batches waiting to be applied, by generation.
+    queued: BTreeMap<u64, Writes>,
+    /// Whether a caller is applying queued batches now.
+    applying: bool,
 }
 
 /// The sled-backed [`JobStore`].
@@ -318,8 +351,9 @@ pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
     generations: Arc<Generations>,
     pending: Mutex<Pending>,
-    /// Signalled when a batch's turn ends.
-    turn: std::sync::Condvar,
+    /// Signalled when `generations.written` moves, for reads that scan the
+    /// tree (see [`SledStore::settled`]).
+    applied: tokio::sync::Notify,
     flusher: Flusher,
     tree: ::sled::Tree,
     index: Mutex<Index>,
@@ -452,7 +486,7 @@ impl SledStore {
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
             pending: Mutex::new(Pending::default()),
-            turn: std::sync::Condvar::new(),
+            applied: tokio::sync::Notify::new(),
             flusher: Flusher::start(db.clone(), generations.clone())?,
             generations,
             tree,
@@ -494,41 +528,89 @@ impl SledStore {
         Ok(())
     }
 
-    /// Gives `batch` the next generation, releases the index lock and
-    /// applies the batch once every earlier one is applied.
+    /// Gives `batch` the next generation, queues it, releases the index
+    /// lock and applies the queue, unless another caller is applying it
+    /// now (that caller then applies this batch too, in order).
     ///
     /// The index lock is not held while sled writes: a claim, which works
     /// on the index alone, never waits for an outcome's or a submit's
-    /// writes. Until the batch is applied its values are readable through
-    /// [`Self::stored_record`].
+    /// writes. Nor does a caller wait for another's writes: waiting for its
+    /// turn blocked a runtime thread (two here) for as long as sled took
+    /// over the batch ahead, a few milliseconds at times. Until a batch is
+    /// applied its values are readable through [`Self::stored_record`];
+    /// reads that scan the tree first wait for it ([`Self::settled`]), and
+    /// a flush first waits for every batch committed before it.
     fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
+        if let Some(e) = self.generations.failed.get() {
+            return Err(Error::Store(e.clone()));
+        }
         let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut p = self.pending_lock();
             for (key, value) in &batch.0 {
                 p.writes.insert(key.clone(), (generation, value.clone()));
             }
+            p.queued.insert(generation, batch);
         }
         drop(index);
-        let mut p = self.pending_lock();
-        while self.generations.written.load(Ordering::SeqCst) + 1 != generation {
-            p = self.turn.wait(p).unwrap_or_else(|e| e.into_inner());
+        self.apply_queued();
+        match self.generations.failed.get() {
+            Some(e) => Err(Error::Store(e.clone())),
+            None => Ok(()),
         }
-        drop(p);
-        let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
-        // Applied or failed, the turn passes on: a failed write leaves the
-        // store in error for every caller after it anyway.
-        let result = self.apply(batch);
-        let mut p = self.pending_lock();
-        for key in keys {
-            if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
-                p.writes.remove(&key);
+    }
+
+    /// Applies queued batches in generation order until none is left, or
+    /// returns at once if another caller is applying them.
+    fn apply_queued(&self) {
+        loop {
+            let (generation, batch) = {
+                let mut p = self.pending_lock();
+                if p.applying {
+                    return;
+                }
+                let Some(next) = p.queued.pop_first() else {
+                    return;
+                };
+                p.applying = true;
+                next
+            };
+            let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
+            if self.generations.failed.get().is_none() {
+                if let Err(e) = self.apply(batch) {
+                    tracing::error!("a write to the data directory failed: {e}");
+                    let _ = self.generations.failed.set(e.to_string());
+                }
             }
+            {
+                let mut p = self.pending_lock();
+                for key in keys {
+                    if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
+                        p.writes.remove(&key);
+                    }
+                }
+                p.applying = false;
+                self.generations.written(generation);
+            }
+            self.applied.notify_waiters();
         }
-        self.generations.written.store(generation, Ordering::SeqCst);
-        drop(p);
-        self.turn.notify_all();
-        result
+    }
+
+    /// Waits (without blocking the thread) until every batch committed
+    /// before this call is applied to the tree, so a scan sees them.
+    async fn settled(&self) {
+        let need = self.generations.assigned.load(Ordering::SeqCst);
+        loop {
+            let applied = self.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
+            if self.generations.written.load(Ordering::SeqCst) >= need
+                || self.generations.failed.get().is_some()
+            {
+                return;
+            }
+            applied.await;
+        }
     }
 
     fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -1316,6 +1398,18 @@ impl JobStore for SledStore {
                         for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
                             batch.remove(item?);
                         }
+                        // And lines still queued to be written before this.
+                        let prefix = log_prefix(job_id);
+                        let queued: Vec<::sled::IVec> = self
+                            .pending_lock()
+                            .writes
+                            .iter()
+                            .filter(|(k, (_, v))| v.is_some() && k.starts_with(&prefix))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for key in queued {
+                            batch.remove(key);
+                        }
                         batch.remove(job_key(job_id));
                         index.tasks.remove(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id, job_id);
                         deleted = true;
@@ -1419,6 +1513,7 @@ impl JobStore for SledStore {
             None => b"j".to_vec(),
         };
         let mut jobs = Vec::new();
+        self.settled().await;
         for item in self.tree.range(start..b"k".to_vec()) {
             let (key, bytes) = item?;
             let stored: Record = match decode(&key, &bytes) {
@@ -1466,6 +1561,7 @@ impl JobStore for SledStore {
             })?,
             None => 0,
         };
+        self.settled().await;
         let history = self.lock().live.get(job_id).map(|r| r.history.clone());
         let history = match history {
             Some(h) => h,
@@ -1498,6 +1594,7 @@ impl JobStore for SledStore {
 
     async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
         let mut out = Vec::new();
+        self.settled().await;
         for item in self.tree.scan_prefix(b"f") {
             let (key, bytes) = item?;
             match decode(&key, &bytes) {
