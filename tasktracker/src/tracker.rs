@@ -254,7 +254,6 @@ struct Driver {
     /// Arrival counter: jobs due at the same instant start in the order the
     /// JobTracker sent them.
     ahead_seq: u64,
-    /// Parent of every run's token; fires at the end of the shutdown grace.
     /// Set when the shutdown grace is over: runs cut short by it hand their
     /// job back instead of spending a retry.
     shutting_down: Arc<AtomicBool>,
