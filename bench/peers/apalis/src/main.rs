@@ -242,8 +242,22 @@ async fn push_batched(pool: &SqlitePool, n: usize) {
                 let Some(size) = batches.lock().unwrap().pop_front() else {
                     break;
                 };
-                let jobs = (0..size).map(|_| job()).collect::<Vec<_>>();
-                s.push_bulk(jobs).await.expect("push_bulk");
+                // A transaction that began reading and then writes gets
+                // SQLITE_BUSY at once (no busy timeout) when another writer
+                // committed in between; it was rolled back, so a user would
+                // send it again, and so do we.
+                let mut tries = 0;
+                loop {
+                    let jobs = (0..size).map(|_| job()).collect::<Vec<_>>();
+                    match s.push_bulk(jobs).await {
+                        Ok(_) => break,
+                        Err(e) if tries < 20 && format!("{e:?}").contains("database is locked") => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("push_bulk: {e:?}"),
+                    }
+                }
             }
         }));
     }
