@@ -7,7 +7,7 @@
 //! and the tracker's CPU.
 //!
 //! ```text
-//! cargo build --release --bins --examples && target/release/examples/cron_bench -- --jobs 10000 --seconds 10
+//! cargo build --release --bins --examples && target/release/examples/cron_bench --jobs 10000 --seconds 10
 //! ```
 
 use std::collections::HashMap;

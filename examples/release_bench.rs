@@ -8,7 +8,7 @@
 //! of a round reached the peer.
 //!
 //! ```text
-//! cargo build --release --examples && target/release/examples/release_bench -- --runs 10000 --rounds 5
+//! cargo build --release --examples && target/release/examples/release_bench --runs 10000 --rounds 5
 //! ```
 
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,8 @@
 //! Everything bound for the JobTracker goes through one unbounded queue of
 //! [`Outgoing`] items. gRPC pulls from [`coalesced`] only when it can send,
 //! and each pull drains whatever queued up meanwhile into at most one
-//! message of each kind: a burst of ten thousand finished runs leaves as a
-//! handful of messages, not ten thousand.
+//! message of each kind, up to 1,024 items: a burst of ten thousand
+//! finished runs leaves as about ten messages, not ten thousand.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
