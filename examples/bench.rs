@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use lts_common::JobSpec;
+use lts_common::{JobSpec, LogKind};
 use lts_jobclient::JobClient;
 
 #[path = "support/mod.rs"]
@@ -235,6 +235,28 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
         h.len()
     );
     println!("  p99 of each quarter second, ms: {}", windows.join(" "));
+    // Where the slowest jobs spent their time, from their execution logs
+    // (the tracker's and TaskTracker's clocks are this machine's).
+    println!("  slowest job of the 8 slowest quarter seconds, ms from submit: received / dispatched / started (TaskTracker) / run began");
+    for (us, job_id, began_ms) in probe.slowest()?.into_iter().take(8) {
+        let submitted = began_ms as f64 - us as f64 / 1000.0;
+        let lines = client.log(&job_id).await?;
+        let at = |kind: LogKind| -> String {
+            lines
+                .iter()
+                .find(|l| l.kind == kind)
+                .map(|l| format!("{:.0}", l.at_ms as f64 - submitted))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "    {:>7.1}: {:>5} / {:>5} / {:>5} / {:>5.0}",
+            us as f64 / 1000.0,
+            at(LogKind::Received),
+            at(LogKind::Dispatched),
+            at(LogKind::Started),
+            began_ms as f64 - submitted
+        );
+    }
     figures.insert("latency_rate_jobs_per_s", rate);
     figures.insert("latency_p50_ms", ms(h.value_at_quantile(0.5)));
     figures.insert("latency_p99_ms", ms(h.value_at_quantile(0.99)));

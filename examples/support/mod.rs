@@ -3,6 +3,7 @@
 //! jobs. Each program uses part of it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -190,6 +191,23 @@ pub async fn wait_completed(addr: &str, target: f64, limit: Duration) -> Result<
 struct Probe {
     base: Instant,
     samples_us: Arc<Mutex<Vec<u64>>>,
+    slowest: Arc<Mutex<Slowest>>,
+}
+
+/// The slowest start of each quarter second (by the wall clock at the
+/// start): (submit-to-start in microseconds, job id, wall clock at the
+/// start in ms).
+#[derive(Default)]
+pub struct Slowest(HashMap<i64, (u64, String, i64)>);
+
+impl Slowest {
+    fn note(&mut self, us: u64, job_id: &str) {
+        let now = lts_common::now_ms();
+        let slot = self.0.entry(now / 250).or_insert((0, String::new(), now));
+        if us > slot.0 {
+            *slot = (us, job_id.to_string(), now);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -203,8 +221,12 @@ impl JobRunner for Probe {
             .get("t")
             .and_then(|t| t.parse::<u64>().ok())
         {
+            let us = now.saturating_sub(stamp).max(1);
             if let Ok(mut s) = self.samples_us.lock() {
-                s.push(now.saturating_sub(stamp).max(1));
+                s.push(us);
+            }
+            if let Ok(mut s) = self.slowest.lock() {
+                s.note(us, &ctx.job.job_id);
             }
         }
         Outcome::Success(String::new())
@@ -214,6 +236,7 @@ impl JobRunner for Probe {
 /// A TaskTracker in this process whose runner notes submit-to-start.
 pub struct ProbeTracker {
     samples_us: Arc<Mutex<Vec<u64>>>,
+    slowest: Arc<Mutex<Slowest>>,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -223,12 +246,14 @@ impl ProbeTracker {
     /// stamps are microseconds since `base`.
     pub fn start(url: &str, group: &str, slots: u32, base: Instant) -> ProbeTracker {
         let samples_us = Arc::new(Mutex::new(Vec::new()));
+        let slowest = Arc::new(Mutex::new(Slowest::default()));
         let stop = CancellationToken::new();
         let mut config = TaskTrackerConfig::new(url.to_string(), group);
         config.slots = slots;
         let runner = Arc::new(Probe {
             base,
             samples_us: samples_us.clone(),
+            slowest: slowest.clone(),
         });
         let done = stop.clone().cancelled_owned();
         let handle = tokio::spawn(async move {
@@ -236,6 +261,7 @@ impl ProbeTracker {
         });
         ProbeTracker {
             samples_us,
+            slowest,
             stop,
             handle,
         }
@@ -248,6 +274,22 @@ impl ProbeTracker {
             .lock()
             .map_err(|_| anyhow::anyhow!("samples lock"))?
             .clone())
+    }
+
+    /// The slowest start of each quarter second so far, slowest first:
+    /// (submit-to-start in microseconds, job id, wall clock at the start
+    /// in ms).
+    pub fn slowest(&self) -> Result<Vec<(u64, String, i64)>> {
+        let mut v: Vec<_> = self
+            .slowest
+            .lock()
+            .map_err(|_| anyhow::anyhow!("slowest lock"))?
+            .0
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.0));
+        Ok(v)
     }
 
     /// Stops the TaskTracker and waits for it.
