@@ -249,7 +249,7 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "    {:>7.1}: {:>5} / {:>5} / {:>5} / {:>5.0}",
+            "    {:>7.1}: {:>5} / {:>5} / {:>5} / {:>5.0}  (started at {began_ms})",
             us as f64 / 1000.0,
             at(LogKind::Received),
             at(LogKind::Dispatched),
