@@ -1003,6 +1003,37 @@ mod mongo_bad_documents {
     }
 }
 
+/// The sled store's flush thread lets a flush that only outcome acks wait
+/// for linger for one a submit waits for; it must still end on its own.
+mod sled_flushes {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outcome_sync_with_nothing_else_behind_it_returns_and_is_kept() {
+        let b = sled();
+        let id;
+        {
+            let s = fresh(&b).await;
+            id = created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
+            let job = claim_one(&*s, "g", NOW).await.expect("claimed");
+            s.complete(
+                vec![report(&id, job.attempt, Outcome::Success("ok".into()))],
+                NOW,
+            )
+            .await
+            .expect("complete");
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.sync())
+                .await
+                .expect("a sync nothing urgent follows still returns")
+                .expect("sync");
+        }
+        let s = b.open();
+        s.recover(NOW + 1).await.expect("recover");
+        let job = s.get(&id).await.expect("get").expect("the job is kept");
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+}
+
 /// The sled store keeps a dispatch in memory; these cases check that an
 /// attempt number still never comes back, across restarts and retries.
 mod sled_attempts {
