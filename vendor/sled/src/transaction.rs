@@ -349,7 +349,10 @@ impl TransactionalTree {
     }
 
     fn unstage(&self) {
-        unimplemented!()
+        // Nothing to undo: a transaction's writes stay in `self.writes`
+        // until `commit`, and are dropped with this overlay. (The crate
+        // as published has a placeholder here; `stage` never fails and
+        // `validate` is always true, so it was never reached.)
     }
 
     const fn validate(&self) -> bool {
