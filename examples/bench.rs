@@ -60,6 +60,9 @@ struct Args {
     /// Rate of the latency phase in jobs/s; default: half the end-to-end rate.
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Milliseconds between submit calls in the latency phase.
+    #[arg(long, default_value_t = 1)]
+    tick_ms: u64,
     /// Path of the jobtracker binary; default: beside this program.
     #[arg(long)]
     jobtracker_bin: Option<std::path::PathBuf>,
@@ -156,15 +159,15 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     figures.insert("e2e_jobs_per_s", e2e_rate);
     figures.insert("tracker_cpu_us_per_job", cpu_us);
 
-    // 3. Latency at half the end-to-end rate (or the rate asked for),
-    // submitted every millisecond.
+    // 3. Latency at half the end-to-end rate (or the rate asked for), one
+    // submit call every `--tick-ms` milliseconds.
     let rate = args.latency_rate.unwrap_or(e2e_rate / 2.0).max(1.0);
-    let per_ms = rate / 1000.0;
+    let per_tick = rate * args.tick_ms.max(1) as f64 / 1000.0;
     let done_before = metric(
         &scrape(&tracker.metrics).await?,
         "lts_jobtracker_jobs_completed_total",
     );
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = Instant::now();
     let mut owed = 0.0f64;
@@ -173,9 +176,11 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     // Bounded so a slow tracker shows up as latency, not as a pile of
     // requests the connection refuses.
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    let (tracker_cpu0, _) = cpu_and_rss(pid)?;
+    let (own_cpu0, _) = cpu_and_rss(std::process::id())?;
     while start.elapsed() < args.latency_for {
         tick.tick().await;
-        owed += per_ms;
+        owed += per_tick;
         let n = owed.floor() as usize;
         if n == 0 {
             continue;
@@ -207,6 +212,8 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
         Duration::from_secs(600),
     )
     .await?;
+    let (tracker_cpu1, _) = cpu_and_rss(pid)?;
+    let (own_cpu1, _) = cpu_and_rss(std::process::id())?;
     let mut h = Histogram::<u64>::new(3)?;
     let samples = probe.samples_us()?;
     for &us in &samples {
@@ -234,6 +241,17 @@ async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
         ms(h.max()),
         h.len()
     );
+    let per_job = |cpu: f64| cpu * 1e6 / sent.max(1) as f64;
+    println!(
+        "  CPU per job at this rate: jobtracker {:.1} us, this process (JobClient and TaskTracker) {:.1} us",
+        per_job(tracker_cpu1 - tracker_cpu0),
+        per_job(own_cpu1 - own_cpu0)
+    );
+    figures.insert(
+        "latency_tracker_cpu_us_per_job",
+        per_job(tracker_cpu1 - tracker_cpu0),
+    );
+    figures.insert("latency_bench_cpu_us_per_job", per_job(own_cpu1 - own_cpu0));
     println!("  p99 of each quarter second, ms: {}", windows.join(" "));
     // Where the slowest jobs spent their time, from their execution logs
     // (the tracker's and TaskTracker's clocks are this machine's).
