@@ -48,6 +48,10 @@ const MAX_QUEUED_LOG_LINES: usize = 100_000;
 const EVENT_BURST: usize = 4096;
 /// At most this many runs are told started in one item.
 const STARTED_BATCH: usize = 1024;
+/// How long the start of a run may wait to be told to the JobTracker: a
+/// run that ends sooner has its start sent with its outcome, in one write
+/// instead of two. The start's time is the TaskTracker's clock either way.
+const STARTED_DELAY: Duration = Duration::from_millis(10);
 /// Heartbeat period when the JobTracker names none.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the JobTracker to close its side after ours ended.
@@ -156,6 +160,7 @@ impl TaskTracker {
             shutting_down: Arc::new(AtomicBool::new(false)),
             started: Vec::new(),
             started_at: 0,
+            started_due: None,
             starting: Arc::default(),
             stopping: false,
             queued_log_lines: Arc::new(AtomicUsize::new(0)),
@@ -260,6 +265,8 @@ struct Driver {
     /// Runs started and not yet told to the JobTracker, all at `started_at`.
     started: Vec<pb::RunRef>,
     started_at: i64,
+    /// When `started` must be sent at the latest (see [`STARTED_DELAY`]).
+    started_due: Option<Instant>,
     /// Runs released at their instant that have not begun: while any
     /// has not, events and outbound messages wait (boundedly).
     starting: Arc<Starting>,
@@ -353,6 +360,12 @@ impl Driver {
                     self.settle(link_up);
                 }
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => {}
+                _ = tokio::time::sleep_until(self.started_due.unwrap_or(far)), if self.started_due.is_some() => {
+                    match as_conn(&mut link) {
+                        Some(conn) => self.send_started(conn),
+                        None => self.started_due = None,
+                    }
+                }
             }
         }
         if !self.spool.is_empty() {
@@ -437,6 +450,8 @@ impl Driver {
                 Some(conn)
                     if self.queued_log_lines.load(Ordering::Relaxed) < MAX_QUEUED_LOG_LINES =>
                 {
+                    // A run's start goes out before its log lines.
+                    self.send_started(conn);
                     self.queued_log_lines.fetch_add(1, Ordering::Relaxed);
                     let _ = conn.out.send(Outgoing::Log(line));
                 }
@@ -830,6 +845,9 @@ impl Driver {
                 self.send_started(conn);
             }
             self.started_at = started_at;
+            if self.started.is_empty() {
+                self.started_due = Some(Instant::now() + STARTED_DELAY);
+            }
             self.started.push(pb::RunRef {
                 job_id: run.job_id.clone(),
                 attempt: run.attempt,
@@ -841,6 +859,7 @@ impl Driver {
     /// Sends the runs started since the last call, as one item: thousands
     /// of runs released at one instant cost one send, not one each.
     fn send_started(&mut self, conn: &mut Conn) {
+        self.started_due = None;
         if !self.started.is_empty() {
             let runs = std::mem::take(&mut self.started);
             let _ = conn.out.send(Outgoing::Started(runs, self.started_at));
@@ -851,7 +870,6 @@ impl Driver {
     /// burst of events.
     fn settle(&mut self, conn: Option<&mut Conn>) {
         if let Some(conn) = conn {
-            self.send_started(conn);
             if !self.stopping {
                 let taken =
                     self.running.len() + self.waiting.len() + self.due_waiting.len() + conn.granted;
