@@ -346,6 +346,11 @@ impl JobRunner for Scripted {
                 ctx.log.warn("second line");
                 Outcome::Success(String::new())
             }
+            Some("log-then-gate") => {
+                ctx.log.info("waiting for the gate");
+                self.gate.acquire().await.expect("gate open").forget();
+                Outcome::Success(String::new())
+            }
             Some("panic") => panic!("scripted panic"),
             _ => Outcome::Success(String::new()),
         }
@@ -395,6 +400,62 @@ async fn hello_runs_and_a_burst_of_outcomes_is_coalesced() {
     tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.unacked == 0))
         .await
         .unwrap();
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_start_is_told_before_the_outcome_and_the_log_lines_of_its_run() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start(4, runner).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // "talker" logs a line, then waits for the gate; "quiet", sent once
+    // the talker's line is in, ends at once, so its start may ride with
+    // its outcome.
+    s.assign(vec![("talker".to_string(), "log-then-gate")]);
+    // What reached the JobTracker, in order: (kind, job id).
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    let record = |message: FromWorker, seen: &mut Vec<(&str, String)>| match message {
+        FromWorker::Started(started) => {
+            assert!(
+                started.at_unix_ms > 0,
+                "a start carries the TaskTracker's clock"
+            );
+            seen.extend(started.runs.into_iter().map(|r| ("started", r.job_id)));
+        }
+        FromWorker::BizLogs(l) => seen.extend(l.lines.into_iter().map(|l| ("log", l.job_id))),
+        FromWorker::Outcomes(o) => {
+            seen.extend(o.reports.into_iter().map(|r| ("outcome", r.job_id)))
+        }
+        _ => {}
+    };
+    let has = |seen: &[(&str, String)], kind: &str, job: &str| {
+        seen.iter().position(|(k, j)| *k == kind && j == job)
+    };
+    // The talker's line leaves while it runs, and its start before it.
+    while has(&seen, "log", "talker").is_none() {
+        let message = s.next().await;
+        record(message, &mut seen);
+    }
+    let talker_started = has(&seen, "started", "talker");
+    assert!(
+        talker_started.is_some_and(|i| Some(i) < has(&seen, "log", "talker")),
+        "{seen:?}"
+    );
+    s.assign(vec![("quiet".to_string(), "noop")]);
+    gate.add_permits(1);
+    while has(&seen, "outcome", "talker").is_none() || has(&seen, "outcome", "quiet").is_none() {
+        let message = s.next().await;
+        record(message, &mut seen);
+    }
+    for job in ["quiet", "talker"] {
+        assert!(
+            has(&seen, "started", job) < has(&seen, "outcome", job),
+            "{job}: {seen:?}"
+        );
+        let starts = seen.iter().filter(|(k, j)| *k == "started" && j == job);
+        assert_eq!(starts.count(), 1, "{job} is told started once: {seen:?}");
+    }
     h.finish().await.unwrap();
 }
 
