@@ -1003,8 +1003,10 @@ mod mongo_bad_documents {
     }
 }
 
-/// The sled store's flush thread lets a flush that only outcome acks wait
-/// for linger for one a submit waits for; it must still end on its own.
+/// The sled store's own threads: its flush thread lets a flush that only
+/// outcome acks wait for linger for one a submit waits for, and must still
+/// end on its own; its write thread applies what was queued before the
+/// store closes.
 mod sled_flushes {
     use super::*;
 
@@ -1031,6 +1033,40 @@ mod sled_flushes {
         s.recover(NOW + 1).await.expect("recover");
         let job = s.get(&id).await.expect("get").expect("the job is kept");
         assert_eq!(job.state, JobState::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn closing_the_store_writes_what_it_had_queued() {
+        let b = sled();
+        let specs: Vec<JobSpec> = (0..300).map(|i| spec(&format!("q{i}"), "g")).collect();
+        let mut ids = Vec::new();
+        {
+            let s = fresh(&b).await;
+            for r in s.submit(specs, NOW).await.expect("submit") {
+                ids.push(created(&r));
+            }
+            // Outcomes one call each, none synced: their writes are queued
+            // for the store's write thread when the store closes.
+            for _ in 0..ids.len() {
+                let job = claim_one(&*s, "g", NOW).await.expect("claimed");
+                s.complete(
+                    vec![report(
+                        &job.job_id,
+                        job.attempt,
+                        Outcome::Success("ok".into()),
+                    )],
+                    NOW,
+                )
+                .await
+                .expect("complete");
+            }
+        }
+        let s = b.open();
+        s.recover(NOW + 1).await.expect("recover");
+        for id in &ids {
+            let job = s.get(id).await.expect("get").expect("the job is kept");
+            assert_eq!(job.state, JobState::Succeeded, "{id}");
+        }
     }
 }
 

@@ -270,9 +270,9 @@ impl Flusher {
                         }
                     }
                     // Every batch committed before these requests has a
-                    // generation up to this one; the flush waits until they
-                    // are applied (by whichever caller applies the queue),
-                    // so it makes them durable.
+                    // generation up to this one; the flush waits until the
+                    // write thread has applied them, so it makes them
+                    // durable.
                     let need = generations.assigned.load(Ordering::SeqCst);
                     generations.wait_written(need);
                     let result = match generations.failed.get() {
@@ -381,18 +381,135 @@ struct Pending {
     writes: HashMap<::sled::IVec, (u64, Option<::sled::IVec>)>,
     /// Batches waiting to be applied, by generation.
     queued: BTreeMap<u64, Writes>,
-    /// Whether a caller is applying queued batches now.
-    applying: bool,
+    /// Set when the store closes: the write thread applies what is queued
+    /// and ends.
+    closing: bool,
+}
+
+/// Applies committed batches to the tree, in generation order, on a thread
+/// of its own.
+///
+/// A runtime thread that applied them itself was a runtime thread blocked
+/// for as long as sled took: microseconds mostly, but a sled insert takes
+/// milliseconds at times (its log segment bookkeeping), and tasks that
+/// thread had just woken, such as the dispatcher a submit wakes, waited
+/// with it. Nothing on the runtime waits for a batch to be applied: its
+/// values are read from [`Pending`] until then, scans wait without
+/// blocking ([`SledStore::settled`]), and a flush waits on its own thread.
+struct Writer {
+    pending: Mutex<Pending>,
+    /// Signalled when a batch is queued or the store closes.
+    work: std::sync::Condvar,
+    /// Signalled when `generations.written` moves, for reads that scan the
+    /// tree (see [`SledStore::settled`]).
+    applied: tokio::sync::Notify,
+    generations: Arc<Generations>,
+    tree: ::sled::Tree,
+}
+
+impl Writer {
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The write thread: applies queued batches until the store closes and
+    /// nothing is left.
+    fn run(&self) {
+        loop {
+            let (generation, batch) = {
+                let mut p = self.pending_lock();
+                loop {
+                    if let Some(next) = p.queued.pop_first() {
+                        break next;
+                    }
+                    if p.closing {
+                        return;
+                    }
+                    p = self.work.wait(p).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
+            if self.generations.failed.get().is_none() {
+                let applied =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch)));
+                let failure = match applied {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the write thread panicked".to_string()),
+                };
+                if let Some(e) = failure {
+                    tracing::error!("a write to the data directory failed: {e}");
+                    let _ = self.generations.failed.set(e);
+                }
+            }
+            {
+                let mut p = self.pending_lock();
+                for key in keys {
+                    if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
+                        p.writes.remove(&key);
+                    }
+                }
+                self.generations.written(generation);
+            }
+            self.applied.notify_waiters();
+        }
+    }
+
+    /// Applies `writes` in order (see [`Writes`]).
+    fn apply(&self, writes: Writes) -> Result<()> {
+        for (key, value) in writes.0 {
+            match value {
+                Some(v) => {
+                    self.tree.insert(key, v)?;
+                }
+                None => {
+                    self.tree.remove(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The write thread of a store; closing it applies what is queued first.
+struct WriteThread {
+    writer: Arc<Writer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteThread {
+    fn start(writer: Arc<Writer>) -> Result<WriteThread> {
+        let thread = std::thread::Builder::new()
+            .name("sled-writer".into())
+            .spawn({
+                let writer = writer.clone();
+                move || writer.run()
+            })
+            .map_err(|e| Error::Store(format!("cannot start the write thread: {e}")))?;
+        Ok(WriteThread {
+            writer,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WriteThread {
+    fn drop(&mut self) {
+        self.writer.pending_lock().closing = true;
+        self.writer.work.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
     generations: Arc<Generations>,
-    pending: Mutex<Pending>,
-    /// Signalled when `generations.written` moves, for reads that scan the
-    /// tree (see [`SledStore::settled`]).
-    applied: tokio::sync::Notify,
+    /// Before `flusher`: closing the store applies every queued batch
+    /// before the flush thread ends.
+    writes: WriteThread,
     flusher: Flusher,
     tree: ::sled::Tree,
     index: Mutex<Index>,
@@ -522,10 +639,16 @@ impl SledStore {
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
         let generations = Arc::new(Generations::default());
+        let writer = Arc::new(Writer {
+            pending: Mutex::new(Pending::default()),
+            work: std::sync::Condvar::new(),
+            applied: tokio::sync::Notify::new(),
+            generations: generations.clone(),
+            tree: tree.clone(),
+        });
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
-            pending: Mutex::new(Pending::default()),
-            applied: tokio::sync::Notify::new(),
+            writes: WriteThread::start(writer)?,
             flusher: Flusher::start(db.clone(), generations.clone())?,
             generations,
             tree,
@@ -567,18 +690,15 @@ impl SledStore {
         Ok(())
     }
 
-    /// Gives `batch` the next generation, queues it, releases the index
-    /// lock and applies the queue, unless another caller is applying it
-    /// now (that caller then applies this batch too, in order).
+    /// Gives `batch` the next generation, queues it for the write thread
+    /// ([`Writer`]) and releases the index lock.
     ///
     /// The index lock is not held while sled writes: a claim, which works
     /// on the index alone, never waits for an outcome's or a submit's
-    /// writes. Nor does a caller wait for another's writes: waiting for its
-    /// turn blocked a runtime thread (two here) for as long as sled took
-    /// over the batch ahead, a few milliseconds at times. Until a batch is
-    /// applied its values are readable through [`Self::stored_record`];
-    /// reads that scan the tree first wait for it ([`Self::settled`]), and
-    /// a flush first waits for every batch committed before it.
+    /// writes. Until a batch is applied its values are readable through
+    /// [`Self::stored_record`]; reads that scan the tree first wait for it
+    /// ([`Self::settled`]), and a flush first waits for every batch
+    /// committed before it.
     fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
         if let Some(e) = self.generations.failed.get() {
             return Err(Error::Store(e.clone()));
@@ -592,47 +712,8 @@ impl SledStore {
             p.queued.insert(generation, batch);
         }
         drop(index);
-        self.apply_queued();
-        match self.generations.failed.get() {
-            Some(e) => Err(Error::Store(e.clone())),
-            None => Ok(()),
-        }
-    }
-
-    /// Applies queued batches in generation order until none is left, or
-    /// returns at once if another caller is applying them.
-    fn apply_queued(&self) {
-        loop {
-            let (generation, batch) = {
-                let mut p = self.pending_lock();
-                if p.applying {
-                    return;
-                }
-                let Some(next) = p.queued.pop_first() else {
-                    return;
-                };
-                p.applying = true;
-                next
-            };
-            let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
-            if self.generations.failed.get().is_none() {
-                if let Err(e) = self.apply(batch) {
-                    tracing::error!("a write to the data directory failed: {e}");
-                    let _ = self.generations.failed.set(e.to_string());
-                }
-            }
-            {
-                let mut p = self.pending_lock();
-                for key in keys {
-                    if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
-                        p.writes.remove(&key);
-                    }
-                }
-                p.applying = false;
-                self.generations.written(generation);
-            }
-            self.applied.notify_waiters();
-        }
+        self.writes.writer.work.notify_one();
+        Ok(())
     }
 
     /// Waits (without blocking the thread) until every batch committed
@@ -640,7 +721,7 @@ impl SledStore {
     async fn settled(&self) {
         let need = self.generations.assigned.load(Ordering::SeqCst);
         loop {
-            let applied = self.applied.notified();
+            let applied = self.writes.writer.applied.notified();
             tokio::pin!(applied);
             applied.as_mut().enable();
             if self.generations.written.load(Ordering::SeqCst) >= need
@@ -653,26 +734,11 @@ impl SledStore {
     }
 
     fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.writes.writer.pending_lock()
     }
 
     async fn flush(&self) -> Result<()> {
         self.flusher.flush(true).await
-    }
-
-    /// Applies `writes` in order (see [`Writes`]).
-    fn apply(&self, writes: Writes) -> Result<()> {
-        for (key, value) in writes.0 {
-            match value {
-                Some(v) => {
-                    self.tree.insert(key, v)?;
-                }
-                None => {
-                    self.tree.remove(key)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Creates the job of one cycle of the cron or repeat job `r`, due at
@@ -1583,7 +1649,7 @@ impl JobStore for SledStore {
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
         let mut batch = Writes::default();
         self.put_logs(&mut batch, &entries)?;
-        self.apply(batch)?;
+        self.writes.writer.apply(batch)?;
         Ok(())
     }
 
@@ -1651,7 +1717,7 @@ impl JobStore for SledStore {
         for id in feedback_ids {
             batch.remove(feedback_key(id));
         }
-        self.apply(batch)?;
+        self.writes.writer.apply(batch)?;
         // A lost ack only means the feedback is delivered again.
         self.flusher.flush_soon();
         Ok(())
@@ -1676,5 +1742,47 @@ impl JobStore for SledStore {
             .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
             .map(|(g, _)| g.clone())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closing_store_applies_every_batch_queued_before_it_closed() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let keys: Vec<Vec<u8>> = (0..50u32).map(|i| job_key(&format!("k{i}"))).collect();
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            let writer = store.writes.writer.clone();
+            {
+                // The write thread cannot take anything while this is held:
+                // the batches and the close reach it together.
+                let mut p = writer.pending_lock();
+                for key in &keys {
+                    let mut batch = Writes::default();
+                    batch.insert(key.clone(), b"v".to_vec());
+                    let generation = store.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.queued.insert(generation, batch);
+                }
+                p.closing = true;
+            }
+            writer.work.notify_one();
+            drop(store);
+            assert_eq!(
+                writer.generations.written.load(Ordering::SeqCst),
+                keys.len() as u64,
+                "every queued batch was applied before the store closed"
+            );
+        }
+        let db = ::sled::open(dir.path().join("jobs.sled")).expect("reopen");
+        let tree = db.open_tree("lts").expect("tree");
+        for key in &keys {
+            assert!(
+                tree.get(key).expect("read").is_some(),
+                "{key:?} was written"
+            );
+        }
     }
 }
