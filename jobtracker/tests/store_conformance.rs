@@ -1070,6 +1070,62 @@ mod sled_flushes {
     }
 }
 
+/// The sled store applies a large batch of outcomes a few dozen at a time
+/// (claims go on between them); the batch still comes out whole.
+mod sled_outcomes {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_of_many_outcomes_is_applied_whole_and_in_order() {
+        let b = sled();
+        let s = fresh(&b).await;
+        let specs: Vec<JobSpec> = (0..300).map(|i| spec(&format!("o{i}"), "g")).collect();
+        submit_ids(&*s, specs).await;
+        let claimed = s
+            .claim("g", &[("w1".to_string(), 300)], NOW)
+            .await
+            .expect("claim");
+        let jobs: Vec<lts_common::Job> = claimed.per_grant.into_iter().flatten().collect();
+        assert_eq!(jobs.len(), 300);
+        let mut reports: Vec<RunReport> = jobs
+            .iter()
+            .map(|j| report(&j.job_id, j.attempt, Outcome::Success("ok".into())))
+            .collect();
+        // One stale outcome in the middle, one repeated at the end.
+        let stale_at = 150;
+        reports.insert(
+            stale_at,
+            report(
+                &jobs[0].job_id,
+                jobs[0].attempt + 1,
+                Outcome::Success("x".into()),
+            ),
+        );
+        reports.push(report(
+            &jobs[299].job_id,
+            jobs[299].attempt,
+            Outcome::Success("again".into()),
+        ));
+        let results = s.complete(reports, NOW + 1).await.expect("complete");
+        assert_eq!(results.len(), 302, "one result per report");
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                CompleteResult::Stale { .. } => {
+                    assert!(i == stale_at || i == 301, "report {i} was refused");
+                }
+                CompleteResult::Applied { job, .. } => {
+                    assert!(i != stale_at && i != 301, "report {i} was applied");
+                    assert_eq!(job.state, JobState::Succeeded);
+                }
+            }
+        }
+        for j in &jobs {
+            let job = s.get(&j.job_id).await.expect("get").expect("kept");
+            assert_eq!(job.state, JobState::Succeeded, "{}", j.job_id);
+        }
+    }
+}
+
 /// The sled store keeps a dispatch in memory; these cases check that an
 /// attempt number still never comes back, across restarts and retries.
 mod sled_attempts {

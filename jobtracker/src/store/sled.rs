@@ -503,6 +503,12 @@ impl Drop for WriteThread {
     }
 }
 
+/// At most this many outcomes are applied per hold of the index lock.
+/// An outcome costs a few microseconds there (mostly encoding its record),
+/// and a TaskTracker's message after a pause carries thousands: applied
+/// in one hold, they kept every claim and submit waiting for milliseconds.
+const COMPLETE_CHUNK: usize = 64;
+
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
@@ -1124,11 +1130,14 @@ impl JobStore for SledStore {
 
     async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>> {
         let mut results = Vec::with_capacity(reports.len());
-        {
+        let mut reports = reports.into_iter().peekable();
+        // A few dozen outcomes per hold of the index lock: claims and
+        // submits go on between them (see [`COMPLETE_CHUNK`]).
+        while reports.peek().is_some() {
             let mut index = self.lock();
             let mut batch = Writes::default();
             let mut loose_logs = Vec::new();
-            for report in reports {
+            for report in reports.by_ref().take(COMPLETE_CHUNK) {
                 let current = index
                     .live
                     .get(&report.job_id)
@@ -1776,11 +1785,10 @@ mod tests {
                 "every queued batch was applied before the store closed"
             );
         }
-        let db = ::sled::open(dir.path().join("jobs.sled")).expect("reopen");
-        let tree = db.open_tree("lts").expect("tree");
+        let store = SledStore::open(dir.path()).expect("reopen");
         for key in &keys {
             assert!(
-                tree.get(key).expect("read").is_some(),
+                store.tree.get(key).expect("read").is_some(),
                 "{key:?} was written"
             );
         }
