@@ -97,6 +97,8 @@ impl JobService for JobApi {
             g.dedup();
             g
         };
+        // Only cron and repeat jobs give the cycle scheduler work.
+        let recurring = valid.iter().any(|s| s.schedule.is_recurring());
         let stored = self
             .tracker
             .store
@@ -145,7 +147,9 @@ impl JobService for JobApi {
             });
         }
         self.tracker.metrics.submitted.inc_by(created);
-        self.tracker.scheduler.notify_one();
+        if recurring {
+            self.tracker.scheduler.notify_one();
+        }
         // A store that can says earlier, as soon as the jobs can be claimed
         // (before they are durable); see `JobStore::on_claimable`.
         for g in &groups {
