@@ -506,7 +506,8 @@ impl Drop for WriteThread {
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
 /// and a TaskTracker's message after a pause carries thousands: applied
-/// in one hold, they kept every claim and submit waiting for milliseconds.
+/// in one hold, they would keep every claim and submit waiting for
+/// milliseconds.
 const COMPLETE_CHUNK: usize = 64;
 
 /// The sled-backed [`JobStore`].
