@@ -1036,7 +1036,7 @@ mod sled_flushes {
     }
 
     #[tokio::test]
-    async fn closing_the_store_writes_what_it_had_queued() {
+    async fn outcomes_never_synced_survive_a_close() {
         let b = sled();
         let specs: Vec<JobSpec> = (0..300).map(|i| spec(&format!("q{i}"), "g")).collect();
         let mut ids = Vec::new();
@@ -1045,8 +1045,10 @@ mod sled_flushes {
             for r in s.submit(specs, NOW).await.expect("submit") {
                 ids.push(created(&r));
             }
-            // Outcomes one call each, none synced: their writes are queued
-            // for the store's write thread when the store closes.
+            // Outcomes one call each, none synced; some may still be queued
+            // for the store's write thread when it closes (that a close
+            // applies the queue is checked deterministically by the store's
+            // unit test).
             for _ in 0..ids.len() {
                 let job = claim_one(&*s, "g", NOW).await.expect("claimed");
                 s.complete(

@@ -207,8 +207,9 @@ impl Index {
 ///
 /// sled's `flush_async` stalled for good here when several callers flushed
 /// at once under load, so every flush goes through one thread. A caller
-/// asks after its batch is applied; the thread drains every request that
-/// is waiting, flushes once, and answers them all (group commit).
+/// asks after its batch is queued; the thread drains every request that
+/// is waiting, waits until the write thread has applied every batch queued
+/// before them, flushes once, and answers them all (group commit).
 ///
 /// A request is urgent (a submit's ack or a claim waits on it) or not (an
 /// outcome's ack to its TaskTracker, which keeps the outcome until then,
