@@ -50,8 +50,9 @@ mod starting;
 mod stats;
 mod tracker;
 
-pub use config::{default_identity, normalize_address, TaskTrackerConfig};
+pub use config::{default_identity, TaskTrackerConfig};
 pub use error::{Error, Result};
+pub use lts_common::endpoint::normalize_address;
 pub use runner::{BizLogger, CapturedLogs, JobContext, JobRunner};
 pub use spool::{MemorySpool, OutcomeSpool};
 pub use stats::{Stats, TaskTrackerHandle};

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lts_common::convert::job_from_wire;
+use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 use lts_common::limits::{clip_message, MAX_DELAY_MS, MAX_MESSAGE_BYTES};
+use lts_common::resolver::Resolver;
 use lts_common::{now_ms, Outcome};
 use lts_proto::v1 as pb;
 use pb::tracker_message::Kind as TrackerKind;
@@ -67,6 +69,7 @@ pub struct TaskTracker {
     config: TaskTrackerConfig,
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
+    resolver: Arc<dyn Resolver>,
     registry: Registry,
     recorder: Recorder,
 }
@@ -92,6 +95,7 @@ impl TaskTracker {
         registry: Registry,
     ) -> Result<Self> {
         config.validate()?;
+        let resolver = Arc::new(config.resolver()?);
         let metrics = Metrics::register(&registry)?;
         let recorder = Recorder::new(metrics, config.slots);
         let spool = Box::new(MemorySpool::with_capacity(config.slots as usize));
@@ -99,9 +103,17 @@ impl TaskTracker {
             config,
             runner,
             spool,
+            resolver,
             registry,
             recorder,
         })
+    }
+
+    /// Finds the JobTrackers through `resolver` instead of the config's
+    /// fixed [`jobtrackers`](TaskTrackerConfig::jobtrackers) list.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Keeps unacknowledged outcomes in `spool` instead of memory.
@@ -139,12 +151,12 @@ impl TaskTracker {
                 let _ = events.send(Event::GraceOver);
             }))
         };
-        let endpoint = self.config.endpoint()?;
         let slots = self.config.slots as usize;
         let mut driver = Driver {
             slots,
+            endpoint_options: self.config.endpoint_options(),
             config: self.config,
-            endpoint,
+            resolver: self.resolver,
             runner: self.runner,
             spool: self.spool,
             recorder: self.recorder,
@@ -215,6 +227,8 @@ enum Link {
 }
 
 struct Conn {
+    /// The JobTracker at the other end, as the resolver named it.
+    address: String,
     out: mpsc::UnboundedSender<Outgoing>,
     inbound: tonic::Streaming<pb::TrackerMessage>,
     heartbeat: Interval,
@@ -240,7 +254,8 @@ enum LinkEvent {
 struct Driver {
     config: TaskTrackerConfig,
     slots: usize,
-    endpoint: tonic::transport::Endpoint,
+    resolver: Arc<dyn Resolver>,
+    endpoint_options: EndpointOptions,
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
     recorder: Recorder,
@@ -321,8 +336,7 @@ impl Driver {
                     LinkEvent::Connected(Err(ConnectError::Permanent(e))) => return Err(e),
                     LinkEvent::Connected(Err(ConnectError::Retry(why))) => {
                         tracing::warn!(
-                            "cannot reach the JobTracker at {}: {why}; retrying in {} ms",
-                            self.config.jobtracker_uri(),
+                            "cannot reach a JobTracker ({why}); retrying in {} ms",
                             backoff.as_millis()
                         );
                         link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
@@ -334,6 +348,10 @@ impl Driver {
                         self.settle(link_up);
                     }
                     LinkEvent::Message(end) => {
+                        if let Some(conn) = as_conn(&mut link) {
+                            // The next attempt starts with another tracker.
+                            self.resolver.failed(&conn.address);
+                        }
                         match end {
                             Ok(_) => tracing::warn!("the JobTracker closed the stream; reconnecting"),
                             Err(status) => tracing::warn!(
@@ -407,8 +425,9 @@ impl Driver {
             // with the stream they came on.
             ahead_slots: self.config.ahead_slots,
         };
-        Link::Connecting(Box::pin(open_stream(
-            self.endpoint.clone(),
+        Link::Connecting(Box::pin(open_first(
+            self.resolver.clone(),
+            self.endpoint_options.clone(),
             hello,
             self.queued_log_lines.clone(),
             self.starting.clone(),
@@ -423,7 +442,7 @@ impl Driver {
             "connected to JobTracker {} at {} as {} ({} slots, {} ahead slots, {} running, \
              {} outcomes to resend)",
             conn.tracker_id,
-            self.config.jobtracker_uri(),
+            conn.address,
             self.config.identity,
             self.slots,
             self.config.ahead_slots,
@@ -938,9 +957,63 @@ fn jitter(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random_range(0.8..1.2))
 }
 
+/// Opens a stream to the first JobTracker of the resolver's list that
+/// welcomes this TaskTracker, trying each once and telling the resolver
+/// which failed and which answered. A refusal ends the search: every
+/// JobTracker of a cluster would refuse the same hello.
+async fn open_first(
+    resolver: Arc<dyn Resolver>,
+    options: EndpointOptions,
+    hello: pb::Hello,
+    queued_log_lines: Arc<AtomicUsize>,
+    starting: Arc<Starting>,
+    welcome_timeout: Duration,
+) -> Result<Box<Conn>, ConnectError> {
+    let addresses = resolver.addresses();
+    if addresses.is_empty() {
+        return Err(ConnectError::Retry("no JobTracker address is known".into()));
+    }
+    let mut failures = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let endpoint = match JobTrackerEndpoint::new(&address, &options) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                // Only a resolver that found the address somewhere else than
+                // the checked config gets here.
+                resolver.failed(&address);
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        let opened = open_stream(
+            address.clone(),
+            endpoint,
+            hello.clone(),
+            queued_log_lines.clone(),
+            starting.clone(),
+            welcome_timeout,
+        )
+        .await;
+        match opened {
+            Ok(conn) => {
+                resolver.connected(&address);
+                return Ok(conn);
+            }
+            Err(ConnectError::Retry(why)) => {
+                tracing::debug!("cannot reach the JobTracker at {address}: {why}");
+                resolver.failed(&address);
+                failures.push(format!("{address}: {why}"));
+            }
+            Err(permanent) => return Err(permanent),
+        }
+    }
+    Err(ConnectError::Retry(failures.join("; ")))
+}
+
 /// Opens the stream, says hello and waits for the welcome.
 async fn open_stream(
-    endpoint: tonic::transport::Endpoint,
+    address: String,
+    endpoint: JobTrackerEndpoint,
     hello: pb::Hello,
     queued_log_lines: Arc<AtomicUsize>,
     starting: Arc<Starting>,
@@ -992,6 +1065,7 @@ async fn open_stream(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     Ok(Box::new(Conn {
+        address,
         out,
         inbound,
         heartbeat,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lts_common::resolver::{Resolver, StaticResolver};
 use lts_common::{now_ms, JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::{
@@ -211,10 +212,111 @@ impl WorkService for Peer {
     }
 }
 
-/// What each test runs against.
-struct Harness {
+/// A scripted JobTracker on a port of its own.
+struct ScriptedTracker {
+    /// `host:port`, as a TaskTracker is told it.
+    address: String,
     sessions: mpsc::UnboundedReceiver<Session>,
     peer: Peer,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedTracker {
+    async fn start(refuse_with: Option<Status>) -> ScriptedTracker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let peer = Peer {
+            sessions: sessions_tx,
+            refuse_with: Arc::new(Mutex::new(refuse_with)),
+            streams_opened: Arc::default(),
+        };
+        let service = WorkServiceServer::new(peer.clone());
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        ScriptedTracker {
+            address,
+            sessions,
+            peer,
+            server,
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(WAIT, self.sessions.recv())
+            .await
+            .expect("the TaskTracker connects in time")
+            .expect("the peer is running")
+    }
+
+    fn streams_opened(&self) -> u32 {
+        *self.peer.streams_opened.lock().unwrap()
+    }
+}
+
+impl Drop for ScriptedTracker {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A config for node group `workers` that reconnects quickly.
+fn quick_config(jobtrackers: &[&str]) -> TaskTrackerConfig {
+    let mut config = TaskTrackerConfig::new(jobtrackers[0], "workers");
+    config.jobtrackers = jobtrackers.iter().map(|a| a.to_string()).collect();
+    config.reconnect_backoff_min = Duration::from_millis(20);
+    config.reconnect_backoff_max = Duration::from_millis(100);
+    config.flush_timeout = Duration::from_millis(300);
+    config
+}
+
+/// A TaskTracker running in a task of its own, until told to stop.
+struct RunningTaskTracker {
+    handle: TaskTrackerHandle,
+    stop: oneshot::Sender<()>,
+    tracker: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl RunningTaskTracker {
+    /// Runs a TaskTracker with `config`, finding JobTrackers through
+    /// `resolver` when one is given.
+    fn start(
+        config: TaskTrackerConfig,
+        resolver: Option<Arc<dyn Resolver>>,
+        runner: Arc<dyn JobRunner>,
+    ) -> RunningTaskTracker {
+        let mut tracker = TaskTracker::new(config, runner).unwrap();
+        if let Some(resolver) = resolver {
+            tracker = tracker.with_resolver(resolver);
+        }
+        let handle = tracker.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tracker = tokio::spawn(tracker.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningTaskTracker {
+            handle,
+            stop,
+            tracker,
+        }
+    }
+
+    async fn finish(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.tracker)
+            .await
+            .expect("the TaskTracker stops in time")
+            .expect("the TaskTracker does not panic")
+    }
+}
+
+/// What each test runs against.
+struct Harness {
+    peer: ScriptedTracker,
     handle: TaskTrackerHandle,
     stop: Option<oneshot::Sender<()>>,
     tracker: tokio::task::JoinHandle<Result<(), Error>>,
@@ -243,46 +345,21 @@ impl Harness {
         tune: impl FnOnce(&mut TaskTrackerConfig),
         refuse_with: Option<Status>,
     ) -> Harness {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (sessions_tx, sessions) = mpsc::unbounded_channel();
-        let peer = Peer {
-            sessions: sessions_tx,
-            refuse_with: Arc::new(Mutex::new(refuse_with)),
-            streams_opened: Arc::default(),
-        };
-        let service = WorkServiceServer::new(peer.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let mut config = TaskTrackerConfig::new(addr.to_string(), "workers");
+        let peer = ScriptedTracker::start(refuse_with).await;
+        let mut config = quick_config(&[&peer.address]);
         config.slots = slots;
-        config.reconnect_backoff_min = Duration::from_millis(20);
-        config.reconnect_backoff_max = Duration::from_millis(100);
-        config.flush_timeout = Duration::from_millis(300);
         tune(&mut config);
-        let tracker = TaskTracker::new(config, runner).unwrap();
-        let handle = tracker.handle();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let tracker = tokio::spawn(tracker.run(async move {
-            let _ = stopped.await;
-        }));
+        let running = RunningTaskTracker::start(config, None, runner);
         Harness {
-            sessions,
             peer,
-            handle,
-            stop: Some(stop),
-            tracker,
+            handle: running.handle,
+            stop: Some(running.stop),
+            tracker: running.tracker,
         }
     }
 
     async fn session(&mut self) -> Session {
-        tokio::time::timeout(WAIT, self.sessions.recv())
-            .await
-            .expect("the TaskTracker connects in time")
-            .expect("the peer is running")
+        self.peer.session().await
     }
 
     async fn finish(mut self) -> Result<(), Error> {
@@ -547,7 +624,7 @@ async fn a_protocol_version_mismatch_is_permanent() {
         }
         other => panic!("expected a protocol mismatch, got {other:?}"),
     }
-    assert_eq!(*h.peer.streams_opened.lock().unwrap(), 1, "no retry loop");
+    assert_eq!(h.peer.streams_opened(), 1, "no retry loop");
 }
 
 #[tokio::test]
@@ -902,4 +979,122 @@ async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant
         .unwrap()
         .unwrap();
     assert!(runner.ran().is_empty());
+}
+
+/// A port that takes TCP connections and closes each at once, as a
+/// JobTracker going down does; counts the connections it took.
+async fn closing_port() -> (String, Arc<std::sync::atomic::AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn a_jobtracker_that_closes_connections_is_passed_over_for_the_next() {
+    let (closing, accepted) = closing_port().await;
+    let mut good = ScriptedTracker::start(None).await;
+    let addresses = [closing.as_str(), good.address.as_str()];
+    // The first pick is random; start at the closing port so that the
+    // TaskTracker has to move on.
+    let resolver = Arc::new(StaticResolver::starting_at(addresses, 0).unwrap());
+    let (runner, _gate) = Scripted::new();
+    let tt = RunningTaskTracker::start(quick_config(&addresses), Some(resolver), runner);
+    let mut s = good.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the closing port was tried first"
+    );
+    s.assign(ids("j", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "j0");
+    assert_eq!(good.streams_opened(), 1);
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn several_jobtrackers_in_the_config_work_whichever_comes_first() {
+    let (closing, _accepted) = closing_port().await;
+    let mut good = ScriptedTracker::start(None).await;
+    let (runner, _gate) = Scripted::new();
+    let config = quick_config(&[&closing, &good.address]);
+    let tt = RunningTaskTracker::start(config, None, runner);
+    let s = good.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_stream_moves_the_tasktracker_to_the_next_jobtracker_and_it_sticks() {
+    let mut first = ScriptedTracker::start(None).await;
+    let mut second = ScriptedTracker::start(None).await;
+    let addresses = [first.address.as_str(), second.address.as_str()];
+    let resolver = Arc::new(StaticResolver::starting_at(addresses, 0).unwrap());
+    let (runner, _gate) = Scripted::new();
+    let tt = RunningTaskTracker::start(quick_config(&addresses), Some(resolver), runner);
+    let s = first.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    s.break_stream();
+
+    // The first JobTracker still accepts streams, but the TaskTracker
+    // moves on to the second after the break.
+    let mut s = second.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        tt.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    // While the second works, the TaskTracker stays with it.
+    s.assign(ids("j", 3, "noop"));
+    let got = s.outcomes(3).await;
+    assert_eq!(got.reports.len(), 3);
+    assert_eq!(first.streams_opened(), 1, "no stream to the first again");
+    assert_eq!(second.streams_opened(), 1);
+
+    // Round the list: when the second breaks, the first is next again.
+    s.break_stream();
+    let s = first.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        tt.handle.wait_for(|s| s.connected && s.connections == 3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.streams_opened(), 1);
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_https_jobtracker_is_refused_before_anything_starts() {
+    let (runner, _gate) = Scripted::new();
+    let config = quick_config(&["127.0.0.1:7070", "https://127.0.0.1:7071"]);
+    let e = TaskTracker::new(config, runner).unwrap_err();
+    match &e {
+        Error::Config { field, message } => {
+            assert_eq!(*field, "--jobtracker");
+            assert!(message.contains("TLS is not configured"), "{message}");
+            assert!(message.contains("https://127.0.0.1:7071"), "{message}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
 }
