@@ -25,7 +25,7 @@ use lts_common::convert::job_from_wire;
 use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 use lts_common::limits::{clip_message, MAX_DELAY_MS, MAX_MESSAGE_BYTES};
 use lts_common::resolver::Resolver;
-use lts_common::{now_ms, Outcome};
+use lts_common::Outcome;
 use lts_proto::v1 as pb;
 use pb::tracker_message::Kind as TrackerKind;
 use pb::work_service_client::WorkServiceClient;
@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, ClockSleep, SystemClock};
 use crate::config::TaskTrackerConfig;
 use crate::error::{Error, Result};
 use crate::execute::execute;
@@ -58,9 +59,6 @@ const STARTED_DELAY: Duration = Duration::from_millis(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the JobTracker to close its side after ours ended.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Longest sleep of the timer for jobs held ahead; a later instant is
-/// looked at again then (the JobTracker sends jobs about a second ahead).
-const MAX_AHEAD_WAIT_MS: u64 = 3_600_000;
 
 /// A TaskTracker ready to run: build it, take a [`handle`](Self::handle) or
 /// the [`registry`](Self::registry) if you want them, then [`run`](Self::run)
@@ -70,6 +68,7 @@ pub struct TaskTracker {
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
     resolver: Arc<dyn Resolver>,
+    clock: Arc<dyn Clock>,
     registry: Registry,
     recorder: Recorder,
 }
@@ -104,9 +103,17 @@ impl TaskTracker {
             runner,
             spool,
             resolver,
+            clock: Arc::new(SystemClock),
             registry,
             recorder,
         })
+    }
+
+    /// Reads the time from `clock` instead of the system's: the times it
+    /// reports and the instants jobs sent ahead start at.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Finds the JobTrackers through `resolver` instead of the config's
@@ -157,6 +164,7 @@ impl TaskTracker {
             endpoint_options: self.config.endpoint_options(),
             config: self.config,
             resolver: self.resolver,
+            clock: self.clock,
             runner: self.runner,
             spool: self.spool,
             recorder: self.recorder,
@@ -256,6 +264,7 @@ struct Driver {
     slots: usize,
     resolver: Arc<dyn Resolver>,
     endpoint_options: EndpointOptions,
+    clock: Arc<dyn Clock>,
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
     recorder: Recorder,
@@ -294,6 +303,9 @@ impl Driver {
         let mut link = self.connect();
         let mut backoff = self.config.reconnect_backoff_min;
         let mut flush_deadline: Option<Instant> = None;
+        // The wait for the earliest job held ahead, kept while that stays
+        // the earliest: a timer is set once per instant, not per event.
+        let mut ahead_wait: Option<(i64, ClockSleep)> = None;
         loop {
             if self.stopping
                 && self.running.is_empty()
@@ -308,7 +320,10 @@ impl Driver {
                 }
             }
             let far = Instant::now() + Duration::from_secs(3600);
-            let ahead_due = self.next_ahead_due();
+            let earliest_ahead = self.ahead.first_key_value().map(|(&(at, _), _)| at);
+            if ahead_wait.as_ref().map(|(at, _)| *at) != earliest_ahead {
+                ahead_wait = earliest_ahead.map(|at| (at, self.clock.sleep_until_ms(at)));
+            }
             let starting = self.starting.clone();
             let holding = starting.holding_until().is_some();
             tokio::select! {
@@ -368,11 +383,17 @@ impl Driver {
                     }
                     LinkEvent::Heartbeat => {
                         if let Some(conn) = as_conn(&mut link) {
-                            let _ = conn.out.send(Outgoing::Heartbeat(now_ms()));
+                            let _ = conn.out.send(Outgoing::Heartbeat(self.clock.now_ms()));
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(ahead_due.unwrap_or(far)), if ahead_due.is_some() => {
+                _ = async {
+                    match ahead_wait.as_mut() {
+                        Some((_, sleep)) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ahead_wait.is_some() => {
+                    ahead_wait = None;
                     let mut link_up = as_conn(&mut link);
                     self.release_due_ahead(&mut link_up);
                     self.settle(link_up);
@@ -551,7 +572,7 @@ impl Driver {
     fn on_message(&mut self, message: pb::TrackerMessage, conn: &mut Option<&mut Conn>) {
         match message.kind {
             Some(TrackerKind::Assignments(batch)) => {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let mut due_ahead = 0u32;
                 for assignment in batch.assignments {
                     let not_before = assignment.not_before_unix_ms;
@@ -629,7 +650,7 @@ impl Driver {
             false
         };
         if removed {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let outcome = Outcome::Error(clip_message(format!(
                 "cancelled by the JobTracker before it started: {}",
                 cancel.reason
@@ -660,7 +681,7 @@ impl Driver {
         not_before: i64,
         conn: &mut Option<&mut Conn>,
     ) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let delay_ms = u64::try_from(not_before.saturating_sub(now))
             .unwrap_or(0)
             .min(MAX_DELAY_MS);
@@ -680,20 +701,10 @@ impl Driver {
         }
     }
 
-    /// When the earliest job held ahead of its time is due, on the clock of
-    /// the runtime's timer.
-    fn next_ahead_due(&self) -> Option<Instant> {
-        let (&(not_before, _), _) = self.ahead.first_key_value()?;
-        let wait = u64::try_from(not_before.saturating_sub(now_ms()))
-            .unwrap_or(0)
-            .min(MAX_AHEAD_WAIT_MS);
-        Some(Instant::now() + Duration::from_millis(wait))
-    }
-
     /// Starts (or queues for a slot) every held job whose instant has come,
     /// in one pass, and gives their ahead slots back in one credit.
     fn release_due_ahead(&mut self, conn: &mut Option<&mut Conn>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Counted before any of them can begin (and without collecting
         // them: a burst allocating fresh memory costs page faults).
         let due = self.ahead.range(..=(now, u64::MAX)).count();
@@ -787,7 +798,7 @@ impl Driver {
         };
         let job_id = wire_job.job_id.clone();
         let Some(job) = job_from_wire(wire_job) else {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let outcome = Outcome::Error(
                 "the JobTracker sent a job this TaskTracker cannot read (its spec is missing \
                  or invalid); is the JobTracker a newer version?"
@@ -812,6 +823,7 @@ impl Driver {
         let cancel_grace = self.config.cancel_grace;
         let (go, started) = tokio::sync::oneshot::channel::<(i64, bool)>();
         let starting = self.starting.clone();
+        let clock = self.clock.clone();
         let run_id = job_id.clone();
         tokio::spawn(async move {
             // Dropped unrun (cancelled, handed back, its stream ended).
@@ -832,7 +844,7 @@ impl Driver {
                     ),
                 };
             }
-            let report = outcome_report(run_id, attempt, outcome, started_at, now_ms());
+            let report = outcome_report(run_id, attempt, outcome, started_at, clock.now_ms());
             let _ = events.send(Event::Finished(report));
         });
         Some(Prepared {
@@ -847,7 +859,7 @@ impl Driver {
     /// Starts a prepared run in a slot; `released` when it is one of the
     /// runs counted by [`Starting::released`].
     fn go(&mut self, run: Prepared, conn: &mut Option<&mut Conn>, released: bool) {
-        let started_at = now_ms();
+        let started_at = self.clock.now_ms();
         if run.go.send((started_at, released)).is_err() {
             if released {
                 self.starting.begun();
