@@ -10,6 +10,11 @@
 //! credentials belong in [`EndpointOptions`] when they exist, so that every
 //! client gets them at once.
 //!
+//! Per call: [`JobTrackerEndpoint::request`] sets the default deadline of a
+//! unary call, and a service client built on the channel takes
+//! [`MAX_MESSAGE_BYTES`](crate::limits::MAX_MESSAGE_BYTES) as its encoding
+//! and decoding limit, the limit every role enforces.
+//!
 //! ```
 //! use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 //!
