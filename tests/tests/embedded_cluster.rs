@@ -72,7 +72,7 @@ async fn a_thousand_jobs_submitted_through_the_cli_run_once_each() -> Result<()>
     cluster.start_task_tracker("tt-2", "work", 8, &[&allow])?;
 
     let ids = submit_through_cli(&cluster, "work", &program, &record)?;
-    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
@@ -134,7 +134,7 @@ async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()
     assert!(seen < JOBS, "the kill came in the middle of the run");
     cluster.start_tracker(&[])?;
 
-    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
