@@ -35,6 +35,10 @@ const LISTENING: &str = "jobtracker listening on ";
 /// line names it as `worker=<identity>`.
 const JOINED: &str = "TaskTracker connected";
 
+/// Both servers log their metrics address as `http://<addr>/metrics`
+/// (after "metrics on" or "metrics at").
+const METRICS_PATH: &str = "/metrics";
+
 /// Path of a workspace binary built beside the running test.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
@@ -162,6 +166,15 @@ fn listening_addr(log: &str) -> Option<SocketAddr> {
     log.lines()
         .filter_map(|line| line.split_once(LISTENING))
         .find_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// The metrics address a server logged, if it serves metrics.
+fn metrics_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|line| line.contains("metrics"))
+        .flat_map(str::split_whitespace)
+        .filter_map(|word| word.strip_prefix("http://")?.strip_suffix(METRICS_PATH))
+        .find_map(|addr| addr.parse().ok())
 }
 
 /// Whether a JobTracker's log says TaskTracker `identity` joined it.
@@ -352,6 +365,15 @@ impl Cluster {
         }
     }
 
+    /// The `http://<addr>/metrics` address of the child `name`, started
+    /// with `--metrics-addr 127.0.0.1:0`, once it has logged it.
+    pub fn metrics_url(&mut self, name: &str) -> Result<String> {
+        let addr = self
+            .proc(name)?
+            .wait_for_log("its metrics address", metrics_addr)?;
+        Ok(format!("http://{addr}{METRICS_PATH}"))
+    }
+
     /// A child by name.
     pub fn proc(&mut self, name: &str) -> Result<&mut Proc> {
         self.procs
@@ -475,6 +497,43 @@ where
     }
 }
 
+/// The text of a Prometheus endpoint at `http://<addr>/metrics`.
+pub fn scrape(url: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// address"))?;
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut conn =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {url}"))?;
+    conn.set_read_timeout(Some(READY_TIMEOUT))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .with_context(|| format!("reading {url}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{url} answered no HTTP response: {response:?}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{url} answered {}",
+        head.lines().next().unwrap_or_default()
+    );
+    Ok(body.to_string())
+}
+
+/// The value of the sample `series` (a metric name with its labels, as
+/// the text format writes them) in a scrape, if it is there.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+}
+
 /// Task id -> number of runs, from a file where each run appended a line
 /// starting with its task id.
 pub fn runs_by_task(record: &Path) -> HashMap<String, usize> {
@@ -556,6 +615,34 @@ mod tests {
         );
         assert_eq!(
             listening_addr("INFO lts_jobtracker: job store recovered"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_the_metrics_address_of_either_server() {
+        let want: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let tracker = "INFO lts_jobtracker: metrics on http://127.0.0.1:40001/metrics";
+        let task_tracker = "INFO tasktracker: metrics at http://127.0.0.1:40001/metrics";
+        assert_eq!(metrics_addr(tracker), Some(want));
+        assert_eq!(metrics_addr(task_tracker), Some(want));
+        assert_eq!(
+            metrics_addr("INFO jobtracker listening on 127.0.0.1:1"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_a_sample_by_its_whole_series() {
+        let text = "# TYPE lts_jobtracker_task_trackers gauge\n\
+                    lts_jobtracker_task_trackers{node_group=\"work\"} 2\n\
+                    lts_jobtracker_task_trackers{node_group=\"work-2\"} 1\n";
+        assert_eq!(
+            sample(text, r#"lts_jobtracker_task_trackers{node_group="work"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(text, r#"lts_jobtracker_task_trackers{node_group="other"}"#),
             None
         );
     }
