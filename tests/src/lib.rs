@@ -1,14 +1,18 @@
 //! A harness for tests that run the real binaries as separate processes.
 //!
-//! [`Cluster`] owns a temporary directory, picks a free loopback port per
-//! server, gives each child a log file, waits for readiness (printing the
-//! log tails when a child does not come up), kills with SIGKILL to
-//! simulate crashes, and reaps every child on drop. The binaries are the
-//! ones `cargo build --workspace --bins` puts beside the test executable.
+//! [`Cluster`] owns a temporary directory and gives each child a log file.
+//! Every server binds port 0 and the harness reads the address the kernel
+//! gave it back from the server's log, so no port is picked, released and
+//! bound again later (another process could take it in between). Readiness
+//! checks print the log tails when a child does not come up; a TaskTracker
+//! counts as started once its JobTracker logs that it joined, so tests can
+//! assert who took work. SIGKILL simulates crashes, and every child is
+//! reaped on drop. The binaries are the ones `cargo build --workspace
+//! --bins` puts beside the test executable.
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +21,23 @@ use anyhow::{bail, Context, Result};
 
 /// How long a server may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often readiness checks look again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Name of the JobTracker that [`Cluster::start_tracker`] starts.
+pub const TRACKER: &str = "jobtracker";
+
+/// What the JobTracker logs once it serves, followed by its address.
+const LISTENING: &str = "jobtracker listening on ";
+
+/// What the JobTracker logs when a TaskTracker's hello is accepted; the
+/// line names it as `worker=<identity>`.
+const JOINED: &str = "TaskTracker connected";
+
+/// Both servers log their metrics address as `http://<addr>/metrics`
+/// (after "metrics on" or "metrics at").
+const METRICS_PATH: &str = "/metrics";
 
 /// Path of a workspace binary built beside the running test.
 pub fn binary(name: &str) -> Result<PathBuf> {
@@ -36,31 +57,34 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A free port on 127.0.0.1 (bound and released; the caller binds it next).
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// One child process with its log file.
 pub struct Proc {
     /// Name used in messages and the log file.
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// Where this life's output starts in the log: a restarted child
+    /// appends to the log of its previous life.
+    log_start: usize,
 }
 
 impl Proc {
     /// The last `n` lines of the child's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// The whole log.
+    /// The whole log, of every life of the child.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log of the child's current life.
+    pub fn current_log(&self) -> String {
+        let text = self.log_text();
+        text.get(self.log_start..).unwrap_or_default().to_string()
     }
 
     /// Whether the child has exited.
@@ -97,6 +121,36 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Polls this life's log until `find` returns `Some`; fails when the
+    /// child exits first or after [`READY_TIMEOUT`], with the log tail.
+    fn wait_for_log<T>(&mut self, what: &str, find: impl Fn(&str) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(found) = find(&self.current_log()) {
+                return Ok(found);
+            }
+            if let Some(status) = self.exited() {
+                // It may have logged the line just before it exited.
+                if let Some(found) = find(&self.current_log()) {
+                    return Ok(found);
+                }
+                bail!(
+                    "{} exited with {status} before {what}; log tail:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not log {what} within {READY_TIMEOUT:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -107,21 +161,45 @@ impl Drop for Proc {
     }
 }
 
+/// The address in a JobTracker's "listening on" line, if it logged one.
+fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter_map(|line| line.split_once(LISTENING))
+        .find_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// The metrics address a server logged, if it serves metrics.
+fn metrics_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|line| line.contains("metrics"))
+        .flat_map(str::split_whitespace)
+        .filter_map(|word| word.strip_prefix("http://")?.strip_suffix(METRICS_PATH))
+        .find_map(|addr| addr.parse().ok())
+}
+
+/// Whether a JobTracker's log says TaskTracker `identity` joined it.
+fn has_joined(log: &str, identity: &str) -> bool {
+    let field = format!("worker={identity}");
+    log.lines()
+        .filter(|line| line.contains(JOINED))
+        .any(|line| line.split_whitespace().any(|word| word == field))
+}
+
 /// A set of processes sharing a temporary directory.
 pub struct Cluster {
     dir: tempfile::TempDir,
     procs: HashMap<String, Proc>,
-    /// Address of the JobTracker, `127.0.0.1:PORT`.
-    pub tracker_addr: String,
+    /// JobTracker name -> the address it listens on, once it said so.
+    trackers: HashMap<String, SocketAddr>,
 }
 
 impl Cluster {
-    /// A cluster with a port chosen for its JobTracker; nothing runs yet.
+    /// An empty cluster; nothing runs yet.
     pub fn new() -> Result<Cluster> {
         Ok(Cluster {
             dir: tempfile::tempdir()?,
             procs: HashMap::new(),
-            tracker_addr: format!("127.0.0.1:{}", free_port()?),
+            trackers: HashMap::new(),
         })
     }
 
@@ -130,9 +208,18 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// `http://` address of the JobTracker.
-    pub fn tracker_url(&self) -> String {
-        format!("http://{}", self.tracker_addr)
+    /// `http://` address of the JobTracker [`TRACKER`].
+    pub fn tracker_url(&self) -> Result<String> {
+        self.tracker_url_of(TRACKER)
+    }
+
+    /// `http://` address of the JobTracker `name`, once it has logged it.
+    pub fn tracker_url_of(&self, name: &str) -> Result<String> {
+        let addr = self
+            .trackers
+            .get(name)
+            .with_context(|| format!("JobTracker {name} has not said where it listens yet"))?;
+        Ok(format!("http://{addr}"))
     }
 
     /// Starts a child named `name` running binary `bin` with `args`.
@@ -142,9 +229,12 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&log)?;
+        let log_start = usize::try_from(file.metadata()?.len())?;
         let child = Command::new(binary(bin)?)
             .args(args)
             .env("RUST_LOG", "info")
+            // Plain lines: the harness reads addresses and joins from them.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -156,50 +246,54 @@ impl Cluster {
                 name: name.to_string(),
                 child,
                 log,
+                log_start,
             },
         );
         Ok(())
     }
 
-    /// Starts the JobTracker on its port with its data directory under the
-    /// cluster's directory, and waits until its health service says SERVING.
+    /// Starts the JobTracker [`TRACKER`] with its data directory under the
+    /// cluster's directory, and waits until it serves. See
+    /// [`Cluster::start_tracker_named`].
     pub fn start_tracker(&mut self, extra: &[&str]) -> Result<()> {
-        let data = self.dir.path().join("tracker-data");
-        let mut args = vec![
-            "--listen".to_string(),
-            self.tracker_addr.clone(),
-            "--data-dir".to_string(),
-            data.display().to_string(),
-            "--heartbeat-interval".to_string(),
-            "500ms".to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn("jobtracker", "jobtracker", &args)?;
-        self.wait_healthy("jobtracker")
+        self.start_tracker_named(TRACKER, extra).map(|_| ())
     }
 
-    /// Starts another JobTracker named `name` on a port and data directory
-    /// of its own (a second tracker over a shared store), and waits until
-    /// it is healthy. Returns its `http://` address.
-    pub fn start_extra_tracker(&mut self, name: &str, extra: &[&str]) -> Result<String> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
+    /// Starts the JobTracker `name` (another one shares the store when
+    /// `extra` names a shared one) and waits until it serves; returns its
+    /// `http://` address. See [`Cluster::spawn_tracker`].
+    pub fn start_tracker_named(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+        self.spawn_tracker(name, extra)?;
+        self.wait_healthy(name)?;
+        self.tracker_url_of(name)
+    }
+
+    /// Starts the JobTracker `name` with a data directory of its own and
+    /// `extra` arguments, without waiting for it. Its first start listens
+    /// on port 0 (the kernel picks a free port); a restart listens on the
+    /// address the first start got, as a restarted server keeps its
+    /// address and its TaskTrackers find it there again.
+    pub fn spawn_tracker(&mut self, name: &str, extra: &[&str]) -> Result<()> {
+        let listen = match self.trackers.get(name) {
+            Some(addr) => addr.to_string(),
+            None => "127.0.0.1:0".to_string(),
+        };
         let data = self.dir.path().join(format!("{name}-data"));
         let mut args = vec![
             "--listen".to_string(),
-            addr.clone(),
+            listen,
             "--data-dir".to_string(),
             data.display().to_string(),
             "--heartbeat-interval".to_string(),
             "500ms".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(name, "jobtracker", &args)?;
-        let url = format!("http://{addr}");
-        self.wait_healthy_at(name, &url)?;
-        Ok(url)
+        self.spawn(name, "jobtracker", &args)
     }
 
-    /// Starts a TaskTracker of `group` with `slots`, allowing `allow`.
+    /// Starts a TaskTracker `name` of `group` with `slots`, allowing
+    /// `allow`, on the JobTracker [`TRACKER`]. See
+    /// [`Cluster::start_task_tracker_on`].
     pub fn start_task_tracker(
         &mut self,
         name: &str,
@@ -207,26 +301,27 @@ impl Cluster {
         slots: u32,
         allow: &[&str],
     ) -> Result<()> {
-        let url = self.tracker_url();
-        self.start_task_tracker_for(name, group, slots, allow, &url, &[])
+        self.start_task_tracker_on(TRACKER, name, group, slots, allow, &[])
     }
 
-    /// [`Cluster::start_task_tracker`] connected to the tracker at
-    /// `tracker_url`, with `extra` arguments.
-    pub fn start_task_tracker_for(
+    /// Starts a TaskTracker `name` of `group` with `slots`, allowing
+    /// `allow`, with `extra` arguments, connected to the JobTracker
+    /// `tracker`; returns once that JobTracker has accepted its hello, so
+    /// the jobs submitted next can go to it.
+    pub fn start_task_tracker_on(
         &mut self,
+        tracker: &str,
         name: &str,
         group: &str,
         slots: u32,
         allow: &[&str],
-        tracker_url: &str,
         extra: &[&str],
     ) -> Result<()> {
         let mut args = vec![
             "--node-group".to_string(),
             group.to_string(),
             "--jobtracker".to_string(),
-            tracker_url.to_string(),
+            self.tracker_url_of(tracker)?,
             "--slots".to_string(),
             slots.to_string(),
             "--identity".to_string(),
@@ -237,7 +332,46 @@ impl Cluster {
             args.push(a.to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(name, "tasktracker", &args)
+        self.spawn(name, "tasktracker", &args)?;
+        self.wait_joined(tracker, name)
+    }
+
+    /// Waits until the JobTracker `tracker` has logged, in its current
+    /// life, that the TaskTracker `name` joined it.
+    pub fn wait_joined(&mut self, tracker: &str, name: &str) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if has_joined(&self.proc(tracker)?.current_log(), name) {
+                return Ok(());
+            }
+            for who in [name, tracker] {
+                let p = self.proc(who)?;
+                if let Some(status) = p.exited() {
+                    bail!(
+                        "{who} exited with {status} before TaskTracker {name} joined \
+                         JobTracker {tracker}; log tail:\n{}",
+                        p.log_tail(40)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "TaskTracker {name} did not join JobTracker {tracker} within \
+                     {READY_TIMEOUT:?}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The `http://<addr>/metrics` address of the child `name`, started
+    /// with `--metrics-addr 127.0.0.1:0`, once it has logged it.
+    pub fn metrics_url(&mut self, name: &str) -> Result<String> {
+        let addr = self
+            .proc(name)?
+            .wait_for_log("its metrics address", metrics_addr)?;
+        Ok(format!("http://{addr}{METRICS_PATH}"))
     }
 
     /// A child by name.
@@ -247,15 +381,19 @@ impl Cluster {
             .with_context(|| format!("no process named {name}"))
     }
 
-    /// Waits until `name` (a JobTracker) answers its health check.
+    /// Waits until the JobTracker `name` has logged the address it listens
+    /// on and answers its health check there.
     pub fn wait_healthy(&mut self, name: &str) -> Result<()> {
-        let url = self.tracker_url();
-        self.wait_healthy_at(name, &url)
-    }
-
-    /// Waits until `name`, a JobTracker at `url`, answers its health check.
-    pub fn wait_healthy_at(&mut self, name: &str, url: &str) -> Result<()> {
-        let url = url.to_string();
+        let addr = self
+            .proc(name)?
+            .wait_for_log("the address it listens on", listening_addr)?;
+        if let Some(before) = self.trackers.insert(name.to_string(), addr) {
+            anyhow::ensure!(
+                before == addr,
+                "JobTracker {name} came back on {addr}, not on {before}"
+            );
+        }
+        let url = format!("http://{addr}");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             // The probe runs on a thread of its own: a test may call this
@@ -300,16 +438,16 @@ impl Cluster {
                     p.log_tail(40)
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL);
         }
     }
 
-    /// Runs the `jobclient` binary against the tracker; returns stdout, or
-    /// an error with stderr.
+    /// Runs the `jobclient` binary against the JobTracker [`TRACKER`];
+    /// returns stdout, or an error with stderr.
     pub fn jobclient(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(binary("jobclient")?)
             .arg("--jobtracker")
-            .arg(self.tracker_url())
+            .arg(self.tracker_url()?)
             .args(args)
             .output()
             .context("running jobclient")?;
@@ -357,6 +495,43 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The text of a Prometheus endpoint at `http://<addr>/metrics`.
+pub fn scrape(url: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// address"))?;
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut conn =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {url}"))?;
+    conn.set_read_timeout(Some(READY_TIMEOUT))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .with_context(|| format!("reading {url}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{url} answered no HTTP response: {response:?}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{url} answered {}",
+        head.lines().next().unwrap_or_default()
+    );
+    Ok(body.to_string())
+}
+
+/// The value of the sample `series` (a metric name with its labels, as
+/// the text format writes them) in a scrape, if it is there.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
 }
 
 /// Task id -> number of runs, from a file where each run appended a line
@@ -424,4 +599,63 @@ pub async fn wait_all_succeeded(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_address_from_a_plain_log_line() {
+        let log = "2026-12-04T15:00:00Z  INFO lts_jobtracker: job store recovered pending=0\n\
+                   2026-12-04T15:00:00Z  INFO lts_jobtracker: jobtracker listening on 127.0.0.1:41234\n";
+        assert_eq!(
+            listening_addr(log),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("INFO lts_jobtracker: job store recovered"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_the_metrics_address_of_either_server() {
+        let want: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let tracker = "INFO lts_jobtracker: metrics on http://127.0.0.1:40001/metrics";
+        let task_tracker = "INFO tasktracker: metrics at http://127.0.0.1:40001/metrics";
+        assert_eq!(metrics_addr(tracker), Some(want));
+        assert_eq!(metrics_addr(task_tracker), Some(want));
+        assert_eq!(
+            metrics_addr("INFO jobtracker listening on 127.0.0.1:1"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_a_sample_by_its_whole_series() {
+        let text = "# TYPE lts_jobtracker_task_trackers gauge\n\
+                    lts_jobtracker_task_trackers{node_group=\"work\"} 2\n\
+                    lts_jobtracker_task_trackers{node_group=\"work-2\"} 1\n";
+        assert_eq!(
+            sample(text, r#"lts_jobtracker_task_trackers{node_group="work"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(text, r#"lts_jobtracker_task_trackers{node_group="other"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn a_join_names_the_task_tracker_exactly() {
+        let log = "INFO lts_jobtracker::service::work: TaskTracker connected worker=tt-10 \
+                   node_group=work slots=8 ahead_slots=4096\n";
+        assert!(has_joined(log, "tt-10"));
+        assert!(!has_joined(log, "tt-1"), "tt-1 is not tt-10");
+        assert!(!has_joined(
+            "INFO TaskTracker left: silent worker=tt-2",
+            "tt-2"
+        ));
+    }
 }

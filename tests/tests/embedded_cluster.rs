@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{runs_by_task, wait_all_succeeded, wait_until, Cluster};
+use lts_tests::{runs_by_task, sample, scrape, wait_all_succeeded, wait_until, Cluster, TRACKER};
 
 const JOBS: usize = 1000;
 
@@ -66,13 +66,23 @@ async fn a_thousand_jobs_submitted_through_the_cli_run_once_each() -> Result<()>
     let mut cluster = Cluster::new()?;
     let program = recorder(cluster.dir(), "")?;
     let record = cluster.dir().join("runs.txt");
-    cluster.start_tracker(&[])?;
+    cluster.start_tracker(&["--metrics-addr", "127.0.0.1:0"])?;
     let allow = program.display().to_string();
     cluster.start_task_tracker("tt-1", "work", 8, &[&allow])?;
     cluster.start_task_tracker("tt-2", "work", 8, &[&allow])?;
+    // The tracker's own count agrees that both joined before any work.
+    let metrics = scrape(&cluster.metrics_url(TRACKER)?)?;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"lts_jobtracker_task_trackers{node_group="work"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
 
     let ids = submit_through_cli(&cluster, "work", &program, &record)?;
-    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),
@@ -134,7 +144,7 @@ async fn every_acked_job_completes_across_a_kill_9_of_the_tracker() -> Result<()
     assert!(seen < JOBS, "the kill came in the middle of the run");
     cluster.start_tracker(&[])?;
 
-    let client = JobClient::connect(vec![cluster.tracker_url()]).await?;
+    let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let jobs = match wait_all_succeeded(&client, "work", JOBS, Duration::from_secs(120)).await {
         Ok(j) => j,
         Err(e) => anyhow::bail!("{e}\n{}", cluster.logs()),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::JobState;
 use lts_jobclient::JobClient;
-use lts_tests::{runs_by_task, wait_all_succeeded, wait_until, Cluster};
+use lts_tests::{runs_by_task, wait_all_succeeded, wait_until, Cluster, TRACKER};
 
 const JOBS: usize = 500;
 /// Slots of the TaskTracker of the tracker that is killed: at most this
@@ -63,10 +63,9 @@ async fn two_trackers_share_mongodb_and_lose_nothing_to_a_kill_9() -> Result<()>
     cluster.start_tracker(&a_args)?;
     let mut b_args = store_args.to_vec();
     b_args.extend(["--mongodb-instance", "tracker-b"]);
-    let b_url = cluster.start_extra_tracker("jobtracker-b", &b_args)?;
-    let a_url = cluster.tracker_url();
-    cluster.start_task_tracker_for("tt-a", "work", KILLED_SLOTS as u32, &[&allow], &a_url, &[])?;
-    cluster.start_task_tracker_for("tt-b", "work", 8, &[&allow], &b_url, &[])?;
+    let b_url = cluster.start_tracker_named("jobtracker-b", &b_args)?;
+    cluster.start_task_tracker_on(TRACKER, "tt-a", "work", KILLED_SLOTS as u32, &[&allow], &[])?;
+    cluster.start_task_tracker_on("jobtracker-b", "tt-b", "work", 8, &[&allow], &[])?;
 
     // Every job goes in through tracker A; both trackers claim from the
     // shared queue.
@@ -118,7 +117,7 @@ async fn two_trackers_share_mongodb_and_lose_nothing_to_a_kill_9() -> Result<()>
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
-    cluster.proc("jobtracker")?.kill9();
+    cluster.proc(TRACKER)?.kill9();
     assert!(seen < JOBS, "the kill came in the middle of the run");
 
     let client = JobClient::connect(vec![b_url.clone()]).await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lts_common::{JobSpec, JobState};
 use lts_jobclient::{ClientOptions, JobClient};
-use lts_tests::{all_jobs, free_port, wait_until, Cluster};
+use lts_tests::{all_jobs, wait_until, Cluster, TRACKER};
 
 fn secantusd() -> Option<String> {
     match std::env::var("LTS_TEST_SECANTUSD") {
@@ -67,6 +67,16 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port with nothing listening on it now. The database server
+/// of this test must have a known address before it starts (the tracker
+/// starts first, against a database that is down) and after it restarts
+/// on the same storage, so its port is picked up front and bound later;
+/// the JobTracker and TaskTracker listen on ports the kernel picks.
+fn unused_port() -> Result<u16> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(probe.local_addr()?.port())
+}
+
 fn jobs(prefix: &str, n: usize) -> Vec<JobSpec> {
     (0..n)
         .map(|i| JobSpec::new(format!("{prefix}-{i}"), "g"))
@@ -79,32 +89,22 @@ async fn the_tracker_rides_out_a_database_outage_and_loses_nothing_acked() -> Re
         return Ok(());
     };
     let mut cluster = Cluster::new()?;
-    let port = free_port()?;
+    let port = unused_port()?;
     let uri = format!("mongodb://127.0.0.1:{port}/");
     let storage = cluster.dir().join("db");
     let db_log = cluster.dir().join("secantusd.log");
 
     // Start-up with the database down: the tracker names what it cannot reach.
-    let args: Vec<String> = [
-        "--listen",
-        &cluster.tracker_addr.clone(),
-        "--data-dir",
-        &cluster.dir().join("tracker-data").display().to_string(),
-        "--mongodb",
-        &uri,
-        "--mongodb-database",
-        "outage",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    cluster.spawn("jobtracker", "jobtracker", &args)?;
+    cluster.spawn_tracker(
+        TRACKER,
+        &["--mongodb", &uri, "--mongodb-database", "outage"],
+    )?;
     let needle = format!("127.0.0.1:{port}");
     wait_until(
         Duration::from_secs(30),
         "the tracker naming the database it cannot reach",
         || {
-            let text = cluster.procs_log("jobtracker");
+            let text = cluster.procs_log(TRACKER);
             let found = text.contains(&needle);
             async move {
                 Ok(if found {
@@ -118,12 +118,12 @@ async fn the_tracker_rides_out_a_database_outage_and_loses_nothing_acked() -> Re
     .await?;
 
     let mut server = Server::start(&program, port, &storage, &db_log)?;
-    cluster.wait_healthy("jobtracker")?;
+    cluster.wait_healthy(TRACKER)?;
     let options = ClientOptions {
         request_timeout: Duration::from_secs(60),
         ..Default::default()
     };
-    let client = JobClient::connect_with(vec![cluster.tracker_url()], options).await?;
+    let client = JobClient::connect_with(vec![cluster.tracker_url()?], options).await?;
     let before = client.submit(jobs("before", 20)).await?;
     anyhow::ensure!(
         before.iter().all(|r| r.is_accepted()),
@@ -157,8 +157,7 @@ async fn the_tracker_rides_out_a_database_outage_and_loses_nothing_acked() -> Re
     .await
     .with_context(|| cluster.logs())?;
 
-    let url = cluster.tracker_url();
-    cluster.start_task_tracker_for("tt", "g", 8, &[], &url, &["--runner", "noop"])?;
+    cluster.start_task_tracker_on(TRACKER, "tt", "g", 8, &[], &["--runner", "noop"])?;
     let done = wait_until(
         Duration::from_secs(90),
         "every acked job succeeding",
