@@ -291,6 +291,11 @@ impl JobClient {
             .collect()
     }
 
+    /// Longest wait for the answer to one call.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.options.request_timeout
+    }
+
     /// The tracker this client sticks to now, if it has connected.
     pub fn current_address(&self) -> Option<String> {
         self.sticky()

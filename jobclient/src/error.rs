@@ -67,6 +67,20 @@ pub enum Error {
         address: String,
     },
 
+    /// A feedback subscription was finished, but the tracker did not end the
+    /// stream cleanly, so the acks sent on it may not have been handled.
+    /// Those items may come again.
+    #[error(
+        "the feedback stream to {address} ended without confirming the acks ({reason}); \
+         the items acked on it may come again"
+    )]
+    AcksUnconfirmed {
+        /// The tracker of the stream.
+        address: String,
+        /// How the stream ended.
+        reason: String,
+    },
+
     /// A feedback subscription was used after it was closed.
     #[error("the feedback subscription is closed")]
     SubscriptionClosed,

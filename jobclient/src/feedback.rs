@@ -183,11 +183,53 @@ impl FeedbackSubscription {
         Ok(())
     }
 
-    /// Closes the stream. Unacked items go to other clients of the group,
-    /// or to this group's next subscriber.
+    /// Closes the stream at once. Unacked items go to other clients of the
+    /// group, or to this group's next subscriber.
+    ///
+    /// Acks still queued may be lost with the stream (their items then come
+    /// again); [`finish`](Self::finish) waits until the tracker has them.
     pub fn close(&mut self) {
         self.closed = true;
         self.stream = None;
+    }
+
+    /// Closes the stream after the tracker has handled every ack sent on it.
+    ///
+    /// The end of the stream goes after the queued acks, and the tracker
+    /// ends its side only once it has handled every message before that
+    /// end; this waits for it (at most the client's request timeout). Items
+    /// that arrive meanwhile are not acked: they go to other clients of the
+    /// group, or to its next subscriber.
+    ///
+    /// Fails with [`Error::AcksUnconfirmed`] when the stream broke or the
+    /// tracker did not end it in time.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.closed = true;
+        let Some(OpenStream {
+            address,
+            outbound,
+            mut inbound,
+        }) = self.stream.take()
+        else {
+            return Ok(());
+        };
+        // The last sender: dropping it ends the request stream after the
+        // queued acks.
+        drop(outbound);
+        let drained = tokio::time::timeout(self.client.request_timeout(), async {
+            while inbound.message().await?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        })
+        .await;
+        let reason = match drained {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+            Err(_) => format!(
+                "the tracker did not end it within {}",
+                humantime::format_duration(self.client.request_timeout())
+            ),
+        };
+        Err(Error::AcksUnconfirmed { address, reason })
     }
 
     async fn subscribe(&self) -> Result<OpenStream> {

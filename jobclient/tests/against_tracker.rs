@@ -217,20 +217,33 @@ async fn feedback_is_redelivered_until_acked() {
         .await
         .expect("ack");
 
-    // Acked: a third subscriber gets nothing for that job.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    second.close();
+    // Acked, and the tracker confirmed it by ending the stream after the
+    // ack: a third subscriber gets nothing for that job. It is sent every
+    // unacked item as it joins, so reading until the feedback of a job
+    // cancelled after it joined covers everything it could get.
+    second.finish().await.expect("the ack confirmed");
     let mut third = client
         .feedback("clients", "third")
         .await
         .expect("subscribe");
-    match tokio::time::timeout(Duration::from_millis(1500), third.next()).await {
-        Err(_) => {}
-        Ok(Ok(batch)) => assert!(
+    let mut sentinel = later_job("fb-sentinel");
+    sentinel.need_feedback = true;
+    sentinel.submit_node_group = "clients".into();
+    let outcomes = client.submit(vec![sentinel]).await.expect("submit");
+    let sentinel_id = outcomes[0].job_id().expect("accepted").to_string();
+    client.cancel(&sentinel_id).await.expect("cancel");
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(10), third.next())
+            .await
+            .expect("the sentinel's feedback in time")
+            .expect("feedback");
+        assert!(
             batch.iter().all(|f| f.job_id != job_id),
             "acked feedback came again: {batch:?}"
-        ),
-        Ok(Err(e)) => panic!("feedback stream failed: {e}"),
+        );
+        if batch.iter().any(|f| f.job_id == sentinel_id) {
+            break;
+        }
     }
 
     tracker.stop().await;
@@ -509,5 +522,93 @@ async fn logs_of_many_jobs_by_node_group_task_id_and_time() {
     let (code, _, err) = jobclient(&tracker.address, &["logs", "--since", "yesterday"]).await;
     assert_eq!(code, Some(2), "a bad time is a usage error: {err}");
     assert!(err.contains("--since"), "{err}");
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn cli_feedback_count_prints_that_many_and_acks_them_before_exiting() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let specs: Vec<JobSpec> = (1..=3)
+        .map(|i| {
+            let mut spec = later_job(&format!("cf-{i}"));
+            spec.need_feedback = true;
+            spec.submit_node_group = "cli-clients".into();
+            spec
+        })
+        .collect();
+    let outcomes = client.submit(specs).await.expect("submit");
+    let mut job_ids: Vec<String> = outcomes
+        .iter()
+        .map(|o| o.job_id().expect("accepted").to_string())
+        .collect();
+    // A cancelled job that asked for feedback reports it, like a finished run.
+    for id in &job_ids {
+        client.cancel(id).await.expect("cancel");
+    }
+
+    let mut printed = Vec::new();
+    for run in 1..=3 {
+        let (code, out, err) = jobclient(
+            &tracker.address,
+            &[
+                "--json",
+                "feedback",
+                "--submit-node-group",
+                "cli-clients",
+                "--count",
+                "1",
+                "--timeout",
+                "20s",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "run {run}: {out}{err}");
+        let items: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON item a line"))
+            .collect();
+        assert_eq!(items.len(), 1, "run {run} printed: {out}");
+        printed.push(items[0]["job_id"].as_str().expect("job_id").to_string());
+    }
+    printed.sort();
+    job_ids.sort();
+    assert_eq!(printed, job_ids, "each run printed another job's feedback");
+
+    // Nothing of those three is left unacked. A new subscriber is sent
+    // every unacked item of its group as it joins, so whatever it receives
+    // before the feedback of a job cancelled after it joined would be a
+    // lost ack.
+    let mut reader = client
+        .feedback("cli-clients", "after-the-cli")
+        .await
+        .expect("subscribe");
+    let mut sentinel = later_job("cf-sentinel");
+    sentinel.need_feedback = true;
+    sentinel.submit_node_group = "cli-clients".into();
+    let outcomes = client.submit(vec![sentinel]).await.expect("submit");
+    let sentinel_id = outcomes[0].job_id().expect("accepted").to_string();
+    client.cancel(&sentinel_id).await.expect("cancel");
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(20), reader.next())
+            .await
+            .expect("the sentinel's feedback in time")
+            .expect("feedback");
+        let stale: Vec<&str> = batch
+            .iter()
+            .filter(|f| job_ids.contains(&f.job_id))
+            .map(|f| f.task_id.as_str())
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "acked by the CLI, yet delivered again: {stale:?}"
+        );
+        if batch.iter().any(|f| f.job_id == sentinel_id) {
+            break;
+        }
+    }
+
     tracker.stop().await;
 }

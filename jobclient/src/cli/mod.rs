@@ -35,6 +35,7 @@ pub use output::{
 use crate::admin::{AdminClient, JobUpdate};
 use crate::client::{ClientOptions, JobClient, JobFilter};
 use crate::error::Error;
+use crate::feedback::FeedbackSubscription;
 
 /// Exit code: everything went well.
 pub const EXIT_OK: u8 = 0;
@@ -572,10 +573,56 @@ async fn feedback(client: &JobClient, a: FeedbackArgs, json: bool) -> Result<u8,
         }
     };
     let mut seen: HashSet<String> = HashSet::new();
-    while a.count == 0 || (seen.len() as u64) < a.count {
+    let read = read_feedback(
+        &mut subscription,
+        &a,
+        json,
+        &mut seen,
+        until_deadline.as_mut(),
+    )
+    .await;
+    // Whatever ended the read, the acks of what was printed must reach the
+    // tracker before the process exits, or the same items come back on the
+    // next run.
+    let finished = subscription.finish().await;
+    match (read, finished) {
+        (Ok(()), Ok(())) => Ok(EXIT_OK),
+        (Ok(()), Err(e)) => Err(e.into()),
+        (Err(ReadEnd::TimedOut), finished) => {
+            if let Err(e) = finished {
+                eprintln!("jobclient: {e}");
+            }
+            Err(timed_out(seen.len()))
+        }
+        (Err(ReadEnd::Failed(e)), finished) => {
+            if let Err(f) = finished {
+                eprintln!("jobclient: {f}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Why [`read_feedback`] stopped before its count.
+enum ReadEnd {
+    TimedOut,
+    Failed(CliError),
+}
+
+/// Prints and acks feedback until `a.count` distinct items were printed.
+/// Items past the count are not acked, so they stay for the next reader.
+async fn read_feedback(
+    subscription: &mut FeedbackSubscription,
+    a: &FeedbackArgs,
+    json: bool,
+    seen: &mut HashSet<String>,
+    mut until_deadline: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), ReadEnd> {
+    let wanted = |seen: &HashSet<String>| a.count == 0 || (seen.len() as u64) < a.count;
+    while wanted(seen) {
         let batch = tokio::select! {
             r = subscription.next() => r,
-            _ = &mut until_deadline => return Err(timed_out(seen.len())),
+            _ = until_deadline.as_mut() => return Err(ReadEnd::TimedOut),
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -585,28 +632,34 @@ async fn feedback(client: &JobClient, a: FeedbackArgs, json: bool) -> Result<u8,
                 tracing::warn!("{e}; trying again");
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(ReadEnd::Failed(e.into())),
         };
         let mut out = String::new();
-        for item in &batch {
-            // Redelivered items are acked again but printed once.
-            if seen.insert(item.feedback_id.clone()) {
-                if json {
-                    out.push_str(&feedback_json(item).to_string());
-                } else {
-                    out.push_str(&feedback_text(item));
-                }
-                out.push('\n');
+        let mut ids = Vec::with_capacity(batch.len());
+        for item in batch {
+            if seen.contains(&item.feedback_id) {
+                // Redelivered: acked again but printed once.
+                ids.push(item.feedback_id);
+                continue;
             }
+            if !wanted(seen) {
+                continue;
+            }
+            if json {
+                out.push_str(&feedback_json(&item).to_string());
+            } else {
+                out.push_str(&feedback_text(&item));
+            }
+            out.push('\n');
+            seen.insert(item.feedback_id.clone());
+            ids.push(item.feedback_id);
         }
-        print(&out)?;
-        let ids = batch.into_iter().map(|f| f.feedback_id);
+        print(&out).map_err(ReadEnd::Failed)?;
         if let Err(e) = subscription.ack(ids).await {
             tracing::warn!("{e}");
         }
     }
-    subscription.close();
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 fn print(text: &str) -> Result<(), CliError> {
