@@ -387,6 +387,20 @@ struct Pending {
     /// Set when the store closes: the write thread applies what is queued
     /// and ends.
     closing: bool,
+    /// Tests hold the write thread to force an order of events.
+    #[cfg(test)]
+    held: bool,
+}
+
+impl Pending {
+    /// The next batch for the write thread to apply, if it may take one.
+    fn take_next(&mut self) -> Option<(u64, Writes)> {
+        #[cfg(test)]
+        if self.held && !self.closing {
+            return None;
+        }
+        self.queued.pop_first()
+    }
 }
 
 /// Applies committed batches to the tree, in generation order, on a thread
@@ -422,7 +436,7 @@ impl Writer {
             let (generation, batch) = {
                 let mut p = self.pending_lock();
                 loop {
-                    if let Some(next) = p.queued.pop_first() {
+                    if let Some(next) = p.take_next() {
                         break next;
                     }
                     if p.closing {
@@ -1724,12 +1738,16 @@ impl JobStore for SledStore {
     }
 
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        // Through the queue like every write, so the disk sees the lines
+        // in order with the job's other changes (a deletion queued before
+        // them is applied before them).
+        let index = self.lock();
         let mut batch = Writes::default();
         self.put_logs(&mut batch, &entries)?;
-        self.writes
-            .writer
-            .apply(batch)
-            .map_err(sled_err("writing log lines"))?;
+        self.commit(index, batch)?;
+        // A line lost to a crash costs no correctness: it rides on the
+        // next flush.
+        self.flusher.flush_soon();
         Ok(())
     }
 
@@ -1793,14 +1811,16 @@ impl JobStore for SledStore {
     }
 
     async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        // Through the queue like every write: an item's insert was queued
+        // before the item could be delivered, so its deletion is applied
+        // after it. Applied to the tree at once, the deletion could come
+        // first and the acked item come back after a restart.
+        let index = self.lock();
         let mut batch = Writes::default();
         for id in feedback_ids {
             batch.remove(feedback_key(id));
         }
-        self.writes
-            .writer
-            .apply(batch)
-            .map_err(sled_err("deleting acked feedback"))?;
+        self.commit(index, batch)?;
         // A lost ack only means the feedback is delivered again.
         self.flusher.flush_soon();
         Ok(())
@@ -1831,6 +1851,71 @@ impl JobStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Holds the store's write thread: batches queue up until released.
+    fn hold_writes(store: &SledStore, held: bool) {
+        store.pending_lock().held = held;
+        store.writes.writer.work.notify_one();
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[tokio::test]
+    async fn acked_feedback_never_returns_after_a_restart_whatever_was_queued() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let acked = {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.recover(NOW).await.expect("recover");
+            let mut spec = JobSpec::new("t", "g");
+            spec.need_feedback = true;
+            spec.submit_node_group = "clients".into();
+            store.submit(vec![spec], NOW).await.expect("submit");
+            let claimed = store
+                .claim("g", &[("w".to_string(), 1)], NOW)
+                .await
+                .expect("claim");
+            let job = claimed.per_grant[0][0].clone();
+            // The outcome's writes, its feedback among them, are still
+            // queued when the client acks the feedback.
+            hold_writes(&store, true);
+            let report = RunReport {
+                job_id: job.job_id.clone(),
+                attempt: job.attempt,
+                outcome: lts_common::Outcome::Success("ok".into()),
+                started_at_ms: NOW,
+                finished_at_ms: NOW + 1,
+                worker: "w".into(),
+            };
+            let results = store
+                .complete(vec![report], NOW + 1)
+                .await
+                .expect("complete");
+            let Some(CompleteResult::Applied {
+                feedback: Some(fb), ..
+            }) = results.into_iter().next()
+            else {
+                panic!("the outcome was applied with feedback");
+            };
+            store
+                .ack_feedback(std::slice::from_ref(&fb.feedback_id))
+                .await
+                .expect("ack");
+            store
+                .append_logs(vec![LogEntry::new(&job.job_id, LogKind::Biz, 1, "line")])
+                .await
+                .expect("log");
+            hold_writes(&store, false);
+            fb.feedback_id
+        };
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let recovery = store.recover(NOW + 2).await.expect("recover");
+        let left = store.pending_feedback().await.expect("feedback");
+        assert!(
+            left.iter().all(|f| f.feedback_id != acked),
+            "acked feedback {acked} came back: {left:?}"
+        );
+        assert_eq!(recovery.feedback, 0);
+    }
 
     #[test]
     fn a_closing_store_applies_every_batch_queued_before_it_closed() {
