@@ -1395,7 +1395,7 @@ impl JobStore for SledStore {
                     let Some((&(at, seq), _)) = index.timers.first_key_value() else {
                         break;
                     };
-                    if at > now_ms + FIRE_AHEAD_MS {
+                    if at > now_ms.saturating_add(FIRE_AHEAD_MS) {
                         break;
                     }
                     let Some(id) = index.timers.remove(&(at, seq)) else {
@@ -1433,7 +1433,7 @@ impl JobStore for SledStore {
                             groups.push(r.job.spec.task_tracker_node_group.clone());
                         }
                     } else {
-                        let missed_by = now_ms - point;
+                        let missed_by = now_ms.saturating_sub(point);
                         r.log(
                         LogEntry::new(
                             "",
@@ -1495,7 +1495,7 @@ impl JobStore for SledStore {
             .lock()
             .timers
             .first_key_value()
-            .map(|((at, _), _)| *at - FIRE_AHEAD_MS))
+            .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
 
     async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
