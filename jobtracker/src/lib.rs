@@ -132,7 +132,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
             Arc::new(
                 tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
                     .await
-                    .map_err(|e| Error::Store(format!("opening the store: {e}")))??,
+                    .map_err(|e| Error::internal("opening the store", e))??,
             )
         }
         StoreConfig::Mongo {

@@ -610,6 +610,59 @@ async fn restart_recovery(b: &dyn Backend) {
     );
 }
 
+/// Times and delays a TaskTracker sends are not checked by the store's
+/// caller alone: the ends of the clock are stored, never a panic.
+async fn run_times_at_the_ends_of_the_clock(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let ids = submit_ids(&*s, vec![spec("a", "g"), spec("b", "g"), spec("c", "g")]).await;
+    let c = s.claim("g", &[("w1".into(), 3)], NOW).await.expect("claim");
+    assert_eq!(c.per_grant[0].len(), 3);
+    s.started(&[(ids[0].clone(), 1)], "w1", i64::MIN)
+        .await
+        .expect("started at the start of the clock");
+    let mut reports = Vec::new();
+    for (id, (started, finished)) in ids.iter().zip([(i64::MIN, i64::MAX), (i64::MAX, i64::MIN)]) {
+        let mut r = report(id, 1, Outcome::Success("ok".into()));
+        r.started_at_ms = started;
+        r.finished_at_ms = finished;
+        reports.push(r);
+    }
+    reports.push(report(
+        &ids[2],
+        1,
+        Outcome::Later {
+            // The longest delay every backend can store (BSON has no
+            // unsigned 64-bit integer).
+            delay_ms: i64::MAX as u64,
+            message: "much later".into(),
+        },
+    ));
+    let results = s.complete(reports, NOW + 1).await.expect("complete");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, CompleteResult::Applied { .. })),
+        "{results:?}"
+    );
+    for id in &ids[..2] {
+        let job = s.get(id).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Succeeded, "{id}");
+        let (log, _) = s.logs(id, 100, None).await.expect("logs");
+        assert!(log.iter().any(|e| e.kind == LogKind::Outcome), "{log:?}");
+    }
+    let later = s.get(&ids[2]).await.expect("get").expect("job");
+    assert_eq!(later.state, JobState::Pending);
+    assert!(
+        later.trigger_at_ms > NOW + 1,
+        "a huge delay is not a time in the past: {}",
+        later.trigger_at_ms
+    );
+    assert!(
+        claim_one(&*s, "g", NOW + 2).await.is_none(),
+        "the job that waits is not claimed now"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -685,6 +738,14 @@ macro_rules! conformance {
                     return;
                 }
                 super::cancel(&b).await
+            }
+            #[tokio::test]
+            async fn run_times_at_the_ends_of_the_clock() {
+                let b = $make;
+                if b.skip() {
+                    return;
+                }
+                super::run_times_at_the_ends_of_the_clock(&b).await
             }
             #[tokio::test]
             async fn restart_recovery() {

@@ -548,7 +548,7 @@ fn parsed_cron(expression: &str, time_zone: &str) -> Option<Arc<lts_common::cron
 /// Repeat jobs keep their cadence; a late repeat cycle fires once and the
 /// next one is a full interval after now.
 pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
-    let late = now_ms - point > MISFIRE_GRACE_MS;
+    let late = now_ms.saturating_sub(point) > MISFIRE_GRACE_MS;
     match schedule {
         Schedule::Cron {
             expression,
@@ -577,11 +577,11 @@ pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
             }
         }
         Schedule::Repeat { interval_ms, .. } => {
-            let interval = *interval_ms as i64;
+            let interval = ms_to_i64(*interval_ms);
             let next = if late {
-                now_ms + interval
+                now_ms.saturating_add(interval)
             } else {
-                point + interval
+                point.saturating_add(interval)
             };
             CycleStep {
                 fire: true,
@@ -598,6 +598,12 @@ pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
 /// A fresh job id: time-ordered, unique across trackers.
 pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// A duration in ms as a signed offset; one beyond `i64::MAX` is capped
+/// there (a time that never comes) rather than wrapping negative.
+fn ms_to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// What an applied outcome produced besides the new job state.
@@ -622,7 +628,11 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
             format!(
                 "{} (ran {} ms)",
                 report.outcome,
-                (report.finished_at_ms - report.started_at_ms).max(0)
+                // Both times come from the TaskTracker's clock, unchecked.
+                report
+                    .finished_at_ms
+                    .saturating_sub(report.started_at_ms)
+                    .max(0)
             ),
         )
         .with_worker(&report.worker),
@@ -639,7 +649,10 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
                     job.state = JobState::Pending;
                     // Cycles keep their cadence; a cycle that ran past the
                     // next point starts at once rather than piling up.
-                    job.trigger_at_ms = (job.trigger_at_ms + interval_ms as i64).max(now_ms);
+                    job.trigger_at_ms = job
+                        .trigger_at_ms
+                        .saturating_add(ms_to_i64(interval_ms))
+                        .max(now_ms);
                     cycle_done = true;
                 }
                 Schedule::Repeat { .. } => {
@@ -652,14 +665,16 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
         Outcome::Failed(_) => job.state = JobState::Failed,
         Outcome::Later { delay_ms, .. } => {
             job.state = JobState::Pending;
-            job.trigger_at_ms = now_ms + *delay_ms as i64;
+            // A TaskTracker's delay, unchecked: a huge one means never
+            // (until an operator triggers the job), not a wrap into the past.
+            job.trigger_at_ms = now_ms.saturating_add(ms_to_i64(*delay_ms));
         }
         Outcome::Error(_) => {
             job.failures += 1;
             match job.spec.effective_retry_plan().decide(job.failures) {
                 RetryDecision::RetryAfter(delay) => {
                     job.state = JobState::Pending;
-                    job.trigger_at_ms = now_ms + delay as i64;
+                    job.trigger_at_ms = now_ms.saturating_add(ms_to_i64(delay));
                     t.logs.push(LogEntry::new(
                         &job.job_id,
                         LogKind::Retry,
@@ -805,6 +820,48 @@ mod tests {
         job.state = JobState::Running;
         apply_outcome(&mut job, &report(Outcome::Success(String::new())), 2_500);
         assert_eq!((job.state, job.cycles), (JobState::Succeeded, 2));
+    }
+
+    #[test]
+    fn run_times_at_the_ends_of_the_clock_do_not_panic() {
+        for (started, finished) in [
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, i64::MIN),
+            (0, i64::MIN),
+        ] {
+            let mut job = running(JobSpec::new("t", "g"));
+            let mut r = report(Outcome::Success("ok".into()));
+            r.started_at_ms = started;
+            r.finished_at_ms = finished;
+            let t = apply_outcome(&mut job, &r, 2_000);
+            assert_eq!(job.state, JobState::Succeeded);
+            assert!(
+                t.logs.iter().any(|l| l.kind == LogKind::Outcome),
+                "{:?}",
+                t.logs
+            );
+        }
+    }
+
+    #[test]
+    fn a_delay_beyond_the_clock_waits_rather_than_running_at_once() {
+        let mut job = running(JobSpec::new("t", "g"));
+        let r = report(Outcome::Later {
+            delay_ms: u64::MAX,
+            message: String::new(),
+        });
+        apply_outcome(&mut job, &r, 2_000);
+        assert_eq!(
+            (job.state, job.trigger_at_ms),
+            (JobState::Pending, i64::MAX)
+        );
+        let repeat = Schedule::Repeat {
+            interval_ms: u64::MAX,
+            count: 0,
+        };
+        assert_eq!(cycle_step(&repeat, i64::MIN, i64::MAX).next, Some(i64::MAX));
+        assert_eq!(cycle_step(&repeat, i64::MAX, i64::MIN).next, Some(i64::MAX));
     }
 
     fn cron(misfire: lts_common::MisfirePolicy) -> Schedule {

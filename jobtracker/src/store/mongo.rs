@@ -84,7 +84,7 @@ pub struct MongoOptions {
 #[derive(Debug)]
 pub enum ConnectError {
     /// No server answered; trying again later may work.
-    Unreachable(String),
+    Unreachable(mongodb::error::Error),
     /// Anything else (bad URI, newer schema, refused index): retrying
     /// will not help.
     Fatal(Error),
@@ -117,13 +117,39 @@ fn store_err(what: &str) -> impl Fn(mongodb::error::Error) -> Error + '_ {
             // The driver's topology dump helps the operator, not the
             // client: log it, answer in one line.
             tracing::warn!("MongoDB unreachable while {what}: {e}");
-            Error::Store(format!(
-                "MongoDB cannot be reached ({what}); try again later"
-            ))
+            Error::unavailable(
+                format!("MongoDB cannot be reached ({what}); try again later"),
+                e,
+            )
+        } else if is_transient(&e) {
+            Error::unavailable(format!("MongoDB, {what}; try again later"), e)
         } else {
-            Error::Store(format!("MongoDB, {what}: {e}"))
+            Error::internal(format!("MongoDB, {what}"), e)
         }
     }
+}
+
+/// A failure the server itself calls temporary (a failover, an overload,
+/// a write concern it could not meet yet): the request may succeed later.
+fn is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{
+        ErrorKind, RETRYABLE_ERROR, RETRYABLE_WRITE_ERROR, SYSTEM_OVERLOADED_ERROR,
+        TRANSIENT_TRANSACTION_ERROR,
+    };
+    [
+        RETRYABLE_ERROR,
+        RETRYABLE_WRITE_ERROR,
+        SYSTEM_OVERLOADED_ERROR,
+        TRANSIENT_TRANSACTION_ERROR,
+    ]
+    .iter()
+    .any(|label| e.contains_label(label))
+        || matches!(
+            &*e.kind,
+            ErrorKind::DnsResolve { .. }
+                | ErrorKind::Shutdown
+                | ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(_))
+        )
 }
 
 fn is_unreachable(e: &mongodb::error::Error) -> bool {
@@ -152,7 +178,7 @@ pub fn redact_uri(uri: &str) -> String {
 }
 
 fn to_doc<T: serde::Serialize>(v: &T) -> Result<Document> {
-    bson::to_document(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+    bson::to_document(v).map_err(|e| Error::internal("encoding a record", e))
 }
 
 fn state_bson(s: JobState) -> Bson {
@@ -244,17 +270,16 @@ impl MongoStore {
             .get_or_try_init(|| self.open_conn())
             .await
             .map_err(|e| match e {
-                ConnectError::Unreachable(m) => Error::Store(format!(
-                    "cannot reach MongoDB at {}: {m}",
-                    redact_uri(&self.options.uri)
-                )),
+                ConnectError::Unreachable(m) => Error::unavailable(
+                    format!("cannot reach MongoDB at {}", redact_uri(&self.options.uri)),
+                    m,
+                ),
                 ConnectError::Fatal(e) => e,
             })
     }
 
     async fn open_conn(&self) -> std::result::Result<Conn, ConnectError> {
         let options = &self.options;
-        let fatal = |m: String| ConnectError::Fatal(Error::Store(m));
         let mut client_options = ClientOptions::parse(&options.uri).await.map_err(|e| {
             ConnectError::Fatal(Error::Config(format!(
                 "--mongodb {}: {e}",
@@ -279,16 +304,22 @@ impl MongoStore {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             }));
-        let client = Client::with_options(client_options).map_err(|e| fatal(e.to_string()))?;
+        let client = Client::with_options(client_options).map_err(|e| {
+            ConnectError::Fatal(Error::Config(format!(
+                "--mongodb {}: {e}",
+                redact_uri(&options.uri)
+            )))
+        })?;
         let db = client.database(&options.database);
         let db_name = options.database.clone();
         let classify = |what: &str, e: mongodb::error::Error| {
             if is_unreachable(&e) {
-                ConnectError::Unreachable(e.to_string())
+                ConnectError::Unreachable(e)
             } else {
-                ConnectError::Fatal(Error::Store(format!(
-                    "MongoDB database {db_name}, {what}: {e}"
-                )))
+                ConnectError::Fatal(Error::internal(
+                    format!("MongoDB database {db_name}, {what}"),
+                    e,
+                ))
             }
         };
         db.run_command(doc! { "ping": 1 })
@@ -305,17 +336,17 @@ impl MongoStore {
                 Some(Bson::Int32(v)) => i64::from(*v),
                 Some(Bson::Int64(v)) => *v,
                 other => {
-                    return Err(ConnectError::Fatal(Error::Corrupt {
-                        key: format!("{}.meta schema", options.database),
-                        message: format!("version is {other:?}, an integer expected"),
-                    }))
+                    return Err(ConnectError::Fatal(Error::corrupt(
+                        format!("{}.meta schema", options.database),
+                        format!("version is {other:?}, an integer expected"),
+                    )))
                 }
             };
             if version > SCHEMA_VERSION {
-                return Err(fatal(format!(
+                return Err(ConnectError::Fatal(Error::Incompatible(format!(
                     "MongoDB database {} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
                     options.database
-                )));
+                ))));
             }
         }
         meta.update_one(
@@ -519,18 +550,17 @@ impl MongoStore {
             .map_err(store_err("updating jobs"))?;
         if let Ok(errors) = reply.get_array("writeErrors") {
             if let Some(Bson::Document(first)) = errors.first() {
-                return Err(Error::Store(format!(
-                    "MongoDB refused {} job update(s), e.g.: {}",
-                    errors.len(),
-                    first.get_str("errmsg").unwrap_or("no message")
-                )));
+                return Err(Error::internal(
+                    format!("MongoDB refused {} job update(s)", errors.len()),
+                    first.get_str("errmsg").unwrap_or("no message").to_string(),
+                ));
             }
         }
         if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(Error::Store(format!(
-                "MongoDB write concern not satisfied: {}",
-                wce.get_str("errmsg").unwrap_or("no message")
-            )));
+            return Err(Error::unavailable(
+                "MongoDB did not satisfy the write concern of a job update; try again later",
+                wce.get_str("errmsg").unwrap_or("no message").to_string(),
+            ));
         }
         let modified = match reply.get("nModified") {
             Some(Bson::Int32(n)) => *n as u64,
@@ -574,11 +604,13 @@ impl MongoStore {
             }
             for w in failure.write_errors.iter().flatten() {
                 if w.code != DUPLICATE_KEY {
-                    return Err(Error::Store(format!(
-                        "MongoDB refused job {}: {}",
-                        jobs.get(w.index).map_or("?", |(_, j)| j.job_id.as_str()),
-                        w.message
-                    )));
+                    return Err(Error::internal(
+                        format!(
+                            "MongoDB refused job {}",
+                            jobs.get(w.index).map_or("?", |(_, j)| j.job_id.as_str())
+                        ),
+                        w.message.clone(),
+                    ));
                 }
                 duplicates.insert(w.index);
             }
@@ -624,10 +656,14 @@ impl MongoStore {
             }
             let key = (job.spec.task_tracker_node_group, job.spec.task_id);
             let Some(existing) = holders.get(&key) else {
-                return Err(Error::Store(format!(
-                    "task id {} of node group {} was taken and released by a concurrent submit; submit again",
-                    key.1, key.0
-                )));
+                // A race with another submit, not a fault: retrying settles it.
+                return Err(Error::Unavailable {
+                    context: format!(
+                        "task id {} of node group {} was taken and released by a concurrent submit; submit again",
+                        key.1, key.0
+                    ),
+                    source: None,
+                });
             };
             out.push((
                 slot,
@@ -663,10 +699,10 @@ impl MongoStore {
             if let Some(d) = holder {
                 let old_id = id_of(&d);
                 let Some(old) = decode::<Job>("job", d) else {
-                    return Err(Error::Corrupt {
-                        key: old_id,
-                        message: "the job holding this task id cannot be decoded".into(),
-                    });
+                    return Err(Error::corrupt(
+                        old_id,
+                        "the job holding this task id cannot be decoded",
+                    ));
                 };
                 let mut set = doc! { "dedup_slot": &old.job_id };
                 if !old.state.is_final() {
@@ -714,9 +750,12 @@ impl MongoStore {
                 None => SubmitResult::Created(job.job_id),
             });
         }
-        Err(Error::Store(format!(
-            "task id {t} of node group {g} keeps changing under concurrent submits; submit again"
-        )))
+        Err(Error::Unavailable {
+            context: format!(
+                "task id {t} of node group {g} keeps changing under concurrent submits; submit again"
+            ),
+            source: None,
+        })
     }
 
     /// Puts running jobs back in the queue, each with the reason `why`
@@ -971,9 +1010,10 @@ impl JobStore for MongoStore {
                 }
                 Some(other) => other,
                 None => {
-                    return Err(Error::Store(
-                        "a job of the batch got no result; submit again".into(),
-                    ))
+                    return Err(Error::Internal {
+                        context: "a job of the batch got no result".into(),
+                        source: None,
+                    })
                 }
             });
         }
@@ -1268,10 +1308,10 @@ impl JobStore for MongoStore {
             };
         };
         let Some(before) = decode::<Job>("job", d) else {
-            return Err(Error::Corrupt {
-                key: job_id.to_string(),
-                message: "cancelled, but the stored job cannot be decoded".into(),
-            });
+            return Err(Error::corrupt(
+                job_id,
+                "cancelled, but the stored job cannot be decoded",
+            ));
         };
         let mut job = before.clone();
         job.state = JobState::Cancelled;
@@ -1309,10 +1349,7 @@ impl JobStore for MongoStore {
         match found {
             Some(d) => bson::from_document(d)
                 .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    key: format!("jobs {job_id}"),
-                    message: e.to_string(),
-                }),
+                .map_err(|e| Error::corrupt(format!("jobs {job_id}"), e)),
             None => Ok(None),
         }
     }
@@ -1330,10 +1367,7 @@ impl JobStore for MongoStore {
                 let id = id_of(&d);
                 bson::from_document(d)
                     .map(Some)
-                    .map_err(|e| Error::Corrupt {
-                        key: format!("jobs {id}"),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| Error::corrupt(format!("jobs {id}"), e))
             }
             None => Ok(None),
         }

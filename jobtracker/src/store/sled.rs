@@ -277,18 +277,21 @@ impl Flusher {
                     let need = generations.assigned.load(Ordering::SeqCst);
                     generations.wait_written(need);
                     let result = match generations.failed.get() {
-                        Some(e) => Err(e.clone()),
-                        None => db.flush().map(|_| ()).map_err(|e| e.to_string()),
+                        Some(f) => Err(f.clone()),
+                        None => db
+                            .flush()
+                            .map(|_| ())
+                            .map_err(|e| WriteFailure::sled("flushing the data directory", e)),
                     };
                     if result.is_ok() {
                         generations.flushed.fetch_max(need, Ordering::SeqCst);
                     }
                     for w in waiting {
-                        let _ = w.reply.send(result.clone().map_err(Error::Store));
+                        let _ = w.reply.send(result.clone().map_err(|f| f.error()));
                     }
                 }
             })
-            .map_err(|e| Error::Store(format!("cannot start the flush thread: {e}")))?;
+            .map_err(|e| Error::internal("starting the flush thread", e))?;
         Ok(Flusher {
             requests: Some(tx),
             thread: Some(thread),
@@ -312,9 +315,8 @@ impl Flusher {
         self.requests
             .as_ref()
             .and_then(|r| r.send(FlushRequest { reply, urgent }).ok())
-            .ok_or_else(|| Error::Store("the flush thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Store("the flush thread has stopped".into()))?
+            .ok_or_else(flush_thread_gone)?;
+        rx.await.map_err(|_| flush_thread_gone())?
     }
 }
 
@@ -350,7 +352,7 @@ struct Generations {
     flushed: AtomicU64,
     /// Set by the first write sled refused: the store is in error from
     /// then on (sled refuses writes after an I/O error).
-    failed: std::sync::OnceLock<String>,
+    failed: std::sync::OnceLock<WriteFailure>,
     /// Signalled when `written` moves, for the flush thread.
     moved: (Mutex<()>, std::sync::Condvar),
 }
@@ -385,6 +387,20 @@ struct Pending {
     /// Set when the store closes: the write thread applies what is queued
     /// and ends.
     closing: bool,
+    /// Tests hold the write thread to force an order of events.
+    #[cfg(test)]
+    held: bool,
+}
+
+impl Pending {
+    /// The next batch for the write thread to apply, if it may take one.
+    fn take_next(&mut self) -> Option<(u64, Writes)> {
+        #[cfg(test)]
+        if self.held && !self.closing {
+            return None;
+        }
+        self.queued.pop_first()
+    }
 }
 
 /// Applies committed batches to the tree, in generation order, on a thread
@@ -420,7 +436,7 @@ impl Writer {
             let (generation, batch) = {
                 let mut p = self.pending_lock();
                 loop {
-                    if let Some(next) = p.queued.pop_first() {
+                    if let Some(next) = p.take_next() {
                         break next;
                     }
                     if p.closing {
@@ -435,12 +451,16 @@ impl Writer {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch)));
                 let failure = match applied {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("the write thread panicked".to_string()),
+                    Ok(Err(e)) => Some(WriteFailure::sled("writing to the data directory", e)),
+                    Err(_) => Some(WriteFailure {
+                        retry: false,
+                        context: "the write thread panicked; the store takes no more writes".into(),
+                        source: None,
+                    }),
                 };
-                if let Some(e) = failure {
-                    tracing::error!("a write to the data directory failed: {e}");
-                    let _ = self.generations.failed.set(e);
+                if let Some(f) = failure {
+                    tracing::error!("{}", f.error().chain());
+                    let _ = self.generations.failed.set(f);
                 }
             }
             {
@@ -457,7 +477,7 @@ impl Writer {
     }
 
     /// Applies `writes` in order (see [`Writes`]).
-    fn apply(&self, writes: Writes) -> Result<()> {
+    fn apply(&self, writes: Writes) -> std::result::Result<(), ::sled::Error> {
         for (key, value) in writes.0 {
             match value {
                 Some(v) => {
@@ -486,7 +506,7 @@ impl WriteThread {
                 let writer = writer.clone();
                 move || writer.run()
             })
-            .map_err(|e| Error::Store(format!("cannot start the write thread: {e}")))?;
+            .map_err(|e| Error::internal("starting the write thread", e))?;
         Ok(WriteThread {
             writer,
             thread: Some(thread),
@@ -529,14 +549,66 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     // of the named form, and sled's cost grows with the bytes it moves. A
     // field added later goes last, with a default; records in the named
     // form (written before) still read.
-    rmp_serde::to_vec(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+    rmp_serde::to_vec(v).map_err(|e| Error::internal("encoding a record", e))
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        message: e.to_string(),
-    })
+    rmp_serde::from_slice(bytes).map_err(|e| Error::corrupt(String::from_utf8_lossy(key), e))
+}
+
+/// What the write and flush threads remember of the first write that
+/// failed: every later call gets the same error.
+#[derive(Clone, Debug)]
+struct WriteFailure {
+    /// Whether the caller may retry later (an I/O error) or it is a bug.
+    retry: bool,
+    context: String,
+    source: Option<Arc<::sled::Error>>,
+}
+
+impl WriteFailure {
+    fn sled(context: &str, e: ::sled::Error) -> WriteFailure {
+        WriteFailure {
+            retry: matches!(e, ::sled::Error::Io(_)),
+            context: context.to_string(),
+            source: Some(Arc::new(e)),
+        }
+    }
+
+    fn error(&self) -> Error {
+        let source = self
+            .source
+            .clone()
+            .map(|e| -> crate::error::BoxError { Box::new(e) });
+        let context = self.context.clone();
+        if self.retry {
+            Error::Unavailable { context, source }
+        } else {
+            Error::Internal { context, source }
+        }
+    }
+}
+
+/// A sled error while `what`: I/O is worth a retry later, corruption is
+/// lost data, anything else is a bug (in sled or in how it is used).
+fn sled_error(what: &str, e: ::sled::Error) -> Error {
+    match e {
+        ::sled::Error::Io(_) => Error::unavailable(format!("{what}: I/O error"), e),
+        ::sled::Error::Corruption { .. } => Error::corrupt(format!("({what})"), e),
+        _ => Error::internal(what.to_string(), e),
+    }
+}
+
+/// [`sled_error`] for `map_err`.
+fn sled_err(what: &str) -> impl Fn(::sled::Error) -> Error + '_ {
+    move |e| sled_error(what, e)
+}
+
+fn flush_thread_gone() -> Error {
+    Error::Internal {
+        context: "the flush thread has stopped".into(),
+        source: None,
+    }
 }
 
 /// How long an open waits for the data directory's lock.
@@ -561,12 +633,17 @@ fn open_locked(config: &::sled::Config, dir: &Path) -> Result<::sled::Db> {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) if is_lock_conflict(&e) => {
-                return Err(Error::Store(format!(
-                    "cannot open {}: the data directory is in use by another JobTracker ({e})",
-                    dir.display()
-                )));
+                return Err(Error::unavailable(
+                    format!(
+                        "cannot open {}: the data directory is in use by another JobTracker",
+                        dir.display()
+                    ),
+                    e,
+                ));
             }
-            Err(e) => return Err(Error::Store(format!("cannot open {}: {e}", dir.display()))),
+            Err(e) => {
+                return Err(sled_error(&format!("opening {}", dir.display()), e));
+            }
         }
     }
 }
@@ -598,10 +675,7 @@ impl SledStore {
     /// a newer version.
     pub fn open(dir: &Path) -> Result<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+            Error::unavailable(format!("creating data directory {}", dir.display()), e)
         })?;
         let config = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
@@ -613,16 +687,19 @@ impl SledStore {
             // Flushes come from the store's own flush thread only.
             .flush_every_ms(None);
         let db = open_locked(&config, dir)?;
-        let tree = db.open_tree("lts")?;
-        match tree.get(b"mschema_version")? {
+        let tree = db
+            .open_tree("lts")
+            .map_err(sled_err("opening the job tree"))?;
+        match tree
+            .get(b"mschema_version")
+            .map_err(sled_err("reading the schema version"))?
+        {
             Some(v) => {
-                let version =
-                    u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-                        key: "mschema_version".into(),
-                        message: format!("{} bytes, 8 expected", v.len()),
-                    })?);
+                let version = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    Error::corrupt("mschema_version", format!("{} bytes, 8 expected", v.len()))
+                })?);
                 if version > SCHEMA_VERSION {
-                    return Err(Error::Store(format!(
+                    return Err(Error::Incompatible(format!(
                         "{} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
                         dir.display()
                     )));
@@ -634,15 +711,18 @@ impl SledStore {
                     // opens a store without them.
                     let mut batch = ::sled::Batch::default();
                     for key in tree.scan_prefix(b"t").keys() {
-                        batch.remove(key?);
+                        batch.remove(key.map_err(sled_err("reading schema 1 task keys"))?);
                     }
                     batch.insert(&b"mschema_version"[..], &SCHEMA_VERSION.to_be_bytes()[..]);
-                    tree.apply_batch(batch)?;
-                    tree.flush()?;
+                    tree.apply_batch(batch)
+                        .map_err(sled_err("upgrading the store to schema 2"))?;
+                    tree.flush()
+                        .map_err(sled_err("flushing the schema upgrade"))?;
                 }
             }
             None => {
-                tree.insert(b"mschema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                tree.insert(b"mschema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(sled_err("recording the schema version"))?;
             }
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
@@ -708,8 +788,8 @@ impl SledStore {
     /// ([`Self::settled`]), and a flush first waits for every batch
     /// committed before it.
     fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
-        if let Some(e) = self.generations.failed.get() {
-            return Err(Error::Store(e.clone()));
+        if let Some(f) = self.generations.failed.get() {
+            return Err(f.error());
         }
         let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         {
@@ -928,7 +1008,7 @@ impl SledStore {
                 None => Ok(None),
             };
         }
-        match self.tree.get(&key)? {
+        match self.tree.get(&key).map_err(sled_err("reading a job"))? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
@@ -944,7 +1024,7 @@ impl JobStore for SledStore {
             let mut index = self.lock();
             let mut max_seq = 0;
             for item in self.tree.scan_prefix(b"j") {
-                let (key, bytes) = item?;
+                let (key, bytes) = item.map_err(sled_err("reading job records"))?;
                 let mut r: Record = match decode(&key, &bytes) {
                     Ok(r) => r,
                     Err(e) => {
@@ -1315,7 +1395,7 @@ impl JobStore for SledStore {
                     let Some((&(at, seq), _)) = index.timers.first_key_value() else {
                         break;
                     };
-                    if at > now_ms + FIRE_AHEAD_MS {
+                    if at > now_ms.saturating_add(FIRE_AHEAD_MS) {
                         break;
                     }
                     let Some(id) = index.timers.remove(&(at, seq)) else {
@@ -1353,7 +1433,7 @@ impl JobStore for SledStore {
                             groups.push(r.job.spec.task_tracker_node_group.clone());
                         }
                     } else {
-                        let missed_by = now_ms - point;
+                        let missed_by = now_ms.saturating_sub(point);
                         r.log(
                         LogEntry::new(
                             "",
@@ -1415,7 +1495,7 @@ impl JobStore for SledStore {
             .lock()
             .timers
             .first_key_value()
-            .map(|((at, _), _)| *at - FIRE_AHEAD_MS))
+            .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
 
     async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
@@ -1514,7 +1594,7 @@ impl JobStore for SledStore {
                         // Its log lines first: a crash in between leaves
                         // the job, not lines of a job that is gone.
                         for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
-                            batch.remove(item?);
+                            batch.remove(item.map_err(sled_err("reading the log lines of a deleted job"))?);
                         }
                         // And lines still queued to be written before this.
                         let prefix = log_prefix(job_id);
@@ -1633,7 +1713,7 @@ impl JobStore for SledStore {
         let mut jobs = Vec::new();
         self.settled().await;
         for item in self.tree.range(start..b"k".to_vec()) {
-            let (key, bytes) = item?;
+            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
             let stored: Record = match decode(&key, &bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1658,9 +1738,16 @@ impl JobStore for SledStore {
     }
 
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        // Through the queue like every write, so the disk sees the lines
+        // in order with the job's other changes (a deletion queued before
+        // them is applied before them).
+        let index = self.lock();
         let mut batch = Writes::default();
         self.put_logs(&mut batch, &entries)?;
-        self.writes.writer.apply(batch)?;
+        self.commit(index, batch)?;
+        // A line lost to a crash costs no correctness: it rides on the
+        // next flush.
+        self.flusher.flush_soon();
         Ok(())
     }
 
@@ -1696,7 +1783,7 @@ impl JobStore for SledStore {
             })
             .collect();
         for item in self.tree.scan_prefix(log_prefix(job_id)) {
-            let (key, bytes) = item?;
+            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
             match decode::<LogEntry>(&key, &bytes) {
                 Ok(e) => all.push(e),
                 Err(e) => tracing::error!("skipping a log record: {e}"),
@@ -1714,7 +1801,7 @@ impl JobStore for SledStore {
         let mut out = Vec::new();
         self.settled().await;
         for item in self.tree.scan_prefix(b"f") {
-            let (key, bytes) = item?;
+            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
             match decode(&key, &bytes) {
                 Ok(f) => out.push(f),
                 Err(e) => tracing::error!("skipping a feedback record: {e}"),
@@ -1724,11 +1811,16 @@ impl JobStore for SledStore {
     }
 
     async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        // Through the queue like every write: an item's insert was queued
+        // before the item could be delivered, so its deletion is applied
+        // after it. Applied to the tree at once, the deletion could come
+        // first and the acked item come back after a restart.
+        let index = self.lock();
         let mut batch = Writes::default();
         for id in feedback_ids {
             batch.remove(feedback_key(id));
         }
-        self.writes.writer.apply(batch)?;
+        self.commit(index, batch)?;
         // A lost ack only means the feedback is delivered again.
         self.flusher.flush_soon();
         Ok(())
@@ -1759,6 +1851,71 @@ impl JobStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Holds the store's write thread: batches queue up until released.
+    fn hold_writes(store: &SledStore, held: bool) {
+        store.pending_lock().held = held;
+        store.writes.writer.work.notify_one();
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[tokio::test]
+    async fn acked_feedback_never_returns_after_a_restart_whatever_was_queued() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let acked = {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.recover(NOW).await.expect("recover");
+            let mut spec = JobSpec::new("t", "g");
+            spec.need_feedback = true;
+            spec.submit_node_group = "clients".into();
+            store.submit(vec![spec], NOW).await.expect("submit");
+            let claimed = store
+                .claim("g", &[("w".to_string(), 1)], NOW)
+                .await
+                .expect("claim");
+            let job = claimed.per_grant[0][0].clone();
+            // The outcome's writes, its feedback among them, are still
+            // queued when the client acks the feedback.
+            hold_writes(&store, true);
+            let report = RunReport {
+                job_id: job.job_id.clone(),
+                attempt: job.attempt,
+                outcome: lts_common::Outcome::Success("ok".into()),
+                started_at_ms: NOW,
+                finished_at_ms: NOW + 1,
+                worker: "w".into(),
+            };
+            let results = store
+                .complete(vec![report], NOW + 1)
+                .await
+                .expect("complete");
+            let Some(CompleteResult::Applied {
+                feedback: Some(fb), ..
+            }) = results.into_iter().next()
+            else {
+                panic!("the outcome was applied with feedback");
+            };
+            store
+                .ack_feedback(std::slice::from_ref(&fb.feedback_id))
+                .await
+                .expect("ack");
+            store
+                .append_logs(vec![LogEntry::new(&job.job_id, LogKind::Biz, 1, "line")])
+                .await
+                .expect("log");
+            hold_writes(&store, false);
+            fb.feedback_id
+        };
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let recovery = store.recover(NOW + 2).await.expect("recover");
+        let left = store.pending_feedback().await.expect("feedback");
+        assert!(
+            left.iter().all(|f| f.feedback_id != acked),
+            "acked feedback {acked} came back: {left:?}"
+        );
+        assert_eq!(recovery.feedback, 0);
+    }
 
     #[test]
     fn a_closing_store_applies_every_batch_queued_before_it_closed() {
