@@ -785,6 +785,8 @@ pub(crate) fn list_request(
             .kind
             .map(|k| schedule_kind_to_wire(k) as i32)
             .unwrap_or_default(),
+        // Listings carry no payloads or params; `get` returns them.
+        include_payload: false,
     }
 }
 

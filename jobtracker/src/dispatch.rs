@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::outbound::{split_by_bytes, MESSAGE_BUDGET_BYTES};
 use crate::store::JobStore;
 
 /// Most jobs one claim asks for.
@@ -359,15 +360,21 @@ impl Dispatcher {
                         not_before_unix_ms,
                     });
                 }
-                let msg = pb::TrackerMessage {
-                    kind: Some(pb::tracker_message::Kind::Assignments(pb::Assignments {
-                        assignments,
-                    })),
-                };
-                if w.tx.send(Ok(msg)).is_err() {
-                    // The stream is gone; its session puts the runs
-                    // back when it unregisters.
-                    tracing::debug!(worker = %w.identity, "assignment to a closed stream");
+                // Split by bytes: jobs of large payloads would otherwise
+                // make one message past the gRPC limit, which breaks the
+                // stream and puts every run of it back, again and again.
+                for assignments in split_by_bytes(assignments, MESSAGE_BUDGET_BYTES, usize::MAX) {
+                    let msg = pb::TrackerMessage {
+                        kind: Some(pb::tracker_message::Kind::Assignments(pb::Assignments {
+                            assignments,
+                        })),
+                    };
+                    if w.tx.send(Ok(msg)).is_err() {
+                        // The stream is gone; its session puts the runs
+                        // back when it unregisters.
+                        tracing::debug!(worker = %w.identity, "assignment to a closed stream");
+                        break;
+                    }
                 }
             }
         }

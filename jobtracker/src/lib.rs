@@ -6,6 +6,7 @@
 //! - [`service`]: the gRPC services for JobClients and TaskTrackers;
 //! - [`dispatch`]: hands ready jobs to TaskTrackers by their credits;
 //! - [`feedback`]: pushes results to submit node groups until acked;
+//! - [`outbound`]: how messages to peers are bounded;
 //! - [`config`]: flags, env vars and the config file.
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod dispatch;
 pub mod error;
 pub mod feedback;
 pub mod metrics;
+pub mod outbound;
 pub mod service;
 pub mod store;
 

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
+use crate::outbound::{entry_len, MESSAGE_BUDGET_BYTES};
 use crate::store::{ListFilter, SubmitRefusal, SubmitResult};
 use crate::Tracker;
 
@@ -358,16 +359,95 @@ pub async fn list_jobs(
             ),
         },
     };
-    let (jobs, next) = tracker
-        .store
-        .list(
-            &filter,
-            page_size(r.page_size),
-            opt(r.page_token).as_deref(),
-        )
-        .await?;
-    Ok(pb::ListJobsResponse {
-        jobs: jobs.into_iter().map(Into::into).collect(),
-        next_page_token: next.unwrap_or_default(),
-    })
+    let page = list_page(
+        tracker,
+        &filter,
+        page_size(r.page_size),
+        opt(r.page_token),
+        r.include_payload,
+    )
+    .await?;
+    Ok(page)
+}
+
+/// Jobs asked of the store by the first call while a page is built; later
+/// calls ask for as many as [`LIST_CHUNK_BYTES`] of jobs like the ones seen.
+const LIST_FIRST_CHUNK: usize = 32;
+
+/// About how many bytes of stored jobs (payloads included) one store call
+/// of a listing loads: four listings of 1000 jobs of 1 MiB each once held
+/// gigabytes.
+const LIST_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Room kept in a page for everything but its jobs (the page token).
+const PAGE_OVERHEAD_BYTES: usize = 1024;
+
+/// Builds a page of at most `page_size` jobs and at most
+/// [`MESSAGE_BUDGET_BYTES`] (one job more only when a single job is larger),
+/// asking the store for a few jobs at a time so that a listing never holds
+/// more than a chunk of stored jobs besides its page. The page token is
+/// the last job id of the page, as the stores give it.
+async fn list_page(
+    tracker: &Tracker,
+    filter: &ListFilter,
+    page_size: usize,
+    mut token: Option<String>,
+    include_payload: bool,
+) -> Result<pb::ListJobsResponse, Status> {
+    let budget = MESSAGE_BUDGET_BYTES - PAGE_OVERHEAD_BYTES;
+    let mut jobs: Vec<pb::Job> = Vec::new();
+    let mut bytes = 0usize;
+    let mut seen = 0usize;
+    let mut seen_bytes = 0usize;
+    loop {
+        let left = page_size - jobs.len();
+        let ask = match seen_bytes.checked_div(seen) {
+            None => left.min(LIST_FIRST_CHUNK),
+            Some(per_job) => left.min((LIST_CHUNK_BYTES / per_job.max(1)).max(1)),
+        };
+        let (chunk, next) = tracker.store.list(filter, ask, token.as_deref()).await?;
+        if chunk.is_empty() {
+            // Nothing more matched (a store gives no token then); a
+            // token anyway is the store's to continue from.
+            return Ok(pb::ListJobsResponse {
+                jobs,
+                next_page_token: next.unwrap_or_default(),
+            });
+        }
+        for job in chunk {
+            let job_id = job.job_id.clone();
+            let mut wire = pb::Job::from(job);
+            seen += 1;
+            seen_bytes += entry_len(&wire);
+            if !include_payload {
+                if let Some(spec) = wire.spec.as_mut() {
+                    spec.payload = Vec::new();
+                    spec.params.clear();
+                }
+            }
+            let len = entry_len(&wire);
+            if !jobs.is_empty() && bytes + len > budget {
+                // Full by bytes: the next page starts at this job.
+                return Ok(pb::ListJobsResponse {
+                    jobs,
+                    next_page_token: token.unwrap_or_default(),
+                });
+            }
+            bytes += len;
+            jobs.push(wire);
+            token = Some(job_id);
+        }
+        if next.is_none() {
+            return Ok(pb::ListJobsResponse {
+                jobs,
+                next_page_token: String::new(),
+            });
+        }
+        if jobs.len() >= page_size {
+            return Ok(pb::ListJobsResponse {
+                jobs,
+                next_page_token: token.unwrap_or_default(),
+            });
+        }
+    }
 }

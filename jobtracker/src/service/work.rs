@@ -145,13 +145,16 @@ impl Session {
             tokio::select! {
                 m = inbound.message() => match m {
                     Ok(Some(m)) => {
-                        last_heard = tokio::time::Instant::now();
                         if let Err(e) = self.handle(m).await {
                             // Store trouble: end the stream so the TaskTracker
                             // reconnects and resends what was not acked.
                             let _ = self.tx.send(Err(Status::unavailable(e.to_string())));
                             break format!("store error: {e}");
                         }
+                        // Heard now, after handling: time spent here (a large
+                        // batch of outcomes) is not the TaskTracker's silence,
+                        // its next messages wait unread meanwhile.
+                        last_heard = tokio::time::Instant::now();
                     }
                     Ok(None) => break "the TaskTracker closed its stream".to_string(),
                     Err(e) => break format!("stream error: {e}"),
