@@ -9,7 +9,8 @@ use lts_common::{JobSpec, JobState, LogKind, Outcome, RetryPlan, RetryStep, Sche
 use lts_jobtracker::store::mongo::{MongoOptions, MongoStore};
 use lts_jobtracker::store::sled::SledStore;
 use lts_jobtracker::store::{
-    CompleteResult, JobStore, ListFilter, LogFilter, RunReport, SubmitRefusal, SubmitResult,
+    CompleteResult, CycleStore, JobStore, ListFilter, LogFilter, OperatorStore, RunReport,
+    SubmitRefusal, SubmitResult,
 };
 
 /// Opens stores of one backend at a location, again and again.
@@ -115,6 +116,16 @@ fn mongo() -> Mongo {
 }
 
 const NOW: i64 = 1_700_000_000_000;
+
+/// The cycle firing of a store that has it.
+fn cycles(s: &dyn JobStore) -> &dyn CycleStore {
+    s.cycles().expect("this store fires cron and repeat cycles")
+}
+
+/// The operator verbs of a store that has them.
+fn operator(s: &dyn JobStore) -> &dyn OperatorStore {
+    s.operator().expect("this store has operator verbs")
+}
 
 fn spec(task: &str, group: &str) -> JobSpec {
     JobSpec::new(task, group)
@@ -971,10 +982,10 @@ mod sled_cycles {
         s.recover(NOW + 6_500).await.expect("recover");
         let ahead = lts_jobtracker::store::sled::FIRE_AHEAD_MS;
         assert_eq!(
-            s.next_fire_at().await.expect("next"),
+            cycles(&*s).next_fire_at().await.expect("next"),
             Some(NOW + 1_000 - ahead)
         );
-        let groups = s.fire_due(NOW + 6_500).await.expect("fire");
+        let groups = cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
         assert_eq!(groups, ["g"]);
         // The missed points 1..=6 s, then the point at 7 s, made ahead of time.
         assert_eq!(
@@ -993,10 +1004,10 @@ mod sled_cycles {
             .collect();
         assert_eq!(cycles_of(&*s, "all").await, all);
         // Firing again at the same instant fires nothing twice.
-        s.fire_due(NOW + 6_500).await.expect("fire");
+        cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
         assert_eq!(cycles_of(&*s, "all").await.len(), 7);
         assert_eq!(
-            s.next_fire_at().await.expect("next"),
+            cycles(&*s).next_fire_at().await.expect("next"),
             Some(NOW + 8_000 - ahead)
         );
     }
@@ -1007,9 +1018,9 @@ mod sled_cycles {
         let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
         sp.rely_on_prev_cycle = true;
         s.submit(vec![sp], NOW).await.expect("submit");
-        s.fire_due(NOW + 1_000).await.expect("fire");
+        cycles(&*s).fire_due(NOW + 1_000).await.expect("fire");
         let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
-        s.fire_due(NOW + 2_000).await.expect("fire");
+        cycles(&*s).fire_due(NOW + 2_000).await.expect("fire");
         assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
         s.complete(
             vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
@@ -1017,7 +1028,7 @@ mod sled_cycles {
         )
         .await
         .expect("complete");
-        s.fire_due(NOW + 2_600).await.expect("fire");
+        cycles(&*s).fire_due(NOW + 2_600).await.expect("fire");
         assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
     }
 }
@@ -1434,7 +1445,7 @@ mod sled_attempts {
                         ..Default::default()
                     });
                     // Refused once finished; either answer is fine here.
-                    let _ = s.admin(id, update, NOW + 1).await;
+                    let _ = operator(&*s).admin(id, update, NOW + 1).await;
                 }
             })
         };

@@ -1,20 +1,40 @@
 //! The embedded store: sled under a data directory, with the queues
 //! indexed in memory.
 //!
-//! One sled tree holds every record, under a one-byte prefix, so a batch
-//! that touches a job, its task key and its log lines is one atomic write:
+//! One sled tree (`lts`) holds every record under a one-byte prefix:
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` job id | the job and its transition history (MessagePack) |
-//! | `t` node group `0x00` task id | job id |
-//! | `l` job id `0x00` sequence (u64 BE) | a biz log line, or a line about a finished job |
-//! | `f` feedback id | a feedback |
-//! | `m` name | store metadata (`schema_version`) |
+//! | `j` job id | the job and the transition lines of its execution log (MessagePack) |
+//! | `l` job id `0x00` sequence (u64 BE) | a log line written apart from its job's record: a biz line, or a stale outcome of a job no longer in memory |
+//! | `f` feedback id | a feedback item not yet acked |
+//! | `m` `schema_version` | the store's schema (u64 BE) |
 //!
-//! Jobs that are not final are also kept in memory with a ready queue per
-//! node group, so a claim touches no disk but the write of the claimed
-//! jobs. Every call that changes state ends with one flush (group commit).
+//! Schema 1 also kept `t` node group `0x00` task id -> job id; the open of
+//! such a store drops those keys (the task-id index is in memory now,
+//! rebuilt from the job records).
+//!
+//! **Memory.** Jobs that are not final are kept in memory with a ready
+//! queue per node group, so a claim touches no disk unless its attempt
+//! must be made durable first (see [`SledStore::claim`]).
+//!
+//! **Writes.** A call changes the index under its lock and, under the same
+//! hold, queues its writes as one batch with the next generation number.
+//! One write thread applies the batches in generation order, key by key
+//! (not as `sled::Batch`es, which wait out every flush), so the disk sees
+//! changes in the order the index made them, and a crash keeps a prefix of
+//! them. Until a batch is applied its values are read from the queue;
+//! scans wait for the batches committed before them. Every write goes
+//! through this queue.
+//!
+//! **Flushes.** One flush thread makes writes durable for everybody (group
+//! commit): it waits until the write thread has applied every batch
+//! committed before the requests it serves, flushes sled once and answers
+//! them all. `recover`, `submit`, `cancel`, the operator verbs, a claim
+//! whose attempt must be durable and a `fire_due` that fired cycles wait
+//! for a flush before they return. `complete`, `requeue`, `append_logs`
+//! and `ack_feedback` only ask for one soon; they are durable after the
+//! next [`JobStore::sync`] (see the trait's contract).
 //!
 //! The lines of a job's execution log that record its transitions live in
 //! the job's own record: a transition rewrites the record anyway, and
@@ -1372,6 +1392,206 @@ impl JobStore for SledStore {
         Ok(cancelled)
     }
 
+    fn backend(&self) -> &'static str {
+        "embedded (sled)"
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>> {
+        if let Some(r) = self.lock().live.get(job_id) {
+            return Ok(Some(r.job.clone()));
+        }
+        Ok(self.stored_record(job_id)?.map(|r| r.job))
+    }
+
+    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
+        let holder = self.lock().tasks.get(node_group, task_id);
+        match holder {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        let start = match page_token {
+            Some(t) => {
+                let mut k = job_key(t);
+                k.push(0);
+                k
+            }
+            None => b"j".to_vec(),
+        };
+        let mut jobs = Vec::new();
+        self.settled().await;
+        for item in self.tree.range(start..b"k".to_vec()) {
+            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
+            let stored: Record = match decode(&key, &bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("skipping a job record: {e}");
+                    continue;
+                }
+            };
+            // The in-memory copy of a live job is the newest.
+            let job = match self.lock().live.get(&stored.job.job_id) {
+                Some(live) => live.job.clone(),
+                None => stored.job,
+            };
+            if filter.matches(&job) {
+                if jobs.len() == page_size {
+                    let token = jobs.last().map(|j: &Job| j.job_id.clone());
+                    return Ok((jobs, token));
+                }
+                jobs.push(job);
+            }
+        }
+        Ok((jobs, None))
+    }
+
+    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        // Through the queue like every write, so the disk sees the lines
+        // in order with the job's other changes (a deletion queued before
+        // them is applied before them).
+        let index = self.lock();
+        let mut batch = Writes::default();
+        self.put_logs(&mut batch, &entries)?;
+        self.commit(index, batch)?;
+        // A line lost to a crash costs no correctness: it rides on the
+        // next flush.
+        self.flusher.flush_soon();
+        Ok(())
+    }
+
+    async fn logs(
+        &self,
+        job_id: &str,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        let skip: usize = match page_token {
+            Some(t) => t.parse().map_err(|_| {
+                Error::Invalid(lts_common::ValidationError::new(
+                    "page_token",
+                    "is not a token this tracker gave out",
+                ))
+            })?,
+            None => 0,
+        };
+        self.settled().await;
+        let history = self.lock().live.get(job_id).map(|r| r.history.clone());
+        let history = match history {
+            Some(h) => h,
+            None => self
+                .stored_record(job_id)?
+                .map(|r| r.history)
+                .unwrap_or_default(),
+        };
+        let mut all: Vec<LogEntry> = history
+            .into_iter()
+            .map(|mut e| {
+                e.job_id = job_id.to_string();
+                e
+            })
+            .collect();
+        for item in self.tree.scan_prefix(log_prefix(job_id)) {
+            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
+            match decode::<LogEntry>(&key, &bytes) {
+                Ok(e) => all.push(e),
+                Err(e) => tracing::error!("skipping a log record: {e}"),
+            }
+        }
+        // Transitions and biz lines interleave by time; the sort is stable,
+        // so lines of one instant keep the order they were written in.
+        all.sort_by_key(|e| e.at_ms);
+        let page: Vec<LogEntry> = all.iter().skip(skip).take(page_size).cloned().collect();
+        let next = (skip + page.len() < all.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
+    }
+
+    async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
+        let mut out = Vec::new();
+        self.settled().await;
+        for item in self.tree.scan_prefix(b"f") {
+            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
+            match decode(&key, &bytes) {
+                Ok(f) => out.push(f),
+                Err(e) => tracing::error!("skipping a feedback record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        // Through the queue like every write: an item's insert was queued
+        // before the item could be delivered, so its deletion is applied
+        // after it. Applied to the tree at once, the deletion could come
+        // first and the acked item come back after a restart.
+        let index = self.lock();
+        let mut batch = Writes::default();
+        for id in feedback_ids {
+            batch.remove(feedback_key(id));
+        }
+        self.commit(index, batch)?;
+        // A lost ack only means the feedback is delivered again.
+        self.flusher.flush_soon();
+        Ok(())
+    }
+
+    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {
+        let mut index = self.lock();
+        let groups: Vec<String> = index.queues.keys().cloned().collect();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            index.promote(&g, now_ms);
+            out.push((g.clone(), index.queues.get(&g).map_or(0, |q| q.ready.len())));
+        }
+        Ok(out)
+    }
+
+    async fn node_groups(&self) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
+            .map(|(g, _)| g.clone())
+            .collect())
+    }
+
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        query_logs_by_job(self, filter, page_size, page_token).await
+    }
+
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        // Nobody else writes to this directory: every change is this
+        // tracker's own, and wakes whom it concerns.
+        None
+    }
+
+    fn cycles(&self) -> Option<&dyn CycleStore> {
+        Some(self)
+    }
+
+    fn operator(&self) -> Option<&dyn OperatorStore> {
+        Some(self)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.sync().await
+    }
+}
+
+#[async_trait]
+impl CycleStore for SledStore {
     async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
         let mut groups = Vec::new();
         // Bounded so a backlog of missed points (fire-all after a long
@@ -1497,7 +1717,10 @@ impl JobStore for SledStore {
             .first_key_value()
             .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
+}
 
+#[async_trait]
+impl OperatorStore for SledStore {
     async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
         let admined = {
             let mut index = self.lock();
@@ -1679,172 +1902,6 @@ impl JobStore for SledStore {
         };
         self.flush().await?;
         Ok(admined)
-    }
-
-    async fn get(&self, job_id: &str) -> Result<Option<Job>> {
-        if let Some(r) = self.lock().live.get(job_id) {
-            return Ok(Some(r.job.clone()));
-        }
-        Ok(self.stored_record(job_id)?.map(|r| r.job))
-    }
-
-    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
-        let holder = self.lock().tasks.get(node_group, task_id);
-        match holder {
-            Some(id) => self.get(&id).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn list(
-        &self,
-        filter: &ListFilter,
-        page_size: usize,
-        page_token: Option<&str>,
-    ) -> Result<(Vec<Job>, Option<String>)> {
-        let start = match page_token {
-            Some(t) => {
-                let mut k = job_key(t);
-                k.push(0);
-                k
-            }
-            None => b"j".to_vec(),
-        };
-        let mut jobs = Vec::new();
-        self.settled().await;
-        for item in self.tree.range(start..b"k".to_vec()) {
-            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
-            let stored: Record = match decode(&key, &bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("skipping a job record: {e}");
-                    continue;
-                }
-            };
-            // The in-memory copy of a live job is the newest.
-            let job = match self.lock().live.get(&stored.job.job_id) {
-                Some(live) => live.job.clone(),
-                None => stored.job,
-            };
-            if filter.matches(&job) {
-                if jobs.len() == page_size {
-                    let token = jobs.last().map(|j: &Job| j.job_id.clone());
-                    return Ok((jobs, token));
-                }
-                jobs.push(job);
-            }
-        }
-        Ok((jobs, None))
-    }
-
-    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
-        // Through the queue like every write, so the disk sees the lines
-        // in order with the job's other changes (a deletion queued before
-        // them is applied before them).
-        let index = self.lock();
-        let mut batch = Writes::default();
-        self.put_logs(&mut batch, &entries)?;
-        self.commit(index, batch)?;
-        // A line lost to a crash costs no correctness: it rides on the
-        // next flush.
-        self.flusher.flush_soon();
-        Ok(())
-    }
-
-    async fn logs(
-        &self,
-        job_id: &str,
-        page_size: usize,
-        page_token: Option<&str>,
-    ) -> Result<(Vec<LogEntry>, Option<String>)> {
-        let skip: usize = match page_token {
-            Some(t) => t.parse().map_err(|_| {
-                Error::Invalid(lts_common::ValidationError::new(
-                    "page_token",
-                    "is not a token this tracker gave out",
-                ))
-            })?,
-            None => 0,
-        };
-        self.settled().await;
-        let history = self.lock().live.get(job_id).map(|r| r.history.clone());
-        let history = match history {
-            Some(h) => h,
-            None => self
-                .stored_record(job_id)?
-                .map(|r| r.history)
-                .unwrap_or_default(),
-        };
-        let mut all: Vec<LogEntry> = history
-            .into_iter()
-            .map(|mut e| {
-                e.job_id = job_id.to_string();
-                e
-            })
-            .collect();
-        for item in self.tree.scan_prefix(log_prefix(job_id)) {
-            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
-            match decode::<LogEntry>(&key, &bytes) {
-                Ok(e) => all.push(e),
-                Err(e) => tracing::error!("skipping a log record: {e}"),
-            }
-        }
-        // Transitions and biz lines interleave by time; the sort is stable,
-        // so lines of one instant keep the order they were written in.
-        all.sort_by_key(|e| e.at_ms);
-        let page: Vec<LogEntry> = all.iter().skip(skip).take(page_size).cloned().collect();
-        let next = (skip + page.len() < all.len()).then(|| (skip + page.len()).to_string());
-        Ok((page, next))
-    }
-
-    async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
-        let mut out = Vec::new();
-        self.settled().await;
-        for item in self.tree.scan_prefix(b"f") {
-            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
-            match decode(&key, &bytes) {
-                Ok(f) => out.push(f),
-                Err(e) => tracing::error!("skipping a feedback record: {e}"),
-            }
-        }
-        Ok(out)
-    }
-
-    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
-        // Through the queue like every write: an item's insert was queued
-        // before the item could be delivered, so its deletion is applied
-        // after it. Applied to the tree at once, the deletion could come
-        // first and the acked item come back after a restart.
-        let index = self.lock();
-        let mut batch = Writes::default();
-        for id in feedback_ids {
-            batch.remove(feedback_key(id));
-        }
-        self.commit(index, batch)?;
-        // A lost ack only means the feedback is delivered again.
-        self.flusher.flush_soon();
-        Ok(())
-    }
-
-    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {
-        let mut index = self.lock();
-        let groups: Vec<String> = index.queues.keys().cloned().collect();
-        let mut out = Vec::with_capacity(groups.len());
-        for g in groups {
-            index.promote(&g, now_ms);
-            out.push((g.clone(), index.queues.get(&g).map_or(0, |q| q.ready.len())));
-        }
-        Ok(out)
-    }
-
-    async fn node_groups(&self) -> Result<Vec<String>> {
-        Ok(self
-            .lock()
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
-            .map(|(g, _)| g.clone())
-            .collect())
     }
 }
 
