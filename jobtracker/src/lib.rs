@@ -196,6 +196,9 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
         corrupt = recovery.corrupt,
         "job store recovered"
     );
+    if let Some(missing) = store::missing_capabilities(&*store) {
+        tracing::warn!("{missing}");
+    }
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher::new(store.clone(), metrics.clone(), shutdown.clone());
@@ -362,8 +365,12 @@ async fn run_scheduler(tracker: Arc<Tracker>) {
     // Also woken by submits and operator verbs; the cap bounds how late a
     // cycle that waited for its previous one starts after that one ends.
     const MAX_SLEEP_MS: i64 = 200;
+    // A store without cycle firing refuses cron jobs (said at start).
+    let Some(cycles) = tracker.store.cycles() else {
+        return;
+    };
     loop {
-        match tracker.store.fire_due(lts_common::now_ms()).await {
+        match cycles.fire_due(lts_common::now_ms()).await {
             Ok(groups) => {
                 for g in groups {
                     tracker.dispatcher.wake(&g);
@@ -371,7 +378,7 @@ async fn run_scheduler(tracker: Arc<Tracker>) {
             }
             Err(e) => tracing::warn!("cannot fire due cycles: {e}"),
         }
-        let next = tracker.store.next_fire_at().await.ok().flatten();
+        let next = cycles.next_fire_at().await.ok().flatten();
         let sleep_ms = match next {
             Some(at) => (at - lts_common::now_ms()).clamp(0, MAX_SLEEP_MS),
             None => MAX_SLEEP_MS,

@@ -230,34 +230,63 @@ pub struct Recovery {
 /// See [`JobStore::on_claimable`].
 pub type ClaimableHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Where jobs live. Every mutating call is durable when it returns.
+/// Where jobs live.
+///
+/// # Contract
+///
+/// **Visibility.** A change is seen by every read of the same store once
+/// the call that made it returned, durable or not.
+///
+/// **Durability.** A change is *durable* once a crash of the tracker's
+/// process or machine (`kill -9`, power loss) cannot undo it. Each method
+/// says when its changes are durable; [`JobStore::sync`] makes every change
+/// of the calls that returned before it durable. What is said here holds
+/// for every backend; a backend may be durable sooner (the MongoDB store's
+/// writes are durable when their call returns, by the database's write
+/// concern), never later. The embedded store keeps most changes in memory
+/// until its next flush, which callers ask for through `sync` or which a
+/// call says it waits for.
+///
+/// **Capabilities.** Firing cron and repeat cycles ([`JobStore::cycles`])
+/// and operator verbs ([`JobStore::operator`]) are capabilities: a backend
+/// without one returns `None`, the tracker says so when it starts, and a
+/// user who asks for one gets [`Error::Unsupported`](crate::Error::Unsupported)
+/// naming the backend. Every other method does what it says on every
+/// backend.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
+    /// The backend's name for messages: `embedded (sled)`, `MongoDB`.
+    fn backend(&self) -> &'static str;
+
     /// Loads the queues after a start; jobs that were running are pending
-    /// again. Call once, before anything else.
+    /// again, and will run with an attempt number no run had before. Call
+    /// once, before anything else. Durable when it returns.
     async fn recover(&self, now_ms: i64) -> Result<Recovery>;
 
     /// Stores a validated batch: dedup on (node group, task id), one result
-    /// per job, in order. One durable write for the batch.
+    /// per job, in order. Durable when it returns: a submit is acknowledged
+    /// to its client only then.
     async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>>;
 
     /// Registers `hook`, called with a node group as soon as submitted jobs
-    /// of it can be claimed, which may be before they are durable (a store
-    /// that cannot tell does not call it; the caller wakes its dispatchers
-    /// after `submit` returns anyway).
-    fn on_claimable(&self, hook: ClaimableHook) {
-        let _ = hook;
-    }
+    /// of it can be claimed, which may be before they are durable (a claim
+    /// of them then waits for the submit's durability). A backend that
+    /// cannot tell never calls it; the caller wakes its dispatchers after
+    /// `submit` returns anyway.
+    fn on_claimable(&self, hook: ClaimableHook);
 
-    /// Returns once everything written before the call is durable. A store
-    /// whose calls are durable when they return has nothing to wait for.
-    async fn sync(&self) -> Result<()> {
-        Ok(())
-    }
+    /// Returns once every change made by calls that returned before this
+    /// one is durable.
+    async fn sync(&self) -> Result<()>;
 
     /// Claims, for each `(worker, n)` grant, up to `n` ready jobs of
     /// `node_group` in order (priority, trigger time, submit order): each
     /// becomes running with its attempt incremented.
+    ///
+    /// The attempt is a fencing token: it is never handed out twice, also
+    /// across a crash. The claim itself may be lost in a crash (the job is
+    /// then pending again after [`JobStore::recover`]); it is durable after
+    /// the next `sync`.
     async fn claim(
         &self,
         node_group: &str,
@@ -268,34 +297,35 @@ pub trait JobStore: Send + Sync + 'static {
     /// Like [`JobStore::claim`], for pending jobs of `node_group` whose
     /// trigger time is after now and at or before `until_ms`: they go to
     /// TaskTrackers ahead of their time and start at it (see
-    /// `Assignment.not_before_unix_ms`). Claimed in trigger order. A store
-    /// that does not send jobs ahead claims nothing; its jobs are claimed
-    /// by `claim` once due.
+    /// `Assignment.not_before_unix_ms`). Claimed in trigger order. A backend
+    /// that does not send jobs ahead claims nothing here; its jobs are
+    /// claimed by `claim` once due.
     async fn claim_ahead(
         &self,
         node_group: &str,
         grants: &[(String, usize)],
         now_ms: i64,
         until_ms: i64,
-    ) -> Result<Claimed> {
-        let _ = (node_group, now_ms, until_ms);
-        Ok(Claimed {
-            per_grant: vec![Vec::new(); grants.len()],
-            next_ready_at_ms: None,
-        })
-    }
+    ) -> Result<Claimed>;
 
-    /// Notes that runs started (execution log only).
+    /// Notes that runs started (execution log only). May be lost in a
+    /// crash; durable after the job's next transition has been synced.
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()>;
 
     /// Applies outcomes whose attempt is current; refuses the others.
+    /// Durable after the next `sync`: the caller acknowledges the outcomes
+    /// to their TaskTracker (which keeps them until then) only after it.
+    /// A feedback item an outcome queues is durable no later than the
+    /// outcome.
     async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>>;
 
     /// Puts running jobs back in the queue (their TaskTracker was lost).
-    /// Runs whose attempt moved on are left alone.
+    /// Runs whose attempt moved on are left alone. Durable after the next
+    /// `sync`; a requeue lost in a crash changes nothing, as recovery
+    /// requeues every running job.
     async fn requeue(&self, runs: &[(String, u32)], reason: &str, now_ms: i64) -> Result<usize>;
 
-    /// Cancels a job that is not final.
+    /// Cancels a job that is not final. Durable when it returns.
     async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled>;
 
     /// A job by id.
@@ -312,7 +342,7 @@ pub trait JobStore: Send + Sync + 'static {
         page_token: Option<&str>,
     ) -> Result<(Vec<Job>, Option<String>)>;
 
-    /// Appends lines to execution logs.
+    /// Appends lines to execution logs. Durable after the next `sync`.
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()>;
 
     /// A page of a job's execution log, oldest first.
@@ -325,75 +355,22 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Log lines of the jobs `filter` selects, a page of whole jobs at a
     /// time, oldest line first within a job. The page token is the last
-    /// job id of the page.
+    /// job id of the page. [`query_logs_by_job`] does it with `list` and
+    /// `logs`.
     async fn query_logs(
         &self,
         filter: &LogFilter,
         page_size: usize,
         page_token: Option<&str>,
-    ) -> Result<(Vec<LogEntry>, Option<String>)> {
-        let in_range = |e: &LogEntry| {
-            filter.since_ms.is_none_or(|s| e.at_ms >= s)
-                && filter.until_ms.is_none_or(|u| e.at_ms < u)
-        };
-        let job_logs = |job_id: String| async move {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let (page, next) = self.logs(&job_id, 1000, token.as_deref()).await?;
-                all.extend(page);
-                match next {
-                    Some(t) => token = Some(t),
-                    None => return Ok::<_, crate::error::Error>(all),
-                }
-            }
-        };
-        if let Some(job_id) = &filter.job_id {
-            let lines: Vec<LogEntry> = job_logs(job_id.clone())
-                .await?
-                .into_iter()
-                .filter(|e| in_range(e))
-                .collect();
-            return Ok((lines, None));
-        }
-        let jobs = ListFilter {
-            node_group: filter.node_group.clone(),
-            task_id_prefix: filter.task_id.clone(),
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        let mut cursor = page_token.map(str::to_string);
-        loop {
-            let (page, next) = self.list(&jobs, 100, cursor.as_deref()).await?;
-            for job in page {
-                if filter
-                    .task_id
-                    .as_ref()
-                    .is_some_and(|t| *t != job.spec.task_id)
-                {
-                    continue;
-                }
-                out.extend(
-                    job_logs(job.job_id.clone())
-                        .await?
-                        .into_iter()
-                        .filter(|e| in_range(e)),
-                );
-                if out.len() >= page_size {
-                    return Ok((out, Some(job.job_id)));
-                }
-            }
-            match next {
-                Some(t) => cursor = Some(t),
-                None => return Ok((out, None)),
-            }
-        }
-    }
+    ) -> Result<(Vec<LogEntry>, Option<String>)>;
 
     /// Every feedback not yet acked.
     async fn pending_feedback(&self) -> Result<Vec<Feedback>>;
 
-    /// Drops acked feedback.
+    /// Drops acked feedback. Durable after the next `sync`; an ack lost in
+    /// a crash only means the items are delivered again (at least once).
+    /// Never undone by a write queued before it: an acked item does not
+    /// come back.
     async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()>;
 
     /// Ready-to-run job counts per node group (pending, trigger time passed).
@@ -402,43 +379,151 @@ pub trait JobStore: Send + Sync + 'static {
     /// Node groups that have pending jobs.
     async fn node_groups(&self) -> Result<Vec<String>>;
 
-    /// Fires the cron and repeat cycles whose time has come: each cycle
-    /// becomes a job of its own, with the task id `<task id>@<point in
-    /// Unix ms>`, so a point fires once even across a restart. Returns the
-    /// node groups that got work.
-    async fn fire_due(&self, _now_ms: i64) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// When [`JobStore::fire_due`] next has work: the next cycle's point,
-    /// less however early the store makes cycles.
-    async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(None)
-    }
-
-    /// An operator verb on one job.
-    async fn admin(&self, job_id: &str, _action: AdminAction, _now_ms: i64) -> Result<Admined> {
-        Err(crate::error::Error::WrongState(format!(
-            "job {job_id}: this store does not support operator verbs yet"
-        )))
-    }
-
     /// How often to look for work and feedback that other JobTrackers
     /// sharing this store produced; `None` when this tracker sees every
     /// change itself (a store of its own).
-    fn poll_interval(&self) -> Option<std::time::Duration> {
-        None
+    fn poll_interval(&self) -> Option<std::time::Duration>;
+
+    /// Cron and repeat cycle firing, if this backend does it.
+    fn cycles(&self) -> Option<&dyn CycleStore>;
+
+    /// Operator verbs (suspend, resume, trigger, update, delete), if this
+    /// backend does them.
+    fn operator(&self) -> Option<&dyn OperatorStore>;
+
+    /// Closes the store: every change made before is durable, the store's
+    /// threads and connections have ended and its resources (the embedded
+    /// store's directory lock) are released when it returns, so the same
+    /// store can be opened again at once. Calls after it fail with
+    /// [`Error::ShuttingDown`](crate::Error::ShuttingDown). Closing twice
+    /// is harmless.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Cron and repeat cycle firing: a capability of a [`JobStore`].
+#[async_trait]
+pub trait CycleStore: Send + Sync {
+    /// Fires the cron and repeat cycles whose time has come: each cycle
+    /// becomes a job of its own, with the task id `<task id>@<point in
+    /// Unix ms>`, so a point fires once even across a restart. Returns the
+    /// node groups that got work. The cycles fired are durable when it
+    /// returns; a skipped point (misfire policy) after the next `sync`.
+    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>>;
+
+    /// When [`CycleStore::fire_due`] next has work: the next cycle's point,
+    /// less however early the store makes cycles.
+    async fn next_fire_at(&self) -> Result<Option<i64>>;
+}
+
+/// Operator verbs on one job: a capability of a [`JobStore`].
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    /// An operator verb on one job. Durable when it returns.
+    async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined>;
+}
+
+/// `store`'s operator verbs, or the refusal a user gets when it has none.
+pub fn operator(store: &dyn JobStore) -> Result<&dyn OperatorStore> {
+    store
+        .operator()
+        .ok_or_else(|| crate::error::Error::Unsupported {
+            backend: store.backend(),
+            feature: "operator verbs (suspend, resume, trigger, update, delete) yet".into(),
+        })
+}
+
+/// What `store` lacks, in a line for the tracker's start; `None` when it
+/// has every capability.
+pub fn missing_capabilities(store: &dyn JobStore) -> Option<String> {
+    let mut missing = Vec::new();
+    if store.cycles().is_none() {
+        missing.push("cron schedules are refused");
+    }
+    if store.operator().is_none() {
+        missing.push("operator verbs (suspend, resume, trigger, update, delete) are refused");
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the {} job store lacks capabilities: {}",
+            store.backend(),
+            missing.join("; ")
+        )
+    })
+}
+
+/// [`JobStore::query_logs`] through `list` and `logs`: for a backend with
+/// no better way to select lines by job.
+pub async fn query_logs_by_job<S: JobStore + ?Sized>(
+    store: &S,
+    filter: &LogFilter,
+    page_size: usize,
+    page_token: Option<&str>,
+) -> Result<(Vec<LogEntry>, Option<String>)> {
+    let in_range = |e: &LogEntry| {
+        filter.since_ms.is_none_or(|s| e.at_ms >= s) && filter.until_ms.is_none_or(|u| e.at_ms < u)
+    };
+    let job_logs = |job_id: String| async move {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = store.logs(&job_id, 1000, token.as_deref()).await?;
+            all.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok::<_, crate::error::Error>(all),
+            }
+        }
+    };
+    if let Some(job_id) = &filter.job_id {
+        let lines: Vec<LogEntry> = job_logs(job_id.clone())
+            .await?
+            .into_iter()
+            .filter(|e| in_range(e))
+            .collect();
+        return Ok((lines, None));
+    }
+    let jobs = ListFilter {
+        node_group: filter.node_group.clone(),
+        task_id_prefix: filter.task_id.clone(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut cursor = page_token.map(str::to_string);
+    loop {
+        let (page, next) = store.list(&jobs, 100, cursor.as_deref()).await?;
+        for job in page {
+            if filter
+                .task_id
+                .as_ref()
+                .is_some_and(|t| *t != job.spec.task_id)
+            {
+                continue;
+            }
+            out.extend(
+                job_logs(job.job_id.clone())
+                    .await?
+                    .into_iter()
+                    .filter(|e| in_range(e)),
+            );
+            if out.len() >= page_size {
+                return Ok((out, Some(job.job_id)));
+            }
+        }
+        match next {
+            Some(t) => cursor = Some(t),
+            None => return Ok((out, None)),
+        }
     }
 }
 
-/// Checks what a store without cycle firing cannot run: cron and repeat
-/// schedules are refused with a clear message instead of being stored and
+/// What a backend without cycle firing cannot run: a cron schedule is
+/// refused with a message naming `backend`, instead of being stored and
 /// never fired.
-pub fn unsupported(spec: &JobSpec) -> Option<SubmitRefusal> {
+pub fn unsupported(spec: &JobSpec, backend: &str) -> Option<SubmitRefusal> {
     match &spec.schedule {
         Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
             field: "schedule.cron".into(),
-            message: "cron schedules are not supported by this store yet".into(),
+            message: format!("the {backend} store does not fire cron schedules yet"),
         }),
         _ => None,
     }

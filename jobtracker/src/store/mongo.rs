@@ -951,7 +951,7 @@ impl JobStore for MongoStore {
         let mut holders: HashMap<(String, String), String> = HashMap::new();
         let mut inserts: Vec<(usize, Job)> = Vec::new();
         for (slot, spec) in jobs.into_iter().enumerate() {
-            if let Some(refusal) = unsupported(&spec) {
+            if let Some(refusal) = unsupported(&spec, self.backend()) {
                 results[slot] = Some(SubmitResult::Refused(refusal));
                 continue;
             }
@@ -1526,6 +1526,66 @@ impl JobStore for MongoStore {
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(POLL_INTERVAL)
+    }
+
+    fn backend(&self) -> &'static str {
+        "MongoDB"
+    }
+
+    fn on_claimable(&self, hook: ClaimableHook) {
+        // Jobs become claimable in the database, possibly through another
+        // tracker: this one cannot tell when. Its dispatchers are woken
+        // after each submit here, and poll for the others' work
+        // (`poll_interval`).
+        drop(hook);
+    }
+
+    async fn sync(&self) -> Result<()> {
+        // Every write is acknowledged by the database under its write
+        // concern before its call returns: nothing is left to wait for.
+        Ok(())
+    }
+
+    async fn claim_ahead(
+        &self,
+        _node_group: &str,
+        grants: &[(String, usize)],
+        _now_ms: i64,
+        _until_ms: i64,
+    ) -> Result<Claimed> {
+        // Jobs are not sent ahead from this store yet: they are claimed by
+        // `claim` once due, which the contract allows.
+        Ok(Claimed {
+            per_grant: vec![Vec::new(); grants.len()],
+            next_ready_at_ms: None,
+        })
+    }
+
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        query_logs_by_job(self, filter, page_size, page_token).await
+    }
+
+    fn cycles(&self) -> Option<&dyn CycleStore> {
+        // Cron schedules are refused at submit (see `unsupported`); repeat
+        // jobs run as one job rescheduled by each outcome.
+        None
+    }
+
+    fn operator(&self) -> Option<&dyn OperatorStore> {
+        None
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Nothing buffered (see `sync`); the lease task ends when the store
+        // is dropped, and the driver closes its connections then. Leases
+        // of runs still running stay until they expire or a restart under
+        // the same instance name requeues them.
+        Ok(())
     }
 }
 

@@ -1,20 +1,46 @@
 //! The embedded store: sled under a data directory, with the queues
 //! indexed in memory.
 //!
-//! One sled tree holds every record, under a one-byte prefix, so a batch
-//! that touches a job, its task key and its log lines is one atomic write:
+//! One sled tree (`lts`) holds every record under a one-byte prefix:
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` job id | the job and its transition history (MessagePack) |
-//! | `t` node group `0x00` task id | job id |
-//! | `l` job id `0x00` sequence (u64 BE) | a biz log line, or a line about a finished job |
-//! | `f` feedback id | a feedback |
-//! | `m` name | store metadata (`schema_version`) |
+//! | `j` job id | the job and the transition lines of its execution log (MessagePack) |
+//! | `l` job id `0x00` sequence (u64 BE) | a log line written apart from its job's record: a biz line, or a stale outcome of a job no longer in memory |
+//! | `f` feedback id | a feedback item not yet acked |
+//! | `m` `schema_version` | the store's schema (u64 BE) |
 //!
-//! Jobs that are not final are also kept in memory with a ready queue per
-//! node group, so a claim touches no disk but the write of the claimed
-//! jobs. Every call that changes state ends with one flush (group commit).
+//! Schema 1 also kept `t` node group `0x00` task id -> job id; the open of
+//! such a store drops those keys (the task-id index is in memory now,
+//! rebuilt from the job records).
+//!
+//! **Memory.** Jobs that are not final are kept in memory with a ready
+//! queue per node group, so a claim touches no disk unless its attempt
+//! must be made durable first (see [`SledStore::claim`]).
+//!
+//! **Writes.** A call changes the index under its lock and, under the same
+//! hold, queues its writes as one batch with the next generation number.
+//! One write thread applies the batches in generation order, key by key
+//! (not as `sled::Batch`es, which wait out every flush), so the disk sees
+//! changes in the order the index made them, and a crash keeps a prefix of
+//! them. Until a batch is applied its values are read from the queue;
+//! scans wait for the batches committed before them. Every write goes
+//! through this queue.
+//!
+//! **Flushes.** One flush thread makes writes durable for everybody (group
+//! commit): it waits until the write thread has applied every batch
+//! committed before the requests it serves, flushes sled once and answers
+//! them all. `recover`, `submit`, `cancel`, the operator verbs, a claim
+//! whose attempt must be durable and a `fire_due` that fired cycles wait
+//! for a flush before they return. `complete`, `requeue`, `append_logs`
+//! and `ack_feedback` only ask for one soon; they are durable after the
+//! next [`JobStore::sync`] (see the trait's contract).
+//!
+//! **Close.** [`JobStore::close`] (or dropping the store) stops taking
+//! writes, lets the write thread apply the queue, flushes, ends both
+//! threads and returns once sled has released the directory's lock, so
+//! the directory can be opened again at once. A directory another store
+//! holds is refused at open, with no wait.
 //!
 //! The lines of a job's execution log that record its transitions live in
 //! the job's own record: a transition rewrites the record anyway, and
@@ -24,7 +50,7 @@
 //! requeued and logged as such).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -219,8 +245,9 @@ impl Index {
 /// a sync: at 16,000 jobs/s in small calls the runtime threads went from
 /// 0.93 to 0.76 of a core (`perf stat --per-thread`).
 struct Flusher {
-    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// `None` once the store is closed.
+    requests: Mutex<Option<std::sync::mpsc::Sender<FlushRequest>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct FlushRequest {
@@ -231,17 +258,6 @@ struct FlushRequest {
 /// How long a flush nobody urgently waits for may wait for one somebody
 /// does.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread; joining it closes its handle
-        // on the database, so the directory can be opened again at once.
-        self.requests.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 impl Flusher {
     fn start(db: ::sled::Db, generations: Arc<Generations>) -> Result<Flusher> {
@@ -293,30 +309,51 @@ impl Flusher {
             })
             .map_err(|e| Error::internal("starting the flush thread", e))?;
         Ok(Flusher {
-            requests: Some(tx),
-            thread: Some(thread),
+            requests: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
         })
+    }
+
+    fn send(&self, request: FlushRequest) -> Result<()> {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        match requests.as_ref() {
+            None => Err(Error::ShuttingDown),
+            Some(r) => r.send(request).map_err(|_| flush_thread_gone()),
+        }
     }
 
     /// Asks for a flush without waiting for it (not urgent).
     fn flush_soon(&self) {
         let (reply, _) = tokio::sync::oneshot::channel();
-        if let Some(r) = &self.requests {
-            let _ = r.send(FlushRequest {
-                reply,
-                urgent: false,
-            });
-        }
+        // Closed: `close` flushed everything already.
+        let _ = self.send(FlushRequest {
+            reply,
+            urgent: false,
+        });
     }
 
     /// Returns once a flush that began after this call has ended.
     async fn flush(&self, urgent: bool) -> Result<()> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.requests
-            .as_ref()
-            .and_then(|r| r.send(FlushRequest { reply, urgent }).ok())
-            .ok_or_else(flush_thread_gone)?;
+        self.send(FlushRequest { reply, urgent })?;
         rx.await.map_err(|_| flush_thread_gone())?
+    }
+
+    /// Refuses new requests; the thread ends, and with it its handle on
+    /// the database. Returns the thread to join.
+    fn begin_stop(&self) -> Option<std::thread::JoinHandle<()>> {
+        // Closing the channel ends the thread's loop.
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        join("flush", self.begin_stop());
     }
 }
 
@@ -421,7 +458,6 @@ struct Writer {
     /// tree (see [`SledStore::settled`]).
     applied: tokio::sync::Notify,
     generations: Arc<Generations>,
-    tree: ::sled::Tree,
 }
 
 impl Writer {
@@ -429,9 +465,10 @@ impl Writer {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The write thread: applies queued batches until the store closes and
-    /// nothing is left.
-    fn run(&self) {
+    /// The write thread: applies queued batches to `tree` until the store
+    /// closes and nothing is left. The thread's handle on the tree ends
+    /// with it.
+    fn run(&self, tree: ::sled::Tree) {
         loop {
             let (generation, batch) = {
                 let mut p = self.pending_lock();
@@ -448,7 +485,7 @@ impl Writer {
             let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
             if self.generations.failed.get().is_none() {
                 let applied =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch)));
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(&tree, batch)));
                 let failure = match applied {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(WriteFailure::sled("writing to the data directory", e)),
@@ -475,51 +512,64 @@ impl Writer {
             self.applied.notify_waiters();
         }
     }
-
-    /// Applies `writes` in order (see [`Writes`]).
-    fn apply(&self, writes: Writes) -> std::result::Result<(), ::sled::Error> {
-        for (key, value) in writes.0 {
-            match value {
-                Some(v) => {
-                    self.tree.insert(key, v)?;
-                }
-                None => {
-                    self.tree.remove(key)?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
-/// The write thread of a store; closing it applies what is queued first.
+/// Applies `writes` to `tree` in order (see [`Writes`]).
+fn apply(tree: &::sled::Tree, writes: Writes) -> std::result::Result<(), ::sled::Error> {
+    for (key, value) in writes.0 {
+        match value {
+            Some(v) => {
+                tree.insert(key, v)?;
+            }
+            None => {
+                tree.remove(key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The write thread of a store; stopping it applies what is queued first.
 struct WriteThread {
     writer: Arc<Writer>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl WriteThread {
-    fn start(writer: Arc<Writer>) -> Result<WriteThread> {
+    fn start(writer: Arc<Writer>, tree: ::sled::Tree) -> Result<WriteThread> {
         let thread = std::thread::Builder::new()
             .name("sled-writer".into())
             .spawn({
                 let writer = writer.clone();
-                move || writer.run()
+                move || writer.run(tree)
             })
             .map_err(|e| Error::internal("starting the write thread", e))?;
         Ok(WriteThread {
             writer,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Refuses new batches; the thread applies the queued ones and ends.
+    /// Returns the thread to join.
+    fn begin_stop(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.writer.pending_lock().closing = true;
+        self.writer.work.notify_one();
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
 impl Drop for WriteThread {
     fn drop(&mut self) {
-        self.writer.pending_lock().closing = true;
-        self.writer.work.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        join("write", self.begin_stop());
+    }
+}
+
+/// Waits for a store thread to end. Blocks: not on the runtime.
+fn join(what: &str, thread: Option<std::thread::JoinHandle<()>>) {
+    if let Some(t) = thread {
+        if t.join().is_err() {
+            tracing::error!("the {what} thread panicked");
         }
     }
 }
@@ -535,11 +585,15 @@ const COMPLETE_CHUNK: usize = 64;
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
     generations: Arc<Generations>,
-    /// Before `flusher`: closing the store applies every queued batch
-    /// before the flush thread ends.
+    /// Stopped before `flusher`: closing the store applies every queued
+    /// batch before the last flush.
     writes: WriteThread,
     flusher: Flusher,
-    tree: ::sled::Tree,
+    /// `None` once the store is closed.
+    tree: std::sync::RwLock<Option<::sled::Tree>>,
+    /// The file sled locks (`jobs.sled/db`); closing waits until sled has
+    /// let go of it.
+    lock_file: PathBuf,
     index: Mutex<Index>,
     log_seq: AtomicU64,
 }
@@ -611,41 +665,53 @@ fn flush_thread_gone() -> Error {
     }
 }
 
-/// How long an open waits for the data directory's lock.
-///
-/// A store closed in this process releases the lock only when sled's last
-/// background write for it ends, a few milliseconds later; a reopen (a
-/// restart within the process) waits that out. A directory held by
-/// another process is still refused, after the wait.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// sled reports a held lock as an I/O error of kind `Other` with this text.
-fn is_lock_conflict(e: &::sled::Error) -> bool {
-    matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+/// Refuses a data directory another store holds, in this process or
+/// another, with a message saying so. sled would refuse it too, but in
+/// words about a lock file.
+fn check_not_in_use(lock_file: &Path, dir: &Path) -> Result<()> {
+    let file = match std::fs::File::open(lock_file) {
+        Ok(f) => f,
+        // A new store: sled creates the file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::unavailable(
+                format!("cannot open {}", lock_file.display()),
+                e,
+            ))
+        }
+    };
+    match file.try_lock() {
+        // Dropping the file releases the lock before sled takes it.
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable {
+            context: format!(
+                "cannot open {}: the data directory is in use by another JobTracker",
+                dir.display()
+            ),
+            source: None,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::unavailable(
+            format!("cannot lock {}", lock_file.display()),
+            e,
+        )),
+    }
 }
 
-fn open_locked(config: &::sled::Config, dir: &Path) -> Result<::sled::Db> {
-    let started = std::time::Instant::now();
-    loop {
-        match config.open() {
-            Ok(db) => return Ok(db),
-            Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) if is_lock_conflict(&e) => {
-                return Err(Error::unavailable(
-                    format!(
-                        "cannot open {}: the data directory is in use by another JobTracker",
-                        dir.display()
-                    ),
-                    e,
-                ));
-            }
-            Err(e) => {
-                return Err(sled_error(&format!("opening {}", dir.display()), e));
-            }
-        }
-    }
+/// Blocks until sled has let go of the directory's lock.
+///
+/// sled holds its lock file open as long as anything holds its
+/// configuration: the store's handles, and each of sled's I/O pool jobs
+/// still writing a log buffer for it, which end shortly after the store's
+/// last handle is dropped. Taking the lock (a blocking `flock`, no timer)
+/// returns once the last of them closed the file. Only after the store's
+/// own handles are gone: not on the runtime.
+fn wait_for_release(lock_file: &Path) -> Result<()> {
+    let file = std::fs::File::open(lock_file)
+        .map_err(|e| Error::unavailable(format!("cannot open {}", lock_file.display()), e))?;
+    file.lock()
+        .map_err(|e| Error::unavailable(format!("cannot lock {}", lock_file.display()), e))?;
+    // Dropping the file releases the lock.
+    Ok(())
 }
 
 fn job_key(job_id: &str) -> Vec<u8> {
@@ -686,7 +752,11 @@ impl SledStore {
             .cache_capacity(SLED_CACHE_BYTES)
             // Flushes come from the store's own flush thread only.
             .flush_every_ms(None);
-        let db = open_locked(&config, dir)?;
+        let lock_file = dir.join("jobs.sled").join("db");
+        check_not_in_use(&lock_file, dir)?;
+        let db = config
+            .open()
+            .map_err(sled_err(&format!("opening {}", dir.display())))?;
         let tree = db
             .open_tree("lts")
             .map_err(sled_err("opening the job tree"))?;
@@ -732,17 +802,31 @@ impl SledStore {
             work: std::sync::Condvar::new(),
             applied: tokio::sync::Notify::new(),
             generations: generations.clone(),
-            tree: tree.clone(),
         });
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
-            writes: WriteThread::start(writer)?,
-            flusher: Flusher::start(db.clone(), generations.clone())?,
+            writes: WriteThread::start(writer, tree.clone())?,
+            flusher: Flusher::start(db, generations.clone())?,
             generations,
-            tree,
+            tree: std::sync::RwLock::new(Some(tree)),
+            lock_file,
             index: Mutex::new(Index::default()),
             log_seq: AtomicU64::new(start),
         })
+    }
+
+    /// The tree, while the store is open.
+    fn tree(&self) -> Result<::sled::Tree> {
+        self.tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Takes the store's own handle on the tree: the first caller closes.
+    fn take_tree(&self) -> Option<::sled::Tree> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -791,9 +875,12 @@ impl SledStore {
         if let Some(f) = self.generations.failed.get() {
             return Err(f.error());
         }
-        let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut p = self.pending_lock();
+            if p.closing {
+                return Err(Error::ShuttingDown);
+            }
+            let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
             for (key, value) in &batch.0 {
                 p.writes.insert(key.clone(), (generation, value.clone()));
             }
@@ -1008,7 +1095,7 @@ impl SledStore {
                 None => Ok(None),
             };
         }
-        match self.tree.get(&key).map_err(sled_err("reading a job"))? {
+        match self.tree()?.get(&key).map_err(sled_err("reading a job"))? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
@@ -1023,7 +1110,7 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut max_seq = 0;
-            for item in self.tree.scan_prefix(b"j") {
+            for item in self.tree()?.scan_prefix(b"j") {
                 let (key, bytes) = item.map_err(sled_err("reading job records"))?;
                 let mut r: Record = match decode(&key, &bytes) {
                     Ok(r) => r,
@@ -1075,7 +1162,7 @@ impl JobStore for SledStore {
                 index.live.insert(r.job.job_id.clone(), Box::new(r));
             }
             index.next_seq = max_seq + 1;
-            rec.feedback = self.tree.scan_prefix(b"f").count();
+            rec.feedback = self.tree()?.scan_prefix(b"f").count();
             self.commit(index, batch)?;
         }
         self.flush().await?;
@@ -1372,6 +1459,225 @@ impl JobStore for SledStore {
         Ok(cancelled)
     }
 
+    fn backend(&self) -> &'static str {
+        "embedded (sled)"
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>> {
+        if let Some(r) = self.lock().live.get(job_id) {
+            return Ok(Some(r.job.clone()));
+        }
+        Ok(self.stored_record(job_id)?.map(|r| r.job))
+    }
+
+    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
+        let holder = self.lock().tasks.get(node_group, task_id);
+        match holder {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        let start = match page_token {
+            Some(t) => {
+                let mut k = job_key(t);
+                k.push(0);
+                k
+            }
+            None => b"j".to_vec(),
+        };
+        let mut jobs = Vec::new();
+        self.settled().await;
+        for item in self.tree()?.range(start..b"k".to_vec()) {
+            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
+            let stored: Record = match decode(&key, &bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("skipping a job record: {e}");
+                    continue;
+                }
+            };
+            // The in-memory copy of a live job is the newest.
+            let job = match self.lock().live.get(&stored.job.job_id) {
+                Some(live) => live.job.clone(),
+                None => stored.job,
+            };
+            if filter.matches(&job) {
+                if jobs.len() == page_size {
+                    let token = jobs.last().map(|j: &Job| j.job_id.clone());
+                    return Ok((jobs, token));
+                }
+                jobs.push(job);
+            }
+        }
+        Ok((jobs, None))
+    }
+
+    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        // Through the queue like every write, so the disk sees the lines
+        // in order with the job's other changes (a deletion queued before
+        // them is applied before them).
+        let index = self.lock();
+        let mut batch = Writes::default();
+        self.put_logs(&mut batch, &entries)?;
+        self.commit(index, batch)?;
+        // A line lost to a crash costs no correctness: it rides on the
+        // next flush.
+        self.flusher.flush_soon();
+        Ok(())
+    }
+
+    async fn logs(
+        &self,
+        job_id: &str,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        let skip: usize = match page_token {
+            Some(t) => t.parse().map_err(|_| {
+                Error::Invalid(lts_common::ValidationError::new(
+                    "page_token",
+                    "is not a token this tracker gave out",
+                ))
+            })?,
+            None => 0,
+        };
+        self.settled().await;
+        let history = self.lock().live.get(job_id).map(|r| r.history.clone());
+        let history = match history {
+            Some(h) => h,
+            None => self
+                .stored_record(job_id)?
+                .map(|r| r.history)
+                .unwrap_or_default(),
+        };
+        let mut all: Vec<LogEntry> = history
+            .into_iter()
+            .map(|mut e| {
+                e.job_id = job_id.to_string();
+                e
+            })
+            .collect();
+        for item in self.tree()?.scan_prefix(log_prefix(job_id)) {
+            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
+            match decode::<LogEntry>(&key, &bytes) {
+                Ok(e) => all.push(e),
+                Err(e) => tracing::error!("skipping a log record: {e}"),
+            }
+        }
+        // Transitions and biz lines interleave by time; the sort is stable,
+        // so lines of one instant keep the order they were written in.
+        all.sort_by_key(|e| e.at_ms);
+        let page: Vec<LogEntry> = all.iter().skip(skip).take(page_size).cloned().collect();
+        let next = (skip + page.len() < all.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
+    }
+
+    async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
+        let mut out = Vec::new();
+        self.settled().await;
+        for item in self.tree()?.scan_prefix(b"f") {
+            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
+            match decode(&key, &bytes) {
+                Ok(f) => out.push(f),
+                Err(e) => tracing::error!("skipping a feedback record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        // Through the queue like every write: an item's insert was queued
+        // before the item could be delivered, so its deletion is applied
+        // after it. Applied to the tree at once, the deletion could come
+        // first and the acked item come back after a restart.
+        let index = self.lock();
+        let mut batch = Writes::default();
+        for id in feedback_ids {
+            batch.remove(feedback_key(id));
+        }
+        self.commit(index, batch)?;
+        // A lost ack only means the feedback is delivered again.
+        self.flusher.flush_soon();
+        Ok(())
+    }
+
+    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {
+        let mut index = self.lock();
+        let groups: Vec<String> = index.queues.keys().cloned().collect();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            index.promote(&g, now_ms);
+            out.push((g.clone(), index.queues.get(&g).map_or(0, |q| q.ready.len())));
+        }
+        Ok(out)
+    }
+
+    async fn node_groups(&self) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
+            .map(|(g, _)| g.clone())
+            .collect())
+    }
+
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        query_logs_by_job(self, filter, page_size, page_token).await
+    }
+
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        // Nobody else writes to this directory: every change is this
+        // tracker's own, and wakes whom it concerns.
+        None
+    }
+
+    fn cycles(&self) -> Option<&dyn CycleStore> {
+        Some(self)
+    }
+
+    fn operator(&self) -> Option<&dyn OperatorStore> {
+        Some(self)
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Reads fail from here on; closing twice finds nothing to do.
+        let Some(tree) = self.take_tree() else {
+            return Ok(());
+        };
+        let write_thread = self.writes.begin_stop();
+        tokio::task::spawn_blocking(move || join("write", write_thread))
+            .await
+            .map_err(|e| Error::internal("stopping the write thread", e))?;
+        // Every batch is applied now: this flush makes them all durable.
+        let flushed = self.flusher.flush(true).await;
+        let flush_thread = self.flusher.begin_stop();
+        let lock_file = self.lock_file.clone();
+        tokio::task::spawn_blocking(move || {
+            join("flush", flush_thread);
+            drop(tree);
+            wait_for_release(&lock_file)
+        })
+        .await
+        .map_err(|e| Error::internal("closing the data directory", e))??;
+        flushed
+    }
+}
+
+#[async_trait]
+impl CycleStore for SledStore {
     async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
         let mut groups = Vec::new();
         // Bounded so a backlog of missed points (fire-all after a long
@@ -1497,7 +1803,10 @@ impl JobStore for SledStore {
             .first_key_value()
             .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
+}
 
+#[async_trait]
+impl OperatorStore for SledStore {
     async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
         let admined = {
             let mut index = self.lock();
@@ -1593,7 +1902,7 @@ impl JobStore for SledStore {
                         index.dequeue(&r.job);
                         // Its log lines first: a crash in between leaves
                         // the job, not lines of a job that is gone.
-                        for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
+                        for item in self.tree()?.scan_prefix(log_prefix(job_id)).keys() {
                             batch.remove(item.map_err(sled_err("reading the log lines of a deleted job"))?);
                         }
                         // And lines still queued to be written before this.
@@ -1680,171 +1989,23 @@ impl JobStore for SledStore {
         self.flush().await?;
         Ok(admined)
     }
+}
 
-    async fn get(&self, job_id: &str) -> Result<Option<Job>> {
-        if let Some(r) = self.lock().live.get(job_id) {
-            return Ok(Some(r.job.clone()));
-        }
-        Ok(self.stored_record(job_id)?.map(|r| r.job))
-    }
-
-    async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
-        let holder = self.lock().tasks.get(node_group, task_id);
-        match holder {
-            Some(id) => self.get(&id).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn list(
-        &self,
-        filter: &ListFilter,
-        page_size: usize,
-        page_token: Option<&str>,
-    ) -> Result<(Vec<Job>, Option<String>)> {
-        let start = match page_token {
-            Some(t) => {
-                let mut k = job_key(t);
-                k.push(0);
-                k
-            }
-            None => b"j".to_vec(),
+impl Drop for SledStore {
+    /// A store dropped without [`JobStore::close`] closes here, with the
+    /// same guarantee, blocking the dropping thread: queued batches are
+    /// applied, sled flushes as its last handle goes, and the directory's
+    /// lock is released when this returns.
+    fn drop(&mut self) {
+        let Some(tree) = self.take_tree() else {
+            return;
         };
-        let mut jobs = Vec::new();
-        self.settled().await;
-        for item in self.tree.range(start..b"k".to_vec()) {
-            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
-            let stored: Record = match decode(&key, &bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("skipping a job record: {e}");
-                    continue;
-                }
-            };
-            // The in-memory copy of a live job is the newest.
-            let job = match self.lock().live.get(&stored.job.job_id) {
-                Some(live) => live.job.clone(),
-                None => stored.job,
-            };
-            if filter.matches(&job) {
-                if jobs.len() == page_size {
-                    let token = jobs.last().map(|j: &Job| j.job_id.clone());
-                    return Ok((jobs, token));
-                }
-                jobs.push(job);
-            }
+        join("write", self.writes.begin_stop());
+        join("flush", self.flusher.begin_stop());
+        drop(tree);
+        if let Err(e) = wait_for_release(&self.lock_file) {
+            tracing::error!("closing the store: {}", e.chain());
         }
-        Ok((jobs, None))
-    }
-
-    async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
-        // Through the queue like every write, so the disk sees the lines
-        // in order with the job's other changes (a deletion queued before
-        // them is applied before them).
-        let index = self.lock();
-        let mut batch = Writes::default();
-        self.put_logs(&mut batch, &entries)?;
-        self.commit(index, batch)?;
-        // A line lost to a crash costs no correctness: it rides on the
-        // next flush.
-        self.flusher.flush_soon();
-        Ok(())
-    }
-
-    async fn logs(
-        &self,
-        job_id: &str,
-        page_size: usize,
-        page_token: Option<&str>,
-    ) -> Result<(Vec<LogEntry>, Option<String>)> {
-        let skip: usize = match page_token {
-            Some(t) => t.parse().map_err(|_| {
-                Error::Invalid(lts_common::ValidationError::new(
-                    "page_token",
-                    "is not a token this tracker gave out",
-                ))
-            })?,
-            None => 0,
-        };
-        self.settled().await;
-        let history = self.lock().live.get(job_id).map(|r| r.history.clone());
-        let history = match history {
-            Some(h) => h,
-            None => self
-                .stored_record(job_id)?
-                .map(|r| r.history)
-                .unwrap_or_default(),
-        };
-        let mut all: Vec<LogEntry> = history
-            .into_iter()
-            .map(|mut e| {
-                e.job_id = job_id.to_string();
-                e
-            })
-            .collect();
-        for item in self.tree.scan_prefix(log_prefix(job_id)) {
-            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
-            match decode::<LogEntry>(&key, &bytes) {
-                Ok(e) => all.push(e),
-                Err(e) => tracing::error!("skipping a log record: {e}"),
-            }
-        }
-        // Transitions and biz lines interleave by time; the sort is stable,
-        // so lines of one instant keep the order they were written in.
-        all.sort_by_key(|e| e.at_ms);
-        let page: Vec<LogEntry> = all.iter().skip(skip).take(page_size).cloned().collect();
-        let next = (skip + page.len() < all.len()).then(|| (skip + page.len()).to_string());
-        Ok((page, next))
-    }
-
-    async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
-        let mut out = Vec::new();
-        self.settled().await;
-        for item in self.tree.scan_prefix(b"f") {
-            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
-            match decode(&key, &bytes) {
-                Ok(f) => out.push(f),
-                Err(e) => tracing::error!("skipping a feedback record: {e}"),
-            }
-        }
-        Ok(out)
-    }
-
-    async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
-        // Through the queue like every write: an item's insert was queued
-        // before the item could be delivered, so its deletion is applied
-        // after it. Applied to the tree at once, the deletion could come
-        // first and the acked item come back after a restart.
-        let index = self.lock();
-        let mut batch = Writes::default();
-        for id in feedback_ids {
-            batch.remove(feedback_key(id));
-        }
-        self.commit(index, batch)?;
-        // A lost ack only means the feedback is delivered again.
-        self.flusher.flush_soon();
-        Ok(())
-    }
-
-    async fn queue_depths(&self, now_ms: i64) -> Result<Vec<(String, usize)>> {
-        let mut index = self.lock();
-        let groups: Vec<String> = index.queues.keys().cloned().collect();
-        let mut out = Vec::with_capacity(groups.len());
-        for g in groups {
-            index.promote(&g, now_ms);
-            out.push((g.clone(), index.queues.get(&g).map_or(0, |q| q.ready.len())));
-        }
-        Ok(out)
-    }
-
-    async fn node_groups(&self) -> Result<Vec<String>> {
-        Ok(self
-            .lock()
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
-            .map(|(g, _)| g.clone())
-            .collect())
     }
 }
 
@@ -1917,6 +2078,52 @@ mod tests {
         assert_eq!(recovery.feedback, 0);
     }
 
+    #[tokio::test]
+    async fn a_closed_store_reopens_at_once_twenty_times_in_a_row() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for round in 0..20 {
+            // Opened right after the previous close returned: no retry, no
+            // wait on a timer.
+            let store = SledStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("round {round}: reopening after close: {}", e.chain()));
+            store.recover(NOW + round).await.expect("recover");
+            store
+                .submit(vec![JobSpec::new(format!("t{round}"), "g")], NOW + round)
+                .await
+                .expect("submit");
+            store
+                .append_logs(vec![LogEntry::new("x", LogKind::Biz, 1, "line")])
+                .await
+                .expect("log");
+            store.close().await.expect("close");
+            let e = store.get("x").await.map(|_| ()).unwrap_err();
+            assert!(matches!(e, Error::ShuttingDown), "{e}");
+            let e = store.submit(vec![JobSpec::new("late", "g")], NOW).await;
+            assert!(matches!(e, Err(Error::ShuttingDown)), "{e:?}");
+            store.close().await.expect("closing twice is harmless");
+        }
+        let store = SledStore::open(dir.path()).expect("open");
+        store.recover(NOW + 20).await.expect("recover");
+        let (jobs, _) = store
+            .list(&ListFilter::default(), 100, None)
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 20, "every round's job was kept");
+    }
+
+    #[test]
+    fn a_dropped_store_releases_its_directory_before_the_drop_returns() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for round in 0..20 {
+            let store = SledStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("round {round}: reopening after a drop: {}", e.chain()));
+            let mut batch = Writes::default();
+            batch.insert(job_key(&format!("k{round}")), b"v".to_vec());
+            store.commit(store.lock(), batch).expect("commit");
+            drop(store);
+        }
+    }
+
     #[test]
     fn a_closing_store_applies_every_batch_queued_before_it_closed() {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -1947,7 +2154,12 @@ mod tests {
         let store = SledStore::open(dir.path()).expect("reopen");
         for key in &keys {
             assert!(
-                store.tree.get(key).expect("read").is_some(),
+                store
+                    .tree()
+                    .expect("open")
+                    .get(key)
+                    .expect("read")
+                    .is_some(),
                 "{key:?} was written"
             );
         }
