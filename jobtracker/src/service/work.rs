@@ -11,9 +11,10 @@ use lts_proto::v1 as pb;
 use lts_proto::PROTOCOL_VERSION;
 use pb::work_service_server::WorkService;
 use pb::worker_message::Kind;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::dispatch::{send_to_worker, work_stream_capacity, Outbound, Registration};
+use crate::outbound::peer_channel;
 use crate::store::{CompleteResult, RunReport};
 use crate::Tracker;
 
@@ -63,8 +64,8 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
     Ok(())
 }
 
-fn msg(kind: pb::tracker_message::Kind) -> Result<pb::TrackerMessage, Status> {
-    Ok(pb::TrackerMessage { kind: Some(kind) })
+fn msg(kind: pb::tracker_message::Kind) -> pb::TrackerMessage {
+    pb::TrackerMessage { kind: Some(kind) }
 }
 
 #[tonic::async_trait]
@@ -93,14 +94,18 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
-        let _ = tx.send(msg(pb::tracker_message::Kind::Welcome(pb::Welcome {
-            tracker_id: self.tracker.tracker_id.clone(),
-            protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval_ms: interval.as_millis() as u64,
-        })));
-        let conn = self.tracker.dispatcher.register(
+        send_to_worker(
+            &tx,
+            &self.tracker.metrics,
+            msg(pb::tracker_message::Kind::Welcome(pb::Welcome {
+                tracker_id: self.tracker.tracker_id.clone(),
+                protocol_version: PROTOCOL_VERSION,
+                heartbeat_interval_ms: interval.as_millis() as u64,
+            })),
+        );
+        let registration = self.tracker.dispatcher.register(
             &hello.node_group,
             &hello.identity,
             hello.slots,
@@ -118,11 +123,13 @@ impl WorkService for WorkApi {
             tracker: self.tracker.clone(),
             group: hello.node_group,
             identity: hello.identity,
-            conn,
+            conn: registration.conn(),
             tx,
         };
-        tokio::spawn(session.run(inbound, interval));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        self.tracker
+            .tasks
+            .spawn(session.run(inbound, interval, registration));
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 
@@ -131,16 +138,24 @@ struct Session {
     group: String,
     identity: String,
     conn: u64,
-    tx: crate::dispatch::Outbound,
+    tx: Outbound,
 }
 
 impl Session {
-    async fn run(self, mut inbound: Streaming<pb::WorkerMessage>, interval: Duration) {
+    /// Serves the stream until it ends; dropping `registration` at the end
+    /// takes the TaskTracker out of dispatch and puts its runs back.
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::WorkerMessage>,
+        interval: Duration,
+        mut registration: Registration,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = interval * 3;
         let mut last_heard = tokio::time::Instant::now();
         let shutdown = self.tracker.shutdown.clone();
+        let t = self.tracker.clone();
         let reason = loop {
             tokio::select! {
                 m = inbound.message() => match m {
@@ -148,7 +163,7 @@ impl Session {
                         if let Err(e) = self.handle(m).await {
                             // Store trouble: end the stream so the TaskTracker
                             // reconnects and resends what was not acked.
-                            let _ = self.tx.send(Err(Status::unavailable(e.to_string())));
+                            self.tx.close(Status::unavailable(e.to_string()));
                             break format!("store error: {e}");
                         }
                         // Heard now, after handling: time spent here (a large
@@ -161,36 +176,21 @@ impl Session {
                 },
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
-                        let _ = self.tx.send(Err(Status::deadline_exceeded(format!(
+                        self.tx.close(Status::deadline_exceeded(format!(
                             "no message from this TaskTracker for {} ms",
                             silence_limit.as_millis()
-                        ))));
+                        )));
                         break format!("silent for {} ms", silence_limit.as_millis());
                     }
-                    let _ = self.tx.send(msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
+                    send_to_worker(&self.tx, &t.metrics, msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
                         at_unix_ms: lts_common::now_ms(),
                     })));
                 }
+                _ = self.tx.closed() => break "its stream was closed".to_string(),
                 _ = shutdown.cancelled() => break "the JobTracker is shutting down".to_string(),
             }
         };
-        let runs = self.tracker.dispatcher.unregister(&self.group, self.conn);
-        tracing::info!(worker = %self.identity, node_group = %self.group, runs = runs.len(), "TaskTracker left: {reason}");
-        if !runs.is_empty() && !self.tracker.shutdown.is_cancelled() {
-            let why = format!("its TaskTracker {} was lost ({reason})", self.identity);
-            match self
-                .tracker
-                .store
-                .requeue(&runs, &why, lts_common::now_ms())
-                .await
-            {
-                Ok(n) => {
-                    tracing::info!(node_group = %self.group, "put back {n} runs of a lost TaskTracker");
-                    self.tracker.dispatcher.wake(&self.group);
-                }
-                Err(e) => tracing::error!("cannot put back the runs of a lost TaskTracker: {e}"),
-            }
-        }
+        registration.reason = reason;
     }
 
     async fn handle(&self, m: pb::WorkerMessage) -> crate::error::Result<()> {
@@ -294,13 +294,18 @@ impl Session {
         // an outcome a crash could lose; the stream goes on meanwhile.
         let tx = self.tx.clone();
         let store = t.store.clone();
+        let metrics = t.metrics.clone();
         let worker = self.identity.clone();
-        tokio::spawn(async move {
+        t.tasks.spawn(async move {
             match store.sync().await {
                 Ok(()) => {
-                    let _ = tx.send(msg(pb::tracker_message::Kind::OutcomeAcks(
-                        pb::OutcomeAcks { runs: acks },
-                    )));
+                    send_to_worker(
+                        &tx,
+                        &metrics,
+                        msg(pb::tracker_message::Kind::OutcomeAcks(pb::OutcomeAcks {
+                            runs: acks,
+                        })),
+                    );
                 }
                 Err(e) => tracing::warn!(
                     worker = %worker,
