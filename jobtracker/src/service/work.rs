@@ -64,6 +64,39 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
     Ok(())
 }
 
+/// The latest instant a TaskTracker may report: the end of the year 9999
+/// in Unix ms. Times between 0 and it can be subtracted without overflow.
+pub const MAX_REPORTED_UNIX_MS: i64 = 253_402_300_799_999;
+
+/// How far a run's finish may precede its start (the TaskTracker's clock
+/// stepped back during the run) before its report is refused.
+pub const MAX_CLOCK_STEP_BACK_MS: i64 = 60_000;
+
+fn check_instant(field: &str, v: i64) -> Result<(), String> {
+    if (0..=MAX_REPORTED_UNIX_MS).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {v} is not an instant between 1970 and 9999 in Unix ms"
+        ))
+    }
+}
+
+/// Checks the times of an outcome report. A report that fails is refused:
+/// the run is recorded as an `error` outcome whose message names the
+/// field, at the tracker's clock, and acknowledged like any other.
+pub fn check_run_times(started_at_unix_ms: i64, finished_at_unix_ms: i64) -> Result<(), String> {
+    check_instant("started_at_unix_ms", started_at_unix_ms)?;
+    check_instant("finished_at_unix_ms", finished_at_unix_ms)?;
+    if finished_at_unix_ms < started_at_unix_ms - MAX_CLOCK_STEP_BACK_MS {
+        return Err(format!(
+            "finished_at_unix_ms: {finished_at_unix_ms} is {} ms before started_at_unix_ms; at most {MAX_CLOCK_STEP_BACK_MS} ms is allowed for a clock that stepped back",
+            started_at_unix_ms - finished_at_unix_ms
+        ));
+    }
+    Ok(())
+}
+
 fn msg(kind: pb::tracker_message::Kind) -> pb::TrackerMessage {
     pb::TrackerMessage { kind: Some(kind) }
 }
@@ -203,9 +236,17 @@ impl Session {
             Some(Kind::Started(s)) => {
                 let runs: Vec<(String, u32)> =
                     s.runs.into_iter().map(|r| (r.job_id, r.attempt)).collect();
-                t.dispatcher
-                    .started(&self.group, self.conn, &runs, s.at_unix_ms);
-                t.store.started(&runs, &self.identity, s.at_unix_ms).await?;
+                // A start is a log line; an absurd time is replaced by the
+                // tracker's clock rather than refused.
+                let at = match check_instant("started.at_unix_ms", s.at_unix_ms) {
+                    Ok(()) => s.at_unix_ms,
+                    Err(why) => {
+                        tracing::warn!(worker = %self.identity, "{why}; using the JobTracker's clock");
+                        lts_common::now_ms()
+                    }
+                };
+                t.dispatcher.started(&self.group, self.conn, &runs, at);
+                t.store.started(&runs, &self.identity, at).await?;
             }
             Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
             Some(Kind::BizLogs(b)) => {
@@ -246,19 +287,32 @@ impl Session {
                 attempt: r.attempt,
             });
             runs.push((r.job_id.clone(), r.attempt));
-            let outcome = match r.outcome.map(Outcome::try_from) {
+            let mut outcome = match r.outcome.map(Outcome::try_from) {
                 Some(Ok(o)) => o,
                 Some(Err(e)) => Outcome::Error(format!("the TaskTracker sent a bad outcome: {e}")),
                 None => Outcome::Error("the TaskTracker sent no outcome".into()),
             };
-            let run_ms = (r.finished_at_unix_ms - r.started_at_unix_ms).max(0);
-            t.metrics.run_time.observe(run_ms as f64 / 1000.0);
+            let (mut started_at_ms, mut finished_at_ms) =
+                (r.started_at_unix_ms, r.finished_at_unix_ms);
+            match check_run_times(started_at_ms, finished_at_ms) {
+                Ok(()) => {
+                    let run_ms = (finished_at_ms - started_at_ms).max(0);
+                    t.metrics.run_time.observe(run_ms as f64 / 1000.0);
+                }
+                Err(why) => {
+                    tracing::warn!(worker = %self.identity, job_id = %r.job_id, "refused an outcome report: {why}");
+                    outcome =
+                        Outcome::Error(format!("the TaskTracker sent a bad outcome report: {why}"));
+                    let now = lts_common::now_ms();
+                    (started_at_ms, finished_at_ms) = (now, now);
+                }
+            }
             valid.push(RunReport {
                 job_id: r.job_id,
                 attempt: r.attempt,
                 outcome,
-                started_at_ms: r.started_at_unix_ms,
-                finished_at_ms: r.finished_at_unix_ms,
+                started_at_ms,
+                finished_at_ms,
                 worker: self.identity.clone(),
             });
         }
@@ -314,5 +368,28 @@ impl Session {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_run_times_are_refused_naming_the_field() {
+        let now = 1_700_000_000_000;
+        assert_eq!(check_run_times(now, now + 5), Ok(()));
+        // A clock that stepped back a little is tolerated.
+        assert_eq!(check_run_times(now, now - 1_000), Ok(()));
+        for (started, finished, field) in [
+            (i64::MIN, now, "started_at_unix_ms"),
+            (now, i64::MIN, "finished_at_unix_ms"),
+            (now, i64::MAX, "finished_at_unix_ms"),
+            (-1, now, "started_at_unix_ms"),
+            (now, now - 3_600_000, "finished_at_unix_ms"),
+        ] {
+            let e = check_run_times(started, finished).expect_err("refused");
+            assert!(e.starts_with(field), "{e}");
+        }
     }
 }
