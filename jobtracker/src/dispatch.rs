@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lts_proto::v1 as pb;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::outbound::{split_by_bytes, MESSAGE_BUDGET_BYTES};
+use crate::outbound::{split_by_bytes, PeerSender, SendError, MESSAGE_BUDGET_BYTES};
 use crate::store::JobStore;
 
 /// Most jobs one claim asks for.
@@ -34,7 +35,39 @@ const MAX_CLAIM: usize = 1024;
 pub const AHEAD_MS: i64 = 1_000;
 
 /// The outbound half of a TaskTracker's stream.
-pub type Outbound = mpsc::UnboundedSender<Result<pb::TrackerMessage, tonic::Status>>;
+///
+/// Bounded by [`work_stream_capacity`]: a TaskTracker that reads its
+/// stream never fills it, because every assignment message uses up at
+/// least one of its credits. One that stops reading is disconnected when
+/// its channel is full (`RESOURCE_EXHAUSTED`), its runs go back to the
+/// queue, and the drop is counted.
+pub type Outbound = PeerSender<pb::TrackerMessage>;
+
+/// Messages a TaskTracker's stream holds unread: one per credit it may
+/// have out (each assignment message carries at least one job), and room
+/// for heartbeats, outcome acks and cancels.
+pub fn work_stream_capacity(slots: u32, ahead_slots: u32) -> usize {
+    slots as usize + ahead_slots as usize + 256
+}
+
+/// Queues `msg` for a TaskTracker; one that does not read its stream is
+/// disconnected (see [`Outbound`]).
+pub fn send_to_worker(tx: &Outbound, metrics: &Metrics, msg: pb::TrackerMessage) -> bool {
+    match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(SendError::Full) => {
+            metrics
+                .outbound_dropped
+                .with_label_values(&["work", "peer_not_reading"])
+                .inc();
+            tx.close(tonic::Status::resource_exhausted(
+                "the TaskTracker does not read its work stream: its unread messages reached the limit; its runs go to other TaskTrackers",
+            ));
+            false
+        }
+        Err(SendError::Closed) => false,
+    }
+}
 
 struct Worker {
     identity: String,
@@ -59,6 +92,57 @@ pub struct Dispatcher {
     groups: Mutex<HashMap<String, Arc<Group>>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A TaskTracker's place in the dispatcher, held by its stream's session.
+/// Dropping it removes the TaskTracker and puts the runs it had in flight
+/// back in the queue (unless the JobTracker is shutting down: the next
+/// start requeues them).
+pub struct Registration {
+    dispatcher: Arc<Dispatcher>,
+    node_group: String,
+    identity: String,
+    conn: u64,
+    /// Why the TaskTracker left, for the log and the execution logs.
+    pub reason: String,
+}
+
+impl Registration {
+    /// The connection id.
+    pub fn conn(&self) -> u64 {
+        self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let d = &self.dispatcher;
+        let runs = d.unregister(&self.node_group, self.conn);
+        tracing::info!(worker = %self.identity, node_group = %self.node_group, runs = runs.len(), "TaskTracker left: {}", self.reason);
+        if runs.is_empty() || d.shutdown.is_cancelled() {
+            return;
+        }
+        let why = format!(
+            "its TaskTracker {} was lost ({})",
+            self.identity, self.reason
+        );
+        let dispatcher = d.clone();
+        let group = self.node_group.clone();
+        d.tasks.spawn(async move {
+            match dispatcher
+                .store
+                .requeue(&runs, &why, lts_common::now_ms())
+                .await
+            {
+                Ok(n) => {
+                    tracing::info!(node_group = %group, "put back {n} runs of a lost TaskTracker");
+                    dispatcher.wake(&group);
+                }
+                Err(e) => tracing::error!("cannot put back the runs of a lost TaskTracker: {e}"),
+            }
+        });
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,11 +152,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store`; its loops stop when `shutdown` fires.
+    /// A dispatcher over `store`; its loops run on `tasks` and stop when
+    /// `shutdown` fires.
     pub fn new(
         store: Arc<dyn JobStore>,
         metrics: Metrics,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Dispatcher {
             store,
@@ -80,11 +166,31 @@ impl Dispatcher {
             groups: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown,
+            tasks,
         })
     }
 
-    /// Adds a TaskTracker with `slots` credits; returns its connection id.
+    /// Adds a TaskTracker with `slots` credits; it stays until the
+    /// returned registration is dropped.
     pub fn register(
+        self: &Arc<Self>,
+        node_group: &str,
+        identity: &str,
+        slots: u32,
+        ahead_slots: u32,
+        tx: Outbound,
+    ) -> Registration {
+        let conn = self.add(node_group, identity, slots, ahead_slots, tx);
+        Registration {
+            dispatcher: self.clone(),
+            node_group: node_group.to_string(),
+            identity: identity.to_string(),
+            conn,
+            reason: "its session ended".into(),
+        }
+    }
+
+    fn add(
         self: &Arc<Self>,
         node_group: &str,
         identity: &str,
@@ -104,7 +210,7 @@ impl Dispatcher {
                         workers: Mutex::new(HashMap::new()),
                     });
                     groups.insert(node_group.to_string(), g.clone());
-                    tokio::spawn(self.clone().run_group(g.clone()));
+                    self.tasks.spawn(self.clone().run_group(g.clone()));
                     g
                 }
             }
@@ -128,7 +234,7 @@ impl Dispatcher {
     }
 
     /// Removes a TaskTracker; returns the runs it had in flight.
-    pub fn unregister(&self, node_group: &str, conn: u64) -> Vec<(String, u32)> {
+    fn unregister(&self, node_group: &str, conn: u64) -> Vec<(String, u32)> {
         let Some(group) = lock(&self.groups).get(node_group).cloned() else {
             return Vec::new();
         };
@@ -202,13 +308,14 @@ impl Dispatcher {
         };
         let workers = lock(&group.workers);
         for w in workers.values().filter(|w| w.identity == worker) {
-            let _ = w.tx.send(Ok(pb::TrackerMessage {
+            let msg = pb::TrackerMessage {
                 kind: Some(pb::tracker_message::Kind::Cancel(pb::CancelRun {
                     job_id: job_id.to_string(),
                     attempt,
                     reason: reason.to_string(),
                 })),
-            }));
+            };
+            send_to_worker(&w.tx, &self.metrics, msg);
         }
     }
 
@@ -216,8 +323,8 @@ impl Dispatcher {
     pub fn close_all(&self, status: tonic::Status) {
         let groups: Vec<Arc<Group>> = lock(&self.groups).values().cloned().collect();
         for g in groups {
-            for (_, w) in lock(&g.workers).drain() {
-                let _ = w.tx.send(Err(status.clone()));
+            for w in lock(&g.workers).values() {
+                w.tx.close(status.clone());
             }
         }
     }
@@ -369,7 +476,7 @@ impl Dispatcher {
                             assignments,
                         })),
                     };
-                    if w.tx.send(Ok(msg)).is_err() {
+                    if !send_to_worker(&w.tx, &self.metrics, msg) {
                         // The stream is gone; its session puts the runs
                         // back when it unregisters.
                         tracing::debug!(worker = %w.identity, "assignment to a closed stream");

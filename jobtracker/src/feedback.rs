@@ -10,28 +10,69 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lts_proto::v1 as pb;
-use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
+use crate::outbound::{entry_len, PeerSender, SendError, MESSAGE_BUDGET_BYTES};
 use crate::store::{Feedback, JobStore};
 
 /// The outbound half of a client's feedback stream.
-pub type FeedbackOutbound = mpsc::UnboundedSender<Result<pb::FeedbackServerMessage, tonic::Status>>;
+pub type FeedbackOutbound = PeerSender<pb::FeedbackServerMessage>;
+
+/// Unread messages a feedback stream holds. Past them the router sends
+/// that subscriber nothing more until gRPC takes some; a subscriber found
+/// full twice with nothing taken in between does not read, and is dropped
+/// (see [`FeedbackRouter`]).
+pub const FEEDBACK_STREAM_CAPACITY: usize = 16;
+
+/// Most items in one feedback message.
+const MAX_ITEMS_PER_MESSAGE: usize = 1000;
+
+struct Subscriber {
+    id: u64,
+    tx: FeedbackOutbound,
+    /// What gRPC had taken from the stream when it was last found full.
+    full_at: Option<u64>,
+}
 
 #[derive(Default)]
 struct GroupFeedback {
     /// Not sent to anyone connected.
     waiting: VecDeque<Feedback>,
-    subscribers: Vec<(u64, FeedbackOutbound)>,
+    subscribers: Vec<Subscriber>,
     /// Sent and not acked: feedback id -> (subscriber, item).
     in_flight: HashMap<String, (u64, Feedback)>,
     next: usize,
 }
 
 /// Feedback not yet acked, by submit node group.
+///
+/// Each stream to a client is bounded ([`FEEDBACK_STREAM_CAPACITY`]
+/// messages of at most 1000 items and about 3 MiB). A client that stops
+/// reading is dropped from its stream: the stream ends with
+/// `RESOURCE_EXHAUSTED`, what it was sent and did not ack goes to the
+/// group's other subscribers or, if none, waits for the next one (the same
+/// client, reconnected), and `lts_jobtracker_outbound_dropped_total
+/// {stream="feedback"}` counts it. So the tracker holds at most a few
+/// messages for such a client.
 pub struct FeedbackRouter {
     store: Arc<dyn JobStore>,
+    metrics: Metrics,
     groups: Mutex<HashMap<String, GroupFeedback>>,
     next_sub: AtomicU64,
+}
+
+/// A client's place among its group's subscribers; dropping it
+/// unsubscribes, and what the client did not ack goes to the others.
+pub struct Subscription {
+    router: Arc<FeedbackRouter>,
+    group: String,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.router.unsubscribe(&self.group, self.id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -52,46 +93,97 @@ fn to_wire(f: &Feedback) -> pb::FeedbackItem {
 }
 
 impl GroupFeedback {
-    /// Sends waiting items round-robin to subscribers.
-    fn pump(&mut self) {
-        if self.subscribers.is_empty() || self.waiting.is_empty() {
-            return;
-        }
-        let n = self.subscribers.len();
-        let mut batches: Vec<Vec<Feedback>> = vec![Vec::new(); n];
-        while let Some(item) = self.waiting.pop_front() {
-            batches[self.next % n].push(item);
-            self.next = self.next.wrapping_add(1);
-        }
-        let mut dead = Vec::new();
-        for (i, batch) in batches.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
+    /// Sends waiting items to subscribers, spread evenly, in messages
+    /// bounded by count and bytes, as far as their streams have room.
+    fn pump(&mut self, metrics: &Metrics) {
+        // Found full in this call: gRPC had no chance to take anything
+        // since, so they are not looked at again until the next call.
+        let mut full: Vec<u64> = Vec::new();
+        loop {
+            let n = self.subscribers.len();
+            if n == 0 || self.waiting.is_empty() {
+                return;
             }
-            let (sub, tx) = &self.subscribers[i];
-            let msg = pb::FeedbackServerMessage {
-                items: batch.iter().map(to_wire).collect(),
-            };
-            if tx.send(Ok(msg)).is_err() {
-                dead.push(*sub);
-                self.waiting.extend(batch);
-            } else {
-                for item in batch {
-                    self.in_flight
-                        .insert(item.feedback_id.clone(), (*sub, item));
+            let share = self.waiting.len().div_ceil(n).min(MAX_ITEMS_PER_MESSAGE);
+            let mut sent = false;
+            let mut dead = Vec::new();
+            for _ in 0..n {
+                if self.waiting.is_empty() {
+                    break;
+                }
+                let i = self.next % n;
+                self.next = self.next.wrapping_add(1);
+                let sub = &mut self.subscribers[i];
+                if full.contains(&sub.id) {
+                    continue;
+                }
+                if sub.tx.is_closed() {
+                    dead.push(sub.id);
+                    continue;
+                }
+                if sub.tx.capacity() == 0 {
+                    let taken = sub.tx.taken();
+                    if sub.full_at == Some(taken) {
+                        metrics
+                            .outbound_dropped
+                            .with_label_values(&["feedback", "peer_not_reading"])
+                            .inc();
+                        sub.tx.close(tonic::Status::resource_exhausted(format!(
+                            "this client did not read its feedback stream ({FEEDBACK_STREAM_CAPACITY} messages unread); its unacked feedback is sent again when it reconnects"
+                        )));
+                        dead.push(sub.id);
+                    } else {
+                        sub.full_at = Some(taken);
+                        full.push(sub.id);
+                    }
+                    continue;
+                }
+                let mut items = Vec::new();
+                let mut wire = Vec::new();
+                let mut bytes = 0usize;
+                while items.len() < share {
+                    let Some(item) = self.waiting.pop_front() else {
+                        break;
+                    };
+                    let w = to_wire(&item);
+                    let len = entry_len(&w);
+                    if !items.is_empty() && bytes + len > MESSAGE_BUDGET_BYTES {
+                        self.waiting.push_front(item);
+                        break;
+                    }
+                    bytes += len;
+                    wire.push(w);
+                    items.push(item);
+                }
+                match sub.tx.try_send(pb::FeedbackServerMessage { items: wire }) {
+                    Ok(()) => {
+                        sent = true;
+                        for item in items {
+                            self.in_flight
+                                .insert(item.feedback_id.clone(), (sub.id, item));
+                        }
+                    }
+                    Err(e) => {
+                        for item in items.into_iter().rev() {
+                            self.waiting.push_front(item);
+                        }
+                        if e == SendError::Closed {
+                            dead.push(sub.id);
+                        }
+                    }
                 }
             }
-        }
-        for sub in dead {
-            self.remove(sub);
-        }
-        if !self.waiting.is_empty() && !self.subscribers.is_empty() {
-            self.pump();
+            for sub in &dead {
+                self.remove(*sub);
+            }
+            if !sent && dead.is_empty() {
+                return;
+            }
         }
     }
 
     fn remove(&mut self, sub: u64) {
-        self.subscribers.retain(|(s, _)| *s != sub);
+        self.subscribers.retain(|s| s.id != sub);
         let back: Vec<String> = self
             .in_flight
             .iter()
@@ -108,9 +200,10 @@ impl GroupFeedback {
 
 impl FeedbackRouter {
     /// A router that deletes acked feedback from `store`.
-    pub fn new(store: Arc<dyn JobStore>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn JobStore>, metrics: Metrics) -> Arc<Self> {
         Arc::new(FeedbackRouter {
             store,
+            metrics,
             groups: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(1),
         })
@@ -128,7 +221,7 @@ impl FeedbackRouter {
         touched.dedup();
         for g in touched {
             if let Some(group) = groups.get_mut(&g) {
-                group.pump();
+                group.pump(&self.metrics);
             }
         }
     }
@@ -162,22 +255,31 @@ impl FeedbackRouter {
         }
     }
 
-    /// Adds a subscriber to `group`; it is sent every waiting item.
-    pub fn subscribe(&self, group: &str, tx: FeedbackOutbound) -> u64 {
-        let sub = self.next_sub.fetch_add(1, Ordering::Relaxed);
+    /// Adds a subscriber to `group`; it is sent every waiting item, and
+    /// stays until the returned subscription is dropped.
+    pub fn subscribe(self: &Arc<Self>, group: &str, tx: FeedbackOutbound) -> Subscription {
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let mut groups = lock(&self.groups);
         let g = groups.entry(group.to_string()).or_default();
-        g.subscribers.push((sub, tx));
-        g.pump();
-        sub
+        g.subscribers.push(Subscriber {
+            id,
+            tx,
+            full_at: None,
+        });
+        g.pump(&self.metrics);
+        Subscription {
+            router: self.clone(),
+            group: group.to_string(),
+            id,
+        }
     }
 
     /// Removes a subscriber; what it did not ack goes to the others.
-    pub fn unsubscribe(&self, group: &str, sub: u64) {
+    fn unsubscribe(&self, group: &str, sub: u64) {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get_mut(group) {
             g.remove(sub);
-            g.pump();
+            g.pump(&self.metrics);
         }
     }
 
@@ -189,6 +291,8 @@ impl FeedbackRouter {
                 for id in &ids {
                     g.in_flight.remove(id);
                 }
+                // Room may have come free on a stream that was full.
+                g.pump(&self.metrics);
             }
         }
         self.store.ack_feedback(&ids).await

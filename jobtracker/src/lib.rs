@@ -28,6 +28,7 @@ use std::time::Duration;
 use lts_common::limits::MAX_MESSAGE_BYTES;
 use lts_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
 pub use crate::error::{Error, Result};
@@ -102,6 +103,9 @@ pub struct Tracker {
     pub tracker_id: String,
     /// Fires when the tracker shuts down.
     pub shutdown: CancellationToken,
+    /// Every task the tracker spawns; [`serve_tracker`] returns only when
+    /// all of them ended.
+    pub tasks: TaskTracker,
     /// Wakes the cycle scheduler: a cron or repeat job came or changed.
     pub scheduler: tokio::sync::Notify,
 }
@@ -201,14 +205,20 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
     }
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
-    let dispatcher = Dispatcher::new(store.clone(), metrics.clone(), shutdown.clone());
+    let tasks = TaskTracker::new();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
     let wake = Arc::downgrade(&dispatcher);
     store.on_claimable(Arc::new(move |group: &str| {
         if let Some(d) = wake.upgrade() {
             d.wake(group);
         }
     }));
-    let feedback = FeedbackRouter::new(store.clone());
+    let feedback = FeedbackRouter::new(store.clone(), metrics.clone());
     feedback.push(store.pending_feedback().await?);
     Ok(Arc::new(Tracker {
         store,
@@ -218,11 +228,14 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
         config,
         tracker_id: format!("jobtracker-{}", uuid::Uuid::now_v7().simple()),
         shutdown,
+        tasks,
         scheduler: tokio::sync::Notify::new(),
     }))
 }
 
-/// Runs a JobTracker on `listener` until `shutdown` resolves.
+/// Runs a JobTracker on `listener` until `shutdown` resolves. Returns when
+/// every task it spawned has ended and its store is closed, so a new
+/// JobTracker may open the same data directory at once.
 pub async fn serve(
     config: TrackerConfig,
     listener: tokio::net::TcpListener,
@@ -232,14 +245,58 @@ pub async fn serve(
     serve_tracker(tracker, listener, shutdown).await
 }
 
-/// Serves an already built tracker (see [`create_tracker`]).
+/// Serves an already built tracker (see [`create_tracker`]) until
+/// `shutdown` resolves or the tracker's own token fires. Shutdown goes in
+/// order: stop accepting, end every TaskTracker and feedback stream, wait
+/// for the open calls (up to `shutdown_timeout`), wait for every task of
+/// [`Tracker::tasks`], then release the store. The store closes when the
+/// last reference to the tracker goes; a caller that keeps one keeps the
+/// store open.
 pub async fn serve_tracker(
     tracker: Arc<Tracker>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let served = serve_until_stopped(&tracker, listener, shutdown).await;
+    // Whatever ended the server, every task stops now.
+    tracker.shutdown.cancel();
+    tracker.tasks.close();
+    let deadline = tracker.config.shutdown_timeout;
+    if tokio::time::timeout(deadline, tracker.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} tasks still running {deadline:?} after shutdown began; waiting for them",
+            tracker.tasks.len()
+        );
+        tracker.tasks.wait().await;
+    }
+    close_store(tracker);
+    tracing::info!("jobtracker stopped");
+    served
+}
+
+/// Releases the tracker's hold on its store: the store closes when the
+/// last reference goes (the sled store then applies what was queued, and
+/// flushes).
+fn close_store(tracker: Arc<Tracker>) {
+    match Arc::try_unwrap(tracker) {
+        Ok(tracker) => drop(tracker),
+        Err(tracker) => tracing::debug!(
+            references = Arc::strong_count(&tracker),
+            "the tracker is still referenced; its store closes with the last reference"
+        ),
+    }
+}
+
+async fn serve_until_stopped(
+    tracker: &Arc<Tracker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let token = tracker.shutdown.clone();
-    tokio::spawn({
+    tracker.tasks.spawn({
         let token = token.clone();
         async move {
             tokio::select! {
@@ -259,7 +316,7 @@ pub async fn serve_tracker(
         );
         let registry = tracker.metrics.registry.clone();
         let stop = token.clone().cancelled_owned();
-        tokio::spawn(async move {
+        tracker.tasks.spawn(async move {
             if let Err(e) =
                 lts_common::metrics::serve_metrics(metrics_listener, registry, stop).await
             {
@@ -267,10 +324,12 @@ pub async fn serve_tracker(
             }
         });
     }
-    tokio::spawn(update_queue_depths(tracker.clone()));
-    tokio::spawn(run_scheduler(tracker.clone()));
+    tracker.tasks.spawn(update_queue_depths(tracker.clone()));
+    tracker.tasks.spawn(run_scheduler(tracker.clone()));
     if let Some(every) = tracker.store.poll_interval() {
-        tokio::spawn(poll_shared_feedback(tracker.clone(), every * 4));
+        tracker
+            .tasks
+            .spawn(poll_shared_feedback(tracker.clone(), every * 4));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -330,9 +389,8 @@ pub async fn serve_tracker(
             token.cancelled().await;
             tracker.dispatcher.close_all(tonic::Status::unavailable("the JobTracker is shutting down"));
             tokio::time::sleep(deadline).await;
-        } => tracing::warn!("streams still open {deadline:?} after shutdown began; closing anyway"),
+        } => tracing::warn!("calls still open {deadline:?} after shutdown began; closing anyway"),
     }
-    tracing::info!("jobtracker stopped");
     Ok(())
 }
 
@@ -391,8 +449,11 @@ async fn run_scheduler(tracker: Arc<Tracker>) {
     }
 }
 
+/// Samples `lts_jobtracker_queue_depth` every
+/// [`metrics::QUEUE_DEPTH_INTERVAL`]; a group whose queue emptied reads 0.
 async fn update_queue_depths(tracker: Arc<Tracker>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(metrics::QUEUE_DEPTH_INTERVAL);
+    let mut shown: std::collections::HashSet<String> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -400,13 +461,23 @@ async fn update_queue_depths(tracker: Arc<Tracker>) {
         }
         match tracker.store.queue_depths(lts_common::now_ms()).await {
             Ok(depths) => {
+                let mut now_shown = std::collections::HashSet::new();
                 for (group, n) in depths {
                     tracker
                         .metrics
                         .queue_depth
                         .with_label_values(&[group.as_str()])
                         .set(n as i64);
+                    now_shown.insert(group);
                 }
+                for gone in shown.difference(&now_shown) {
+                    tracker
+                        .metrics
+                        .queue_depth
+                        .with_label_values(&[gone.as_str()])
+                        .set(0);
+                }
+                shown.extend(now_shown);
             }
             Err(e) => tracing::warn!("cannot read queue depths: {e}"),
         }

@@ -1,4 +1,9 @@
 //! The JobTracker's Prometheus metrics.
+//!
+//! Counters whose labels take known values are created at 0 for each of
+//! them, so a scrape shows `..._total{outcome="success"} 0` before the
+//! first success (Prometheus' convention: a rate over a series that
+//! appears late misses its first increments).
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
@@ -10,7 +15,8 @@ use prometheus::{
 pub struct Metrics {
     /// The registry they live in.
     pub registry: Registry,
-    /// Ready jobs per node group.
+    /// Ready jobs per node group, sampled every
+    /// [`QUEUE_DEPTH_INTERVAL`].
     pub queue_depth: IntGaugeVec,
     /// Jobs stored by submits.
     pub submitted: IntCounter,
@@ -26,7 +32,22 @@ pub struct Metrics {
     pub submit_to_start: Histogram,
     /// Run time reported by TaskTrackers.
     pub run_time: Histogram,
+    /// Messages to peers dropped, by stream and reason.
+    pub outbound_dropped: IntCounterVec,
 }
+
+/// How often `lts_jobtracker_queue_depth` is sampled from the store.
+pub const QUEUE_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every value the `outcome` label of `lts_jobtracker_jobs_completed_total`
+/// takes.
+pub const OUTCOME_KINDS: [&str; 4] = ["success", "failed", "later", "error"];
+
+/// Every `(stream, reason)` of `lts_jobtracker_outbound_dropped_total`.
+pub const DROP_REASONS: [(&str, &str); 2] = [
+    ("work", "peer_not_reading"),
+    ("feedback", "peer_not_reading"),
+];
 
 impl Metrics {
     /// Creates the metrics in a fresh registry.
@@ -35,7 +56,7 @@ impl Metrics {
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "lts_jobtracker_queue_depth",
-                "Jobs ready to run, per node group",
+                "Jobs ready to run, per node group; sampled from the store every second",
             ),
             &["node_group"],
         )
@@ -71,6 +92,20 @@ impl Metrics {
             &["node_group"],
         )
         .expect("valid metric");
+        let outbound_dropped = IntCounterVec::new(
+            Opts::new(
+                "lts_jobtracker_outbound_dropped_total",
+                "Messages to peers dropped, by stream (work, feedback) and reason; the stream was closed, and feedback dropped so comes back when its client reconnects",
+            ),
+            &["stream", "reason"],
+        )
+        .expect("valid metric");
+        for kind in OUTCOME_KINDS {
+            completed.with_label_values(&[kind]);
+        }
+        for (stream, reason) in DROP_REASONS {
+            outbound_dropped.with_label_values(&[stream, reason]);
+        }
         let buckets = exponential_buckets(0.0005, 2.0, 20).expect("valid buckets");
         let submit_to_start = Histogram::with_opts(
             HistogramOpts::new(
@@ -93,6 +128,7 @@ impl Metrics {
             Box::new(task_trackers.clone()),
             Box::new(submit_to_start.clone()),
             Box::new(run_time.clone()),
+            Box::new(outbound_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -106,12 +142,62 @@ impl Metrics {
             task_trackers,
             submit_to_start,
             run_time,
+            outbound_dropped,
         }
+    }
+
+    /// The metrics in the Prometheus text format, as a scrape sees them.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_of_known_labels_start_at_zero() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        for kind in OUTCOME_KINDS {
+            let line = format!("lts_jobtracker_jobs_completed_total{{outcome=\"{kind}\"}} 0");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        for (stream, reason) in DROP_REASONS {
+            let line = format!(
+                "lts_jobtracker_outbound_dropped_total{{reason=\"{reason}\",stream=\"{stream}\"}} 0"
+            );
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("lts_jobtracker_jobs_submitted_total 0"),
+            "{text}"
+        );
+        // A gauge per node group appears with its first sample; its help
+        // says how current it is.
+        metrics.queue_depth.with_label_values(&["g"]).set(3);
+        let text = metrics.render();
+        assert!(
+            text.contains("queue_depth Jobs ready to run, per node group; sampled from the store every second"),
+            "{text}"
+        );
     }
 }

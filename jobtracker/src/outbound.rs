@@ -7,6 +7,25 @@
 //! message: 100 assignments of such jobs are 100 MiB. Every message that
 //! carries a list of items (assignments, feedback items, job pages) is
 //! therefore cut by [`split_by_bytes`] or built up to [`MESSAGE_BUDGET_BYTES`].
+//!
+//! Every stream to a peer goes through a bounded [`peer_channel`], so a
+//! peer that stops reading holds at most its channel's capacity of
+//! messages in the tracker's memory. What happens when a channel is full is
+//! decided by its user (see `dispatch` and `feedback`): the stream is
+//! closed with a status that says why, and what was dropped is counted in
+//! `lts_jobtracker_outbound_dropped_total`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 
 /// Most encoded bytes of the items of one outbound message, unless a
 /// single item is larger (it then goes alone).
@@ -50,6 +69,146 @@ pub fn split_by_bytes<T: prost::Message>(
     groups
 }
 
+struct Shared {
+    closed: CancellationToken,
+    /// Why the stream was closed; taken by the stream when it ends.
+    status: Mutex<Option<tonic::Status>>,
+    /// Messages the stream has handed to gRPC so far.
+    taken: AtomicU64,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The channel holds its capacity of unread messages.
+    Full,
+    /// The stream was closed or its peer is gone.
+    Closed,
+}
+
+/// The sending half of a stream to a peer: bounded, and closable with a
+/// status that ends the stream at once (messages still queued are dropped).
+pub struct PeerSender<T> {
+    tx: mpsc::Sender<T>,
+    shared: Arc<Shared>,
+}
+
+impl<T> Clone for PeerSender<T> {
+    fn clone(&self) -> Self {
+        PeerSender {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> PeerSender<T> {
+    /// Queues `msg` without waiting.
+    pub fn try_send(&self, msg: T) -> Result<(), SendError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Ends the stream with `status` (the first close wins).
+    pub fn close(&self, status: tonic::Status) {
+        let mut slot = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.shared.closed.is_cancelled() {
+            *slot = Some(status);
+            self.shared.closed.cancel();
+        }
+    }
+
+    /// Resolves when [`PeerSender::close`] was called.
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.shared.closed.cancelled()
+    }
+
+    /// Whether nothing sent now can reach the peer any more.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Room left in the channel, in messages.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    /// How many messages gRPC has taken from the channel so far: it stops
+    /// taking them when the peer stops reading.
+    pub fn taken(&self) -> u64 {
+        self.shared.taken.load(Ordering::Relaxed)
+    }
+}
+
+/// The receiving half, the response stream of a gRPC call.
+pub struct PeerStream<T> {
+    rx: mpsc::Receiver<T>,
+    shared: Arc<Shared>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl<T> Stream for PeerStream<T> {
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let status = this
+                .shared
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| tonic::Status::unavailable("the stream was closed"));
+            return Poll::Ready(Some(Err(status)));
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => {
+                this.shared.taken.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(m)))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A stream to a peer holding at most `capacity` unread messages.
+pub fn peer_channel<T>(capacity: usize) -> (PeerSender<T>, PeerStream<T>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let closed = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        closed: closed.clone(),
+        status: Mutex::new(None),
+        taken: AtomicU64::new(0),
+    });
+    (
+        PeerSender {
+            tx,
+            shared: shared.clone(),
+        },
+        PeerStream {
+            rx,
+            shared,
+            closed: Box::pin(closed.cancelled_owned()),
+            done: false,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +250,23 @@ mod tests {
             };
             assert!(prost::Message::encoded_len(&msg) <= one * 3);
         }
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_ends_its_stream_with_the_status_first() {
+        use futures::StreamExt;
+        let (tx, mut rx) = peer_channel::<u32>(2);
+        tx.try_send(1).expect("room");
+        tx.try_send(2).expect("room");
+        assert_eq!(tx.try_send(3), Err(SendError::Full));
+        assert_eq!(rx.next().await.map(|m| m.ok()), Some(Some(1)));
+        assert_eq!(tx.taken(), 1);
+        tx.close(tonic::Status::resource_exhausted("not reading"));
+        tx.close(tonic::Status::internal("second close is ignored"));
+        let status = rx.next().await.expect("an item").expect_err("the status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(rx.next().await.is_none());
+        assert_eq!(tx.try_send(4), Err(SendError::Closed));
     }
 
     #[test]

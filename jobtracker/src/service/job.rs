@@ -9,11 +9,11 @@ use lts_common::limits::{check_node_group, MAX_BATCH};
 use lts_common::{JobSpec, JobState, ValidationError};
 use lts_proto::v1 as pb;
 use pb::job_service_server::JobService;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
-use crate::outbound::{entry_len, MESSAGE_BUDGET_BYTES};
+use crate::feedback::FEEDBACK_STREAM_CAPACITY;
+use crate::outbound::{entry_len, peer_channel, MESSAGE_BUDGET_BYTES};
 use crate::store::{ListFilter, SubmitRefusal, SubmitResult};
 use crate::Tracker;
 
@@ -297,17 +297,24 @@ impl JobService for JobApi {
         let group = subscribe.submit_node_group;
         check_node_group(&group)
             .map_err(|m| ValidationError::new("subscribe.submit_node_group", m))?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
         let router = self.tracker.feedback.clone();
-        let sub = router.subscribe(&group, tx);
+        let subscription = router.subscribe(&group, tx.clone());
         let client = subscribe.client_id;
         tracing::debug!(%group, %client, "feedback subscriber joined");
         let shutdown = self.tracker.shutdown.clone();
-        tokio::spawn(async move {
+        self.tracker.tasks.spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
-                    _ = shutdown.cancelled() => break,
+                    _ = tx.closed() => {
+                        tracing::info!(%group, %client, "feedback stream closed: the client did not read it");
+                        break;
+                    }
+                    _ = shutdown.cancelled() => {
+                        tx.close(Status::unavailable("the JobTracker is shutting down"));
+                        break;
+                    }
                 };
                 match msg {
                     Ok(Some(pb::FeedbackClientMessage {
@@ -327,9 +334,9 @@ impl JobService for JobApi {
                     }
                 }
             }
-            router.unsubscribe(&group, sub);
+            drop(subscription);
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 

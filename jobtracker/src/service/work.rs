@@ -11,9 +11,10 @@ use lts_proto::v1 as pb;
 use lts_proto::PROTOCOL_VERSION;
 use pb::work_service_server::WorkService;
 use pb::worker_message::Kind;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::dispatch::{send_to_worker, work_stream_capacity, Outbound, Registration};
+use crate::outbound::peer_channel;
 use crate::store::{CompleteResult, RunReport};
 use crate::Tracker;
 
@@ -63,8 +64,41 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
     Ok(())
 }
 
-fn msg(kind: pb::tracker_message::Kind) -> Result<pb::TrackerMessage, Status> {
-    Ok(pb::TrackerMessage { kind: Some(kind) })
+/// The latest instant a TaskTracker may report: the end of the year 9999
+/// in Unix ms. Times between 0 and it can be subtracted without overflow.
+pub const MAX_REPORTED_UNIX_MS: i64 = 253_402_300_799_999;
+
+/// How far a run's finish may precede its start (the TaskTracker's clock
+/// stepped back during the run) before its report is refused.
+pub const MAX_CLOCK_STEP_BACK_MS: i64 = 60_000;
+
+fn check_instant(field: &str, v: i64) -> Result<(), String> {
+    if (0..=MAX_REPORTED_UNIX_MS).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {v} is not an instant between 1970 and 9999 in Unix ms"
+        ))
+    }
+}
+
+/// Checks the times of an outcome report. A report that fails is refused:
+/// the run is recorded as an `error` outcome whose message names the
+/// field, at the tracker's clock, and acknowledged like any other.
+pub fn check_run_times(started_at_unix_ms: i64, finished_at_unix_ms: i64) -> Result<(), String> {
+    check_instant("started_at_unix_ms", started_at_unix_ms)?;
+    check_instant("finished_at_unix_ms", finished_at_unix_ms)?;
+    if finished_at_unix_ms < started_at_unix_ms - MAX_CLOCK_STEP_BACK_MS {
+        return Err(format!(
+            "finished_at_unix_ms: {finished_at_unix_ms} is {} ms before started_at_unix_ms; at most {MAX_CLOCK_STEP_BACK_MS} ms is allowed for a clock that stepped back",
+            started_at_unix_ms - finished_at_unix_ms
+        ));
+    }
+    Ok(())
+}
+
+fn msg(kind: pb::tracker_message::Kind) -> pb::TrackerMessage {
+    pb::TrackerMessage { kind: Some(kind) }
 }
 
 #[tonic::async_trait]
@@ -93,14 +127,18 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
-        let _ = tx.send(msg(pb::tracker_message::Kind::Welcome(pb::Welcome {
-            tracker_id: self.tracker.tracker_id.clone(),
-            protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval_ms: interval.as_millis() as u64,
-        })));
-        let conn = self.tracker.dispatcher.register(
+        send_to_worker(
+            &tx,
+            &self.tracker.metrics,
+            msg(pb::tracker_message::Kind::Welcome(pb::Welcome {
+                tracker_id: self.tracker.tracker_id.clone(),
+                protocol_version: PROTOCOL_VERSION,
+                heartbeat_interval_ms: interval.as_millis() as u64,
+            })),
+        );
+        let registration = self.tracker.dispatcher.register(
             &hello.node_group,
             &hello.identity,
             hello.slots,
@@ -118,11 +156,13 @@ impl WorkService for WorkApi {
             tracker: self.tracker.clone(),
             group: hello.node_group,
             identity: hello.identity,
-            conn,
+            conn: registration.conn(),
             tx,
         };
-        tokio::spawn(session.run(inbound, interval));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        self.tracker
+            .tasks
+            .spawn(session.run(inbound, interval, registration));
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 
@@ -131,16 +171,24 @@ struct Session {
     group: String,
     identity: String,
     conn: u64,
-    tx: crate::dispatch::Outbound,
+    tx: Outbound,
 }
 
 impl Session {
-    async fn run(self, mut inbound: Streaming<pb::WorkerMessage>, interval: Duration) {
+    /// Serves the stream until it ends; dropping `registration` at the end
+    /// takes the TaskTracker out of dispatch and puts its runs back.
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::WorkerMessage>,
+        interval: Duration,
+        mut registration: Registration,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = interval * 3;
         let mut last_heard = tokio::time::Instant::now();
         let shutdown = self.tracker.shutdown.clone();
+        let t = self.tracker.clone();
         let reason = loop {
             tokio::select! {
                 m = inbound.message() => match m {
@@ -148,7 +196,7 @@ impl Session {
                         if let Err(e) = self.handle(m).await {
                             // Store trouble: end the stream so the TaskTracker
                             // reconnects and resends what was not acked.
-                            let _ = self.tx.send(Err(Status::unavailable(e.to_string())));
+                            self.tx.close(Status::unavailable(e.to_string()));
                             break format!("store error: {e}");
                         }
                         // Heard now, after handling: time spent here (a large
@@ -161,36 +209,21 @@ impl Session {
                 },
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
-                        let _ = self.tx.send(Err(Status::deadline_exceeded(format!(
+                        self.tx.close(Status::deadline_exceeded(format!(
                             "no message from this TaskTracker for {} ms",
                             silence_limit.as_millis()
-                        ))));
+                        )));
                         break format!("silent for {} ms", silence_limit.as_millis());
                     }
-                    let _ = self.tx.send(msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
+                    send_to_worker(&self.tx, &t.metrics, msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
                         at_unix_ms: lts_common::now_ms(),
                     })));
                 }
+                _ = self.tx.closed() => break "its stream was closed".to_string(),
                 _ = shutdown.cancelled() => break "the JobTracker is shutting down".to_string(),
             }
         };
-        let runs = self.tracker.dispatcher.unregister(&self.group, self.conn);
-        tracing::info!(worker = %self.identity, node_group = %self.group, runs = runs.len(), "TaskTracker left: {reason}");
-        if !runs.is_empty() && !self.tracker.shutdown.is_cancelled() {
-            let why = format!("its TaskTracker {} was lost ({reason})", self.identity);
-            match self
-                .tracker
-                .store
-                .requeue(&runs, &why, lts_common::now_ms())
-                .await
-            {
-                Ok(n) => {
-                    tracing::info!(node_group = %self.group, "put back {n} runs of a lost TaskTracker");
-                    self.tracker.dispatcher.wake(&self.group);
-                }
-                Err(e) => tracing::error!("cannot put back the runs of a lost TaskTracker: {e}"),
-            }
-        }
+        registration.reason = reason;
     }
 
     async fn handle(&self, m: pb::WorkerMessage) -> crate::error::Result<()> {
@@ -203,9 +236,17 @@ impl Session {
             Some(Kind::Started(s)) => {
                 let runs: Vec<(String, u32)> =
                     s.runs.into_iter().map(|r| (r.job_id, r.attempt)).collect();
-                t.dispatcher
-                    .started(&self.group, self.conn, &runs, s.at_unix_ms);
-                t.store.started(&runs, &self.identity, s.at_unix_ms).await?;
+                // A start is a log line; an absurd time is replaced by the
+                // tracker's clock rather than refused.
+                let at = match check_instant("started.at_unix_ms", s.at_unix_ms) {
+                    Ok(()) => s.at_unix_ms,
+                    Err(why) => {
+                        tracing::warn!(worker = %self.identity, "{why}; using the JobTracker's clock");
+                        lts_common::now_ms()
+                    }
+                };
+                t.dispatcher.started(&self.group, self.conn, &runs, at);
+                t.store.started(&runs, &self.identity, at).await?;
             }
             Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
             Some(Kind::BizLogs(b)) => {
@@ -246,19 +287,32 @@ impl Session {
                 attempt: r.attempt,
             });
             runs.push((r.job_id.clone(), r.attempt));
-            let outcome = match r.outcome.map(Outcome::try_from) {
+            let mut outcome = match r.outcome.map(Outcome::try_from) {
                 Some(Ok(o)) => o,
                 Some(Err(e)) => Outcome::Error(format!("the TaskTracker sent a bad outcome: {e}")),
                 None => Outcome::Error("the TaskTracker sent no outcome".into()),
             };
-            let run_ms = (r.finished_at_unix_ms - r.started_at_unix_ms).max(0);
-            t.metrics.run_time.observe(run_ms as f64 / 1000.0);
+            let (mut started_at_ms, mut finished_at_ms) =
+                (r.started_at_unix_ms, r.finished_at_unix_ms);
+            match check_run_times(started_at_ms, finished_at_ms) {
+                Ok(()) => {
+                    let run_ms = (finished_at_ms - started_at_ms).max(0);
+                    t.metrics.run_time.observe(run_ms as f64 / 1000.0);
+                }
+                Err(why) => {
+                    tracing::warn!(worker = %self.identity, job_id = %r.job_id, "refused an outcome report: {why}");
+                    outcome =
+                        Outcome::Error(format!("the TaskTracker sent a bad outcome report: {why}"));
+                    let now = lts_common::now_ms();
+                    (started_at_ms, finished_at_ms) = (now, now);
+                }
+            }
             valid.push(RunReport {
                 job_id: r.job_id,
                 attempt: r.attempt,
                 outcome,
-                started_at_ms: r.started_at_unix_ms,
-                finished_at_ms: r.finished_at_unix_ms,
+                started_at_ms,
+                finished_at_ms,
                 worker: self.identity.clone(),
             });
         }
@@ -294,13 +348,18 @@ impl Session {
         // an outcome a crash could lose; the stream goes on meanwhile.
         let tx = self.tx.clone();
         let store = t.store.clone();
+        let metrics = t.metrics.clone();
         let worker = self.identity.clone();
-        tokio::spawn(async move {
+        t.tasks.spawn(async move {
             match store.sync().await {
                 Ok(()) => {
-                    let _ = tx.send(msg(pb::tracker_message::Kind::OutcomeAcks(
-                        pb::OutcomeAcks { runs: acks },
-                    )));
+                    send_to_worker(
+                        &tx,
+                        &metrics,
+                        msg(pb::tracker_message::Kind::OutcomeAcks(pb::OutcomeAcks {
+                            runs: acks,
+                        })),
+                    );
                 }
                 Err(e) => tracing::warn!(
                     worker = %worker,
@@ -309,5 +368,28 @@ impl Session {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_run_times_are_refused_naming_the_field() {
+        let now = 1_700_000_000_000;
+        assert_eq!(check_run_times(now, now + 5), Ok(()));
+        // A clock that stepped back a little is tolerated.
+        assert_eq!(check_run_times(now, now - 1_000), Ok(()));
+        for (started, finished, field) in [
+            (i64::MIN, now, "started_at_unix_ms"),
+            (now, i64::MIN, "finished_at_unix_ms"),
+            (now, i64::MAX, "finished_at_unix_ms"),
+            (-1, now, "started_at_unix_ms"),
+            (now, now - 3_600_000, "finished_at_unix_ms"),
+        ] {
+            let e = check_run_times(started, finished).expect_err("refused");
+            assert!(e.starts_with(field), "{e}");
+        }
     }
 }
