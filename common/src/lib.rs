@@ -7,16 +7,24 @@
 //! [`limits`] lists the size limits every role enforces. The rest are
 //! runtime helpers: [`config`] (flags, env vars and a TOML file),
 //! [`runtime`] (tracing, shutdown signals) and [`metrics`].
+//!
+//! Every client of a JobTracker reaches it through [`endpoint`] (addresses,
+//! timeouts, keep-alive; where TLS will plug in) and picks which tracker to
+//! talk to through a [`resolver::Resolver`]. [`shell_job`] is the payload
+//! of the TaskTracker's built-in shell runner, as the CLI writes it.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod convert;
 pub mod cron;
+pub mod endpoint;
 pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod resolver;
 pub mod runtime;
+pub mod shell_job;
 
 pub use convert::ValidationError;
 pub use model::*;

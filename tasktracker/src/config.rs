@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use lts_common::endpoint::EndpointOptions;
 use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
+use lts_common::resolver::StaticResolver;
 
 use crate::error::{Error, Result};
 
@@ -11,8 +13,11 @@ use crate::error::{Error, Result};
 /// before anything starts.
 #[derive(Clone, Debug)]
 pub struct TaskTrackerConfig {
-    /// Address of a JobTracker, `http://host:port` or `host:port`.
-    pub jobtracker: String,
+    /// Addresses of the JobTrackers, each `http://host:port` or
+    /// `host:port`. The TaskTracker streams from one at a time, sticks to it
+    /// while it works and moves to the next when it cannot be reached or its
+    /// stream breaks.
+    pub jobtrackers: Vec<String>,
     /// The node group whose jobs this TaskTracker runs.
     pub node_group: String,
     /// Jobs run at the same time.
@@ -43,10 +48,11 @@ pub struct TaskTrackerConfig {
 
 impl TaskTrackerConfig {
     /// A config for `node_group` talking to `jobtracker`, with 4 slots,
-    /// 4096 ahead slots and defaults for the rest.
+    /// 4096 ahead slots and defaults for the rest. Set
+    /// [`jobtrackers`](Self::jobtrackers) to give several JobTrackers.
     pub fn new(jobtracker: impl Into<String>, node_group: impl Into<String>) -> Self {
         TaskTrackerConfig {
-            jobtracker: jobtracker.into(),
+            jobtrackers: vec![jobtracker.into()],
             node_group: node_group.into(),
             slots: 4,
             ahead_slots: 4096,
@@ -87,7 +93,7 @@ impl TaskTrackerConfig {
                 message: "is empty".into(),
             });
         }
-        self.endpoint()?;
+        self.resolver()?;
         if self.reconnect_backoff_min.is_zero()
             || self.reconnect_backoff_max < self.reconnect_backoff_min
         {
@@ -99,46 +105,27 @@ impl TaskTrackerConfig {
         Ok(())
     }
 
-    /// The JobTracker address as a URI, with `http://` added when no scheme
-    /// was given.
-    pub fn jobtracker_uri(&self) -> String {
-        normalize_address(&self.jobtracker)
+    /// The JobTracker addresses, normalised to `http://host:port`, without
+    /// duplicates, in the order given.
+    pub fn jobtracker_addresses(&self) -> Result<Vec<String>> {
+        let resolver = self.resolver()?;
+        Ok(lts_common::resolver::Resolver::watch(&resolver)
+            .borrow()
+            .clone())
     }
 
-    pub(crate) fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
-        let uri = self.jobtracker_uri();
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(uri.clone()).map_err(|e| Error::Config {
-                field: "--jobtracker",
-                message: format!("`{}` is not an address: {e}", self.jobtracker),
-            })?;
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            return Err(Error::Config {
-                field: "--jobtracker",
-                message: format!(
-                    "`{}` has an unknown scheme; say http://host:port or host:port",
-                    self.jobtracker
-                ),
-            });
-        }
-        Ok(endpoint
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            // A half-open TCP connection would otherwise hold the stream (and
-            // the unacknowledged outcomes) until the kernel gives up.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true))
+    /// A resolver over the configured addresses; the error names the bad
+    /// one.
+    pub(crate) fn resolver(&self) -> Result<StaticResolver> {
+        StaticResolver::new(&self.jobtrackers).map_err(|e| Error::Config {
+            field: "--jobtracker",
+            message: e.to_string(),
+        })
     }
-}
 
-/// Adds `http://` to a `host:port` address.
-pub fn normalize_address(address: &str) -> String {
-    let address = address.trim();
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
+    /// How connections to a JobTracker are made.
+    pub(crate) fn endpoint_options(&self) -> EndpointOptions {
+        EndpointOptions::default().with_connect_timeout(self.connect_timeout)
     }
 }
 
@@ -170,7 +157,7 @@ mod tests {
     fn defaults_validate() {
         let c = TaskTrackerConfig::new("127.0.0.1:7070", "workers");
         c.validate().unwrap();
-        assert_eq!(c.jobtracker_uri(), "http://127.0.0.1:7070");
+        assert_eq!(c.jobtracker_addresses().unwrap(), ["http://127.0.0.1:7070"]);
         assert_eq!(c.identity.split(':').count(), 3, "{}", c.identity);
     }
 
@@ -189,18 +176,49 @@ mod tests {
             .to_string()
             .contains("--node-group"));
         c.node_group = "ok".into();
-        c.jobtracker = "ftp://x:1".into();
+        c.jobtrackers = vec!["ftp://x:1".into()];
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
             .contains("--jobtracker"));
-        c.jobtracker = "http://".into();
+        c.jobtrackers = vec!["http://".into()];
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
             .contains("--jobtracker"));
+    }
+
+    #[test]
+    fn several_jobtrackers_are_checked_and_the_bad_one_named() {
+        let mut c = TaskTrackerConfig::new("10.0.0.1:7070", "workers");
+        c.jobtrackers.push("http://10.0.0.2:7070/".into());
+        c.jobtrackers.push("10.0.0.1:7070".into());
+        c.validate().unwrap();
+        assert_eq!(
+            c.jobtracker_addresses().unwrap(),
+            ["http://10.0.0.1:7070", "http://10.0.0.2:7070"],
+            "normalised, in order, without duplicates"
+        );
+        c.jobtrackers.push("10.0.0.3".into());
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.starts_with("--jobtracker:"), "{message}");
+        assert!(message.contains("`10.0.0.3`"), "{message}");
+        assert!(message.contains("port"), "{message}");
+        c.jobtrackers.clear();
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.contains("--jobtracker"), "{message}");
+    }
+
+    #[test]
+    fn an_https_jobtracker_is_refused_because_tls_is_not_configured() {
+        let mut c = TaskTrackerConfig::new("10.0.0.1:7070", "workers");
+        c.jobtrackers.push("https://10.0.0.2:7070".into());
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.starts_with("--jobtracker:"), "{message}");
+        assert!(message.contains("TLS is not configured"), "{message}");
+        assert!(message.contains("`https://10.0.0.2:7070`"), "{message}");
     }
 
     #[test]

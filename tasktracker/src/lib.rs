@@ -5,6 +5,11 @@
 //! Start with [`JobRunner`]: implement it for your work, then hand it to
 //! [`run`] (or build a [`TaskTracker`] to get a [`TaskTrackerHandle`] and
 //! the metrics registry first). [`TaskTrackerConfig`] lists the knobs.
+//! The JobTrackers are found through a [`Resolver`](lts_common::resolver::Resolver)
+//! (the configured list unless [`TaskTracker::with_resolver`] says
+//! otherwise), and the time is read from a [`Clock`] (the system's unless
+//! [`TaskTracker::with_clock`] says otherwise, as tests of jobs sent ahead
+//! of their time do).
 //! [`runners`] holds the runners the `tasktracker` binary offers without
 //! writing Rust: `shell` (allow-listed programs) and `noop`.
 //!
@@ -39,6 +44,7 @@
 //! coalesced, so a burst of finished runs costs a few messages.
 #![warn(missing_docs)]
 
+pub mod clock;
 mod config;
 mod error;
 mod execute;
@@ -50,8 +56,10 @@ mod starting;
 mod stats;
 mod tracker;
 
-pub use config::{default_identity, normalize_address, TaskTrackerConfig};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{default_identity, TaskTrackerConfig};
 pub use error::{Error, Result};
+pub use lts_common::endpoint::normalize_address;
 pub use runner::{BizLogger, CapturedLogs, JobContext, JobRunner};
 pub use spool::{MemorySpool, OutcomeSpool};
 pub use stats::{Stats, TaskTrackerHandle};

@@ -22,8 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lts_common::convert::job_from_wire;
+use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 use lts_common::limits::{clip_message, MAX_DELAY_MS, MAX_MESSAGE_BYTES};
-use lts_common::{now_ms, Outcome};
+use lts_common::resolver::Resolver;
+use lts_common::Outcome;
 use lts_proto::v1 as pb;
 use pb::tracker_message::Kind as TrackerKind;
 use pb::work_service_client::WorkServiceClient;
@@ -32,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, ClockSleep, SystemClock};
 use crate::config::TaskTrackerConfig;
 use crate::error::{Error, Result};
 use crate::execute::execute;
@@ -56,9 +59,6 @@ const STARTED_DELAY: Duration = Duration::from_millis(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the JobTracker to close its side after ours ended.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Longest sleep of the timer for jobs held ahead; a later instant is
-/// looked at again then (the JobTracker sends jobs about a second ahead).
-const MAX_AHEAD_WAIT_MS: u64 = 3_600_000;
 
 /// A TaskTracker ready to run: build it, take a [`handle`](Self::handle) or
 /// the [`registry`](Self::registry) if you want them, then [`run`](Self::run)
@@ -67,6 +67,8 @@ pub struct TaskTracker {
     config: TaskTrackerConfig,
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
+    resolver: Arc<dyn Resolver>,
+    clock: Arc<dyn Clock>,
     registry: Registry,
     recorder: Recorder,
 }
@@ -92,6 +94,7 @@ impl TaskTracker {
         registry: Registry,
     ) -> Result<Self> {
         config.validate()?;
+        let resolver = Arc::new(config.resolver()?);
         let metrics = Metrics::register(&registry)?;
         let recorder = Recorder::new(metrics, config.slots);
         let spool = Box::new(MemorySpool::with_capacity(config.slots as usize));
@@ -99,9 +102,25 @@ impl TaskTracker {
             config,
             runner,
             spool,
+            resolver,
+            clock: Arc::new(SystemClock),
             registry,
             recorder,
         })
+    }
+
+    /// Reads the time from `clock` instead of the system's: the times it
+    /// reports and the instants jobs sent ahead start at.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Finds the JobTrackers through `resolver` instead of the config's
+    /// fixed [`jobtrackers`](TaskTrackerConfig::jobtrackers) list.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Keeps unacknowledged outcomes in `spool` instead of memory.
@@ -139,12 +158,13 @@ impl TaskTracker {
                 let _ = events.send(Event::GraceOver);
             }))
         };
-        let endpoint = self.config.endpoint()?;
         let slots = self.config.slots as usize;
         let mut driver = Driver {
             slots,
+            endpoint_options: self.config.endpoint_options(),
             config: self.config,
-            endpoint,
+            resolver: self.resolver,
+            clock: self.clock,
             runner: self.runner,
             spool: self.spool,
             recorder: self.recorder,
@@ -215,6 +235,8 @@ enum Link {
 }
 
 struct Conn {
+    /// The JobTracker at the other end, as the resolver named it.
+    address: String,
     out: mpsc::UnboundedSender<Outgoing>,
     inbound: tonic::Streaming<pb::TrackerMessage>,
     heartbeat: Interval,
@@ -240,7 +262,9 @@ enum LinkEvent {
 struct Driver {
     config: TaskTrackerConfig,
     slots: usize,
-    endpoint: tonic::transport::Endpoint,
+    resolver: Arc<dyn Resolver>,
+    endpoint_options: EndpointOptions,
+    clock: Arc<dyn Clock>,
     runner: Arc<dyn JobRunner>,
     spool: Box<dyn OutcomeSpool>,
     recorder: Recorder,
@@ -279,6 +303,9 @@ impl Driver {
         let mut link = self.connect();
         let mut backoff = self.config.reconnect_backoff_min;
         let mut flush_deadline: Option<Instant> = None;
+        // The wait for the earliest job held ahead, kept while that stays
+        // the earliest: a timer is set once per instant, not per event.
+        let mut ahead_wait: Option<(i64, ClockSleep)> = None;
         loop {
             if self.stopping
                 && self.running.is_empty()
@@ -293,7 +320,10 @@ impl Driver {
                 }
             }
             let far = Instant::now() + Duration::from_secs(3600);
-            let ahead_due = self.next_ahead_due();
+            let earliest_ahead = self.ahead.first_key_value().map(|(&(at, _), _)| at);
+            if ahead_wait.as_ref().map(|(at, _)| *at) != earliest_ahead {
+                ahead_wait = earliest_ahead.map(|at| (at, self.clock.sleep_until_ms(at)));
+            }
             let starting = self.starting.clone();
             let holding = starting.holding_until().is_some();
             tokio::select! {
@@ -321,8 +351,7 @@ impl Driver {
                     LinkEvent::Connected(Err(ConnectError::Permanent(e))) => return Err(e),
                     LinkEvent::Connected(Err(ConnectError::Retry(why))) => {
                         tracing::warn!(
-                            "cannot reach the JobTracker at {}: {why}; retrying in {} ms",
-                            self.config.jobtracker_uri(),
+                            "cannot reach a JobTracker ({why}); retrying in {} ms",
                             backoff.as_millis()
                         );
                         link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
@@ -334,6 +363,10 @@ impl Driver {
                         self.settle(link_up);
                     }
                     LinkEvent::Message(end) => {
+                        if let Some(conn) = as_conn(&mut link) {
+                            // The next attempt starts with another tracker.
+                            self.resolver.failed(&conn.address);
+                        }
                         match end {
                             Ok(_) => tracing::warn!("the JobTracker closed the stream; reconnecting"),
                             Err(status) => tracing::warn!(
@@ -350,11 +383,17 @@ impl Driver {
                     }
                     LinkEvent::Heartbeat => {
                         if let Some(conn) = as_conn(&mut link) {
-                            let _ = conn.out.send(Outgoing::Heartbeat(now_ms()));
+                            let _ = conn.out.send(Outgoing::Heartbeat(self.clock.now_ms()));
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(ahead_due.unwrap_or(far)), if ahead_due.is_some() => {
+                _ = async {
+                    match ahead_wait.as_mut() {
+                        Some((_, sleep)) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ahead_wait.is_some() => {
+                    ahead_wait = None;
                     let mut link_up = as_conn(&mut link);
                     self.release_due_ahead(&mut link_up);
                     self.settle(link_up);
@@ -407,8 +446,9 @@ impl Driver {
             // with the stream they came on.
             ahead_slots: self.config.ahead_slots,
         };
-        Link::Connecting(Box::pin(open_stream(
-            self.endpoint.clone(),
+        Link::Connecting(Box::pin(open_first(
+            self.resolver.clone(),
+            self.endpoint_options.clone(),
             hello,
             self.queued_log_lines.clone(),
             self.starting.clone(),
@@ -423,7 +463,7 @@ impl Driver {
             "connected to JobTracker {} at {} as {} ({} slots, {} ahead slots, {} running, \
              {} outcomes to resend)",
             conn.tracker_id,
-            self.config.jobtracker_uri(),
+            conn.address,
             self.config.identity,
             self.slots,
             self.config.ahead_slots,
@@ -532,7 +572,7 @@ impl Driver {
     fn on_message(&mut self, message: pb::TrackerMessage, conn: &mut Option<&mut Conn>) {
         match message.kind {
             Some(TrackerKind::Assignments(batch)) => {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let mut due_ahead = 0u32;
                 for assignment in batch.assignments {
                     let not_before = assignment.not_before_unix_ms;
@@ -610,7 +650,7 @@ impl Driver {
             false
         };
         if removed {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let outcome = Outcome::Error(clip_message(format!(
                 "cancelled by the JobTracker before it started: {}",
                 cancel.reason
@@ -641,7 +681,7 @@ impl Driver {
         not_before: i64,
         conn: &mut Option<&mut Conn>,
     ) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let delay_ms = u64::try_from(not_before.saturating_sub(now))
             .unwrap_or(0)
             .min(MAX_DELAY_MS);
@@ -661,20 +701,10 @@ impl Driver {
         }
     }
 
-    /// When the earliest job held ahead of its time is due, on the clock of
-    /// the runtime's timer.
-    fn next_ahead_due(&self) -> Option<Instant> {
-        let (&(not_before, _), _) = self.ahead.first_key_value()?;
-        let wait = u64::try_from(not_before.saturating_sub(now_ms()))
-            .unwrap_or(0)
-            .min(MAX_AHEAD_WAIT_MS);
-        Some(Instant::now() + Duration::from_millis(wait))
-    }
-
     /// Starts (or queues for a slot) every held job whose instant has come,
     /// in one pass, and gives their ahead slots back in one credit.
     fn release_due_ahead(&mut self, conn: &mut Option<&mut Conn>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Counted before any of them can begin (and without collecting
         // them: a burst allocating fresh memory costs page faults).
         let due = self.ahead.range(..=(now, u64::MAX)).count();
@@ -768,7 +798,7 @@ impl Driver {
         };
         let job_id = wire_job.job_id.clone();
         let Some(job) = job_from_wire(wire_job) else {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let outcome = Outcome::Error(
                 "the JobTracker sent a job this TaskTracker cannot read (its spec is missing \
                  or invalid); is the JobTracker a newer version?"
@@ -793,6 +823,7 @@ impl Driver {
         let cancel_grace = self.config.cancel_grace;
         let (go, started) = tokio::sync::oneshot::channel::<(i64, bool)>();
         let starting = self.starting.clone();
+        let clock = self.clock.clone();
         let run_id = job_id.clone();
         tokio::spawn(async move {
             // Dropped unrun (cancelled, handed back, its stream ended).
@@ -813,7 +844,7 @@ impl Driver {
                     ),
                 };
             }
-            let report = outcome_report(run_id, attempt, outcome, started_at, now_ms());
+            let report = outcome_report(run_id, attempt, outcome, started_at, clock.now_ms());
             let _ = events.send(Event::Finished(report));
         });
         Some(Prepared {
@@ -828,7 +859,7 @@ impl Driver {
     /// Starts a prepared run in a slot; `released` when it is one of the
     /// runs counted by [`Starting::released`].
     fn go(&mut self, run: Prepared, conn: &mut Option<&mut Conn>, released: bool) {
-        let started_at = now_ms();
+        let started_at = self.clock.now_ms();
         if run.go.send((started_at, released)).is_err() {
             if released {
                 self.starting.begun();
@@ -938,9 +969,63 @@ fn jitter(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random_range(0.8..1.2))
 }
 
+/// Opens a stream to the first JobTracker of the resolver's list that
+/// welcomes this TaskTracker, trying each once and telling the resolver
+/// which failed and which answered. A refusal ends the search: every
+/// JobTracker of a cluster would refuse the same hello.
+async fn open_first(
+    resolver: Arc<dyn Resolver>,
+    options: EndpointOptions,
+    hello: pb::Hello,
+    queued_log_lines: Arc<AtomicUsize>,
+    starting: Arc<Starting>,
+    welcome_timeout: Duration,
+) -> Result<Box<Conn>, ConnectError> {
+    let addresses = resolver.addresses();
+    if addresses.is_empty() {
+        return Err(ConnectError::Retry("no JobTracker address is known".into()));
+    }
+    let mut failures = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let endpoint = match JobTrackerEndpoint::new(&address, &options) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                // Only a resolver that found the address somewhere else than
+                // the checked config gets here.
+                resolver.failed(&address);
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        let opened = open_stream(
+            address.clone(),
+            endpoint,
+            hello.clone(),
+            queued_log_lines.clone(),
+            starting.clone(),
+            welcome_timeout,
+        )
+        .await;
+        match opened {
+            Ok(conn) => {
+                resolver.connected(&address);
+                return Ok(conn);
+            }
+            Err(ConnectError::Retry(why)) => {
+                tracing::debug!("cannot reach the JobTracker at {address}: {why}");
+                resolver.failed(&address);
+                failures.push(format!("{address}: {why}"));
+            }
+            Err(permanent) => return Err(permanent),
+        }
+    }
+    Err(ConnectError::Retry(failures.join("; ")))
+}
+
 /// Opens the stream, says hello and waits for the welcome.
 async fn open_stream(
-    endpoint: tonic::transport::Endpoint,
+    address: String,
+    endpoint: JobTrackerEndpoint,
     hello: pb::Hello,
     queued_log_lines: Arc<AtomicUsize>,
     starting: Arc<Starting>,
@@ -992,6 +1077,7 @@ async fn open_stream(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     Ok(Box::new(Conn {
+        address,
         out,
         inbound,
         heartbeat,

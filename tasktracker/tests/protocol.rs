@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lts_common::{now_ms, JobSpec, Outcome};
+use lts_common::resolver::{Resolver, StaticResolver};
+use lts_common::{JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::{
-    Error, JobContext, JobRunner, TaskTracker, TaskTrackerConfig, TaskTrackerHandle,
+    Clock, Error, JobContext, JobRunner, ManualClock, SystemClock, TaskTracker, TaskTrackerConfig,
+    TaskTrackerHandle,
 };
 use pb::tracker_message::Kind as ToWorker;
 use pb::work_service_server::{WorkService, WorkServiceServer};
@@ -127,6 +129,24 @@ impl Session {
         got
     }
 
+    /// Reads until `n` runs were told started; also returns what else came
+    /// meanwhile.
+    async fn started(&mut self, n: usize) -> Received {
+        let mut got = Received::default();
+        while got.started < n {
+            match self.next().await {
+                FromWorker::Credit(c) => {
+                    got.credits += c.credits;
+                    got.ahead_credits += c.ahead_credits;
+                }
+                FromWorker::Started(s) => got.started += s.runs.len(),
+                FromWorker::Outcomes(o) => got.reports.extend(o.reports),
+                _ => {}
+            }
+        }
+        got
+    }
+
     /// Reads until the credit granted adds up to `n`.
     async fn credit(&mut self, n: u32) {
         let mut credits = 0;
@@ -211,10 +231,124 @@ impl WorkService for Peer {
     }
 }
 
-/// What each test runs against.
-struct Harness {
+/// A scripted JobTracker on a port of its own.
+struct ScriptedTracker {
+    /// `host:port`, as a TaskTracker is told it.
+    address: String,
     sessions: mpsc::UnboundedReceiver<Session>,
     peer: Peer,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedTracker {
+    async fn start(refuse_with: Option<Status>) -> ScriptedTracker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let peer = Peer {
+            sessions: sessions_tx,
+            refuse_with: Arc::new(Mutex::new(refuse_with)),
+            streams_opened: Arc::default(),
+        };
+        let service = WorkServiceServer::new(peer.clone());
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        ScriptedTracker {
+            address,
+            sessions,
+            peer,
+            server,
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(WAIT, self.sessions.recv())
+            .await
+            .expect("the TaskTracker connects in time")
+            .expect("the peer is running")
+    }
+
+    fn streams_opened(&self) -> u32 {
+        *self.peer.streams_opened.lock().unwrap()
+    }
+}
+
+impl Drop for ScriptedTracker {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A config for node group `workers` that reconnects quickly.
+fn quick_config(jobtrackers: &[&str]) -> TaskTrackerConfig {
+    let mut config = TaskTrackerConfig::new(jobtrackers[0], "workers");
+    config.jobtrackers = jobtrackers.iter().map(|a| a.to_string()).collect();
+    config.reconnect_backoff_min = Duration::from_millis(20);
+    config.reconnect_backoff_max = Duration::from_millis(100);
+    config.flush_timeout = Duration::from_millis(300);
+    config
+}
+
+/// A TaskTracker running in a task of its own, until told to stop.
+struct RunningTaskTracker {
+    handle: TaskTrackerHandle,
+    stop: oneshot::Sender<()>,
+    tracker: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl RunningTaskTracker {
+    /// Runs a TaskTracker with `config`, finding JobTrackers through
+    /// `resolver` when one is given.
+    fn start(
+        config: TaskTrackerConfig,
+        resolver: Option<Arc<dyn Resolver>>,
+        runner: Arc<dyn JobRunner>,
+    ) -> RunningTaskTracker {
+        Self::start_on(config, resolver, None, runner)
+    }
+
+    /// [`RunningTaskTracker::start`] on `clock` when one is given.
+    fn start_on(
+        config: TaskTrackerConfig,
+        resolver: Option<Arc<dyn Resolver>>,
+        clock: Option<Arc<ManualClock>>,
+        runner: Arc<dyn JobRunner>,
+    ) -> RunningTaskTracker {
+        let mut tracker = TaskTracker::new(config, runner).unwrap();
+        if let Some(resolver) = resolver {
+            tracker = tracker.with_resolver(resolver);
+        }
+        if let Some(clock) = clock {
+            tracker = tracker.with_clock(clock);
+        }
+        let handle = tracker.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tracker = tokio::spawn(tracker.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningTaskTracker {
+            handle,
+            stop,
+            tracker,
+        }
+    }
+
+    async fn finish(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.tracker)
+            .await
+            .expect("the TaskTracker stops in time")
+            .expect("the TaskTracker does not panic")
+    }
+}
+
+/// What each test runs against.
+struct Harness {
+    peer: ScriptedTracker,
     handle: TaskTrackerHandle,
     stop: Option<oneshot::Sender<()>>,
     tracker: tokio::task::JoinHandle<Result<(), Error>>,
@@ -226,7 +360,7 @@ impl Harness {
     }
 
     async fn start_refusing(slots: u32, runner: Arc<dyn JobRunner>, status: Status) -> Harness {
-        Self::start_inner(slots, runner, |_| {}, Some(status)).await
+        Self::start_inner(slots, runner, |_| {}, Some(status), None).await
     }
 
     async fn start_with(
@@ -234,7 +368,18 @@ impl Harness {
         runner: Arc<dyn JobRunner>,
         tune: impl FnOnce(&mut TaskTrackerConfig),
     ) -> Harness {
-        Self::start_inner(slots, runner, tune, None).await
+        Self::start_inner(slots, runner, tune, None, None).await
+    }
+
+    /// A TaskTracker whose time is `clock`: jobs held ahead start when the
+    /// test moves it to their instant.
+    async fn start_on_clock(
+        slots: u32,
+        runner: Arc<dyn JobRunner>,
+        clock: Arc<ManualClock>,
+        tune: impl FnOnce(&mut TaskTrackerConfig),
+    ) -> Harness {
+        Self::start_inner(slots, runner, tune, None, Some(clock)).await
     }
 
     async fn start_inner(
@@ -242,47 +387,23 @@ impl Harness {
         runner: Arc<dyn JobRunner>,
         tune: impl FnOnce(&mut TaskTrackerConfig),
         refuse_with: Option<Status>,
+        clock: Option<Arc<ManualClock>>,
     ) -> Harness {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (sessions_tx, sessions) = mpsc::unbounded_channel();
-        let peer = Peer {
-            sessions: sessions_tx,
-            refuse_with: Arc::new(Mutex::new(refuse_with)),
-            streams_opened: Arc::default(),
-        };
-        let service = WorkServiceServer::new(peer.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let mut config = TaskTrackerConfig::new(addr.to_string(), "workers");
+        let peer = ScriptedTracker::start(refuse_with).await;
+        let mut config = quick_config(&[&peer.address]);
         config.slots = slots;
-        config.reconnect_backoff_min = Duration::from_millis(20);
-        config.reconnect_backoff_max = Duration::from_millis(100);
-        config.flush_timeout = Duration::from_millis(300);
         tune(&mut config);
-        let tracker = TaskTracker::new(config, runner).unwrap();
-        let handle = tracker.handle();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let tracker = tokio::spawn(tracker.run(async move {
-            let _ = stopped.await;
-        }));
+        let running = RunningTaskTracker::start_on(config, None, clock, runner);
         Harness {
-            sessions,
             peer,
-            handle,
-            stop: Some(stop),
-            tracker,
+            handle: running.handle,
+            stop: Some(running.stop),
+            tracker: running.tracker,
         }
     }
 
     async fn session(&mut self) -> Session {
-        tokio::time::timeout(WAIT, self.sessions.recv())
-            .await
-            .expect("the TaskTracker connects in time")
-            .expect("the peer is running")
+        self.peer.session().await
     }
 
     async fn finish(mut self) -> Result<(), Error> {
@@ -300,14 +421,21 @@ impl Harness {
 struct Scripted {
     gate: Arc<Semaphore>,
     runs: Mutex<Vec<(String, i64)>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Scripted {
     fn new() -> (Arc<Self>, Arc<Semaphore>) {
+        Self::on_clock(Arc::new(SystemClock))
+    }
+
+    /// A runner that reads the time when a run begins from `clock`.
+    fn on_clock(clock: Arc<dyn Clock>) -> (Arc<Self>, Arc<Semaphore>) {
         let gate = Arc::new(Semaphore::new(0));
         let runner = Scripted {
             gate: gate.clone(),
             runs: Mutex::default(),
+            clock,
         };
         (Arc::new(runner), gate)
     }
@@ -331,7 +459,7 @@ impl JobRunner for Scripted {
         self.runs
             .lock()
             .unwrap()
-            .push((ctx.job.job_id.clone(), now_ms()));
+            .push((ctx.job.job_id.clone(), self.clock.now_ms()));
         match ctx.job.spec.params.get("mode").map(String::as_str) {
             Some("gate") => {
                 self.gate.acquire().await.expect("gate open").forget();
@@ -547,7 +675,7 @@ async fn a_protocol_version_mismatch_is_permanent() {
         }
         other => panic!("expected a protocol mismatch, got {other:?}"),
     }
-    assert_eq!(*h.peer.streams_opened.lock().unwrap(), 1, "no retry loop");
+    assert_eq!(h.peer.streams_opened(), 1, "no retry loop");
 }
 
 #[tokio::test]
@@ -616,15 +744,40 @@ async fn heartbeats_follow_the_welcome_interval() {
     let (runner, _gate) = Scripted::new();
     let mut h = Harness::start(1, runner).await;
     let mut s = h.session().await;
-    s.welcome(20);
-    for _ in 0..3 {
+    let period = Duration::from_millis(20);
+    let welcomed = tokio::time::Instant::now();
+    s.welcome(period.as_millis() as u64);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    // From here the runtime's time moves only when every task waits for a
+    // timer, so the heartbeats set the pace (the next other timer is
+    // seconds away), whatever the load of the machine.
+    tokio::time::pause();
+    let paused = tokio::time::Instant::now();
+    for k in 1..=10 {
         loop {
             if let FromWorker::Heartbeat(hb) = s.next().await {
                 assert!(hb.at_unix_ms > 0);
                 break;
             }
         }
+        // Never early: the k-th comes k periods after the welcome at the
+        // soonest.
+        let since_welcome = welcomed.elapsed();
+        assert!(
+            since_welcome >= period * k,
+            "heartbeat {k} came {since_welcome:?} after a welcome asking for one each {period:?}"
+        );
+        // And at the welcome's pace, not at the default of seconds: each
+        // wait is one period, and a delivery can slip by another at most.
+        let since_pause = paused.elapsed();
+        assert!(
+            since_pause <= period * 2 * k,
+            "heartbeat {k} came {since_pause:?} after the pause; asked for one each {period:?}"
+        );
     }
+    tokio::time::resume();
     h.finish().await.unwrap();
 }
 
@@ -672,29 +825,46 @@ async fn shutdown_waits_then_cancels_hands_back_and_flushes() {
     .expect("the stream ends");
 }
 
+/// A manual clock at a fixed, realistic Unix time, and a runner reading it.
+fn frozen_clock() -> (Arc<ManualClock>, Arc<Scripted>, Arc<Semaphore>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let (runner, gate) = Scripted::on_clock(clock.clone());
+    (clock, runner, gate)
+}
+
 #[tokio::test]
 async fn a_job_sent_ahead_starts_at_its_instant_and_takes_no_slot() {
-    let (runner, gate) = Scripted::new();
-    let mut h = Harness::start_with(2, runner.clone(), |c| c.ahead_slots = 8).await;
+    let (clock, runner, gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(2, runner.clone(), clock.clone(), |c| c.ahead_slots = 8).await;
     let mut s = h.session().await;
     assert_eq!(s.hello.slots, 2);
     assert_eq!(s.hello.ahead_slots, 8);
     s.welcome(10_000);
-    let not_before = now_ms() + 300;
+    let not_before = clock.now_ms() + 300;
     s.assign_ahead("ahead", "noop", not_before);
     // Both slots are still the JobTracker's to fill while the job is held.
     s.assign(ids("g", 2, "gate"));
-    let got = s.ahead_credit(1).await;
-    assert!(
-        now_ms() >= not_before,
-        "the ahead slot came back before the job's instant"
-    );
-    assert_eq!(got.started, 2, "both due jobs run alongside the held one");
+    let before = s.started(2).await;
+    let stats = tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.busy == 2))
+        .await
+        .unwrap();
     assert_eq!(
-        got.credits, 0,
-        "the held job took no slot, so no slot was granted back: {got:?}"
+        stats.ahead_held, 1,
+        "both due jobs run alongside the held one"
     );
-    assert!(got.reports.is_empty(), "{got:?}");
+    assert_eq!(runner.ran(), vec!["g0", "g1"], "held until its instant");
+
+    clock.set(not_before);
+    let after = s.ahead_credit(1).await;
+    assert_eq!(after.started, 0, "no slot is free for the held job");
+    for got in [&before, &after] {
+        assert_eq!(
+            got.credits, 0,
+            "the held job took no slot, so no slot was granted back: {got:?}"
+        );
+        assert!(got.reports.is_empty(), "{got:?}");
+    }
     // Due now, but both slots are busy: it waits for one.
     let stats = tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 0))
         .await
@@ -710,23 +880,19 @@ async fn a_job_sent_ahead_starts_at_its_instant_and_takes_no_slot() {
         .find(|r| r.job_id == "ahead")
         .expect("the held job ran once a slot was free");
     assert_eq!(outcome(ahead), Outcome::Success(String::new()));
-    assert!(ahead.started_at_unix_ms >= not_before, "{ahead:?}");
-    let began = runner.began_at("ahead").expect("the runner ran it");
-    assert!(
-        began >= not_before,
-        "began at {began}, {} ms before its instant",
-        not_before - began
-    );
+    assert_eq!(ahead.started_at_unix_ms, not_before, "{ahead:?}");
+    assert_eq!(runner.began_at("ahead"), Some(not_before));
     h.finish().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_burst_due_at_one_instant_all_begin_then_every_outcome_is_reported_once() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start_with(500, runner.clone(), |c| c.ahead_slots = 500).await;
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(500, runner.clone(), clock.clone(), |c| c.ahead_slots = 500).await;
     let mut s = h.session().await;
     s.welcome(10_000);
-    let not_before = now_ms() + 300;
+    let not_before = clock.now_ms() + 300;
     let assignments = (0..500)
         .map(|i| {
             let mut a = assignment(&format!("b{i}"), "noop");
@@ -735,21 +901,26 @@ async fn a_burst_due_at_one_instant_all_begin_then_every_outcome_is_reported_onc
         })
         .collect();
     s.send(ToWorker::Assignments(pb::Assignments { assignments }));
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 500))
+        .await
+        .unwrap();
+    assert!(runner.ran().is_empty(), "none runs before the instant");
+
+    clock.set(not_before);
     let got = s.outcomes(500).await;
     let mut reported: Vec<_> = got.reports.iter().map(|r| r.job_id.clone()).collect();
     reported.sort();
     reported.dedup();
     assert_eq!(reported.len(), 500, "each run reported once: {got:?}");
     assert_eq!(got.started, 500, "every start is told to the JobTracker");
-    // No runner began before the instant.
     let began: Vec<i64> = (0..500)
         .map(|i| runner.began_at(&format!("b{i}")).expect("every run began"))
         .collect();
-    assert!(began.iter().all(|&at| at >= not_before), "{began:?}");
+    assert!(began.iter().all(|&at| at == not_before), "{began:?}");
     assert!(got
         .reports
         .iter()
-        .all(|r| r.started_at_unix_ms >= not_before));
+        .all(|r| r.started_at_unix_ms == not_before));
     let ahead = s.ahead_credit(500 - got.ahead_credits).await;
     assert_eq!(got.ahead_credits + ahead.ahead_credits, 500);
     h.finish().await.unwrap();
@@ -757,11 +928,13 @@ async fn a_burst_due_at_one_instant_all_begin_then_every_outcome_is_reported_onc
 
 #[tokio::test]
 async fn a_job_sent_ahead_whose_instant_has_passed_runs_at_once() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start(1, runner.clone()).await;
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h = Harness::start_on_clock(1, runner.clone(), clock.clone(), |_| {}).await;
     let mut s = h.session().await;
     s.welcome(10_000);
-    s.assign_ahead("late", "noop", now_ms() - 1_000);
+    // The clock never moves in this test: only an instant already passed
+    // lets the job run.
+    s.assign_ahead("late", "noop", clock.now_ms() - 1_000);
     let mut got = s.outcomes(1).await;
     assert_eq!(got.reports[0].job_id, "late");
     assert_eq!(outcome(&got.reports[0]), Outcome::Success(String::new()));
@@ -775,11 +948,11 @@ async fn a_job_sent_ahead_whose_instant_has_passed_runs_at_once() {
 
 #[tokio::test]
 async fn cancelling_a_job_held_ahead_reports_it_and_it_never_runs() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start(1, runner.clone()).await;
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h = Harness::start_on_clock(1, runner.clone(), clock.clone(), |_| {}).await;
     let mut s = h.session().await;
     s.welcome(10_000);
-    let not_before = now_ms() + 300;
+    let not_before = clock.now_ms() + 300;
     hold_one_ahead(&h, &s, "held", not_before).await;
     s.send(ToWorker::Cancel(pb::CancelRun {
         job_id: "held".into(),
@@ -801,21 +974,22 @@ async fn cancelling_a_job_held_ahead_reports_it_and_it_never_runs() {
 
     // Jobs held ahead start in the order of their instants: once a job due
     // after the cancelled one has run, the cancelled one would have run too.
-    s.assign_ahead("after", "noop", not_before + 50);
+    hold_one_ahead(&h, &s, "after", not_before + 50).await;
+    clock.set(not_before + 50);
     let got = s.outcomes(1).await;
     assert_eq!(got.reports[0].job_id, "after");
-    assert!(now_ms() >= not_before + 50);
     assert_eq!(runner.ran(), vec!["after"], "the cancelled job never ran");
     h.finish().await.unwrap();
 }
 
 #[tokio::test]
 async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start_with(2, runner.clone(), |c| c.ahead_slots = 16).await;
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(2, runner.clone(), clock.clone(), |c| c.ahead_slots = 16).await;
     let s = h.session().await;
     s.welcome(10_000);
-    let not_before = now_ms() + 300;
+    let not_before = clock.now_ms() + 300;
     hold_one_ahead(&h, &s, "held", not_before).await;
     s.break_stream();
 
@@ -832,10 +1006,10 @@ async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
     assert_eq!(stats.ahead_held, 0);
     // The JobTracker hands the dropped job out again; a job due after it,
     // sent on the new stream, marks that its instant has passed.
-    s.assign_ahead("after", "noop", not_before + 100);
+    hold_one_ahead(&h, &s, "after", not_before + 100).await;
+    clock.set(not_before + 100);
     let got = s.outcomes(1).await;
     assert_eq!(got.reports[0].job_id, "after");
-    assert!(now_ms() >= not_before + 100);
     assert_eq!(runner.ran(), vec!["after"], "the dropped job never ran");
     assert_eq!(h.handle.stats().succeeded, 1);
     h.finish().await.unwrap();
@@ -843,17 +1017,18 @@ async fn jobs_held_ahead_are_dropped_unrun_when_the_stream_breaks() {
 
 #[tokio::test]
 async fn a_job_sent_ahead_that_is_due_but_waits_for_a_slot_is_dropped_when_the_stream_breaks() {
-    let (runner, gate) = Scripted::new();
-    let mut h = Harness::start_with(1, runner.clone(), |c| c.ahead_slots = 4).await;
+    let (clock, runner, gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(1, runner.clone(), clock.clone(), |c| c.ahead_slots = 4).await;
     let mut s = h.session().await;
     s.welcome(10_000);
     // The one slot is busy until the gate opens.
     s.assign(ids("g", 1, "gate"));
-    let not_before = now_ms() + 100;
+    let not_before = clock.now_ms() + 100;
     hold_one_ahead(&h, &s, "due", not_before).await;
     // Its instant passes; with no free slot it waits.
-    let got = s.ahead_credit(1).await;
-    assert!(now_ms() >= not_before, "{got:?}");
+    clock.set(not_before);
+    s.ahead_credit(1).await;
     assert_eq!(runner.ran(), vec!["g0"]);
     s.break_stream();
 
@@ -873,13 +1048,12 @@ async fn a_job_sent_ahead_that_is_due_but_waits_for_a_slot_is_dropped_when_the_s
 
 #[tokio::test]
 async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start(1, runner.clone()).await;
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h = Harness::start_on_clock(1, runner.clone(), clock.clone(), |_| {}).await;
     let mut s = h.session().await;
     s.welcome(10_000);
-    let not_before = now_ms() + 60_000;
+    let not_before = clock.now_ms() + 60_000;
     hold_one_ahead(&h, &s, "held", not_before).await;
-    let stopped_at = now_ms();
     let _ = h.stop.take().unwrap().send(());
     let got = s.outcomes(1).await;
     assert_eq!(got.reports[0].job_id, "held");
@@ -887,9 +1061,8 @@ async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant
         Outcome::Later { delay_ms, message } => {
             assert!(message.contains("shutting down"), "{message}");
             // Not run early elsewhere: it is due again at its own instant.
-            let due_again = got.reports[0].finished_at_unix_ms + delay_ms as i64;
-            assert_eq!(due_again, not_before, "{delay_ms}");
-            assert!(due_again > stopped_at);
+            assert_eq!(delay_ms, 60_000);
+            assert_eq!(got.reports[0].finished_at_unix_ms, clock.now_ms());
         }
         other => panic!("expected the job handed back, got {other:?}"),
     }
@@ -902,4 +1075,122 @@ async fn shutdown_hands_back_jobs_held_ahead_with_the_time_left_to_their_instant
         .unwrap()
         .unwrap();
     assert!(runner.ran().is_empty());
+}
+
+/// A port that takes TCP connections and closes each at once, as a
+/// JobTracker going down does; counts the connections it took.
+async fn closing_port() -> (String, Arc<std::sync::atomic::AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn a_jobtracker_that_closes_connections_is_passed_over_for_the_next() {
+    let (closing, accepted) = closing_port().await;
+    let mut good = ScriptedTracker::start(None).await;
+    let addresses = [closing.as_str(), good.address.as_str()];
+    // The first pick is random; start at the closing port so that the
+    // TaskTracker has to move on.
+    let resolver = Arc::new(StaticResolver::starting_at(addresses, 0).unwrap());
+    let (runner, _gate) = Scripted::new();
+    let tt = RunningTaskTracker::start(quick_config(&addresses), Some(resolver), runner);
+    let mut s = good.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the closing port was tried first"
+    );
+    s.assign(ids("j", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "j0");
+    assert_eq!(good.streams_opened(), 1);
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn several_jobtrackers_in_the_config_work_whichever_comes_first() {
+    let (closing, _accepted) = closing_port().await;
+    let mut good = ScriptedTracker::start(None).await;
+    let (runner, _gate) = Scripted::new();
+    let config = quick_config(&[&closing, &good.address]);
+    let tt = RunningTaskTracker::start(config, None, runner);
+    let s = good.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_stream_moves_the_tasktracker_to_the_next_jobtracker_and_it_sticks() {
+    let mut first = ScriptedTracker::start(None).await;
+    let mut second = ScriptedTracker::start(None).await;
+    let addresses = [first.address.as_str(), second.address.as_str()];
+    let resolver = Arc::new(StaticResolver::starting_at(addresses, 0).unwrap());
+    let (runner, _gate) = Scripted::new();
+    let tt = RunningTaskTracker::start(quick_config(&addresses), Some(resolver), runner);
+    let s = first.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.connected))
+        .await
+        .unwrap();
+    s.break_stream();
+
+    // The first JobTracker still accepts streams, but the TaskTracker
+    // moves on to the second after the break.
+    let mut s = second.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        tt.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    // While the second works, the TaskTracker stays with it.
+    s.assign(ids("j", 3, "noop"));
+    let got = s.outcomes(3).await;
+    assert_eq!(got.reports.len(), 3);
+    assert_eq!(first.streams_opened(), 1, "no stream to the first again");
+    assert_eq!(second.streams_opened(), 1);
+
+    // Round the list: when the second breaks, the first is next again.
+    s.break_stream();
+    let s = first.session().await;
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        tt.handle.wait_for(|s| s.connected && s.connections == 3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.streams_opened(), 1);
+    tt.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_https_jobtracker_is_refused_before_anything_starts() {
+    let (runner, _gate) = Scripted::new();
+    let config = quick_config(&["127.0.0.1:7070", "https://127.0.0.1:7071"]);
+    let e = TaskTracker::new(config, runner).unwrap_err();
+    match &e {
+        Error::Config { field, message } => {
+            assert_eq!(*field, "--jobtracker");
+            assert!(message.contains("TLS is not configured"), "{message}");
+            assert!(message.contains("https://127.0.0.1:7071"), "{message}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
 }

@@ -29,13 +29,17 @@ struct Cli {
     // merged after the first parse.
     #[arg(long, env = "TASKTRACKER_NODE_GROUP")]
     node_group: Option<String>,
-    /// JobTracker to connect to: http://host:port or host:port.
+    /// JobTracker to connect to: http://host:port or host:port. Repeat the
+    /// flag or comma-separate to give several: one is used at a time, and
+    /// the next when it cannot be reached or its stream breaks.
     #[arg(
         long,
+        value_name = "ADDR",
         env = "TASKTRACKER_JOBTRACKER",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:7070"
     )]
-    jobtracker: String,
+    jobtracker: Vec<String>,
     /// Jobs run at the same time (1 to 10000).
     #[arg(long, env = "TASKTRACKER_SLOTS", default_value_t = 4)]
     slots: u32,
@@ -99,7 +103,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .node_group
         .clone()
         .context("--node-group is required (or node_group in the --config file)")?;
-    let mut config = TaskTrackerConfig::new(cli.jobtracker.clone(), node_group);
+    let mut config = TaskTrackerConfig::new(String::new(), node_group);
+    config.jobtrackers = cli.jobtracker.clone();
     config.slots = cli.slots;
     config.ahead_slots = cli.ahead_slots;
     config.shutdown_grace = cli.shutdown_grace;
@@ -110,7 +115,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned());
     if cli.check_config {
         println!("config is valid");
-        println!("  jobtracker: {}", config.jobtracker_uri());
+        println!(
+            "  jobtracker: {}",
+            config.jobtracker_addresses()?.join(", ")
+        );
         println!("  node group: {}", config.node_group);
         println!("  slots:      {}", config.slots);
         println!("  ahead:      {}", config.ahead_slots);

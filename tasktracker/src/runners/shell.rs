@@ -8,7 +8,8 @@
 //!
 //! Only `program` is required. When the payload is empty, the params
 //! `program`, `args` (a JSON array of strings, e.g. `["-c", "1"]`) and `cwd`
-//! are read instead.
+//! are read instead. [`ShellJob`] (shared with the CLI, which writes it)
+//! reads both forms.
 //!
 //! The program runs only if it is on the [`AllowList`]: its name as the job
 //! gives it equals an entry, or both resolve to the same file. There is no
@@ -28,17 +29,17 @@
 //! then SIGKILL after the kill grace. A job the runner refuses (a program
 //! not allowed, a malformed payload) fails permanently.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lts_common::limits::MAX_LOG_MESSAGE_BYTES;
-use lts_common::{Job, LogLevel, Outcome};
+pub use lts_common::shell_job::ShellJob;
+use lts_common::{LogLevel, Outcome};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::runner::{BizLogger, JobContext, JobRunner};
@@ -49,86 +50,6 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// in the pipes. A background child that inherited them could hold them
 /// open forever.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
-/// What a shell job asks to run; the JSON payload of the job.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShellJob {
-    /// A program name looked up in the TaskTracker's PATH, or a path.
-    pub program: String,
-    /// Arguments, passed as they are (no shell, no globbing).
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Environment of the program, besides PATH.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Working directory; the TaskTracker's own when absent.
-    #[serde(default)]
-    pub cwd: Option<PathBuf>,
-}
-
-impl ShellJob {
-    /// Reads the shell job out of a job's payload, or out of its params when
-    /// the payload is empty. The error says what is wrong.
-    pub fn from_job(job: &Job) -> Result<ShellJob, String> {
-        let shell_job = if job.spec.payload.is_empty() {
-            Self::from_params(&job.spec.params)?
-        } else {
-            serde_json::from_slice::<ShellJob>(&job.spec.payload).map_err(|e| {
-                format!(
-                    "the payload is not a shell job ({e}); expected JSON like \
-                     {{\"program\": \"echo\", \"args\": [\"hi\"], \"env\": {{}}, \"cwd\": \"/tmp\"}}"
-                )
-            })?
-        };
-        shell_job.check()?;
-        Ok(shell_job)
-    }
-
-    fn from_params(params: &BTreeMap<String, String>) -> Result<ShellJob, String> {
-        let program = params.get("program").cloned().ok_or_else(|| {
-            "the job names no program: give a JSON payload {\"program\": ...} \
-             or a `program` param"
-                .to_string()
-        })?;
-        let args = match params.get("args") {
-            None => Vec::new(),
-            Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
-                format!("param `args` is not a JSON array of strings ({e}): {text}")
-            })?,
-        };
-        Ok(ShellJob {
-            program,
-            args,
-            env: BTreeMap::new(),
-            cwd: params.get("cwd").map(PathBuf::from),
-        })
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.program.trim().is_empty() {
-            return Err("`program` is empty".into());
-        }
-        if self.program.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
-            return Err("`program` or `args` holds a NUL byte".into());
-        }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(format!("`env` has an invalid name {key:?}"));
-            }
-            if key == "PATH"
-                || key.starts_with("LD_")
-                || key.starts_with("DYLD_")
-                || key.starts_with("LTS_")
-            {
-                return Err(format!(
-                    "`env.{key}` may not be set by a job: it would change which program runs"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The programs a TaskTracker may run, as the operator named them (`--allow`).
 #[derive(Clone, Debug, Default)]
