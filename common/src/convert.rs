@@ -314,6 +314,17 @@ impl From<JobState> for pb::JobState {
     }
 }
 
+impl From<ScheduleKind> for pb::ScheduleKind {
+    fn from(k: ScheduleKind) -> Self {
+        match k {
+            ScheduleKind::Now => pb::ScheduleKind::Now,
+            ScheduleKind::At => pb::ScheduleKind::At,
+            ScheduleKind::Cron => pb::ScheduleKind::Cron,
+            ScheduleKind::Repeat => pb::ScheduleKind::Repeat,
+        }
+    }
+}
+
 /// Reads a wire schedule kind; `None` for UNSPECIFIED or an unknown number.
 pub fn schedule_kind_from_wire(v: i32) -> Option<ScheduleKind> {
     Some(match pb::ScheduleKind::try_from(v).ok()? {
@@ -457,24 +468,57 @@ impl From<LogEntry> for pb::LogEntry {
     }
 }
 
+/// A log line as the tracker reports it. A kind or level this build does
+/// not know reads as a biz line or an info line, so a newer tracker's log
+/// stays readable.
+impl From<pb::LogEntry> for LogEntry {
+    fn from(e: pb::LogEntry) -> Self {
+        LogEntry {
+            job_id: e.job_id,
+            at_ms: e.at_unix_ms,
+            kind: log_kind_from_wire(e.kind),
+            attempt: e.attempt,
+            level: log_level_from_wire(e.level),
+            message: e.message,
+            worker: e.worker,
+        }
+    }
+}
+
+/// A job as the tracker reports it. Its spec must be there and validate
+/// (the error names the field under `spec.`); an unknown state reads as
+/// pending and an unreadable last outcome as none. The store's own
+/// counters (`seq`, `cycles`) are not on the wire and read as 0.
+impl TryFrom<pb::Job> for Job {
+    type Error = ValidationError;
+
+    fn try_from(j: pb::Job) -> Result<Self, ValidationError> {
+        let spec = j
+            .spec
+            .ok_or_else(|| ValidationError::new("spec", "is missing"))?;
+        let spec = JobSpec::try_from(spec)
+            .map_err(|e| ValidationError::new(format!("spec.{}", e.field), e.message))?;
+        Ok(Job {
+            job_id: j.job_id,
+            spec,
+            state: job_state_from_wire(j.state).unwrap_or(JobState::Pending),
+            attempt: j.attempt,
+            seq: 0,
+            submitted_at_ms: j.submitted_at_unix_ms,
+            trigger_at_ms: j.trigger_at_unix_ms,
+            updated_at_ms: j.updated_at_unix_ms,
+            worker: j.worker,
+            last_outcome: j.last_outcome.and_then(|o| Outcome::try_from(o).ok()),
+            failures: j.failures,
+            cycles: 0,
+        })
+    }
+}
+
 /// Reads a job as the tracker reports it. `None` when its spec is missing
-/// or does not validate.
+/// or does not validate; `Job::try_from` says which field.
 pub fn job_from_wire(j: pb::Job) -> Option<Job> {
-    let spec = JobSpec::try_from(j.spec?).ok()?;
-    Some(Job {
-        job_id: j.job_id,
-        spec,
-        state: job_state_from_wire(j.state).unwrap_or(JobState::Pending),
-        attempt: j.attempt,
-        seq: 0,
-        submitted_at_ms: j.submitted_at_unix_ms,
-        trigger_at_ms: j.trigger_at_unix_ms,
-        updated_at_ms: j.updated_at_unix_ms,
-        worker: j.worker,
-        last_outcome: j.last_outcome.and_then(|o| Outcome::try_from(o).ok()),
-        failures: j.failures,
-        cycles: 0,
-    })
+    Job::try_from(j).ok()
 }
 
 #[cfg(test)]
@@ -569,5 +613,81 @@ mod tests {
             assert_eq!(Outcome::try_from(pb::Outcome::from(o.clone())), Ok(o));
         }
         assert!(Outcome::try_from(pb::Outcome { kind: None }).is_err());
+    }
+
+    #[test]
+    fn schedule_kinds_round_trip() {
+        for k in [
+            ScheduleKind::Now,
+            ScheduleKind::At,
+            ScheduleKind::Cron,
+            ScheduleKind::Repeat,
+        ] {
+            let wire = pb::ScheduleKind::from(k) as i32;
+            assert_eq!(schedule_kind_from_wire(wire), Some(k));
+        }
+        assert_eq!(
+            schedule_kind_from_wire(pb::ScheduleKind::Unspecified as i32),
+            None
+        );
+        assert_eq!(schedule_kind_from_wire(99), None);
+    }
+
+    #[test]
+    fn log_entries_round_trip_and_unknown_values_stay_readable() {
+        let entry = LogEntry {
+            job_id: "j".into(),
+            at_ms: 1_000,
+            kind: LogKind::StaleOutcome,
+            attempt: 3,
+            level: LogLevel::Warn,
+            message: "m".into(),
+            worker: "tt-1".into(),
+        };
+        assert_eq!(LogEntry::from(pb::LogEntry::from(entry.clone())), entry);
+        let newer = pb::LogEntry {
+            job_id: "j".into(),
+            kind: 99,
+            level: 99,
+            ..Default::default()
+        };
+        let read = LogEntry::from(newer);
+        assert_eq!((read.kind, read.level), (LogKind::Biz, LogLevel::Info));
+    }
+
+    #[test]
+    fn jobs_round_trip_and_a_bad_spec_is_named() {
+        let mut spec = JobSpec::new("t-1", "workers");
+        spec.priority = 3;
+        let job = Job {
+            job_id: "j1".into(),
+            spec,
+            state: JobState::Failed,
+            attempt: 2,
+            seq: 0,
+            submitted_at_ms: 10,
+            trigger_at_ms: 20,
+            updated_at_ms: 30,
+            worker: "tt-1".into(),
+            last_outcome: Some(Outcome::Error("boom".into())),
+            failures: 1,
+            cycles: 0,
+        };
+        assert_eq!(Job::try_from(pb::Job::from(job.clone())), Ok(job.clone()));
+
+        let mut missing = pb::Job::from(job.clone());
+        missing.spec = None;
+        assert_eq!(
+            Job::try_from(missing).unwrap_err().field,
+            "spec",
+            "a job without its spec"
+        );
+        let mut bad = pb::Job::from(job);
+        if let Some(s) = bad.spec.as_mut() {
+            s.task_id.clear();
+        }
+        let e = Job::try_from(bad.clone()).unwrap_err();
+        assert_eq!(e.field, "spec.task_id", "{e}");
+        assert!(job_from_wire(bad).is_none());
     }
 }

@@ -5,9 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lts_common::convert::{
-    job_from_wire, job_state_from_wire, log_kind_from_wire, log_level_from_wire,
-};
+use lts_common::convert::job_state_from_wire;
 use lts_common::limits::{MAX_BATCH, MAX_MESSAGE_BYTES};
 use lts_common::{Job, JobSpec, JobState, LogEntry, Outcome, ScheduleKind};
 use lts_proto::v1 as pb;
@@ -434,7 +432,7 @@ impl JobClient {
                     async move { client.get_job_log(with_timeout(request, timeout)).await }
                 })
                 .await?;
-            entries.extend(response.entries.into_iter().map(log_entry_from_wire));
+            entries.extend(response.entries.into_iter().map(LogEntry::from));
             if response.next_page_token.is_empty() {
                 return Ok(entries);
             }
@@ -472,11 +470,7 @@ impl JobClient {
             })
             .await?;
         Ok(LogPage {
-            entries: response
-                .entries
-                .into_iter()
-                .map(log_entry_from_wire)
-                .collect(),
+            entries: response.entries.into_iter().map(LogEntry::from).collect(),
             next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
         })
     }
@@ -761,9 +755,9 @@ pub(crate) fn read_job(address: &str, job: Option<pb::Job>) -> Result<Job> {
         reason: "the reply holds no job".into(),
     })?;
     let job_id = job.job_id.clone();
-    job_from_wire(job).ok_or_else(|| Error::InvalidResponse {
+    Job::try_from(job).map_err(|e| Error::InvalidResponse {
         address: address.to_string(),
-        reason: format!("job {job_id} has a missing or invalid spec"),
+        reason: format!("job {job_id}: {e}"),
     })
 }
 
@@ -783,7 +777,7 @@ pub(crate) fn list_request(
         page_token: page_token.unwrap_or_default().to_string(),
         kind: filter
             .kind
-            .map(|k| schedule_kind_to_wire(k) as i32)
+            .map(|k| pb::ScheduleKind::from(k) as i32)
             .unwrap_or_default(),
         // Listings carry no payloads or params; `get` returns them.
         include_payload: false,
@@ -820,27 +814,6 @@ pub(crate) fn read_page(
         jobs,
         next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
     })
-}
-
-fn schedule_kind_to_wire(kind: ScheduleKind) -> pb::ScheduleKind {
-    match kind {
-        ScheduleKind::Now => pb::ScheduleKind::Now,
-        ScheduleKind::At => pb::ScheduleKind::At,
-        ScheduleKind::Cron => pb::ScheduleKind::Cron,
-        ScheduleKind::Repeat => pb::ScheduleKind::Repeat,
-    }
-}
-
-fn log_entry_from_wire(e: pb::LogEntry) -> LogEntry {
-    LogEntry {
-        job_id: e.job_id,
-        at_ms: e.at_unix_ms,
-        kind: log_kind_from_wire(e.kind),
-        attempt: e.attempt,
-        level: log_level_from_wire(e.level),
-        message: e.message,
-        worker: e.worker,
-    }
 }
 
 /// An error with its causes, since transport errors say little on their own.

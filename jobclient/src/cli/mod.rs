@@ -6,8 +6,10 @@
 //! be reached or answered with an error; 4 a wait or feedback timed out.
 
 mod args;
+mod jobs;
 mod local;
 mod output;
+mod parse;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -19,17 +21,20 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 pub use args::{
-    check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
-    parse_state, parse_time, retry_plan_for, shell_payload, CancelArgs, Cli, Command, CronArgs,
-    CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs, GetArgs, JobLine, JobRefArgs,
-    ListArgs, LogsArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs, ScheduleArgs,
-    SubmitArgs, UpdateArgs, WaitArgs,
+    CancelArgs, Cli, Command, CronArgs, CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs,
+    GetArgs, JobRefArgs, ListArgs, LogsArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs,
+    ScheduleArgs, SubmitArgs, UpdateArgs, WaitArgs,
 };
+pub use jobs::{retry_plan_for, shell_payload, JobLine};
 pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
     cron_next_json, cron_next_text, decision_text, feedback_json, feedback_text, fire_time,
     job_json, job_text, jobs_text, log_json, log_text, misfire_name, plan_check_json,
     plan_check_text, schedule_text, submit_json, submit_text, table,
+};
+pub use parse::{
+    check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
+    parse_state, parse_time,
 };
 
 use crate::admin::{AdminClient, JobUpdate};
