@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::clock::{Clock, ClockSleep, SystemClock};
 use crate::config::TaskTrackerConfig;
 use crate::error::{Error, Result};
@@ -301,7 +302,10 @@ struct Driver {
 impl Driver {
     async fn drive(&mut self) -> Result<()> {
         let mut link = self.connect();
-        let mut backoff = self.config.reconnect_backoff_min;
+        let mut backoff = Backoff::new(
+            self.config.reconnect_backoff_min,
+            self.config.reconnect_backoff_max,
+        );
         let mut flush_deadline: Option<Instant> = None;
         // The wait for the earliest job held ahead, kept while that stays
         // the earliest: a timer is set once per instant, not per event.
@@ -344,18 +348,18 @@ impl Driver {
                 event = next_link_event(&mut link) => match event {
                     LinkEvent::Retry => link = self.connect(),
                     LinkEvent::Connected(Ok(conn)) => {
-                        backoff = self.config.reconnect_backoff_min;
+                        backoff.reset();
                         link = Link::Up(conn);
                         self.on_connected(as_conn(&mut link));
                     }
                     LinkEvent::Connected(Err(ConnectError::Permanent(e))) => return Err(e),
                     LinkEvent::Connected(Err(ConnectError::Retry(why))) => {
+                        let wait = backoff.next_wait();
                         tracing::warn!(
                             "cannot reach a JobTracker ({why}); retrying in {} ms",
-                            backoff.as_millis()
+                            wait.as_millis()
                         );
-                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
-                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                        link = Link::Down { retry_at: Instant::now() + wait };
                     }
                     LinkEvent::Message(Ok(Some(message))) => {
                         let mut link_up = as_conn(&mut link);
@@ -378,8 +382,7 @@ impl Driver {
                         self.drop_ahead();
                         self.recorder.set_connected(false);
                         self.recorder.notify();
-                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
-                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                        link = Link::Down { retry_at: Instant::now() + backoff.next_wait() };
                     }
                     LinkEvent::Heartbeat => {
                         if let Some(conn) = as_conn(&mut link) {
@@ -962,11 +965,6 @@ fn outcome_report(
         started_at_unix_ms: started_at,
         finished_at_unix_ms: finished_at,
     }
-}
-
-/// Spreads reconnects of many TaskTrackers after a JobTracker restart.
-fn jitter(backoff: Duration) -> Duration {
-    backoff.mul_f64(rand::random_range(0.8..1.2))
 }
 
 /// Opens a stream to the first JobTracker of the resolver's list that
