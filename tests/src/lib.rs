@@ -35,6 +35,10 @@ const LISTENING: &str = "jobtracker listening on ";
 /// line names it as `worker=<identity>`.
 const JOINED: &str = "TaskTracker connected";
 
+/// What the JobTracker logs when it gives a TaskTracker up and puts its
+/// runs back; the line names it as `worker=<identity>`.
+const LEFT: &str = "TaskTracker left";
+
 /// Both servers log their metrics address as `http://<addr>/metrics`
 /// (after "metrics on" or "metrics at").
 const METRICS_PATH: &str = "/metrics";
@@ -94,6 +98,27 @@ impl Proc {
 
     fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The child's process id: the parent pid of every program a
+    /// TaskTracker's shell runner starts, so a run can say where it ran.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGSTOP: the process stays alive but does nothing (no
+    /// heartbeat, no timer, no read) until [`Proc::thaw`], as a process
+    /// stalled by swapping or a debugger would. The programs it started
+    /// run on. A frozen child is still killed and reaped on drop.
+    pub fn freeze(&self) -> Result<()> {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGSTOP)
+            .with_context(|| format!("sending SIGSTOP to {}", self.name))
+    }
+
+    /// Sends SIGCONT: a process stopped by [`Proc::freeze`] goes on.
+    pub fn thaw(&self) -> Result<()> {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT)
+            .with_context(|| format!("sending SIGCONT to {}", self.name))
     }
 
     /// Sends SIGKILL and reaps the child: a crash.
@@ -179,10 +204,28 @@ fn metrics_addr(log: &str) -> Option<SocketAddr> {
 
 /// Whether a JobTracker's log says TaskTracker `identity` joined it.
 fn has_joined(log: &str, identity: &str) -> bool {
+    joins(log, identity) > 0
+}
+
+/// How many times a JobTracker's log says TaskTracker `identity` joined it.
+pub fn joins(log: &str, identity: &str) -> usize {
+    worker_lines(log, JOINED, identity)
+}
+
+/// How many times a JobTracker's log says it gave TaskTracker `identity`
+/// up (its stream ended or stayed silent) and put its runs back.
+pub fn departures(log: &str, identity: &str) -> usize {
+    worker_lines(log, LEFT, identity)
+}
+
+/// Lines of a JobTracker's log holding `message` about the TaskTracker
+/// `identity` (the field `worker=<identity>`, exactly).
+fn worker_lines(log: &str, message: &str, identity: &str) -> usize {
     let field = format!("worker={identity}");
     log.lines()
-        .filter(|line| line.contains(JOINED))
-        .any(|line| line.split_whitespace().any(|word| word == field))
+        .filter(|line| line.contains(message))
+        .filter(|line| line.split_whitespace().any(|word| word == field))
+        .count()
 }
 
 /// A set of processes sharing a temporary directory.
@@ -657,5 +700,18 @@ mod tests {
             "INFO TaskTracker left: silent worker=tt-2",
             "tt-2"
         ));
+    }
+
+    #[test]
+    fn counts_the_departures_of_one_task_tracker() {
+        let log = "INFO lts_jobtracker::service::work: TaskTracker left: silent for 1500 ms \
+                   worker=tt-1 node_group=g runs=3\n\
+                   INFO lts_jobtracker::service::work: TaskTracker connected worker=tt-1\n\
+                   INFO lts_jobtracker::service::work: TaskTracker left: stream closed \
+                   worker=tt-10 node_group=g runs=0\n";
+        assert_eq!(departures(log, "tt-1"), 1);
+        assert_eq!(departures(log, "tt-10"), 1);
+        assert_eq!(departures(log, "tt-2"), 0);
+        assert_eq!(joins(log, "tt-1"), 1);
     }
 }
