@@ -6,6 +6,7 @@
 //! The state machine a job goes through on an outcome is in
 //! [`apply_outcome`], shared by every backend so that they agree.
 
+mod durable;
 pub mod mongo;
 pub mod sled;
 mod task_index;
