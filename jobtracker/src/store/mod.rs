@@ -7,6 +7,7 @@
 //! [`apply_outcome`], shared by every backend so that they agree.
 
 mod durable;
+mod index;
 pub mod mongo;
 pub mod sled;
 mod task_index;

@@ -49,7 +49,6 @@
 //! transition; a crash before that loses only that line (the run is
 //! requeued and logged as such).
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -57,9 +56,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::durable::{check_not_in_use, sled_err, wait_for_release, Engine, Writes};
+use super::index::{Index, Record, RecordRef};
 use super::*;
 use crate::error::{Error, Result};
 
@@ -84,151 +84,6 @@ const FIRE_CHUNK: usize = 256;
 
 /// Cycles fired by one [`JobStore::fire_due`] call at most.
 const FIRE_MAX_PER_CALL: usize = 10_240;
-
-/// Ordering key of a ready job: priority, trigger time, submit order.
-type ReadyKey = (i32, i64, u64);
-/// Ordering key of a job waiting for its trigger time.
-type DelayedKey = (i64, u64);
-
-#[derive(Default)]
-struct Queues {
-    ready: BTreeMap<ReadyKey, String>,
-    delayed: BTreeMap<DelayedKey, String>,
-}
-
-/// A job with the transition lines of its execution log.
-#[derive(Debug, Deserialize)]
-struct Record {
-    job: Job,
-    #[serde(default)]
-    history: Vec<LogEntry>,
-    /// For a cycle of a cron or repeat job: the job that fired it.
-    #[serde(default)]
-    parent: Option<String>,
-    /// For a cron or repeat job: the cycle it fired last.
-    #[serde(default)]
-    last_child: Option<String>,
-    /// The lowest attempt the job can have on disk after a crash: the
-    /// attempt of its last flushed write (or of its first write, which is
-    /// the only version a crash can leave). See [`SledStore::claim`].
-    #[serde(skip)]
-    floor: u32,
-    /// The attempt and write generation of a write not yet known flushed.
-    #[serde(skip)]
-    unflushed: Option<(u32, u64)>,
-}
-
-/// [`Record`] for writing, without cloning.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    job: &'a Job,
-    history: &'a [LogEntry],
-    parent: &'a Option<String>,
-    last_child: &'a Option<String>,
-}
-
-impl Record {
-    fn new(job: Job) -> Record {
-        Record {
-            job,
-            history: Vec::new(),
-            parent: None,
-            last_child: None,
-            floor: 0,
-            unflushed: None,
-        }
-    }
-
-    /// Whether handing out the next attempt needs the record flushed first:
-    /// a crash must never leave a version of the job whose attempt is lower
-    /// than the last one handed out minus one (recovery skips one number,
-    /// so the next attempt after a restart is always new).
-    fn claim_needs_flush(&mut self, flushed_gen: u64) -> bool {
-        if let Some((attempt, generation)) = self.unflushed {
-            if generation <= flushed_gen {
-                self.floor = attempt;
-                self.unflushed = None;
-            }
-        }
-        self.job.attempt > self.floor
-    }
-
-    /// Appends a transition line at `at_ms` (the store's clock, so that
-    /// lines sort with the job's times); the job id is implied.
-    fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
-        entry.job_id.clear();
-        entry.at_ms = at_ms;
-        self.history.push(entry);
-    }
-}
-
-#[derive(Default)]
-struct Index {
-    /// Jobs that are not final.
-    live: HashMap<String, Box<Record>>,
-    /// Pending jobs per node group.
-    queues: HashMap<String, Queues>,
-    /// Cron and repeat jobs by the time of their next cycle.
-    timers: BTreeMap<DelayedKey, String>,
-    /// Cron and repeat jobs that rely on their previous cycle, by the cycle
-    /// they wait for.
-    waiting: HashMap<String, String>,
-    /// Which job holds each (node group, task id), for dedup.
-    tasks: super::task_index::TaskIndex,
-    next_seq: u64,
-}
-
-impl Index {
-    fn enqueue(&mut self, job: &Job, now_ms: i64) {
-        if job.state != JobState::Pending {
-            return;
-        }
-        if job.spec.schedule.is_recurring() {
-            self.timers
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-            return;
-        }
-        let q = self
-            .queues
-            .entry(job.spec.task_tracker_node_group.clone())
-            .or_default();
-        if job.trigger_at_ms <= now_ms {
-            q.ready.insert(
-                (job.spec.priority, job.trigger_at_ms, job.seq),
-                job.job_id.clone(),
-            );
-        } else {
-            q.delayed
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-        }
-    }
-
-    fn dequeue(&mut self, job: &Job) {
-        self.timers.remove(&(job.trigger_at_ms, job.seq));
-        if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
-            q.ready
-                .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
-            q.delayed.remove(&(job.trigger_at_ms, job.seq));
-        }
-    }
-
-    /// Moves jobs whose time has come from delayed to ready.
-    fn promote(&mut self, node_group: &str, now_ms: i64) {
-        let Some(q) = self.queues.get_mut(node_group) else {
-            return;
-        };
-        while let Some(entry) = q.delayed.first_entry() {
-            if entry.key().0 > now_ms {
-                break;
-            }
-            let ((_, seq), job_id) = entry.remove_entry();
-            if let Some(r) = self.live.get(&job_id) {
-                q.ready
-                    .insert((r.job.spec.priority, r.job.trigger_at_ms, seq), job_id);
-            }
-        }
-    }
-}
 
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
