@@ -67,23 +67,10 @@ use crate::error::{Error, Result};
 /// open); the `t` keys of schema 1 are no longer written or read.
 const SCHEMA_VERSION: u64 = 2;
 
-/// Lines a cron or repeat job keeps in its own execution log; older ones
-/// go as new cycles fire, so a template firing every second for months
-/// costs the same to write as a new one.
-pub const TEMPLATE_HISTORY_LINES: usize = 100;
-
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long before its point a cron or repeat cycle is made: its job then
-/// waits in the queue, and at the point only the dispatch remains to do.
-pub const FIRE_AHEAD_MS: i64 = 800;
-
-/// Cycles fired under one hold of the index lock.
-const FIRE_CHUNK: usize = 256;
-
-/// Cycles fired by one [`JobStore::fire_due`] call at most.
-const FIRE_MAX_PER_CALL: usize = 10_240;
+pub use super::cycles::{FIRE_AHEAD_MS, TEMPLATE_HISTORY_LINES};
 
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
@@ -224,7 +211,7 @@ impl SledStore {
         self.tree.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding the lock leaves the index as consistent as
         // the last completed statement; keep serving rather than poison
         // every later call.
@@ -242,7 +229,7 @@ impl SledStore {
 
     /// Puts `r` into `batch`, which the caller applies with [`Self::commit`]
     /// under the same hold of the index lock.
-    fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
+    pub(super) fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
         let value = encode(&RecordRef {
             job: &r.job,
             history: &r.history,
@@ -266,7 +253,11 @@ impl SledStore {
     /// [`Self::stored_record`]; reads that scan the tree first wait for it
     /// ([`Self::settled`]), and a flush first waits for every batch
     /// committed before it.
-    fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
+    pub(super) fn commit(
+        &self,
+        index: std::sync::MutexGuard<'_, Index>,
+        batch: Writes,
+    ) -> Result<()> {
         self.engine.commit(batch)?;
         drop(index);
         self.engine.wake_writer();
@@ -279,82 +270,8 @@ impl SledStore {
         self.engine.settled().await
     }
 
-    async fn flush(&self) -> Result<()> {
+    pub(super) async fn flush(&self) -> Result<()> {
         self.engine.flush(true).await
-    }
-
-    /// Creates the job of one cycle of the cron or repeat job `r`, due at
-    /// `point`. Its task id carries the point, so a point fires once.
-    fn fire_cycle(
-        &self,
-        index: &mut Index,
-        batch: &mut Writes,
-        r: &mut Record,
-        point: i64,
-        now_ms: i64,
-    ) -> Result<Option<String>> {
-        let mut spec = r.job.spec.clone();
-        spec.task_id = format!("{}@{point}", r.job.spec.task_id);
-        spec.schedule = Schedule::Now;
-        spec.replace_on_exist = false;
-        spec.rely_on_prev_cycle = false;
-        if index
-            .tasks
-            .get(&spec.task_tracker_node_group, &spec.task_id)
-            .is_some()
-        {
-            // Fired before: a replaced template's cycle of the same point.
-            return Ok(None);
-        }
-        let child_id = new_job_id();
-        index
-            .tasks
-            .set(&spec.task_tracker_node_group, &spec.task_id, &child_id);
-        let seq = index.next_seq;
-        index.next_seq += 1;
-        let mut job = new_job(child_id.clone(), spec, seq, now_ms);
-        // A cycle made ahead of its point waits in the delayed queue until
-        // then; the dispatcher wakes at that instant.
-        job.trigger_at_ms = point;
-        let mut child = Record::new(job);
-        child.parent = Some(r.job.job_id.clone());
-        child.log(
-            LogEntry::new(
-                "",
-                LogKind::Received,
-                0,
-                format!(
-                    "cycle due at {} of job {}",
-                    lts_common::format_ms(point),
-                    r.job.job_id
-                ),
-            ),
-            now_ms,
-        );
-        self.put_record(batch, &mut child)?;
-        index.enqueue(&child.job, now_ms);
-        index.live.insert(child_id.clone(), Box::new(child));
-        r.job.cycles += 1;
-        if r.history.len() >= TEMPLATE_HISTORY_LINES {
-            // The oldest lines after `received` go: each cycle is a job of
-            // its own, listed by the task id prefix `<task id>@`.
-            let excess = r.history.len() + 1 - TEMPLATE_HISTORY_LINES;
-            r.history.drain(1..=excess);
-        }
-        r.log(
-            LogEntry::new(
-                "",
-                LogKind::Dispatched,
-                r.job.attempt,
-                format!(
-                    "fired cycle {} due at {} as job {child_id}",
-                    r.job.cycles,
-                    lts_common::format_ms(point)
-                ),
-            ),
-            now_ms,
-        );
-        Ok(Some(child_id))
     }
 
     /// Claims ready jobs, or with `until_ms` delayed ones due by then
@@ -1029,135 +946,6 @@ impl JobStore for SledStore {
         .await
         .map_err(|e| Error::internal("closing the data directory", e))??;
         flushed
-    }
-}
-
-#[async_trait]
-impl CycleStore for SledStore {
-    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
-        let mut groups = Vec::new();
-        // Bounded so a backlog of missed points (fire-all after a long
-        // outage) cannot hold the call for long; the rest fire next call.
-        // The lock is taken per chunk, so claims and outcomes go on
-        // between chunks while many jobs fire at the same instant.
-        let mut chunks = FIRE_MAX_PER_CALL / FIRE_CHUNK;
-        let mut more = true;
-        while more && chunks > 0 {
-            chunks -= 1;
-            more = false;
-            {
-                let mut index = self.lock();
-                let mut batch = Writes::default();
-                let mut wrote = false;
-                for n in 0..=FIRE_CHUNK {
-                    if n == FIRE_CHUNK {
-                        more = true;
-                        break;
-                    }
-                    let Some((&(at, seq), _)) = index.timers.first_key_value() else {
-                        break;
-                    };
-                    if at > now_ms.saturating_add(FIRE_AHEAD_MS) {
-                        break;
-                    }
-                    let Some(id) = index.timers.remove(&(at, seq)) else {
-                        break;
-                    };
-                    let Some(mut r) = index.live.remove(&id) else {
-                        continue;
-                    };
-                    if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
-                        index.live.insert(id, r);
-                        continue;
-                    }
-                    if r.job.spec.rely_on_prev_cycle {
-                        if let Some(prev) = r.last_child.clone() {
-                            let running = index
-                                .live
-                                .get(&prev)
-                                .is_some_and(|c| !c.job.state.is_final());
-                            if running {
-                                // Parked until `prev` ends (see `complete`).
-                                index.waiting.insert(prev, id.clone());
-                                index.live.insert(id, r);
-                                continue;
-                            }
-                        }
-                    }
-                    let point = r.job.trigger_at_ms;
-                    let step = cycle_step(&r.job.spec.schedule, point, now_ms);
-                    wrote = true;
-                    if step.fire {
-                        if let Some(child) =
-                            self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
-                        {
-                            r.last_child = Some(child);
-                            groups.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                    } else {
-                        let missed_by = now_ms.saturating_sub(point);
-                        r.log(
-                        LogEntry::new(
-                            "",
-                            LogKind::Retry,
-                            r.job.attempt,
-                            format!(
-                                "skipped the cycle due at {}: missed by {missed_by} ms (misfire policy: skip)",
-                                lts_common::format_ms(point)
-                            ),
-                        ),
-                        now_ms,
-                    );
-                    }
-                    let exhausted = matches!(
-                        r.job.spec.schedule,
-                        Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
-                    );
-                    match step.next {
-                        Some(next) if !exhausted => r.job.trigger_at_ms = next,
-                        _ => {
-                            r.job.state = JobState::Succeeded;
-                            r.log(
-                                LogEntry::new(
-                                    "",
-                                    LogKind::Outcome,
-                                    r.job.attempt,
-                                    "no cycles left",
-                                ),
-                                now_ms,
-                            );
-                        }
-                    }
-                    r.job.updated_at_ms = now_ms;
-                    self.put_record(&mut batch, &mut r)?;
-                    if r.job.state == JobState::Pending {
-                        index.enqueue(&r.job, now_ms);
-                        index.live.insert(id, r);
-                    }
-                }
-                if wrote {
-                    self.commit(index, batch)?;
-                }
-            }
-            if more {
-                tokio::task::yield_now().await;
-            }
-        }
-        if !groups.is_empty() {
-            // Cycles are durable before they can run: a point fires once.
-            self.flush().await?;
-        }
-        groups.sort();
-        groups.dedup();
-        Ok(groups)
-    }
-
-    async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(self
-            .lock()
-            .timers
-            .first_key_value()
-            .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
 }
 
