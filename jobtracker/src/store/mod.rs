@@ -10,6 +10,7 @@ mod cycles;
 mod durable;
 mod index;
 pub mod mongo;
+pub mod operator;
 pub mod sled;
 mod task_index;
 

@@ -54,12 +54,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::durable::{check_not_in_use, sled_err, wait_for_release, Engine, Writes};
 use super::index::{Index, Record, RecordRef};
+use super::operator::{self, Effect};
 use super::*;
 use crate::error::{Error, Result};
 
@@ -962,10 +963,6 @@ impl OperatorStore for SledStore {
                     None => return Err(Error::NotFound(job_id.to_string())),
                 },
             };
-            let before = r.job.clone();
-            let state = r.job.state;
-            let refuse =
-                |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
             let restore = |index: &mut Index, mut r: Box<Record>| {
                 // A write put into the batch is not applied: forget its
                 // stamp (the job's next claim flushes if it needs to).
@@ -974,80 +971,62 @@ impl OperatorStore for SledStore {
                     index.live.insert(r.job.job_id.clone(), r);
                 }
             };
+            let decision = match operator::decide(&r.job, &action, now_ms) {
+                Ok(d) => d,
+                Err(e) => {
+                    restore(&mut index, r);
+                    return Err(e);
+                }
+            };
+            let before = std::mem::replace(&mut r.job, decision.job);
+            if let Some(line) = decision.line {
+                r.log(line, now_ms);
+            }
             let mut wake = Vec::new();
             let mut deleted = false;
             let result: Result<()> = (|| {
-                match &action {
-                    AdminAction::Suspend => match state {
-                        JobState::Pending => {
-                            index.dequeue(&r.job);
-                            // A cycle made ahead of its point has not started
-                            // yet: it goes too, so nothing fires after this.
-                            if let Some(child_id) = r.last_child.clone() {
-                                let ahead = index.live.get(&child_id).is_some_and(|c| {
-                                    c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
-                                });
-                                if ahead {
-                                    if let Some(mut c) = index.live.remove(&child_id) {
-                                        index.dequeue(&c.job);
-                                        c.job.state = JobState::Cancelled;
-                                        c.job.updated_at_ms = now_ms;
-                                        c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
-                                        self.put_record(&mut batch, &mut c)?;
-                                    }
+                match decision.effect {
+                    Effect::Keep => {}
+                    Effect::Park => {
+                        index.dequeue(&before);
+                        // A cycle made ahead of its point has not started
+                        // yet: it goes too, so nothing fires after this.
+                        if let Some(child_id) = r.last_child.clone() {
+                            let ahead = index.live.get(&child_id).is_some_and(|c| {
+                                c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
+                            });
+                            if ahead {
+                                if let Some(mut c) = index.live.remove(&child_id) {
+                                    index.dequeue(&c.job);
+                                    c.job.state = JobState::Cancelled;
+                                    c.job.updated_at_ms = now_ms;
+                                    c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
+                                    self.put_record(&mut batch, &mut c)?;
                                 }
                             }
-                            r.job.state = JobState::Suspended;
-                            r.log(LogEntry::new("", LogKind::Cancelled, r.job.attempt, "suspended by an operator"), now_ms);
-                        }
-                        JobState::Suspended => {}
-                        JobState::Running => return Err(refuse("a running job cannot be suspended; cancel it, or suspend it when it is pending again")),
-                        _ => return Err(refuse("a finished job cannot be suspended")),
-                    },
-                    AdminAction::Resume => match state {
-                        JobState::Suspended => {
-                            r.job.state = JobState::Pending;
-                            r.job.trigger_at_ms = match &r.job.spec.schedule {
-                                Schedule::Cron { .. } => {
-                                    cycle_step(&r.job.spec.schedule, now_ms, now_ms).next.unwrap_or(i64::MAX)
-                                }
-                                _ => now_ms,
-                            };
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "resumed by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                        JobState::Pending | JobState::Running => {}
-                        _ => return Err(refuse("a finished job cannot be resumed")),
-                    },
-                    AdminAction::Trigger => {
-                        if r.job.spec.schedule.is_recurring() {
-                            if state.is_final() {
-                                return Err(refuse("a finished job cannot fire"));
-                            }
-                            if let Some(child) = self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)? {
-                                r.last_child = Some(child);
-                                wake.push(r.job.spec.task_tracker_node_group.clone());
-                            }
-                        } else if state == JobState::Pending {
-                            index.dequeue(&r.job);
-                            r.job.trigger_at_ms = now_ms;
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "triggered by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        } else {
-                            return Err(refuse("only a pending job, or a cron or repeat job, can be triggered"));
                         }
                     }
-                    AdminAction::Delete => {
-                        if state == JobState::Running {
-                            return Err(refuse("a running job cannot be deleted; cancel it first"));
+                    Effect::Requeue => {
+                        index.dequeue(&before);
+                        index.enqueue(&r.job, now_ms);
+                        wake.push(r.job.spec.task_tracker_node_group.clone());
+                    }
+                    Effect::FireCycle => {
+                        if let Some(child) =
+                            self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)?
+                        {
+                            r.last_child = Some(child);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
                         }
+                    }
+                    Effect::Delete => {
                         index.dequeue(&r.job);
                         // Its log lines first: a crash in between leaves
                         // the job, not lines of a job that is gone.
                         for item in self.tree()?.scan_prefix(log_prefix(job_id)).keys() {
-                            batch.remove(item.map_err(sled_err("reading the log lines of a deleted job"))?);
+                            batch.remove(
+                                item.map_err(sled_err("reading the log lines of a deleted job"))?,
+                            );
                         }
                         // And lines still queued to be written before this.
                         let prefix = log_prefix(job_id);
@@ -1055,49 +1034,18 @@ impl OperatorStore for SledStore {
                             batch.remove(key);
                         }
                         batch.remove(job_key(job_id));
-                        index.tasks.remove(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id, job_id);
+                        index.tasks.remove(
+                            &r.job.spec.task_tracker_node_group,
+                            &r.job.spec.task_id,
+                            job_id,
+                        );
                         deleted = true;
-                    }
-                    AdminAction::Update(u) => {
-                        let reschedule = u.schedule.is_some() || u.priority.is_some();
-                        if u.schedule.is_some() && state == JobState::Running {
-                            return Err(refuse("the schedule of a running job cannot change; wait until it is pending"));
-                        }
-                        if state.is_final() {
-                            return Err(refuse("a finished job cannot change"));
-                        }
-                        if reschedule {
-                            index.dequeue(&r.job);
-                        }
-                        let mut changed = Vec::new();
-                        if let Some(p) = &u.params {
-                            r.job.spec.params = p.clone();
-                            changed.push("params".to_string());
-                        }
-                        if let Some(p) = u.priority {
-                            r.job.spec.priority = p;
-                            changed.push(format!("priority {p}"));
-                        }
-                        if let Some(sch) = &u.schedule {
-                            r.job.spec.schedule = sch.clone();
-                            r.job.trigger_at_ms = new_job(String::new(), r.job.spec.clone(), 0, now_ms).trigger_at_ms;
-                            changed.push(format!("schedule {:?}", sch.kind()));
-                        }
-                        if let Some(plan) = &u.retry_plan {
-                            r.job.spec.retry_plan = Some(plan.clone());
-                            r.job.failures = 0;
-                            changed.push(format!("retry plan {plan} (error counter restarted)"));
-                        }
-                        r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, format!("updated by an operator: {}", changed.join(", "))), now_ms);
-                        if reschedule {
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
                     }
                 }
                 Ok(())
             })();
             if let Err(e) = result {
+                r.job = before;
                 restore(&mut index, r);
                 return Err(e);
             }
