@@ -6,7 +6,11 @@
 //! The state machine a job goes through on an outcome is in
 //! [`apply_outcome`], shared by every backend so that they agree.
 
+mod cycles;
+mod durable;
+mod index;
 pub mod mongo;
+pub mod operator;
 pub mod sled;
 mod task_index;
 
@@ -14,10 +18,11 @@ use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::Result;
+
+pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, MISFIRE_GRACE_MS};
 
 /// Why a job of a submitted batch was not stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -516,19 +521,6 @@ pub async fn query_logs_by_job<S: JobStore + ?Sized>(
     }
 }
 
-/// What a backend without cycle firing cannot run: a cron schedule is
-/// refused with a message naming `backend`, instead of being stored and
-/// never fired.
-pub fn unsupported(spec: &JobSpec, backend: &str) -> Option<SubmitRefusal> {
-    match &spec.schedule {
-        Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
-            field: "schedule.cron".into(),
-            message: format!("the {backend} store does not fire cron schedules yet"),
-        }),
-        _ => None,
-    }
-}
-
 /// A new job for a validated spec.
 pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
     let trigger_at_ms = match &spec.schedule {
@@ -562,124 +554,6 @@ pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
     }
 }
 
-/// A cycle point fired later than this after its time counts as missed,
-/// and the job's misfire policy decides what happens to it.
-pub const MISFIRE_GRACE_MS: i64 = 1_000;
-
-/// Checks a cron job's expression and zone; the error names the field.
-pub fn check_recurring(spec: &JobSpec, now_ms: i64) -> Result<(), lts_common::ValidationError> {
-    if let Schedule::Cron {
-        expression,
-        time_zone,
-        ..
-    } = &spec.schedule
-    {
-        let cron = lts_common::cron::CronSchedule::parse(expression, time_zone).map_err(|e| {
-            let field = if matches!(e, lts_common::cron::CronError::UnknownTimeZone(..)) {
-                "schedule.cron.time_zone"
-            } else {
-                "schedule.cron.expression"
-            };
-            lts_common::ValidationError::new(field, e.to_string())
-        })?;
-        if cron.next_after_ms(now_ms).is_none() {
-            return Err(lts_common::ValidationError::new(
-                "schedule.cron.expression",
-                format!("`{expression}` has no fire time after now"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What to do at a due cycle point of a cron or repeat job.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CycleStep {
-    /// Fire a run for this point.
-    pub fire: bool,
-    /// The point after it; `None` when there is none.
-    pub next: Option<i64>,
-}
-
-/// Parsed cron expressions by (expression, zone): a cron job fires every
-/// cycle, and parsing its expression each time cost more than the step.
-fn parsed_cron(expression: &str, time_zone: &str) -> Option<Arc<lts_common::cron::CronSchedule>> {
-    type Cache = HashMap<(String, String), Arc<lts_common::cron::CronSchedule>>;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
-    /// Distinct expressions kept; past it the cache starts over.
-    const MAX_ENTRIES: usize = 4_096;
-    let cache = CACHE.get_or_init(Default::default);
-    let key = (expression.to_string(), time_zone.to_string());
-    if let Some(c) = cache.lock().ok()?.get(&key) {
-        return Some(c.clone());
-    }
-    let parsed = Arc::new(lts_common::cron::CronSchedule::parse(expression, time_zone).ok()?);
-    let mut map = cache.lock().ok()?;
-    if map.len() >= MAX_ENTRIES {
-        map.clear();
-    }
-    map.insert(key, parsed.clone());
-    Some(parsed)
-}
-
-/// Decides, for a cycle point `point` that is due at `now_ms`, whether it
-/// fires and which point comes next, by the job's misfire policy:
-/// - on time (within [`MISFIRE_GRACE_MS`]): fire, next is the point after;
-/// - late, `FireOnce`: fire once for all the missed points, next is the
-///   first point after now;
-/// - late, `Skip`: do not fire, next is the first point after now;
-/// - late, `FireAll`: fire, next is the point after (which may be due too).
-///
-/// Repeat jobs keep their cadence; a late repeat cycle fires once and the
-/// next one is a full interval after now.
-pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
-    let late = now_ms.saturating_sub(point) > MISFIRE_GRACE_MS;
-    match schedule {
-        Schedule::Cron {
-            expression,
-            time_zone,
-            misfire,
-        } => {
-            let Some(cron) = parsed_cron(expression, time_zone) else {
-                return CycleStep {
-                    fire: false,
-                    next: None,
-                };
-            };
-            match (late, misfire) {
-                (false, _) | (true, lts_common::MisfirePolicy::FireAll) => CycleStep {
-                    fire: true,
-                    next: cron.next_after_ms(point),
-                },
-                (true, lts_common::MisfirePolicy::FireOnce) => CycleStep {
-                    fire: true,
-                    next: cron.next_after_ms(now_ms),
-                },
-                (true, lts_common::MisfirePolicy::Skip) => CycleStep {
-                    fire: false,
-                    next: cron.next_after_ms(now_ms),
-                },
-            }
-        }
-        Schedule::Repeat { interval_ms, .. } => {
-            let interval = ms_to_i64(*interval_ms);
-            let next = if late {
-                now_ms.saturating_add(interval)
-            } else {
-                point.saturating_add(interval)
-            };
-            CycleStep {
-                fire: true,
-                next: Some(next),
-            }
-        }
-        Schedule::Now | Schedule::At(_) => CycleStep {
-            fire: false,
-            next: None,
-        },
-    }
-}
-
 /// A fresh job id: time-ordered, unique across trackers.
 pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
@@ -687,7 +561,7 @@ pub fn new_job_id() -> String {
 
 /// A duration in ms as a signed offset; one beyond `i64::MAX` is capped
 /// there (a time that never comes) rather than wrapping negative.
-fn ms_to_i64(ms: u64) -> i64 {
+pub(crate) fn ms_to_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
@@ -947,77 +821,5 @@ mod tests {
         };
         assert_eq!(cycle_step(&repeat, i64::MIN, i64::MAX).next, Some(i64::MAX));
         assert_eq!(cycle_step(&repeat, i64::MAX, i64::MIN).next, Some(i64::MAX));
-    }
-
-    fn cron(misfire: lts_common::MisfirePolicy) -> Schedule {
-        Schedule::Cron {
-            expression: "* * * * * ?".into(),
-            time_zone: String::new(),
-            misfire,
-        }
-    }
-
-    #[test]
-    fn on_time_points_fire_and_step_to_the_next() {
-        let step = cycle_step(&cron(lts_common::MisfirePolicy::Skip), 10_000, 10_020);
-        assert_eq!(
-            step,
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
-        );
-    }
-
-    #[test]
-    fn late_points_follow_the_misfire_policy() {
-        use lts_common::MisfirePolicy::*;
-        // The point 10 s was missed by 5.5 s.
-        let now = 15_500;
-        assert_eq!(
-            cycle_step(&cron(FireOnce), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_000)
-            }
-        );
-        assert_eq!(
-            cycle_step(&cron(Skip), 10_000, now),
-            CycleStep {
-                fire: false,
-                next: Some(16_000)
-            }
-        );
-        assert_eq!(
-            cycle_step(&cron(FireAll), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
-        );
-        let repeat = Schedule::Repeat {
-            interval_ms: 1_000,
-            count: 0,
-        };
-        assert_eq!(
-            cycle_step(&repeat, 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_500)
-            }
-        );
-    }
-
-    #[test]
-    fn bad_cron_fields_are_named() {
-        let mut spec = JobSpec::new("t", "g");
-        spec.schedule = Schedule::Cron {
-            expression: "0 61 * * * ?".into(),
-            time_zone: String::new(),
-            misfire: lts_common::MisfirePolicy::FireOnce,
-        };
-        let e = check_recurring(&spec, 0).unwrap_err();
-        assert_eq!(e.field, "schedule.cron.expression");
-        assert!(e.message.contains("minute"), "{}", e.message);
     }
 }

@@ -49,16 +49,18 @@
 //! transition; a crash before that loses only that line (the run is
 //! requeued and logged as such).
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::durable::{check_not_in_use, sled_err, wait_for_release, Engine, Writes};
+use super::index::{Index, Record, RecordRef};
+use super::operator::{self, Effect};
 use super::*;
 use crate::error::{Error, Result};
 
@@ -66,513 +68,10 @@ use crate::error::{Error, Result};
 /// open); the `t` keys of schema 1 are no longer written or read.
 const SCHEMA_VERSION: u64 = 2;
 
-/// Lines a cron or repeat job keeps in its own execution log; older ones
-/// go as new cycles fire, so a template firing every second for months
-/// costs the same to write as a new one.
-pub const TEMPLATE_HISTORY_LINES: usize = 100;
-
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long before its point a cron or repeat cycle is made: its job then
-/// waits in the queue, and at the point only the dispatch remains to do.
-pub const FIRE_AHEAD_MS: i64 = 800;
-
-/// Cycles fired under one hold of the index lock.
-const FIRE_CHUNK: usize = 256;
-
-/// Cycles fired by one [`JobStore::fire_due`] call at most.
-const FIRE_MAX_PER_CALL: usize = 10_240;
-
-/// Ordering key of a ready job: priority, trigger time, submit order.
-type ReadyKey = (i32, i64, u64);
-/// Ordering key of a job waiting for its trigger time.
-type DelayedKey = (i64, u64);
-
-#[derive(Default)]
-struct Queues {
-    ready: BTreeMap<ReadyKey, String>,
-    delayed: BTreeMap<DelayedKey, String>,
-}
-
-/// A job with the transition lines of its execution log.
-#[derive(Debug, Deserialize)]
-struct Record {
-    job: Job,
-    #[serde(default)]
-    history: Vec<LogEntry>,
-    /// For a cycle of a cron or repeat job: the job that fired it.
-    #[serde(default)]
-    parent: Option<String>,
-    /// For a cron or repeat job: the cycle it fired last.
-    #[serde(default)]
-    last_child: Option<String>,
-    /// The lowest attempt the job can have on disk after a crash: the
-    /// attempt of its last flushed write (or of its first write, which is
-    /// the only version a crash can leave). See [`SledStore::claim`].
-    #[serde(skip)]
-    floor: u32,
-    /// The attempt and write generation of a write not yet known flushed.
-    #[serde(skip)]
-    unflushed: Option<(u32, u64)>,
-}
-
-/// [`Record`] for writing, without cloning.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    job: &'a Job,
-    history: &'a [LogEntry],
-    parent: &'a Option<String>,
-    last_child: &'a Option<String>,
-}
-
-impl Record {
-    fn new(job: Job) -> Record {
-        Record {
-            job,
-            history: Vec::new(),
-            parent: None,
-            last_child: None,
-            floor: 0,
-            unflushed: None,
-        }
-    }
-
-    /// Whether handing out the next attempt needs the record flushed first:
-    /// a crash must never leave a version of the job whose attempt is lower
-    /// than the last one handed out minus one (recovery skips one number,
-    /// so the next attempt after a restart is always new).
-    fn claim_needs_flush(&mut self, flushed_gen: u64) -> bool {
-        if let Some((attempt, generation)) = self.unflushed {
-            if generation <= flushed_gen {
-                self.floor = attempt;
-                self.unflushed = None;
-            }
-        }
-        self.job.attempt > self.floor
-    }
-
-    /// Appends a transition line at `at_ms` (the store's clock, so that
-    /// lines sort with the job's times); the job id is implied.
-    fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
-        entry.job_id.clear();
-        entry.at_ms = at_ms;
-        self.history.push(entry);
-    }
-}
-
-#[derive(Default)]
-struct Index {
-    /// Jobs that are not final.
-    live: HashMap<String, Box<Record>>,
-    /// Pending jobs per node group.
-    queues: HashMap<String, Queues>,
-    /// Cron and repeat jobs by the time of their next cycle.
-    timers: BTreeMap<DelayedKey, String>,
-    /// Cron and repeat jobs that rely on their previous cycle, by the cycle
-    /// they wait for.
-    waiting: HashMap<String, String>,
-    /// Which job holds each (node group, task id), for dedup.
-    tasks: super::task_index::TaskIndex,
-    next_seq: u64,
-}
-
-impl Index {
-    fn enqueue(&mut self, job: &Job, now_ms: i64) {
-        if job.state != JobState::Pending {
-            return;
-        }
-        if job.spec.schedule.is_recurring() {
-            self.timers
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-            return;
-        }
-        let q = self
-            .queues
-            .entry(job.spec.task_tracker_node_group.clone())
-            .or_default();
-        if job.trigger_at_ms <= now_ms {
-            q.ready.insert(
-                (job.spec.priority, job.trigger_at_ms, job.seq),
-                job.job_id.clone(),
-            );
-        } else {
-            q.delayed
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-        }
-    }
-
-    fn dequeue(&mut self, job: &Job) {
-        self.timers.remove(&(job.trigger_at_ms, job.seq));
-        if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
-            q.ready
-                .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
-            q.delayed.remove(&(job.trigger_at_ms, job.seq));
-        }
-    }
-
-    /// Moves jobs whose time has come from delayed to ready.
-    fn promote(&mut self, node_group: &str, now_ms: i64) {
-        let Some(q) = self.queues.get_mut(node_group) else {
-            return;
-        };
-        while let Some(entry) = q.delayed.first_entry() {
-            if entry.key().0 > now_ms {
-                break;
-            }
-            let ((_, seq), job_id) = entry.remove_entry();
-            if let Some(r) = self.live.get(&job_id) {
-                q.ready
-                    .insert((r.job.spec.priority, r.job.trigger_at_ms, seq), job_id);
-            }
-        }
-    }
-}
-
-/// Makes writes durable, one flush at a time.
-///
-/// sled's `flush_async` stalled for good here when several callers flushed
-/// at once under load, so every flush goes through one thread. A caller
-/// asks after its batch is queued; the thread drains every request that
-/// is waiting, waits until the write thread has applied every batch queued
-/// before them, flushes once, and answers them all (group commit).
-///
-/// A request is urgent (a submit's ack or a claim waits on it) or not (an
-/// outcome's ack to its TaskTracker, which keeps the outcome until then,
-/// or a write whose loss only repeats work). When only requests that are
-/// not urgent wait, the thread lingers up to [`LINGER`] for an urgent one
-/// and flushes once for all, since each flush costs sled a log write and
-/// a sync: at 16,000 jobs/s in small calls the runtime threads went from
-/// 0.93 to 0.76 of a core (`perf stat --per-thread`).
-struct Flusher {
-    /// `None` once the store is closed.
-    requests: Mutex<Option<std::sync::mpsc::Sender<FlushRequest>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-struct FlushRequest {
-    reply: tokio::sync::oneshot::Sender<Result<()>>,
-    urgent: bool,
-}
-
-/// How long a flush nobody urgently waits for may wait for one somebody
-/// does.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-
-impl Flusher {
-    fn start(db: ::sled::Db, generations: Arc<Generations>) -> Result<Flusher> {
-        let (tx, rx) = std::sync::mpsc::channel::<FlushRequest>();
-        let thread = std::thread::Builder::new()
-            .name("sled-flusher".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    if !waiting.iter().any(|w| w.urgent) {
-                        let until = std::time::Instant::now() + LINGER;
-                        while let Some(left) =
-                            until.checked_duration_since(std::time::Instant::now())
-                        {
-                            match rx.recv_timeout(left) {
-                                Ok(w) => {
-                                    let urgent = w.urgent;
-                                    waiting.push(w);
-                                    if urgent {
-                                        waiting.extend(rx.try_iter());
-                                        break;
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    // Every batch committed before these requests has a
-                    // generation up to this one; the flush waits until the
-                    // write thread has applied them, so it makes them
-                    // durable.
-                    let need = generations.assigned.load(Ordering::SeqCst);
-                    generations.wait_written(need);
-                    let result = match generations.failed.get() {
-                        Some(f) => Err(f.clone()),
-                        None => db
-                            .flush()
-                            .map(|_| ())
-                            .map_err(|e| WriteFailure::sled("flushing the data directory", e)),
-                    };
-                    if result.is_ok() {
-                        generations.flushed.fetch_max(need, Ordering::SeqCst);
-                    }
-                    for w in waiting {
-                        let _ = w.reply.send(result.clone().map_err(|f| f.error()));
-                    }
-                }
-            })
-            .map_err(|e| Error::internal("starting the flush thread", e))?;
-        Ok(Flusher {
-            requests: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    fn send(&self, request: FlushRequest) -> Result<()> {
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        match requests.as_ref() {
-            None => Err(Error::ShuttingDown),
-            Some(r) => r.send(request).map_err(|_| flush_thread_gone()),
-        }
-    }
-
-    /// Asks for a flush without waiting for it (not urgent).
-    fn flush_soon(&self) {
-        let (reply, _) = tokio::sync::oneshot::channel();
-        // Closed: `close` flushed everything already.
-        let _ = self.send(FlushRequest {
-            reply,
-            urgent: false,
-        });
-    }
-
-    /// Returns once a flush that began after this call has ended.
-    async fn flush(&self, urgent: bool) -> Result<()> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(FlushRequest { reply, urgent })?;
-        rx.await.map_err(|_| flush_thread_gone())?
-    }
-
-    /// Refuses new requests; the thread ends, and with it its handle on
-    /// the database. Returns the thread to join.
-    fn begin_stop(&self) -> Option<std::thread::JoinHandle<()>> {
-        // Closing the channel ends the thread's loop.
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        join("flush", self.begin_stop());
-    }
-}
-
-/// Writes to apply in order, one key at a time.
-///
-/// Not a `sled::Batch`: sled applies a batch under an exclusive lock that
-/// its flush holds shared for the whole write and sync of the log, so every
-/// batch waited out each flush, 3 to 30 ms here, and the batches behind it
-/// (see [`SledStore::commit`]). Single writes go on during a flush. A crash keeps a prefix
-/// of the writes in order, so each caller puts a write that others depend
-/// on first: a feedback item before the outcome that produced it, a cycle's
-/// job before its template's move to the next point.
-#[derive(Default)]
-struct Writes(Vec<(::sled::IVec, Option<::sled::IVec>)>);
-
-impl Writes {
-    fn insert<K: Into<::sled::IVec>, V: Into<::sled::IVec>>(&mut self, key: K, value: V) {
-        self.0.push((key.into(), Some(value.into())));
-    }
-
-    fn remove<K: Into<::sled::IVec>>(&mut self, key: K) {
-        self.0.push((key.into(), None));
-    }
-}
-
-/// Write generations: each batch of writes takes the next one under the
-/// index lock (`assigned`), is applied in that order (`written`, after the
-/// lock is released), and a flush makes every applied one durable.
-#[derive(Default)]
-struct Generations {
-    assigned: AtomicU64,
-    written: AtomicU64,
-    flushed: AtomicU64,
-    /// Set by the first write sled refused: the store is in error from
-    /// then on (sled refuses writes after an I/O error).
-    failed: std::sync::OnceLock<WriteFailure>,
-    /// Signalled when `written` moves, for the flush thread.
-    moved: (Mutex<()>, std::sync::Condvar),
-}
-
-impl Generations {
-    /// Records that every batch up to `generation` is applied.
-    fn written(&self, generation: u64) {
-        let _guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.written.store(generation, Ordering::SeqCst);
-        self.moved.1.notify_all();
-    }
-
-    /// Blocks until every batch up to `generation` is applied (or the
-    /// store failed). Only for the flush thread: never on the runtime.
-    fn wait_written(&self, generation: u64) {
-        let mut guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
-        while self.written.load(Ordering::SeqCst) < generation && self.failed.get().is_none() {
-            guard = self.moved.1.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// Batches not applied yet, and the values they write: reads of a job that
-/// is no longer in the index see its newest version here until it is in
-/// the tree.
-#[derive(Default)]
-struct Pending {
-    /// Key -> (generation of the batch, value; `None` for a removal).
-    writes: HashMap<::sled::IVec, (u64, Option<::sled::IVec>)>,
-    /// Batches waiting to be applied, by generation.
-    queued: BTreeMap<u64, Writes>,
-    /// Set when the store closes: the write thread applies what is queued
-    /// and ends.
-    closing: bool,
-    /// Tests hold the write thread to force an order of events.
-    #[cfg(test)]
-    held: bool,
-}
-
-impl Pending {
-    /// The next batch for the write thread to apply, if it may take one.
-    fn take_next(&mut self) -> Option<(u64, Writes)> {
-        #[cfg(test)]
-        if self.held && !self.closing {
-            return None;
-        }
-        self.queued.pop_first()
-    }
-}
-
-/// Applies committed batches to the tree, in generation order, on a thread
-/// of its own.
-///
-/// A runtime thread that applied them itself was a runtime thread blocked
-/// for as long as sled took: microseconds mostly, but a sled insert takes
-/// milliseconds at times (its log segment bookkeeping), and tasks that
-/// thread had just woken, such as the dispatcher a submit wakes, waited
-/// with it. Nothing on the runtime waits for a batch to be applied: its
-/// values are read from [`Pending`] until then, scans wait without
-/// blocking ([`SledStore::settled`]), and a flush waits on its own thread.
-struct Writer {
-    pending: Mutex<Pending>,
-    /// Signalled when a batch is queued or the store closes.
-    work: std::sync::Condvar,
-    /// Signalled when `generations.written` moves, for reads that scan the
-    /// tree (see [`SledStore::settled`]).
-    applied: tokio::sync::Notify,
-    generations: Arc<Generations>,
-}
-
-impl Writer {
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The write thread: applies queued batches to `tree` until the store
-    /// closes and nothing is left. The thread's handle on the tree ends
-    /// with it.
-    fn run(&self, tree: ::sled::Tree) {
-        loop {
-            let (generation, batch) = {
-                let mut p = self.pending_lock();
-                loop {
-                    if let Some(next) = p.take_next() {
-                        break next;
-                    }
-                    if p.closing {
-                        return;
-                    }
-                    p = self.work.wait(p).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
-            if self.generations.failed.get().is_none() {
-                let applied =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(&tree, batch)));
-                let failure = match applied {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(WriteFailure::sled("writing to the data directory", e)),
-                    Err(_) => Some(WriteFailure {
-                        retry: false,
-                        context: "the write thread panicked; the store takes no more writes".into(),
-                        source: None,
-                    }),
-                };
-                if let Some(f) = failure {
-                    tracing::error!("{}", f.error().chain());
-                    let _ = self.generations.failed.set(f);
-                }
-            }
-            {
-                let mut p = self.pending_lock();
-                for key in keys {
-                    if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
-                        p.writes.remove(&key);
-                    }
-                }
-                self.generations.written(generation);
-            }
-            self.applied.notify_waiters();
-        }
-    }
-}
-
-/// Applies `writes` to `tree` in order (see [`Writes`]).
-fn apply(tree: &::sled::Tree, writes: Writes) -> std::result::Result<(), ::sled::Error> {
-    for (key, value) in writes.0 {
-        match value {
-            Some(v) => {
-                tree.insert(key, v)?;
-            }
-            None => {
-                tree.remove(key)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The write thread of a store; stopping it applies what is queued first.
-struct WriteThread {
-    writer: Arc<Writer>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl WriteThread {
-    fn start(writer: Arc<Writer>, tree: ::sled::Tree) -> Result<WriteThread> {
-        let thread = std::thread::Builder::new()
-            .name("sled-writer".into())
-            .spawn({
-                let writer = writer.clone();
-                move || writer.run(tree)
-            })
-            .map_err(|e| Error::internal("starting the write thread", e))?;
-        Ok(WriteThread {
-            writer,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    /// Refuses new batches; the thread applies the queued ones and ends.
-    /// Returns the thread to join.
-    fn begin_stop(&self) -> Option<std::thread::JoinHandle<()>> {
-        self.writer.pending_lock().closing = true;
-        self.writer.work.notify_one();
-        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-impl Drop for WriteThread {
-    fn drop(&mut self) {
-        join("write", self.begin_stop());
-    }
-}
-
-/// Waits for a store thread to end. Blocks: not on the runtime.
-fn join(what: &str, thread: Option<std::thread::JoinHandle<()>>) {
-    if let Some(t) = thread {
-        if t.join().is_err() {
-            tracing::error!("the {what} thread panicked");
-        }
-    }
-}
+pub use super::cycles::{FIRE_AHEAD_MS, TEMPLATE_HISTORY_LINES};
 
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
@@ -584,11 +83,8 @@ const COMPLETE_CHUNK: usize = 64;
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
-    generations: Arc<Generations>,
-    /// Stopped before `flusher`: closing the store applies every queued
-    /// batch before the last flush.
-    writes: WriteThread,
-    flusher: Flusher,
+    /// The write queue and the flusher.
+    engine: Engine,
     /// `None` once the store is closed.
     tree: std::sync::RwLock<Option<::sled::Tree>>,
     /// The file sled locks (`jobs.sled/db`); closing waits until sled has
@@ -608,110 +104,6 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| Error::corrupt(String::from_utf8_lossy(key), e))
-}
-
-/// What the write and flush threads remember of the first write that
-/// failed: every later call gets the same error.
-#[derive(Clone, Debug)]
-struct WriteFailure {
-    /// Whether the caller may retry later (an I/O error) or it is a bug.
-    retry: bool,
-    context: String,
-    source: Option<Arc<::sled::Error>>,
-}
-
-impl WriteFailure {
-    fn sled(context: &str, e: ::sled::Error) -> WriteFailure {
-        WriteFailure {
-            retry: matches!(e, ::sled::Error::Io(_)),
-            context: context.to_string(),
-            source: Some(Arc::new(e)),
-        }
-    }
-
-    fn error(&self) -> Error {
-        let source = self
-            .source
-            .clone()
-            .map(|e| -> crate::error::BoxError { Box::new(e) });
-        let context = self.context.clone();
-        if self.retry {
-            Error::Unavailable { context, source }
-        } else {
-            Error::Internal { context, source }
-        }
-    }
-}
-
-/// A sled error while `what`: I/O is worth a retry later, corruption is
-/// lost data, anything else is a bug (in sled or in how it is used).
-fn sled_error(what: &str, e: ::sled::Error) -> Error {
-    match e {
-        ::sled::Error::Io(_) => Error::unavailable(format!("{what}: I/O error"), e),
-        ::sled::Error::Corruption { .. } => Error::corrupt(format!("({what})"), e),
-        _ => Error::internal(what.to_string(), e),
-    }
-}
-
-/// [`sled_error`] for `map_err`.
-fn sled_err(what: &str) -> impl Fn(::sled::Error) -> Error + '_ {
-    move |e| sled_error(what, e)
-}
-
-fn flush_thread_gone() -> Error {
-    Error::Internal {
-        context: "the flush thread has stopped".into(),
-        source: None,
-    }
-}
-
-/// Refuses a data directory another store holds, in this process or
-/// another, with a message saying so. sled would refuse it too, but in
-/// words about a lock file.
-fn check_not_in_use(lock_file: &Path, dir: &Path) -> Result<()> {
-    let file = match std::fs::File::open(lock_file) {
-        Ok(f) => f,
-        // A new store: sled creates the file.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::unavailable(
-                format!("cannot open {}", lock_file.display()),
-                e,
-            ))
-        }
-    };
-    match file.try_lock() {
-        // Dropping the file releases the lock before sled takes it.
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable {
-            context: format!(
-                "cannot open {}: the data directory is in use by another JobTracker",
-                dir.display()
-            ),
-            source: None,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::unavailable(
-            format!("cannot lock {}", lock_file.display()),
-            e,
-        )),
-    }
-}
-
-/// Blocks until sled has let go of the directory's lock.
-///
-/// sled holds its lock file open as long as anything holds its
-/// configuration: the store's handles, and each of sled's I/O pool jobs
-/// still writing a log buffer for it, which end shortly after the store's
-/// last handle is dropped. Taking the lock (a blocking `flock`, no timer)
-/// returns once the last of them closed the file. Only after the store's
-/// own handles are gone: not on the runtime.
-fn wait_for_release(lock_file: &Path) -> Result<()> {
-    let file = std::fs::File::open(lock_file)
-        .map_err(|e| Error::unavailable(format!("cannot open {}", lock_file.display()), e))?;
-    file.lock()
-        .map_err(|e| Error::unavailable(format!("cannot lock {}", lock_file.display()), e))?;
-    // Dropping the file releases the lock.
-    Ok(())
 }
 
 fn job_key(job_id: &str) -> Vec<u8> {
@@ -796,18 +188,9 @@ impl SledStore {
             }
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
-        let generations = Arc::new(Generations::default());
-        let writer = Arc::new(Writer {
-            pending: Mutex::new(Pending::default()),
-            work: std::sync::Condvar::new(),
-            applied: tokio::sync::Notify::new(),
-            generations: generations.clone(),
-        });
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
-            writes: WriteThread::start(writer, tree.clone())?,
-            flusher: Flusher::start(db, generations.clone())?,
-            generations,
+            engine: Engine::start(db, tree.clone())?,
             tree: std::sync::RwLock::new(Some(tree)),
             lock_file,
             index: Mutex::new(Index::default()),
@@ -829,7 +212,7 @@ impl SledStore {
         self.tree.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding the lock leaves the index as consistent as
         // the last completed statement; keep serving rather than poison
         // every later call.
@@ -847,7 +230,7 @@ impl SledStore {
 
     /// Puts `r` into `batch`, which the caller applies with [`Self::commit`]
     /// under the same hold of the index lock.
-    fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
+    pub(super) fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
         let value = encode(&RecordRef {
             job: &r.job,
             history: &r.history,
@@ -857,13 +240,13 @@ impl SledStore {
         batch.insert(job_key(&r.job.job_id), value);
         // The generation `commit` gives this batch (under the same hold of
         // the index lock).
-        let generation = self.generations.assigned.load(Ordering::SeqCst) + 1;
+        let generation = self.engine.next_generation();
         r.unflushed = Some((r.job.attempt, generation));
         Ok(())
     }
 
     /// Gives `batch` the next generation, queues it for the write thread
-    /// ([`Writer`]) and releases the index lock.
+    /// ([`Engine::commit`]) and releases the index lock.
     ///
     /// The index lock is not held while sled writes: a claim, which works
     /// on the index alone, never waits for an outcome's or a submit's
@@ -871,123 +254,25 @@ impl SledStore {
     /// [`Self::stored_record`]; reads that scan the tree first wait for it
     /// ([`Self::settled`]), and a flush first waits for every batch
     /// committed before it.
-    fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
-        if let Some(f) = self.generations.failed.get() {
-            return Err(f.error());
-        }
-        {
-            let mut p = self.pending_lock();
-            if p.closing {
-                return Err(Error::ShuttingDown);
-            }
-            let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
-            for (key, value) in &batch.0 {
-                p.writes.insert(key.clone(), (generation, value.clone()));
-            }
-            p.queued.insert(generation, batch);
-        }
+    pub(super) fn commit(
+        &self,
+        index: std::sync::MutexGuard<'_, Index>,
+        batch: Writes,
+    ) -> Result<()> {
+        self.engine.commit(batch)?;
         drop(index);
-        self.writes.writer.work.notify_one();
+        self.engine.wake_writer();
         Ok(())
     }
 
     /// Waits (without blocking the thread) until every batch committed
     /// before this call is applied to the tree, so a scan sees them.
     async fn settled(&self) {
-        let need = self.generations.assigned.load(Ordering::SeqCst);
-        loop {
-            let applied = self.writes.writer.applied.notified();
-            tokio::pin!(applied);
-            applied.as_mut().enable();
-            if self.generations.written.load(Ordering::SeqCst) >= need
-                || self.generations.failed.get().is_some()
-            {
-                return;
-            }
-            applied.await;
-        }
+        self.engine.settled().await
     }
 
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.writes.writer.pending_lock()
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.flusher.flush(true).await
-    }
-
-    /// Creates the job of one cycle of the cron or repeat job `r`, due at
-    /// `point`. Its task id carries the point, so a point fires once.
-    fn fire_cycle(
-        &self,
-        index: &mut Index,
-        batch: &mut Writes,
-        r: &mut Record,
-        point: i64,
-        now_ms: i64,
-    ) -> Result<Option<String>> {
-        let mut spec = r.job.spec.clone();
-        spec.task_id = format!("{}@{point}", r.job.spec.task_id);
-        spec.schedule = Schedule::Now;
-        spec.replace_on_exist = false;
-        spec.rely_on_prev_cycle = false;
-        if index
-            .tasks
-            .get(&spec.task_tracker_node_group, &spec.task_id)
-            .is_some()
-        {
-            // Fired before: a replaced template's cycle of the same point.
-            return Ok(None);
-        }
-        let child_id = new_job_id();
-        index
-            .tasks
-            .set(&spec.task_tracker_node_group, &spec.task_id, &child_id);
-        let seq = index.next_seq;
-        index.next_seq += 1;
-        let mut job = new_job(child_id.clone(), spec, seq, now_ms);
-        // A cycle made ahead of its point waits in the delayed queue until
-        // then; the dispatcher wakes at that instant.
-        job.trigger_at_ms = point;
-        let mut child = Record::new(job);
-        child.parent = Some(r.job.job_id.clone());
-        child.log(
-            LogEntry::new(
-                "",
-                LogKind::Received,
-                0,
-                format!(
-                    "cycle due at {} of job {}",
-                    lts_common::format_ms(point),
-                    r.job.job_id
-                ),
-            ),
-            now_ms,
-        );
-        self.put_record(batch, &mut child)?;
-        index.enqueue(&child.job, now_ms);
-        index.live.insert(child_id.clone(), Box::new(child));
-        r.job.cycles += 1;
-        if r.history.len() >= TEMPLATE_HISTORY_LINES {
-            // The oldest lines after `received` go: each cycle is a job of
-            // its own, listed by the task id prefix `<task id>@`.
-            let excess = r.history.len() + 1 - TEMPLATE_HISTORY_LINES;
-            r.history.drain(1..=excess);
-        }
-        r.log(
-            LogEntry::new(
-                "",
-                LogKind::Dispatched,
-                r.job.attempt,
-                format!(
-                    "fired cycle {} due at {} as job {child_id}",
-                    r.job.cycles,
-                    lts_common::format_ms(point)
-                ),
-            ),
-            now_ms,
-        );
-        Ok(Some(child_id))
+    pub(super) async fn flush(&self) -> Result<()> {
+        self.engine.flush(true).await
     }
 
     /// Claims ready jobs, or with `until_ms` delayed ones due by then
@@ -1001,7 +286,7 @@ impl SledStore {
     ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
         let mut write = false;
-        let flushed = self.generations.flushed.load(Ordering::SeqCst);
+        let flushed = self.engine.flushed();
         {
             let mut index = self.lock();
             index.promote(node_group, now_ms);
@@ -1084,11 +369,7 @@ impl SledStore {
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
-        let unapplied = self
-            .pending_lock()
-            .writes
-            .get(key.as_slice())
-            .map(|(_, v)| v.clone());
+        let unapplied = self.engine.unapplied(&key);
         if let Some(value) = unapplied {
             return match value {
                 Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
@@ -1260,7 +541,7 @@ impl JobStore for SledStore {
     async fn sync(&self) -> Result<()> {
         // Its callers acknowledge outcomes to TaskTrackers, which keep them
         // until then: a flush that lingers a little serves them all.
-        self.flusher.flush(false).await
+        self.engine.flush(false).await
     }
 
     async fn claim(
@@ -1377,7 +658,7 @@ impl JobStore for SledStore {
         }
         // Not waited for here: the caller acknowledges the outcomes to their
         // TaskTracker after `sync`, so the stream goes on meanwhile.
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(results)
     }
 
@@ -1407,7 +688,7 @@ impl JobStore for SledStore {
             }
             self.commit(index, batch)?;
         }
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(n)
     }
 
@@ -1529,7 +810,7 @@ impl JobStore for SledStore {
         self.commit(index, batch)?;
         // A line lost to a crash costs no correctness: it rides on the
         // next flush.
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(())
     }
 
@@ -1604,7 +885,7 @@ impl JobStore for SledStore {
         }
         self.commit(index, batch)?;
         // A lost ack only means the feedback is delivered again.
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(())
     }
 
@@ -1657,151 +938,15 @@ impl JobStore for SledStore {
         let Some(tree) = self.take_tree() else {
             return Ok(());
         };
-        let write_thread = self.writes.begin_stop();
-        tokio::task::spawn_blocking(move || join("write", write_thread))
-            .await
-            .map_err(|e| Error::internal("stopping the write thread", e))?;
-        // Every batch is applied now: this flush makes them all durable.
-        let flushed = self.flusher.flush(true).await;
-        let flush_thread = self.flusher.begin_stop();
+        let flushed = self.engine.close().await;
         let lock_file = self.lock_file.clone();
         tokio::task::spawn_blocking(move || {
-            join("flush", flush_thread);
             drop(tree);
             wait_for_release(&lock_file)
         })
         .await
         .map_err(|e| Error::internal("closing the data directory", e))??;
         flushed
-    }
-}
-
-#[async_trait]
-impl CycleStore for SledStore {
-    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
-        let mut groups = Vec::new();
-        // Bounded so a backlog of missed points (fire-all after a long
-        // outage) cannot hold the call for long; the rest fire next call.
-        // The lock is taken per chunk, so claims and outcomes go on
-        // between chunks while many jobs fire at the same instant.
-        let mut chunks = FIRE_MAX_PER_CALL / FIRE_CHUNK;
-        let mut more = true;
-        while more && chunks > 0 {
-            chunks -= 1;
-            more = false;
-            {
-                let mut index = self.lock();
-                let mut batch = Writes::default();
-                let mut wrote = false;
-                for n in 0..=FIRE_CHUNK {
-                    if n == FIRE_CHUNK {
-                        more = true;
-                        break;
-                    }
-                    let Some((&(at, seq), _)) = index.timers.first_key_value() else {
-                        break;
-                    };
-                    if at > now_ms.saturating_add(FIRE_AHEAD_MS) {
-                        break;
-                    }
-                    let Some(id) = index.timers.remove(&(at, seq)) else {
-                        break;
-                    };
-                    let Some(mut r) = index.live.remove(&id) else {
-                        continue;
-                    };
-                    if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
-                        index.live.insert(id, r);
-                        continue;
-                    }
-                    if r.job.spec.rely_on_prev_cycle {
-                        if let Some(prev) = r.last_child.clone() {
-                            let running = index
-                                .live
-                                .get(&prev)
-                                .is_some_and(|c| !c.job.state.is_final());
-                            if running {
-                                // Parked until `prev` ends (see `complete`).
-                                index.waiting.insert(prev, id.clone());
-                                index.live.insert(id, r);
-                                continue;
-                            }
-                        }
-                    }
-                    let point = r.job.trigger_at_ms;
-                    let step = cycle_step(&r.job.spec.schedule, point, now_ms);
-                    wrote = true;
-                    if step.fire {
-                        if let Some(child) =
-                            self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
-                        {
-                            r.last_child = Some(child);
-                            groups.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                    } else {
-                        let missed_by = now_ms.saturating_sub(point);
-                        r.log(
-                        LogEntry::new(
-                            "",
-                            LogKind::Retry,
-                            r.job.attempt,
-                            format!(
-                                "skipped the cycle due at {}: missed by {missed_by} ms (misfire policy: skip)",
-                                lts_common::format_ms(point)
-                            ),
-                        ),
-                        now_ms,
-                    );
-                    }
-                    let exhausted = matches!(
-                        r.job.spec.schedule,
-                        Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
-                    );
-                    match step.next {
-                        Some(next) if !exhausted => r.job.trigger_at_ms = next,
-                        _ => {
-                            r.job.state = JobState::Succeeded;
-                            r.log(
-                                LogEntry::new(
-                                    "",
-                                    LogKind::Outcome,
-                                    r.job.attempt,
-                                    "no cycles left",
-                                ),
-                                now_ms,
-                            );
-                        }
-                    }
-                    r.job.updated_at_ms = now_ms;
-                    self.put_record(&mut batch, &mut r)?;
-                    if r.job.state == JobState::Pending {
-                        index.enqueue(&r.job, now_ms);
-                        index.live.insert(id, r);
-                    }
-                }
-                if wrote {
-                    self.commit(index, batch)?;
-                }
-            }
-            if more {
-                tokio::task::yield_now().await;
-            }
-        }
-        if !groups.is_empty() {
-            // Cycles are durable before they can run: a point fires once.
-            self.flush().await?;
-        }
-        groups.sort();
-        groups.dedup();
-        Ok(groups)
-    }
-
-    async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(self
-            .lock()
-            .timers
-            .first_key_value()
-            .map(|((at, _), _)| at.saturating_sub(FIRE_AHEAD_MS)))
     }
 }
 
@@ -1818,10 +963,6 @@ impl OperatorStore for SledStore {
                     None => return Err(Error::NotFound(job_id.to_string())),
                 },
             };
-            let before = r.job.clone();
-            let state = r.job.state;
-            let refuse =
-                |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
             let restore = |index: &mut Index, mut r: Box<Record>| {
                 // A write put into the batch is not applied: forget its
                 // stamp (the job's next claim flushes if it needs to).
@@ -1830,137 +971,81 @@ impl OperatorStore for SledStore {
                     index.live.insert(r.job.job_id.clone(), r);
                 }
             };
+            let decision = match operator::decide(&r.job, &action, now_ms) {
+                Ok(d) => d,
+                Err(e) => {
+                    restore(&mut index, r);
+                    return Err(e);
+                }
+            };
+            let before = std::mem::replace(&mut r.job, decision.job);
+            if let Some(line) = decision.line {
+                r.log(line, now_ms);
+            }
             let mut wake = Vec::new();
             let mut deleted = false;
             let result: Result<()> = (|| {
-                match &action {
-                    AdminAction::Suspend => match state {
-                        JobState::Pending => {
-                            index.dequeue(&r.job);
-                            // A cycle made ahead of its point has not started
-                            // yet: it goes too, so nothing fires after this.
-                            if let Some(child_id) = r.last_child.clone() {
-                                let ahead = index.live.get(&child_id).is_some_and(|c| {
-                                    c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
-                                });
-                                if ahead {
-                                    if let Some(mut c) = index.live.remove(&child_id) {
-                                        index.dequeue(&c.job);
-                                        c.job.state = JobState::Cancelled;
-                                        c.job.updated_at_ms = now_ms;
-                                        c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
-                                        self.put_record(&mut batch, &mut c)?;
-                                    }
+                match decision.effect {
+                    Effect::Keep => {}
+                    Effect::Park => {
+                        index.dequeue(&before);
+                        // A cycle made ahead of its point has not started
+                        // yet: it goes too, so nothing fires after this.
+                        if let Some(child_id) = r.last_child.clone() {
+                            let ahead = index.live.get(&child_id).is_some_and(|c| {
+                                c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
+                            });
+                            if ahead {
+                                if let Some(mut c) = index.live.remove(&child_id) {
+                                    index.dequeue(&c.job);
+                                    c.job.state = JobState::Cancelled;
+                                    c.job.updated_at_ms = now_ms;
+                                    c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
+                                    self.put_record(&mut batch, &mut c)?;
                                 }
                             }
-                            r.job.state = JobState::Suspended;
-                            r.log(LogEntry::new("", LogKind::Cancelled, r.job.attempt, "suspended by an operator"), now_ms);
-                        }
-                        JobState::Suspended => {}
-                        JobState::Running => return Err(refuse("a running job cannot be suspended; cancel it, or suspend it when it is pending again")),
-                        _ => return Err(refuse("a finished job cannot be suspended")),
-                    },
-                    AdminAction::Resume => match state {
-                        JobState::Suspended => {
-                            r.job.state = JobState::Pending;
-                            r.job.trigger_at_ms = match &r.job.spec.schedule {
-                                Schedule::Cron { .. } => {
-                                    cycle_step(&r.job.spec.schedule, now_ms, now_ms).next.unwrap_or(i64::MAX)
-                                }
-                                _ => now_ms,
-                            };
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "resumed by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                        JobState::Pending | JobState::Running => {}
-                        _ => return Err(refuse("a finished job cannot be resumed")),
-                    },
-                    AdminAction::Trigger => {
-                        if r.job.spec.schedule.is_recurring() {
-                            if state.is_final() {
-                                return Err(refuse("a finished job cannot fire"));
-                            }
-                            if let Some(child) = self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)? {
-                                r.last_child = Some(child);
-                                wake.push(r.job.spec.task_tracker_node_group.clone());
-                            }
-                        } else if state == JobState::Pending {
-                            index.dequeue(&r.job);
-                            r.job.trigger_at_ms = now_ms;
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "triggered by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        } else {
-                            return Err(refuse("only a pending job, or a cron or repeat job, can be triggered"));
                         }
                     }
-                    AdminAction::Delete => {
-                        if state == JobState::Running {
-                            return Err(refuse("a running job cannot be deleted; cancel it first"));
+                    Effect::Requeue => {
+                        index.dequeue(&before);
+                        index.enqueue(&r.job, now_ms);
+                        wake.push(r.job.spec.task_tracker_node_group.clone());
+                    }
+                    Effect::FireCycle => {
+                        if let Some(child) =
+                            self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)?
+                        {
+                            r.last_child = Some(child);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
                         }
+                    }
+                    Effect::Delete => {
                         index.dequeue(&r.job);
                         // Its log lines first: a crash in between leaves
                         // the job, not lines of a job that is gone.
                         for item in self.tree()?.scan_prefix(log_prefix(job_id)).keys() {
-                            batch.remove(item.map_err(sled_err("reading the log lines of a deleted job"))?);
+                            batch.remove(
+                                item.map_err(sled_err("reading the log lines of a deleted job"))?,
+                            );
                         }
                         // And lines still queued to be written before this.
                         let prefix = log_prefix(job_id);
-                        let queued: Vec<::sled::IVec> = self
-                            .pending_lock()
-                            .writes
-                            .iter()
-                            .filter(|(k, (_, v))| v.is_some() && k.starts_with(&prefix))
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in queued {
+                        for key in self.engine.unapplied_keys(&prefix) {
                             batch.remove(key);
                         }
                         batch.remove(job_key(job_id));
-                        index.tasks.remove(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id, job_id);
+                        index.tasks.remove(
+                            &r.job.spec.task_tracker_node_group,
+                            &r.job.spec.task_id,
+                            job_id,
+                        );
                         deleted = true;
-                    }
-                    AdminAction::Update(u) => {
-                        let reschedule = u.schedule.is_some() || u.priority.is_some();
-                        if u.schedule.is_some() && state == JobState::Running {
-                            return Err(refuse("the schedule of a running job cannot change; wait until it is pending"));
-                        }
-                        if state.is_final() {
-                            return Err(refuse("a finished job cannot change"));
-                        }
-                        if reschedule {
-                            index.dequeue(&r.job);
-                        }
-                        let mut changed = Vec::new();
-                        if let Some(p) = &u.params {
-                            r.job.spec.params = p.clone();
-                            changed.push("params".to_string());
-                        }
-                        if let Some(p) = u.priority {
-                            r.job.spec.priority = p;
-                            changed.push(format!("priority {p}"));
-                        }
-                        if let Some(sch) = &u.schedule {
-                            r.job.spec.schedule = sch.clone();
-                            r.job.trigger_at_ms = new_job(String::new(), r.job.spec.clone(), 0, now_ms).trigger_at_ms;
-                            changed.push(format!("schedule {:?}", sch.kind()));
-                        }
-                        if let Some(plan) = &u.retry_plan {
-                            r.job.spec.retry_plan = Some(plan.clone());
-                            r.job.failures = 0;
-                            changed.push(format!("retry plan {plan} (error counter restarted)"));
-                        }
-                        r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, format!("updated by an operator: {}", changed.join(", "))), now_ms);
-                        if reschedule {
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
                     }
                 }
                 Ok(())
             })();
             if let Err(e) = result {
+                r.job = before;
                 restore(&mut index, r);
                 return Err(e);
             }
@@ -2000,8 +1085,7 @@ impl Drop for SledStore {
         let Some(tree) = self.take_tree() else {
             return;
         };
-        join("write", self.writes.begin_stop());
-        join("flush", self.flusher.begin_stop());
+        self.engine.stop();
         drop(tree);
         if let Err(e) = wait_for_release(&self.lock_file) {
             tracing::error!("closing the store: {}", e.chain());
@@ -2015,8 +1099,7 @@ mod tests {
 
     /// Holds the store's write thread: batches queue up until released.
     fn hold_writes(store: &SledStore, held: bool) {
-        store.pending_lock().held = held;
-        store.writes.writer.work.notify_one();
+        store.engine.hold(held);
     }
 
     const NOW: i64 = 1_700_000_000_000;
@@ -2130,26 +1213,15 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..50u32).map(|i| job_key(&format!("k{i}"))).collect();
         {
             let store = SledStore::open(dir.path()).expect("open");
-            let writer = store.writes.writer.clone();
-            {
-                // The write thread cannot take anything while this is held:
-                // the batches and the close reach it together.
-                let mut p = writer.pending_lock();
-                for key in &keys {
-                    let mut batch = Writes::default();
-                    batch.insert(key.clone(), b"v".to_vec());
-                    let generation = store.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
-                    p.queued.insert(generation, batch);
-                }
-                p.closing = true;
+            // The write thread takes nothing while held: the batches are
+            // all still queued when the store closes.
+            hold_writes(&store, true);
+            for key in &keys {
+                let mut batch = Writes::default();
+                batch.insert(key.clone(), b"v".to_vec());
+                store.commit(store.lock(), batch).expect("commit");
             }
-            writer.work.notify_one();
             drop(store);
-            assert_eq!(
-                writer.generations.written.load(Ordering::SeqCst),
-                keys.len() as u64,
-                "every queued batch was applied before the store closed"
-            );
         }
         let store = SledStore::open(dir.path()).expect("reopen");
         for key in &keys {
