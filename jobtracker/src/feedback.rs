@@ -306,3 +306,88 @@ impl FeedbackRouter {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::peer_channel;
+    use futures::StreamExt;
+
+    fn item(n: usize) -> Feedback {
+        Feedback {
+            feedback_id: format!("f{n}"),
+            submit_node_group: "clients".into(),
+            job_id: format!("j{n}"),
+            task_id: format!("t{n}"),
+            task_tracker_node_group: "g".into(),
+            attempt: 1,
+            state: lts_common::JobState::Succeeded,
+            outcome: None,
+            finished_at_ms: 0,
+        }
+    }
+
+    fn router() -> (Arc<FeedbackRouter>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::store::sled::SledStore::open(dir.path()).expect("store");
+        (FeedbackRouter::new(Arc::new(store), Metrics::new()), dir)
+    }
+
+    fn dropped(r: &FeedbackRouter) -> u64 {
+        r.metrics
+            .outbound_dropped
+            .with_label_values(&["feedback", "peer_not_reading"])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_slowly_keeps_its_stream_and_gets_everything() {
+        let (r, _dir) = router();
+        let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
+        let _sub = r.subscribe("clients", tx);
+        let total = FEEDBACK_STREAM_CAPACITY * 3;
+        let mut got = 0;
+        for n in 0..total {
+            r.push([item(n)]);
+            // One message read per item pushed: the stream fills up, but
+            // something is taken between pushes.
+            if n >= FEEDBACK_STREAM_CAPACITY {
+                got += rx.next().await.expect("open").expect("ok").items.len();
+            }
+        }
+        assert_eq!(dropped(&r), 0);
+        while got < total {
+            let m = rx.next().await.expect("open").expect("ok");
+            got += m.items.len();
+            let ids = m.items.into_iter().map(|i| i.feedback_id).collect();
+            r.ack("clients", ids).await.expect("ack");
+        }
+        assert_eq!(got, total);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped_and_its_items_wait_for_the_next() {
+        let (r, _dir) = router();
+        let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
+        let sub = r.subscribe("clients", tx);
+        let total = FEEDBACK_STREAM_CAPACITY + 2;
+        for n in 0..total {
+            r.push([item(n)]);
+        }
+        assert_eq!(dropped(&r), 1);
+        assert!(r.subscribed_groups().is_empty());
+        let status = loop {
+            match rx.next().await.expect("a status ends the stream") {
+                Ok(_) => continue,
+                Err(s) => break s,
+            }
+        };
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        drop(sub);
+
+        let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
+        let _sub = r.subscribe("clients", tx);
+        let m = rx.next().await.expect("open").expect("ok");
+        assert_eq!(m.items.len(), total, "everything, in one message");
+    }
+}

@@ -5,6 +5,8 @@
 //! - [`store`]: the [`store::JobStore`] trait and its backends;
 //! - [`service`]: the gRPC services for JobClients and TaskTrackers;
 //! - [`dispatch`]: hands ready jobs to TaskTrackers by their credits;
+//! - [`election`]: whether this tracker leads, for the work only one
+//!   tracker of a cluster may do (cycles, sweeps of expired leases);
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
 //! - [`config`]: flags, env vars and the config file.
@@ -12,6 +14,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod election;
 pub mod error;
 pub mod feedback;
 pub mod metrics;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
+use crate::election::{AlwaysLeader, Election, Term};
 pub use crate::error::{Error, Result};
 use crate::feedback::FeedbackRouter;
 use crate::metrics::Metrics;
@@ -108,6 +112,13 @@ pub struct Tracker {
     pub tasks: TaskTracker,
     /// Wakes the cycle scheduler: a cron or repeat job came or changed.
     pub scheduler: tokio::sync::Notify,
+    /// Whether this tracker leads its cluster.
+    pub election: Arc<dyn Election>,
+    /// The term the once-only work (cycle scheduler, sweep of expired
+    /// leases) runs in now; `None` while it does not run.
+    pub leader_work: tokio::sync::watch::Sender<Option<Term>>,
+    /// The shared store whose run leases this tracker keeps, if any.
+    leases: Option<(Arc<store::mongo::MongoStore>, Duration)>,
 }
 
 impl Tracker {
@@ -130,16 +141,30 @@ impl Tracker {
     }
 }
 
-/// Opens the configured store.
+/// Opens the configured store. A MongoDB store gets its own lease
+/// maintenance task (a tracker built by [`create_tracker`] runs that work
+/// itself instead, the sweep only while it leads).
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
+    let (store, mongo) = open_store_parts(config).await?;
+    if let Some(m) = mongo {
+        m.spawn_maintenance();
+    }
+    Ok(store)
+}
+
+/// The MongoDB store of a cluster, beside the same store as a `JobStore`.
+type SharedStore = Option<Arc<store::mongo::MongoStore>>;
+
+async fn open_store_parts(config: &StoreConfig) -> Result<(Arc<dyn JobStore>, SharedStore)> {
     Ok(match config {
         StoreConfig::Sled { data_dir } => {
             let dir = data_dir.clone();
-            Arc::new(
+            let store: Arc<dyn JobStore> = Arc::new(
                 tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
                     .await
                     .map_err(|e| Error::internal("opening the store", e))??,
-            )
+            );
+            (store, None)
         }
         StoreConfig::Mongo {
             uri,
@@ -156,8 +181,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
                 lease: *lease,
             }));
             connect_mongo(&store, uri).await?;
-            store.spawn_maintenance();
-            store
+            (store.clone() as Arc<dyn JobStore>, Some(store))
         }
     })
 }
@@ -189,9 +213,22 @@ async fn connect_mongo(
     }
 }
 
-/// Builds a tracker: opens and recovers the store, loads feedback.
+/// Builds a tracker: opens and recovers the store, loads feedback. It
+/// always leads ([`AlwaysLeader`]).
 pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
-    let store = open_store(&config.store).await?;
+    create_tracker_with_election(config, AlwaysLeader::new()).await
+}
+
+/// Builds a tracker whose once-only work follows `election`.
+pub async fn create_tracker_with_election(
+    config: TrackerConfig,
+    election: Arc<dyn Election>,
+) -> Result<Arc<Tracker>> {
+    let (store, shared) = open_store_parts(&config.store).await?;
+    let leases = match (&config.store, shared) {
+        (StoreConfig::Mongo { lease, .. }, Some(m)) => Some((m, *lease)),
+        _ => None,
+    };
     let recovery = store.recover(lts_common::now_ms()).await?;
     tracing::info!(
         pending = recovery.pending,
@@ -230,6 +267,9 @@ pub async fn create_tracker(config: TrackerConfig) -> Result<Arc<Tracker>> {
         shutdown,
         tasks,
         scheduler: tokio::sync::Notify::new(),
+        election,
+        leader_work: tokio::sync::watch::Sender::new(None),
+        leases,
     }))
 }
 
@@ -325,7 +365,30 @@ async fn serve_until_stopped(
         });
     }
     tracker.tasks.spawn(update_queue_depths(tracker.clone()));
-    tracker.tasks.spawn(run_scheduler(tracker.clone()));
+    if let Some((store, lease)) = &tracker.leases {
+        tracker
+            .tasks
+            .spawn(renew_leases(tracker.clone(), store.clone(), *lease));
+    }
+    tracker.tasks.spawn(election::while_leading(
+        tracker.election.clone(),
+        token.clone(),
+        tracker.leader_work.clone(),
+        {
+            let tracker = tracker.clone();
+            move |_term| {
+                let tracker = tracker.clone();
+                async move {
+                    let sweep = async {
+                        if let Some((store, lease)) = &tracker.leases {
+                            sweep_expired_leases(&tracker, store, *lease).await;
+                        }
+                    };
+                    tokio::join!(run_scheduler(tracker.clone()), sweep);
+                }
+            }
+        },
+    ));
     if let Some(every) = tracker.store.poll_interval() {
         tracker
             .tasks
@@ -418,8 +481,65 @@ async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
     }
 }
 
-/// Fires cron and repeat cycles when they are due.
-async fn run_scheduler(tracker: Arc<Tracker>) {
+/// How often run leases are renewed (and expired ones swept): three times
+/// per lease, so a lease survives two missed renewals.
+fn lease_tick(lease: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Every tracker of a cluster renews the leases of the runs it handed out.
+async fn renew_leases(
+    tracker: Arc<Tracker>,
+    store: Arc<store::mongo::MongoStore>,
+    lease: Duration,
+) {
+    let mut tick = lease_tick(lease);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.renew_leases(lts_common::now_ms()).await {
+            tracing::warn!("cannot renew run leases: {e}");
+        }
+    }
+}
+
+/// The leader puts back the runs whose lease expired (their tracker is
+/// gone); once-only work, see [`election`].
+async fn sweep_expired_leases(
+    tracker: &Tracker,
+    store: &store::mongo::MongoStore,
+    lease: Duration,
+) {
+    let mut tick = lease_tick(lease);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+        match store.requeue_expired(lts_common::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("put back {n} runs whose lease expired");
+                for g in store_groups(tracker).await {
+                    tracker.dispatcher.wake(&g);
+                }
+            }
+            Err(e) => tracing::warn!("cannot requeue runs with expired leases: {e}"),
+        }
+    }
+}
+
+async fn store_groups(tracker: &Tracker) -> Vec<String> {
+    tracker.store.node_groups().await.unwrap_or_default()
+}
+
+/// Fires cron and repeat cycles when they are due; once-only work, run
+/// while this tracker leads (see [`election`]).
+pub async fn run_scheduler(tracker: Arc<Tracker>) {
     // Also woken by submits and operator verbs; the cap bounds how late a
     // cycle that waited for its previous one starts after that one ends.
     const MAX_SLEEP_MS: i64 = 200;

@@ -175,3 +175,70 @@ async fn listings_of_large_jobs_come_in_bounded_pages_without_payloads_unless_as
     assert_eq!(one.spec.expect("spec").payload.len(), MAX_PAYLOAD_BYTES);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_log_of_long_lines_comes_in_pages_a_default_client_reads() {
+    const LINES: usize = 600;
+    let t = TestTracker::start().await;
+    let mut c = t.jobs().await;
+    let id = submit(&mut c, vec![job("chatty", "logs")]).await.remove(0);
+    let mut peer = open_work(&t.addr, hello("w", "logs", 1))
+        .await
+        .expect("work stream");
+    let attempt = peer.assignments().await[0].attempt;
+    let long = "y".repeat(lts_common::limits::MAX_LOG_MESSAGE_BYTES);
+    peer.send(pb::worker_message::Kind::BizLogs(pb::BizLogs {
+        lines: (0..LINES)
+            .map(|i| pb::BizLog {
+                job_id: id.clone(),
+                attempt,
+                level: pb::LogLevel::Info as i32,
+                message: format!("{i:04} {long}"),
+                at_unix_ms: lts_common::now_ms(),
+            })
+            .collect(),
+    }))
+    .await;
+    peer.succeed(&[(id.clone(), attempt)]).await;
+
+    // The default client limit (4 MiB) reads every page.
+    let mut c = pb::job_service_client::JobServiceClient::connect(t.addr.clone())
+        .await
+        .expect("connect");
+    let biz_lines = |c: &mut pb::job_service_client::JobServiceClient<_>| {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let mut token = String::new();
+            let mut biz = 0;
+            loop {
+                let page = c
+                    .get_job_log(pb::GetJobLogRequest {
+                        job_id: id.clone(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await
+                    .expect("a page within the client's limit")
+                    .into_inner();
+                assert!(prost::Message::encoded_len(&page) <= MESSAGE_BUDGET_BYTES);
+                biz += page
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == pb::LogKind::Biz as i32)
+                    .count();
+                if page.next_page_token.is_empty() {
+                    return biz;
+                }
+                token = page.next_page_token;
+            }
+        }
+    };
+    eventually("every line is stored", || {
+        let lines = biz_lines(&mut c);
+        async move { (lines.await == LINES).then_some(()) }
+    })
+    .await;
+    drop(peer);
+    t.stop().await;
+}

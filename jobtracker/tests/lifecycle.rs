@@ -215,3 +215,74 @@ async fn a_client_that_does_not_read_its_feedback_is_dropped_and_gets_it_all_on_
     drop(tracker);
     t.stop().await;
 }
+
+/// The MongoDB server of `LTS_TEST_MONGODB_URI`; without it the test skips
+/// loudly, or fails under `CI=true`.
+fn mongo_uri() -> Option<String> {
+    match std::env::var("LTS_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server");
+            }
+            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; the tracker over MongoDB is NOT tested ***\n");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tracker_over_mongodb_runs_a_job_and_stops_with_every_task_ended() {
+    let Some(uri) = mongo_uri() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.store = lts_jobtracker::StoreConfig::Mongo {
+        uri: lts_jobtracker::store::mongo::MongoUri(uri),
+        database: format!("lts_lifecycle_{}", lts_jobtracker::store::new_job_id()),
+        log_retention: std::time::Duration::from_secs(3600),
+        lease: std::time::Duration::from_secs(3),
+        instance: "lifecycle".into(),
+    };
+    let tracker = lts_jobtracker::create_tracker(config)
+        .await
+        .expect("create tracker");
+    let store = Arc::downgrade(&tracker.store);
+    let mut leading = tracker.leader_work.subscribe();
+    let t = TestTracker::serve(tracker).await;
+    // The once-only work (cycles, the sweep of expired leases) runs: a
+    // lone tracker leads.
+    leading
+        .wait_for(|term| *term == Some(1))
+        .await
+        .expect("watch");
+
+    let mut c = t.jobs().await;
+    let id = submit(&mut c, vec![job("over-mongo", "g")]).await.remove(0);
+    let mut peer = open_work(&t.addr, hello("w", "g", 1))
+        .await
+        .expect("work stream");
+    let a = peer.assignments().await.remove(0);
+    assert_eq!(a.job.map(|j| j.job_id), Some(id.clone()));
+    peer.succeed(&[(id.clone(), a.attempt)]).await;
+    eventually("the job succeeded", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let job = c
+                .get_job(pb::GetJobRequest {
+                    job_id: id,
+                    ..Default::default()
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .job?;
+            (job.state == pb::JobState::Succeeded as i32).then_some(())
+        }
+    })
+    .await;
+
+    t.stop().await;
+    assert_eq!(*leading.borrow(), None, "the once-only work ended");
+    assert_eq!(store.strong_count(), 0, "the store is released");
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use lts_common::convert::job_state_from_wire;
-use lts_common::limits::{check_node_group, MAX_BATCH};
+use lts_common::limits::{check_node_group, MAX_BATCH, MAX_LOG_MESSAGE_BYTES};
 use lts_common::{JobSpec, JobState, ValidationError};
 use lts_proto::v1 as pb;
 use pb::job_service_server::JobService;
@@ -38,6 +38,20 @@ fn page_size(n: u32) -> usize {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     }
+}
+
+/// Most encoded bytes of one log entry: its message is cut at
+/// [`MAX_LOG_MESSAGE_BYTES`]; ids, worker identity (at most 256 bytes),
+/// times and tags take the rest.
+const MAX_LOG_ENTRY_BYTES: usize = MAX_LOG_MESSAGE_BYTES + 512;
+
+/// Most entries of a log page: as many of the largest entries as fit
+/// [`MESSAGE_BUDGET_BYTES`] (about 350), so a page of long lines stays
+/// under the message limit; a reader follows the page token for the rest.
+const MAX_LOG_PAGE: usize = MESSAGE_BUDGET_BYTES / MAX_LOG_ENTRY_BYTES;
+
+fn log_page_size(n: u32) -> usize {
+    page_size(n).min(MAX_LOG_PAGE)
 }
 
 fn refused(code: &str, field: &str, message: String) -> pb::SubmitResult {
@@ -228,7 +242,7 @@ impl JobService for JobApi {
             .store
             .logs(
                 &r.job_id,
-                page_size(r.page_size),
+                log_page_size(r.page_size),
                 opt(r.page_token).as_deref(),
             )
             .await?;
@@ -267,7 +281,7 @@ impl JobService for JobApi {
             .store
             .query_logs(
                 &filter,
-                page_size(r.page_size),
+                log_page_size(r.page_size),
                 opt(r.page_token).as_deref(),
             )
             .await?;
