@@ -4,6 +4,7 @@
 //! (a cancelled job that asked for feedback reports it), and the operator
 //! verbs of `AdminService`, through the library and the `jobclient` binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lts_common::{JobSpec, JobState, MisfirePolicy, RetryPlan, Schedule, ScheduleKind};
@@ -167,6 +168,30 @@ async fn fails_over_to_a_live_tracker_and_names_dead_ones() {
         .unwrap_err();
     assert!(matches!(e, Error::Unavailable { .. }), "{e}");
     assert!(e.to_string().contains(&dead), "{e}");
+}
+
+#[tokio::test]
+async fn failover_follows_the_resolver_and_tells_it_who_answered() {
+    use lts_common::resolver::{Resolver, StaticResolver};
+
+    let tracker = Tracker::start().await;
+    // Port 1 refuses connections at once; it comes first in the order.
+    let resolver = Arc::new(
+        StaticResolver::starting_at(["127.0.0.1:1", tracker.address.as_str()], 0)
+            .expect("valid addresses"),
+    );
+    let client = JobClient::with_resolver(resolver.clone(), ClientOptions::default());
+    let outcomes = client.submit(vec![later_job("r-1")]).await.expect("submit");
+    assert!(outcomes[0].is_accepted());
+    let live = format!("http://{}", tracker.address);
+    assert_eq!(client.current_address(), Some(live.clone()));
+    // The resolver now puts the tracker that answered first, so the next
+    // client of the same resolver (or the next round) starts there.
+    assert_eq!(
+        resolver.addresses(),
+        [live.clone(), "http://127.0.0.1:1".into()]
+    );
+    tracker.stop().await;
 }
 
 #[tokio::test]
