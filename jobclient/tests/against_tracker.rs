@@ -51,13 +51,10 @@ impl Tracker {
     }
 }
 
-/// An address nothing listens on.
-async fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    drop(l);
-    format!("127.0.0.1:{port}")
-}
+/// An address nothing listens on: port 1 on localhost refuses connections
+/// at once. A port bound and released here could be taken by another test
+/// before it is used.
+const DEAD_ADDRESS: &str = "127.0.0.1:1";
 
 fn later_job(task_id: &str) -> JobSpec {
     let mut spec = JobSpec::new(task_id, "workers");
@@ -141,7 +138,7 @@ async fn submit_query_cancel_and_log() {
 #[tokio::test]
 async fn fails_over_to_a_live_tracker_and_names_dead_ones() {
     let tracker = Tracker::start().await;
-    let dead = dead_address().await;
+    let dead = DEAD_ADDRESS.to_string();
     let client = JobClient::connect(vec![dead.clone(), tracker.address.clone()])
         .await
         .expect("one tracker is alive");
@@ -175,9 +172,9 @@ async fn failover_follows_the_resolver_and_tells_it_who_answered() {
     use lts_common::resolver::{Resolver, StaticResolver};
 
     let tracker = Tracker::start().await;
-    // Port 1 refuses connections at once; it comes first in the order.
+    // The dead address comes first in the order.
     let resolver = Arc::new(
-        StaticResolver::starting_at(["127.0.0.1:1", tracker.address.as_str()], 0)
+        StaticResolver::starting_at([DEAD_ADDRESS, tracker.address.as_str()], 0)
             .expect("valid addresses"),
     );
     let client = JobClient::with_resolver(resolver.clone(), ClientOptions::default());
