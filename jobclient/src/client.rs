@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lts_common::convert::job_state_from_wire;
+use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 use lts_common::limits::{MAX_BATCH, MAX_MESSAGE_BYTES};
+use lts_common::resolver::{Resolver, ResolverError, StaticResolver};
 use lts_common::{Job, JobSpec, JobState, LogEntry, Outcome, ScheduleKind};
 use lts_proto::v1 as pb;
 use lts_proto::v1::admin_service_client::AdminServiceClient;
 use lts_proto::v1::job_service_client::JobServiceClient;
 use prost::Message;
-use rand::Rng;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::feedback::FeedbackSubscription;
@@ -205,24 +206,18 @@ pub struct JobClient {
 
 #[derive(Debug)]
 struct Inner {
-    targets: Vec<Target>,
-    options: ClientOptions,
+    // Which tracker to try, in which order; it also remembers the tracker
+    // in use and the one that failed last.
+    resolver: Arc<dyn Resolver>,
+    endpoint_options: EndpointOptions,
     // std Mutex: only held to read or swap the sticky connection, never
     // across an await.
     current: Mutex<Option<Connected>>,
-    // The tracker that failed last, so the next attempt starts after it.
-    last_failed: Mutex<Option<usize>>,
-}
-
-#[derive(Debug)]
-struct Target {
-    address: String,
-    endpoint: Endpoint,
 }
 
 #[derive(Clone, Debug)]
 struct Connected {
-    index: usize,
+    address: String,
     // The channel, not a service client: `JobService` and `AdminService`
     // calls share one connection and one failover state.
     channel: Channel,
@@ -240,31 +235,30 @@ pub(crate) enum Retry {
 impl JobClient {
     /// Checks the addresses (`http://host:port` or `host:port`) and makes a
     /// client that connects on its first call. Use it when trackers may be
-    /// down at start-up.
+    /// down at start-up. An `https://` address is refused: TLS is not
+    /// configured in this build.
     pub fn new(addrs: Vec<String>, options: ClientOptions) -> Result<Self> {
-        if addrs.is_empty() {
-            return Err(Error::NoAddresses);
-        }
-        let mut targets = Vec::with_capacity(addrs.len());
-        for raw in addrs {
-            let address = normalize_address(&raw)?;
-            let endpoint = Endpoint::from_shared(address.clone())
-                .map_err(|e| Error::InvalidAddress {
-                    address: raw.clone(),
-                    reason: error_chain(&e),
-                })?
-                .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true);
-            targets.push(Target { address, endpoint });
-        }
-        Ok(JobClient {
+        let resolver = StaticResolver::new(&addrs).map_err(|e| match e {
+            ResolverError::NoAddresses => Error::NoAddresses,
+            ResolverError::Address(e) => Error::InvalidAddress(e),
+        })?;
+        Ok(Self::with_resolver(Arc::new(resolver), options))
+    }
+
+    /// A client that asks `resolver` which trackers to try, for a list of
+    /// trackers that changes while the client runs. It connects on its
+    /// first call.
+    pub fn with_resolver(resolver: Arc<dyn Resolver>, options: ClientOptions) -> Self {
+        let endpoint_options = EndpointOptions::default()
+            .with_connect_timeout(options.connect_timeout)
+            .with_request_timeout(options.request_timeout);
+        JobClient {
             inner: Arc::new(Inner {
-                targets,
-                options,
+                resolver,
+                endpoint_options,
                 current: Mutex::new(None),
-                last_failed: Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// Connects to one of the trackers, chosen at random; fails with
@@ -282,22 +276,17 @@ impl JobClient {
 
     /// The tracker addresses, normalized to `http://host:port`.
     pub fn addresses(&self) -> Vec<String> {
-        self.inner
-            .targets
-            .iter()
-            .map(|t| t.address.clone())
-            .collect()
+        self.inner.resolver.watch().borrow().clone()
     }
 
     /// Longest wait for the answer to one call.
     pub(crate) fn request_timeout(&self) -> Duration {
-        self.inner.options.request_timeout
+        self.inner.endpoint_options.request_timeout
     }
 
     /// The tracker this client sticks to now, if it has connected.
     pub fn current_address(&self) -> Option<String> {
-        self.sticky()
-            .map(|c| self.inner.targets[c.index].address.clone())
+        self.sticky().map(|c| c.address)
     }
 
     /// Submits jobs; one outcome per job, in order. Batches larger than
@@ -500,13 +489,10 @@ impl JobClient {
             return Ok(());
         }
         let mut tried = Vec::new();
-        let mut last_error = String::new();
-        let start = self.start_index();
-        let n = self.inner.targets.len();
-        for k in 0..n {
-            let index = (start + k) % n;
-            tried.push(self.inner.targets[index].address.clone());
-            match self.connect_index(index).await {
+        let mut last_error = String::from("no JobTracker address is known");
+        for address in self.inner.resolver.addresses() {
+            tried.push(address.clone());
+            match self.connect_to(&address).await {
                 Ok(_) => return Ok(()),
                 Err(e) => last_error = e,
             }
@@ -547,23 +533,19 @@ impl JobClient {
     }
 
     /// The failover loop under every call: `f` gets a channel to one
-    /// tracker at a time.
+    /// tracker at a time, in the order the resolver gives.
     async fn call_channel<T, F, Fut>(&self, retry: Retry, f: F) -> Result<(String, T)>
     where
         F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        let n = self.inner.targets.len();
-        let start = self.start_index();
         let mut tried = Vec::new();
-        let mut last_error = String::new();
-        for k in 0..n {
-            let index = (start + k) % n;
-            let address = self.inner.targets[index].address.clone();
+        let mut last_error = String::from("no JobTracker address is known");
+        for address in self.inner.resolver.addresses() {
             tried.push(address.clone());
-            let channel = match self.sticky().filter(|c| c.index == index) {
+            let channel = match self.sticky().filter(|c| c.address == address) {
                 Some(c) => c.channel,
-                None => match self.connect_index(index).await {
+                None => match self.connect_to(&address).await {
                     Ok(channel) => channel,
                     Err(e) => {
                         last_error = e;
@@ -571,7 +553,7 @@ impl JobClient {
                     }
                 },
             };
-            match f(channel, self.inner.options.request_timeout).await {
+            match f(channel, self.request_timeout()).await {
                 Ok(response) => return Ok((address, response.into_inner())),
                 Err(status) => {
                     let unreachable = status.code() == tonic::Code::Unavailable;
@@ -579,7 +561,7 @@ impl JobClient {
                     if unreachable || slow {
                         // Whatever this call does next, later calls should
                         // start with another tracker.
-                        self.forget(index);
+                        self.forget(&address);
                     }
                     if unreachable || (slow && retry == Retry::UnreachableOrSlow) {
                         tracing::warn!(
@@ -605,53 +587,37 @@ impl JobClient {
             .clone()
     }
 
-    fn forget(&self, index: usize) {
-        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|c| c.index == index) {
-            *current = None;
-        }
-    }
-
-    /// The sticky tracker, or the one after the last that failed, or a
-    /// random one at first.
-    fn start_index(&self) -> usize {
-        if let Some(c) = self.sticky() {
-            return c.index;
-        }
-        let n = self.inner.targets.len();
-        let mut last = self
-            .inner
-            .last_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match *last {
-            Some(i) => (i + 1) % n,
-            None => {
-                let i = rand::rng().random_range(0..n);
-                *last = Some((i + n - 1) % n);
-                i
+    /// `address` failed (unreachable, too slow, or its stream broke): drop
+    /// its connection, and let the next call start with another tracker.
+    pub(crate) fn forget(&self, address: &str) {
+        {
+            let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_some_and(|c| c.address == address) {
+                *current = None;
             }
         }
+        self.inner.resolver.failed(address);
     }
 
-    async fn connect_index(&self, index: usize) -> std::result::Result<Channel, String> {
-        let target = &self.inner.targets[index];
-        match target.endpoint.connect().await {
+    async fn connect_to(&self, address: &str) -> std::result::Result<Channel, String> {
+        let connected = match JobTrackerEndpoint::new(address, &self.inner.endpoint_options) {
+            Ok(endpoint) => endpoint.connect().await.map_err(|e| error_chain(&e)),
+            // A resolver handed out an address this build cannot use.
+            Err(e) => Err(e.to_string()),
+        };
+        match connected {
             Ok(channel) => {
-                tracing::debug!(tracker = %target.address, "connected to JobTracker");
+                tracing::debug!(tracker = %address, "connected to JobTracker");
                 *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Connected {
-                    index,
+                    address: address.to_string(),
                     channel: channel.clone(),
                 });
+                self.inner.resolver.connected(address);
                 Ok(channel)
             }
             Err(e) => {
-                *self
-                    .inner
-                    .last_failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(index);
-                let reason = format!("{}: {}", target.address, error_chain(&e));
+                self.inner.resolver.failed(address);
+                let reason = format!("{address}: {e}");
                 tracing::debug!("cannot connect to JobTracker {reason}");
                 Err(reason)
             }
@@ -674,37 +640,12 @@ pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T
     request
 }
 
-/// Accepts `http://host:port`, `https://host:port` or `host:port`.
+/// Accepts `http://host:port` or `host:port` and returns
+/// `http://host:port`; refuses `https://` (TLS is not configured in this
+/// build) and anything else, naming the address. The same reading as every
+/// other client of the JobTrackers.
 pub fn normalize_address(raw: &str) -> Result<String> {
-    let trimmed = raw.trim().trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Err(Error::InvalidAddress {
-            address: raw.to_string(),
-            reason: "it is empty".into(),
-        });
-    }
-    let address = if trimmed.contains("://") {
-        trimmed.to_string()
-    } else {
-        format!("http://{trimmed}")
-    };
-    let uri: tonic::codegen::http::Uri = address.parse().map_err(|e| Error::InvalidAddress {
-        address: raw.to_string(),
-        reason: format!("{e}"),
-    })?;
-    if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
-        return Err(Error::InvalidAddress {
-            address: raw.to_string(),
-            reason: "use http://host:port or host:port".into(),
-        });
-    }
-    if uri.port_u16().is_none() {
-        return Err(Error::InvalidAddress {
-            address: raw.to_string(),
-            reason: "it names no port; use host:port".into(),
-        });
-    }
-    Ok(address)
+    Ok(lts_common::endpoint::normalize_address(raw)?)
 }
 
 /// Cuts specs into requests of at most [`MAX_BATCH`] jobs and at most the
@@ -849,6 +790,10 @@ mod tests {
         assert!(e.contains("`tracker-1`") && e.contains("port"), "{e}");
         let e = normalize_address("ftp://x:1").unwrap_err().to_string();
         assert!(e.contains("http://host:port"), "{e}");
+        let e = normalize_address("https://tracker-1:7070")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS is not configured"), "{e}");
         assert!(normalize_address(" ").is_err());
     }
 

@@ -3,14 +3,10 @@
 /// An error of the JobClient library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A JobTracker address cannot be used.
-    #[error("JobTracker address `{address}` is not valid: {reason}")]
-    InvalidAddress {
-        /// The address as given.
-        address: String,
-        /// Why it cannot be used.
-        reason: String,
-    },
+    /// A JobTracker address cannot be used (the error names it and says
+    /// why; an `https://` address is refused while TLS is not configured).
+    #[error(transparent)]
+    InvalidAddress(#[from] lts_common::endpoint::EndpointError),
 
     /// No JobTracker address was given.
     #[error("no JobTracker address given")]

@@ -118,6 +118,9 @@ impl FeedbackSubscription {
                         tracker = %stream.address,
                         "JobTracker closed the feedback stream; subscribing again"
                     );
+                    // A tracker ends the stream when it shuts down: start
+                    // the next subscription with another one.
+                    self.client.forget(&stream.address);
                     self.stream = None;
                     self.failures = self.failures.saturating_add(1);
                 }
@@ -131,6 +134,7 @@ impl FeedbackSubscription {
                     let address = stream.address.clone();
                     self.stream = None;
                     self.failures = self.failures.saturating_add(1);
+                    self.client.forget(&address);
                     if !matches!(
                         status.code(),
                         tonic::Code::Unavailable

@@ -4,6 +4,7 @@
 //! (a cancelled job that asked for feedback reports it), and the operator
 //! verbs of `AdminService`, through the library and the `jobclient` binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lts_common::{JobSpec, JobState, MisfirePolicy, RetryPlan, Schedule, ScheduleKind};
@@ -50,13 +51,10 @@ impl Tracker {
     }
 }
 
-/// An address nothing listens on.
-async fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    drop(l);
-    format!("127.0.0.1:{port}")
-}
+/// An address nothing listens on: port 1 on localhost refuses connections
+/// at once. A port bound and released here could be taken by another test
+/// before it is used.
+const DEAD_ADDRESS: &str = "127.0.0.1:1";
 
 fn later_job(task_id: &str) -> JobSpec {
     let mut spec = JobSpec::new(task_id, "workers");
@@ -140,7 +138,7 @@ async fn submit_query_cancel_and_log() {
 #[tokio::test]
 async fn fails_over_to_a_live_tracker_and_names_dead_ones() {
     let tracker = Tracker::start().await;
-    let dead = dead_address().await;
+    let dead = DEAD_ADDRESS.to_string();
     let client = JobClient::connect(vec![dead.clone(), tracker.address.clone()])
         .await
         .expect("one tracker is alive");
@@ -167,6 +165,30 @@ async fn fails_over_to_a_live_tracker_and_names_dead_ones() {
         .unwrap_err();
     assert!(matches!(e, Error::Unavailable { .. }), "{e}");
     assert!(e.to_string().contains(&dead), "{e}");
+}
+
+#[tokio::test]
+async fn failover_follows_the_resolver_and_tells_it_who_answered() {
+    use lts_common::resolver::{Resolver, StaticResolver};
+
+    let tracker = Tracker::start().await;
+    // The dead address comes first in the order.
+    let resolver = Arc::new(
+        StaticResolver::starting_at([DEAD_ADDRESS, tracker.address.as_str()], 0)
+            .expect("valid addresses"),
+    );
+    let client = JobClient::with_resolver(resolver.clone(), ClientOptions::default());
+    let outcomes = client.submit(vec![later_job("r-1")]).await.expect("submit");
+    assert!(outcomes[0].is_accepted());
+    let live = format!("http://{}", tracker.address);
+    assert_eq!(client.current_address(), Some(live.clone()));
+    // The resolver now puts the tracker that answered first, so the next
+    // client of the same resolver (or the next round) starts there.
+    assert_eq!(
+        resolver.addresses(),
+        [live.clone(), "http://127.0.0.1:1".into()]
+    );
+    tracker.stop().await;
 }
 
 #[tokio::test]

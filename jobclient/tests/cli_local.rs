@@ -227,3 +227,23 @@ fn plan_check_shows_each_error_and_bad_plans_exit_2() {
     let e = usage_error(&jobclient(&["plan", "check", "[retry, retyr]"]));
     assert!(e.contains("position 9") && e.contains("`retyr`"), "{e}");
 }
+
+#[test]
+fn https_addresses_are_refused_until_tls_is_configured() {
+    // Nothing listens there: a client that tried would fail with exit 3
+    // after a connect attempt, not with a usage error naming TLS.
+    for args in [
+        vec!["--jobtracker", "https://127.0.0.1:1", "get", "j-1"],
+        vec!["--jobtracker", "127.0.0.1:1,https://127.0.0.1:2", "list"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jobclient"))
+            .args(&args)
+            .env_remove("JOBCLIENT_CONFIG")
+            .env_remove("JOBCLIENT_JOBTRACKER")
+            .output()
+            .expect("run jobclient");
+        let e = usage_error(&out);
+        assert!(e.contains("TLS is not configured"), "{args:?}: {e}");
+        assert!(e.contains("https://127.0.0.1:"), "{args:?}: {e}");
+    }
+}

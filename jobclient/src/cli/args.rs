@@ -139,6 +139,11 @@ pub struct SubmitArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value, requires = "shell")]
     pub env: Vec<(String, String)>,
 
+    /// Working directory of the --shell program on the TaskTracker; the
+    /// TaskTracker's own when not given.
+    #[arg(long, value_name = "DIR", requires = "shell")]
+    pub cwd: Option<PathBuf>,
+
     /// Ask for the outcome to be pushed to --submit-node-group.
     #[arg(long)]
     pub feedback: bool,

@@ -3,8 +3,10 @@
 //! lines. Errors name the flag or file line at fault.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
+use lts_common::shell_job::ShellJob;
 use lts_common::{JobSpec, RetryPlan, Schedule};
 use serde::Deserialize;
 
@@ -73,27 +75,24 @@ impl UpdateArgs {
     }
 }
 
-/// The JSON payload read by the TaskTracker's built-in shell runner.
-pub fn shell_payload(command: &[String], env: &[(String, String)]) -> Result<Vec<u8>, String> {
+/// The JSON payload read by the TaskTracker's built-in shell runner,
+/// checked as the runner checks it.
+pub fn shell_payload(
+    command: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+) -> Result<Vec<u8>, String> {
     let Some((program, args)) = command.split_first() else {
         return Err("--shell needs a program".into());
     };
-    let payload = ShellPayload {
+    let job = ShellJob {
         program: program.clone(),
         args: args.to_vec(),
         env: env.iter().cloned().collect(),
+        cwd: cwd.map(Path::to_path_buf),
     };
-    serde_json::to_vec(&payload).map_err(|e| format!("--shell: {e}"))
-}
-
-#[derive(serde::Serialize, Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ShellPayload {
-    program: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
+    job.validate().map_err(|e| format!("--shell: {e}"))?;
+    job.to_payload().map_err(|e| format!("--shell: {e}"))
 }
 
 /// `--shell` takes the rest of the command line, so a jobclient flag after
@@ -147,7 +146,7 @@ pub struct JobLine {
     #[serde(default)]
     params: BTreeMap<String, String>,
     payload: Option<String>,
-    shell: Option<ShellLine>,
+    shell: Option<ShellJob>,
     feedback: Option<bool>,
     submit_node_group: Option<String>,
     replace: Option<bool>,
@@ -155,16 +154,6 @@ pub struct JobLine {
     plan: Option<String>,
     timeout: Option<String>,
     at: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ShellLine {
-    program: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
 }
 
 impl SubmitArgs {
@@ -227,7 +216,7 @@ impl SubmitArgs {
             (_, Some(bytes), _) => bytes,
             (_, _, Some(command)) => {
                 check_shell_command(command)?;
-                shell_payload(command, &self.env)?
+                shell_payload(command, &self.env, self.cwd.as_deref())?
             }
             _ => Vec::new(),
         };
@@ -284,12 +273,10 @@ impl SubmitArgs {
             spec.payload = payload.into_bytes();
         }
         if let Some(shell) = line.shell {
-            let payload = ShellPayload {
-                program: shell.program,
-                args: shell.args,
-                env: shell.env,
-            };
-            spec.payload = serde_json::to_vec(&payload).map_err(|e| format!("{at}: shell: {e}"))?;
+            shell.validate().map_err(|e| format!("{at}: shell: {e}"))?;
+            spec.payload = shell
+                .to_payload()
+                .map_err(|e| format!("{at}: shell: {e}"))?;
         }
         if let Some(f) = line.feedback {
             spec.need_feedback = f;
@@ -364,6 +351,70 @@ mod tests {
         assert!(e.contains("`--env`") && e.contains("before --shell"), "{e}");
         // --env without --shell is refused.
         assert!(parse(&["submit", "-g", "w", "-t", "t", "--env", "A=1"]).is_err());
+    }
+
+    #[test]
+    fn shell_jobs_carry_their_working_directory() {
+        let job = one_job(&[
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--cwd",
+            "/srv/work",
+            "--shell",
+            "make",
+            "all",
+        ]);
+        // Read back as the TaskTracker's runner reads it.
+        let shell = ShellJob::from_payload(&job.payload).expect("a shell job");
+        assert_eq!(shell.cwd.as_deref(), Some(Path::new("/srv/work")));
+        assert_eq!(
+            (shell.program.as_str(), shell.args.as_slice()),
+            ("make", &["all".to_string()][..])
+        );
+        // --cwd goes with --shell only, and before it.
+        assert!(parse(&["submit", "-g", "w", "-t", "t", "--cwd", "/tmp"]).is_err());
+        let e = submit_args(&["-g", "w", "-t", "t", "--shell", "ls", "--cwd", "/tmp"])
+            .jobs(None, None, 0)
+            .unwrap_err();
+        assert!(e.contains("`--cwd`") && e.contains("before --shell"), "{e}");
+
+        let args = submit_args(&["-g", "w", "--from-file", "jobs.jsonl"]);
+        let jobs = args
+            .jobs(
+                None,
+                Some(r#"{"task_id": "a", "shell": {"program": "ls", "cwd": "/var/log"}}"#),
+                0,
+            )
+            .expect("valid");
+        let shell = ShellJob::from_payload(&jobs[0].payload).expect("a shell job");
+        assert_eq!(shell.cwd.as_deref(), Some(Path::new("/var/log")));
+    }
+
+    #[test]
+    fn shell_jobs_the_runner_would_refuse_are_refused_here() {
+        let e = submit_args(&[
+            "-g",
+            "w",
+            "-t",
+            "t",
+            "--env",
+            "LD_PRELOAD=x",
+            "--shell",
+            "ls",
+        ])
+        .jobs(None, None, 0)
+        .unwrap_err();
+        assert!(e.starts_with("--shell: `env.LD_PRELOAD`"), "{e}");
+        let e = submit_args(&["-g", "w", "--from-file", "f"])
+            .jobs(
+                None,
+                Some(r#"{"task_id": "a", "shell": {"program": " "}}"#),
+                0,
+            )
+            .unwrap_err();
+        assert!(e.contains("line 1: shell: `program` is empty"), "{e}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         ..ClientOptions::default()
     };
     let client = JobClient::new(cli.jobtrackers.clone(), options).map_err(|e| match e {
-        Error::InvalidAddress { .. } | Error::NoAddresses => {
+        Error::InvalidAddress(_) | Error::NoAddresses => {
             CliError::Usage(format!("--jobtracker: {e}"))
         }
         other => CliError::Client(other),
