@@ -1424,3 +1424,27 @@ async fn cancel_run_drops_queued_and_due_runs_unrun_and_spares_another_attempt()
     );
     h.finish().await.unwrap();
 }
+
+#[tokio::test]
+async fn runs_queued_for_a_slot_are_dropped_unrun_when_the_stream_breaks() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start(1, runner.clone()).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("g0".to_string(), "gate"), ("q0".to_string(), "noop")]);
+    s.started(1).await;
+    s.break_stream();
+
+    // The JobTracker hands "q0" out again; here it must not run as well.
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 1, "the queued run is gone from the count");
+    s.welcome(10_000);
+    gate.add_permits(1);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "g0");
+    s.assign(ids("n", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "n0");
+    assert_eq!(runner.ran(), vec!["g0", "n0"], "the queued run never ran");
+    h.finish().await.unwrap();
+}
