@@ -1293,8 +1293,9 @@ async fn past_its_lease_a_tasktracker_drops_queued_runs_and_running_ones_finish_
     s.started(1).await;
     assert_eq!(runner.ran(), vec!["g0"]);
 
-    // The tracker goes silent and the lease runs out.
-    clock.advance(Duration::from_millis(LEASE_MS as u64 + 1));
+    // The tracker goes silent until the lease runs out, to the
+    // millisecond.
+    clock.advance(Duration::from_millis(LEASE_MS as u64));
     let old = rest_of_stream(&mut s).await;
     assert!(old.reports.is_empty(), "{old:?}");
     let mut s = h.session().await;
