@@ -187,58 +187,55 @@ impl Setup {
         let joined_before = joins(&tracker_log, FROZEN);
         let stopped_at = now_ms();
         self.cluster.proc(FROZEN)?.freeze()?;
-        let gave_up = {
-            let cluster = &mut self.cluster;
-            wait_until(
-                WAIT,
-                "the JobTracker giving the frozen TaskTracker up",
-                || {
-                    let log = cluster
-                        .proc(TRACKER)
-                        .map(|p| p.current_log())
-                        .unwrap_or_default();
-                    async move {
-                        let n = departures(&log, FROZEN);
-                        Ok(if n > left_before {
-                            Ok(())
-                        } else {
-                            Err(format!("{n} departures logged"))
-                        })
-                    }
-                },
-            )
-            .await
-        };
+        let gave_up = self
+            .wait_tracker_log("giving the frozen TaskTracker up", departures, left_before)
+            .await;
         if let Err(e) = gave_up {
             self.cluster.proc(FROZEN)?.thaw()?;
-            return Err(e.context(self.cluster.logs()));
+            return Err(e);
         }
         // The fault itself: the process stays stopped a while longer.
         tokio::time::sleep(PAST_GIVE_UP).await;
         let resumed_at = now_ms();
         self.cluster.proc(FROZEN)?.thaw()?;
-        let cluster = &mut self.cluster;
-        wait_until(WAIT, "the resumed TaskTracker joining again", || {
-            let log = cluster
-                .proc(TRACKER)
-                .map(|p| p.current_log())
-                .unwrap_or_default();
-            async move {
-                let n = joins(&log, FROZEN);
-                Ok(if n > joined_before {
-                    Ok(())
-                } else {
-                    Err(format!("{n} joins logged"))
-                })
-            }
-        })
-        .await
-        .with_context(|| self.cluster.logs())?;
+        self.wait_tracker_log(
+            "the resumed TaskTracker joining again",
+            joins,
+            joined_before,
+        )
+        .await?;
         Ok(Freeze {
             stopped_at,
             resumed_at,
             rejoined_at: now_ms(),
         })
+    }
+
+    /// Waits until the JobTracker's log holds more than `before` lines
+    /// about the frozen TaskTracker that `count` counts.
+    async fn wait_tracker_log(
+        &mut self,
+        what: &str,
+        count: fn(&str, &str) -> usize,
+        before: usize,
+    ) -> Result<()> {
+        let cluster = &mut self.cluster;
+        wait_until(WAIT, what, || {
+            let log = cluster
+                .proc(TRACKER)
+                .map(|p| p.current_log())
+                .unwrap_or_default();
+            async move {
+                let n = count(&log, FROZEN);
+                Ok(if n > before {
+                    Ok(())
+                } else {
+                    Err(format!("{n} such lines in the JobTracker's log"))
+                })
+            }
+        })
+        .await
+        .with_context(|| self.cluster.logs())
     }
 
     /// Fails naming every task that ran twice other than by a run started
