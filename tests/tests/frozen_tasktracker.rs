@@ -383,10 +383,33 @@ async fn jobs_queued_in_a_frozen_task_tracker_never_run_twice() -> Result<()> {
         freezes.push(s.freeze_past_give_up().await?);
     }
     let total = FREEZES * JOBS_PER_ROUND;
-    wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
+    let jobs = wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
         .await
         .with_context(|| s.cluster.logs())?;
     let runs = s.assert_no_double_runs(&freezes)?;
+    // Each round gave the frozen TaskTracker more jobs than it has slots,
+    // so some waited in it when it froze.
+    let mut first_sent_to_frozen: BTreeMap<String, usize> = BTreeMap::new();
+    for job in &jobs {
+        let log = s.client.log(&job.job_id).await?;
+        let to_frozen = log.iter().any(|e| {
+            e.kind == lts_common::LogKind::Dispatched && e.attempt == 1 && e.worker == FROZEN
+        });
+        if to_frozen {
+            let round = job.spec.task_id.split('-').next().unwrap_or_default();
+            *first_sent_to_frozen.entry(round.to_string()).or_default() += 1;
+        }
+    }
+    for round in 0..FREEZES {
+        let n = first_sent_to_frozen
+            .get(&format!("r{round}"))
+            .copied()
+            .unwrap_or_default();
+        assert!(
+            n > 2,
+            "round {round} sent {n} jobs to the frozen TaskTracker: none waited for a slot"
+        );
+    }
     let distinct = runs
         .iter()
         .map(|r| r.task.as_str())
