@@ -28,11 +28,16 @@ pub struct TaskTrackerConfig {
     pub ahead_slots: u32,
     /// Name of this process as the JobTracker shows it; unique per process.
     pub identity: String,
-    /// First wait before reconnecting after the stream to the JobTracker
-    /// broke; it doubles per failed attempt up to
-    /// [`reconnect_backoff_max`](Self::reconnect_backoff_max).
+    /// First step of the wait before reconnecting after the stream to the
+    /// JobTracker broke (or no JobTracker answered); the step doubles per
+    /// failed round up to
+    /// [`reconnect_backoff_max`](Self::reconnect_backoff_max). Each wait is
+    /// a random time between half and all of its step, so TaskTrackers
+    /// reconnecting after a JobTracker restart spread out. Default 100 ms.
     pub reconnect_backoff_min: Duration,
-    /// Longest wait between two reconnect attempts.
+    /// Largest step of the reconnect wait: once there, the TaskTracker
+    /// tries again every half to whole of it. Default 1 s, so a JobTracker
+    /// back from a restart gets its TaskTrackers within about a second.
     pub reconnect_backoff_max: Duration,
     /// On shutdown, how long running jobs may go on before they are cancelled.
     pub shutdown_grace: Duration,
@@ -58,7 +63,7 @@ impl TaskTrackerConfig {
             ahead_slots: 4096,
             identity: default_identity(),
             reconnect_backoff_min: Duration::from_millis(100),
-            reconnect_backoff_max: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(2),
             flush_timeout: Duration::from_secs(5),
@@ -219,6 +224,19 @@ mod tests {
         assert!(message.starts_with("--jobtracker:"), "{message}");
         assert!(message.contains("TLS is not configured"), "{message}");
         assert!(message.contains("`https://10.0.0.2:7070`"), "{message}");
+    }
+
+    #[test]
+    fn reconnect_waits_default_to_quick_retries_and_are_checked() {
+        let mut c = TaskTrackerConfig::new("http://127.0.0.1:7070", "workers");
+        assert_eq!(c.reconnect_backoff_min, Duration::from_millis(100));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_secs(1));
+        c.reconnect_backoff_min = Duration::ZERO;
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.contains("reconnect backoff"), "{message}");
+        c.reconnect_backoff_min = Duration::from_secs(2);
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.contains("at most the longest"), "{message}");
     }
 
     #[test]

@@ -44,6 +44,7 @@
 //! coalesced, so a burst of finished runs costs a few messages.
 #![warn(missing_docs)]
 
+mod backoff;
 pub mod clock;
 mod config;
 mod error;

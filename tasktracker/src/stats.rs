@@ -1,7 +1,7 @@
 //! Counters for operators (Prometheus) and for tests and benchmarks
 //! ([`TaskTrackerHandle`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lts_proto::v1 as pb;
@@ -91,6 +91,14 @@ pub struct Stats {
     pub unacked: u64,
     /// Log lines dropped because the JobTracker was unreachable or slow.
     pub dropped_log_lines: u64,
+    /// When the TaskTracker last heard from its JobTracker (the hello it
+    /// sent, then any message it read), Unix ms on its clock; 0 before the
+    /// first stream.
+    pub last_heard_ms: i64,
+    /// Streams given up because the JobTracker was silent for longer than
+    /// the lease (two heartbeat intervals): the runs held or queued on them
+    /// were dropped unrun.
+    pub lease_lapses: u64,
 }
 
 impl Stats {
@@ -109,6 +117,8 @@ struct Counters {
     connections: AtomicU64,
     unacked: AtomicU64,
     dropped_log_lines: AtomicU64,
+    last_heard_ms: AtomicI64,
+    lease_lapses: AtomicU64,
     changed: Notify,
 }
 
@@ -171,6 +181,14 @@ impl Recorder {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn heard(&self, at_ms: i64) {
+        self.counters.last_heard_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lease_lapsed(&self) {
+        self.counters.lease_lapses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Wakes [`TaskTrackerHandle::wait_for`]; called once per batch of
     /// changes, not per counter.
     pub(crate) fn notify(&self) {
@@ -201,6 +219,8 @@ impl TaskTrackerHandle {
             connections: c.connections.load(Ordering::Relaxed),
             unacked: c.unacked.load(Ordering::Relaxed),
             dropped_log_lines: c.dropped_log_lines.load(Ordering::Relaxed),
+            last_heard_ms: c.last_heard_ms.load(Ordering::Relaxed),
+            lease_lapses: c.lease_lapses.load(Ordering::Relaxed),
         }
     }
 

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::clock::{Clock, ClockSleep, SystemClock};
 use crate::config::TaskTrackerConfig;
 use crate::error::{Error, Result};
@@ -57,6 +58,12 @@ const STARTED_BATCH: usize = 1024;
 const STARTED_DELAY: Duration = Duration::from_millis(10);
 /// Heartbeat period when the JobTracker names none.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The lease, in heartbeat intervals: a TaskTracker that has heard nothing
+/// from its JobTracker for longer starts nothing more on that stream. The
+/// JobTracker gives a silent TaskTracker up after three intervals; the third
+/// covers the TaskTracker's own heartbeat period (its last message may have
+/// left up to one interval before it went quiet).
+const LEASE_HEARTBEATS: u32 = 2;
 /// How long to wait for the JobTracker to close its side after ours ended.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -243,6 +250,41 @@ struct Conn {
     /// Assignments the JobTracker may still send on this stream.
     granted: usize,
     tracker_id: String,
+    /// When the JobTracker was last heard from (Unix ms on the
+    /// TaskTracker's clock): the hello's sending, then every message read.
+    /// The JobTracker's silence count for this TaskTracker starts no
+    /// earlier than the hello, so that is where the lease starts too.
+    heard_ms: i64,
+    /// How long the JobTracker may be silent before the runs of this
+    /// stream can no longer be trusted to be this TaskTracker's.
+    lease: Duration,
+}
+
+impl Conn {
+    /// The instant (Unix ms) after which the lease has lapsed unless the
+    /// JobTracker is heard from again.
+    fn lease_end_ms(&self) -> i64 {
+        self.heard_ms.saturating_add(duration_ms(self.lease))
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What woke the driver.
+enum Wake {
+    /// Every run released at an instant has begun, or the hold ran out.
+    HoldOver,
+    Event(Event),
+    Link(LinkEvent),
+    /// The earliest job held ahead is due.
+    AheadDue,
+    /// The lease may have lapsed.
+    LeaseCheck,
+    FlushDeadline,
+    /// Runs started must now be told to the JobTracker.
+    StartedDue,
 }
 
 enum ConnectError {
@@ -301,11 +343,15 @@ struct Driver {
 impl Driver {
     async fn drive(&mut self) -> Result<()> {
         let mut link = self.connect();
-        let mut backoff = self.config.reconnect_backoff_min;
+        let mut backoff = Backoff::new(
+            self.config.reconnect_backoff_min,
+            self.config.reconnect_backoff_max,
+        );
         let mut flush_deadline: Option<Instant> = None;
         // The wait for the earliest job held ahead, kept while that stays
         // the earliest: a timer is set once per instant, not per event.
         let mut ahead_wait: Option<(i64, ClockSleep)> = None;
+        let mut lease_wait: Option<ClockSleep> = None;
         loop {
             if self.stopping
                 && self.running.is_empty()
@@ -324,13 +370,59 @@ impl Driver {
             if ahead_wait.as_ref().map(|(at, _)| *at) != earliest_ahead {
                 ahead_wait = earliest_ahead.map(|at| (at, self.clock.sleep_until_ms(at)));
             }
+            // The lease's timer, set once per lease rather than per message:
+            // when it fires early (the JobTracker was heard since), it is
+            // set again for the new end.
+            match as_conn(&mut link) {
+                Some(conn) if lease_wait.is_none() => {
+                    lease_wait = Some(self.clock.sleep_until_ms(conn.lease_end_ms()));
+                }
+                Some(_) => {}
+                None => lease_wait = None,
+            }
             let starting = self.starting.clone();
             let holding = starting.holding_until().is_some();
-            tokio::select! {
+            let wake = tokio::select! {
                 // Runs released at their instant begin before the outcomes
                 // of those already done are reported.
-                _ = starting.hold_over(), if holding => {}
-                Some(event) = self.events_rx.recv(), if !holding => {
+                _ = starting.hold_over(), if holding => Wake::HoldOver,
+                Some(event) = self.events_rx.recv(), if !holding => Wake::Event(event),
+                event = next_link_event(&mut link) => Wake::Link(event),
+                _ = async {
+                    match ahead_wait.as_mut() {
+                        Some((_, sleep)) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ahead_wait.is_some() => {
+                    ahead_wait = None;
+                    Wake::AheadDue
+                }
+                _ = async {
+                    match lease_wait.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if lease_wait.is_some() => {
+                    lease_wait = None;
+                    Wake::LeaseCheck
+                }
+                _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => Wake::FlushDeadline,
+                _ = tokio::time::sleep_until(self.started_due.unwrap_or(far)), if self.started_due.is_some() => Wake::StartedDue,
+            };
+            // Whatever woke the driver, the lease is looked at first: a
+            // process resumed after a pause must not start what its timers
+            // release, nor act on messages that waited in its socket, before
+            // it knows the runs are still its own.
+            if self.check_lease(&mut link, &mut backoff) {
+                lease_wait = None;
+                if matches!(wake, Wake::Link(_)) {
+                    // Read from, or meant for, the stream just given up.
+                    continue;
+                }
+            }
+            match wake {
+                Wake::HoldOver | Wake::LeaseCheck | Wake::FlushDeadline => {}
+                Wake::Event(event) => {
                     let mut link_up = as_conn(&mut link);
                     self.on_event(event, &mut link_up);
                     for _ in 1..EVENT_BURST {
@@ -341,24 +433,30 @@ impl Driver {
                     }
                     self.settle(link_up);
                 }
-                event = next_link_event(&mut link) => match event {
+                Wake::Link(event) => match event {
                     LinkEvent::Retry => link = self.connect(),
                     LinkEvent::Connected(Ok(conn)) => {
-                        backoff = self.config.reconnect_backoff_min;
+                        backoff.reset();
                         link = Link::Up(conn);
                         self.on_connected(as_conn(&mut link));
                     }
                     LinkEvent::Connected(Err(ConnectError::Permanent(e))) => return Err(e),
                     LinkEvent::Connected(Err(ConnectError::Retry(why))) => {
+                        let wait = backoff.next_wait();
                         tracing::warn!(
                             "cannot reach a JobTracker ({why}); retrying in {} ms",
-                            backoff.as_millis()
+                            wait.as_millis()
                         );
-                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
-                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                        link = Link::Down {
+                            retry_at: Instant::now() + wait,
+                        };
                     }
                     LinkEvent::Message(Ok(Some(message))) => {
                         let mut link_up = as_conn(&mut link);
+                        if let Some(conn) = link_up.as_deref_mut() {
+                            conn.heard_ms = self.clock.now_ms();
+                            self.recorder.heard(conn.heard_ms);
+                        }
                         self.on_message(message, &mut link_up);
                         self.settle(link_up);
                     }
@@ -368,18 +466,21 @@ impl Driver {
                             self.resolver.failed(&conn.address);
                         }
                         match end {
-                            Ok(_) => tracing::warn!("the JobTracker closed the stream; reconnecting"),
+                            Ok(_) => {
+                                tracing::warn!("the JobTracker closed the stream; reconnecting")
+                            }
                             Err(status) => tracing::warn!(
                                 "the stream to the JobTracker broke ({}: {}); reconnecting",
                                 status.code(),
                                 status.message()
                             ),
                         }
-                        self.drop_ahead();
+                        self.on_stream_end();
                         self.recorder.set_connected(false);
                         self.recorder.notify();
-                        link = Link::Down { retry_at: Instant::now() + jitter(backoff) };
-                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                        link = Link::Down {
+                            retry_at: Instant::now() + backoff.next_wait(),
+                        };
                     }
                     LinkEvent::Heartbeat => {
                         if let Some(conn) = as_conn(&mut link) {
@@ -387,24 +488,15 @@ impl Driver {
                         }
                     }
                 },
-                _ = async {
-                    match ahead_wait.as_mut() {
-                        Some((_, sleep)) => sleep.await,
-                        None => std::future::pending().await,
-                    }
-                }, if ahead_wait.is_some() => {
-                    ahead_wait = None;
+                Wake::AheadDue => {
                     let mut link_up = as_conn(&mut link);
                     self.release_due_ahead(&mut link_up);
                     self.settle(link_up);
                 }
-                _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => {}
-                _ = tokio::time::sleep_until(self.started_due.unwrap_or(far)), if self.started_due.is_some() => {
-                    match as_conn(&mut link) {
-                        Some(conn) => self.send_started(conn),
-                        None => self.started_due = None,
-                    }
-                }
+                Wake::StartedDue => match as_conn(&mut link) {
+                    Some(conn) => self.send_started(conn),
+                    None => self.started_due = None,
+                },
             }
         }
         if !self.spool.is_empty() {
@@ -448,6 +540,7 @@ impl Driver {
         };
         Link::Connecting(Box::pin(open_first(
             self.resolver.clone(),
+            self.clock.clone(),
             self.endpoint_options.clone(),
             hello,
             self.queued_log_lines.clone(),
@@ -459,16 +552,18 @@ impl Driver {
     fn on_connected(&mut self, conn: Option<&mut Conn>) {
         let Some(conn) = conn else { return };
         self.recorder.set_connected(true);
+        self.recorder.heard(conn.heard_ms);
         tracing::info!(
             "connected to JobTracker {} at {} as {} ({} slots, {} ahead slots, {} running, \
-             {} outcomes to resend)",
+             {} outcomes to resend; lease {} ms)",
             conn.tracker_id,
             conn.address,
             self.config.identity,
             self.slots,
             self.config.ahead_slots,
             self.running.len(),
-            self.spool.len()
+            self.spool.len(),
+            conn.lease.as_millis()
         );
         match self.spool.unacked() {
             Ok(reports) => {
@@ -757,23 +852,69 @@ impl Driver {
         }
     }
 
-    /// Drops every job held ahead of its time, unrun, when the stream they
+    /// Drops every run that has not started, unrun, when the stream it
     /// came on ends: the JobTracker hands the runs of an ended stream out
-    /// again, so running them here as well would run them twice.
-    fn drop_ahead(&mut self) {
-        // Those already due but still waiting for a slot go too: they have
-        // not started either.
-        let dropped = self.ahead.len() + self.due_waiting.len();
-        if dropped == 0 {
-            return;
-        }
-        tracing::info!(
-            "dropped {dropped} jobs sent ahead of their time, unrun: the stream they came on \
-             ended and the JobTracker hands them out again"
-        );
+    /// again, so running them here as well would run them twice. Returns
+    /// how many were held ahead of their time (or due and waiting for a
+    /// slot) and how many were queued for a slot.
+    fn drop_unstarted(&mut self) -> (usize, usize) {
+        // Those held ahead but already due and waiting for a slot go too:
+        // they have not started either.
+        let held = self.ahead.len() + self.due_waiting.len();
+        let queued = self.waiting.len();
         self.ahead.clear();
         self.due_waiting.clear();
+        self.waiting.clear();
         self.recorder.set_ahead_held(0);
+        (held, queued)
+    }
+
+    /// The stream ended: drops what it brought and has not started.
+    fn on_stream_end(&mut self) {
+        let (held, queued) = self.drop_unstarted();
+        if held + queued > 0 {
+            tracing::info!(
+                "dropped {held} jobs sent ahead of their time and {queued} waiting for a slot, \
+                 unrun: the stream they came on ended and the JobTracker hands them out again"
+            );
+        }
+    }
+
+    /// Gives the stream up if the JobTracker has been silent for longer
+    /// than the lease: what it brought and has not started is dropped
+    /// unrun (the JobTracker hands it out again once the stream ends, if
+    /// it has not already), runs going on finish and report, and the
+    /// TaskTracker reconnects. Returns whether it gave the stream up.
+    fn check_lease(&mut self, link: &mut Link, backoff: &mut Backoff) -> bool {
+        let Some(conn) = as_conn(link) else {
+            return false;
+        };
+        let silent_ms = self.clock.now_ms().saturating_sub(conn.heard_ms);
+        if silent_ms <= duration_ms(conn.lease) {
+            return false;
+        }
+        // The silence may be the JobTracker's (hung, cut off): the next
+        // attempt starts with another one.
+        self.resolver.failed(&conn.address);
+        let address = conn.address.clone();
+        let lease_ms = conn.lease.as_millis();
+        let (held, queued) = self.drop_unstarted();
+        tracing::warn!(
+            "no message from the JobTracker at {address} for {silent_ms} ms, longer than the \
+             lease of {lease_ms} ms (two heartbeat intervals): dropped {held} jobs sent ahead of \
+             their time and {queued} waiting for a slot, unrun, since the JobTracker may have \
+             handed them to another TaskTracker; {} running go on and report; reconnecting",
+            self.running.len()
+        );
+        self.recorder.lease_lapsed();
+        self.recorder.set_connected(false);
+        self.recorder.notify();
+        // Dropping the stream ends it, so a JobTracker that still counted
+        // on this TaskTracker hands its runs out again now.
+        *link = Link::Down {
+            retry_at: Instant::now() + backoff.next_wait(),
+        };
+        true
     }
 
     fn start(&mut self, assignment: pb::Assignment, conn: &mut Option<&mut Conn>) {
@@ -964,17 +1105,13 @@ fn outcome_report(
     }
 }
 
-/// Spreads reconnects of many TaskTrackers after a JobTracker restart.
-fn jitter(backoff: Duration) -> Duration {
-    backoff.mul_f64(rand::random_range(0.8..1.2))
-}
-
 /// Opens a stream to the first JobTracker of the resolver's list that
 /// welcomes this TaskTracker, trying each once and telling the resolver
 /// which failed and which answered. A refusal ends the search: every
 /// JobTracker of a cluster would refuse the same hello.
 async fn open_first(
     resolver: Arc<dyn Resolver>,
+    clock: Arc<dyn Clock>,
     options: EndpointOptions,
     hello: pb::Hello,
     queued_log_lines: Arc<AtomicUsize>,
@@ -999,6 +1136,7 @@ async fn open_first(
         };
         let opened = open_stream(
             address.clone(),
+            clock.as_ref(),
             endpoint,
             hello.clone(),
             queued_log_lines.clone(),
@@ -1025,6 +1163,7 @@ async fn open_first(
 /// Opens the stream, says hello and waits for the welcome.
 async fn open_stream(
     address: String,
+    clock: &dyn Clock,
     endpoint: JobTrackerEndpoint,
     hello: pb::Hello,
     queued_log_lines: Arc<AtomicUsize>,
@@ -1043,6 +1182,7 @@ async fn open_stream(
     let hello = pb::WorkerMessage {
         kind: Some(pb::worker_message::Kind::Hello(hello)),
     };
+    let hello_ms = clock.now_ms();
     let opening = async {
         let mut inbound = client
             .work(coalesced(hello, queue, queued_log_lines, starting))
@@ -1083,6 +1223,8 @@ async fn open_stream(
         heartbeat,
         granted,
         tracker_id: welcome.tracker_id,
+        heard_ms: hello_ms,
+        lease: period * LEASE_HEARTBEATS,
     }))
 }
 

@@ -741,8 +741,11 @@ async fn cancel_run_fires_the_token_and_logs_and_panics_are_reported() {
 
 #[tokio::test]
 async fn heartbeats_follow_the_welcome_interval() {
-    let (runner, _gate) = Scripted::new();
-    let mut h = Harness::start(1, runner).await;
+    // The TaskTracker's clock stands still, so its lease (two intervals of
+    // silence from this peer, which sends nothing) never runs out here:
+    // the test watches the heartbeats alone.
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h = Harness::start_on_clock(1, runner, clock, |_| {}).await;
     let mut s = h.session().await;
     let period = Duration::from_millis(20);
     let welcomed = tokio::time::Instant::now();
@@ -1193,4 +1196,154 @@ async fn an_https_jobtracker_is_refused_before_anything_starts() {
         }
         other => panic!("expected a config error, got {other:?}"),
     }
+}
+
+/// Reads what the TaskTracker still sends on a stream it gave up, until
+/// the stream ends.
+async fn rest_of_stream(s: &mut Session) -> Received {
+    let mut got = Received::default();
+    tokio::time::timeout(WAIT, async {
+        while let Ok(Some(message)) = s.inbound.message().await {
+            match message.kind {
+                Some(FromWorker::Started(started)) => got.started += started.runs.len(),
+                Some(FromWorker::Outcomes(o)) => got.reports.extend(o.reports),
+                Some(FromWorker::Credit(c)) => {
+                    got.credits += c.credits;
+                    got.ahead_credits += c.ahead_credits;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the TaskTracker ends the stream it gave up");
+    got
+}
+
+/// The lease on the welcome of these tests: two intervals of 10 s.
+const LEASE_MS: i64 = 20_000;
+
+#[tokio::test]
+async fn a_process_resumed_past_its_lease_starts_none_of_the_jobs_it_held_ahead() {
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(4, runner.clone(), clock.clone(), |c| c.ahead_slots = 8).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // Both are due after the lease ends; the tracker goes silent.
+    let not_before = clock.now_ms() + LEASE_MS + 5_000;
+    s.assign_ahead("held-1", "noop", not_before);
+    s.assign_ahead("held-2", "noop", not_before + 10);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.ahead_held == 2))
+        .await
+        .unwrap();
+
+    // As after a SIGSTOP: when the process runs again, its clock is past
+    // the lease and past the instants at once, so the release timer and
+    // the lease are due together.
+    clock.set(not_before + 10);
+    let old = rest_of_stream(&mut s).await;
+    assert_eq!(old.started, 0, "nothing started on the old stream: {old:?}");
+    assert!(old.reports.is_empty(), "nothing reported: {old:?}");
+
+    let s = h.session().await;
+    s.welcome(10_000);
+    let stats = tokio::time::timeout(
+        WAIT,
+        h.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.lease_lapses, 1);
+    assert_eq!(stats.ahead_held, 0);
+    // A job sent on the new stream, due after the dropped ones, marks that
+    // their instants have passed.
+    hold_one_ahead(&h, &s, "after", not_before + 100).await;
+    clock.set(not_before + 100);
+    let mut s = s;
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "after");
+    assert_eq!(runner.ran(), vec!["after"], "the held jobs never ran");
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn past_its_lease_a_tasktracker_drops_queued_runs_and_running_ones_finish_and_report() {
+    let (clock, runner, gate) = frozen_clock();
+    let mut h = Harness::start_on_clock(1, runner.clone(), clock.clone(), |_| {}).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // One slot: "g0" runs, the other two are queued for it.
+    s.assign(vec![
+        ("g0".to_string(), "gate"),
+        ("q0".to_string(), "noop"),
+        ("q1".to_string(), "noop"),
+    ]);
+    s.started(1).await;
+    assert_eq!(runner.ran(), vec!["g0"]);
+
+    // The tracker goes silent and the lease runs out.
+    clock.advance(Duration::from_millis(LEASE_MS as u64 + 1));
+    let old = rest_of_stream(&mut s).await;
+    assert!(old.reports.is_empty(), "{old:?}");
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 1, "nothing queued takes the free slot count");
+    s.welcome(10_000);
+    tokio::time::timeout(
+        WAIT,
+        h.handle.wait_for(|s| s.connected && s.connections == 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.handle.stats().lease_lapses, 1);
+
+    // The run that had started goes on; its outcome comes on the new
+    // stream, and its slot goes to a job sent there, not to the dropped.
+    gate.add_permits(1);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "g0");
+    assert_eq!(
+        outcome(&got.reports[0]),
+        Outcome::Success("gate passed".into())
+    );
+    s.assign(ids("n", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "n0");
+    assert_eq!(runner.ran(), vec!["g0", "n0"], "the queued runs never ran");
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn while_the_jobtracker_keeps_talking_held_jobs_start_at_their_instant() {
+    let (clock, runner, _gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(2, runner.clone(), clock.clone(), |c| c.ahead_slots = 8).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // Due well after one lease from the hello.
+    let not_before = clock.now_ms() + 3 * LEASE_MS;
+    hold_one_ahead(&h, &s, "held", not_before).await;
+    // The clock moves three quarters of a lease at a time; before each
+    // move the tracker says something and the TaskTracker has read it.
+    let mut talks = 0;
+    while clock.now_ms() < not_before {
+        let now = clock.now_ms();
+        if talks % 2 == 0 {
+            s.send(ToWorker::Heartbeat(pb::Heartbeat { at_unix_ms: now }));
+        } else {
+            s.ack(&[]);
+        }
+        talks += 1;
+        tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.last_heard_ms == now))
+            .await
+            .expect("the TaskTracker reads what the tracker says");
+        clock.set((now + LEASE_MS * 3 / 4).min(not_before));
+    }
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "held");
+    assert_eq!(got.reports[0].started_at_unix_ms, not_before);
+    let stats = h.handle.stats();
+    assert_eq!(stats.lease_lapses, 0);
+    assert_eq!(stats.connections, 1, "the stream was never given up");
+    h.finish().await.unwrap();
 }

@@ -541,48 +541,86 @@ mod tests {
         assert_eq!(outcome, Outcome::Error("killed by signal SIGKILL".into()));
     }
 
+    /// Whether process `pid` is gone: no such process, or a zombie
+    /// waiting to be reaped (it runs no more code).
+    fn process_is_gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        }
+    }
+
+    /// Waits until `pid` is gone; false if it is still there at the end of
+    /// a generous bound (a failure, not a measure of speed).
+    async fn wait_until_gone(pid: i32) -> bool {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !process_is_gone(pid) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Reads log lines until one is a pid, and returns it.
+    async fn logged_pid(logs: &mut crate::runner::CapturedLogs) -> i32 {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let (_, line) = logs.next().await.expect("a log line");
+                if let Ok(pid) = line.trim().parse::<i32>() {
+                    return pid;
+                }
+            }
+        })
+        .await
+        .expect("the script logs a pid")
+    }
+
     #[tokio::test]
     async fn cancelling_terminates_the_whole_group() {
         // The child ignores SIGTERM, so it takes the SIGKILL; the background
-        // grandchild must die with it.
-        let script = "trap '' TERM; sleep 30 & echo started; wait";
+        // grandchild, whose pid it logs, must die with it.
+        let script = "trap '' TERM; sleep 300 & echo $!; wait";
         let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", script]}));
         let (ctx, mut logs) = JobContext::standalone(job, 1);
         let cancel = ctx.cancel.clone();
         let r = runner(&["sh"]);
         let run = tokio::spawn(async move { r.run(ctx).await });
-        let started = std::time::Instant::now();
-        // Wait for the program to be running before cancelling it.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while logs.next().await.expect("a log line").1 != "started" {}
-        })
-        .await
-        .expect("the script starts");
+        // The program is running once it logged its grandchild's pid.
+        let grandchild = logged_pid(&mut logs).await;
+        assert!(!process_is_gone(grandchild), "the grandchild runs");
         cancel.cancel();
-        let outcome = tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .unwrap()
-            .unwrap();
+        let outcome = run.await.unwrap();
         assert!(
             matches!(&outcome, Outcome::Error(m) if m.starts_with("cancelled") && m.contains("SIGKILL")),
             "{outcome:?}"
         );
-        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            wait_until_gone(grandchild).await,
+            "the background grandchild {grandchild} outlived the cancelled run"
+        );
     }
 
     #[tokio::test]
     async fn a_timeout_kills_the_program() {
-        let mut job = shell_job(serde_json::json!({"program": "sleep", "args": ["30"]}));
+        // The shell becomes `sleep` (same pid), so the logged pid is the
+        // program's.
+        let mut job = shell_job(
+            serde_json::json!({"program": "sh", "args": ["-c", "echo $$; exec sleep 300"]}),
+        );
         job.spec.timeout_ms = 200;
-        let (ctx, _logs) = JobContext::standalone(job, 1);
-        let started = std::time::Instant::now();
-        let runner = std::sync::Arc::new(runner(&["sleep"]));
-        let outcome = crate::execute::execute(runner, ctx, Duration::from_secs(2)).await;
+        let (ctx, mut logs) = JobContext::standalone(job, 1);
+        let runner = std::sync::Arc::new(runner(&["sh"]));
+        let run = tokio::spawn(crate::execute::execute(runner, ctx, Duration::from_secs(2)));
+        let program = logged_pid(&mut logs).await;
+        let outcome = run.await.unwrap();
         assert_eq!(outcome, Outcome::Error("timed out after 200 ms".into()));
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
+            wait_until_gone(program).await,
+            "the program {program} outlived its timed-out run"
         );
     }
 
