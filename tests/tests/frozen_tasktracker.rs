@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use lts_common::{JobSpec, MisfirePolicy, Schedule};
 use lts_jobclient::JobClient;
-use lts_tests::{departures, joins, wait_all_succeeded, wait_until, Cluster, TRACKER};
+use lts_tests::{
+    departures, joins, sample, scrape, wait_all_succeeded, wait_until, Cluster, TRACKER,
+};
 
 /// The TaskTracker that is frozen, and the one that stays healthy.
 const FROZEN: &str = "tt-frozen";
@@ -154,6 +156,8 @@ struct Setup {
     ledger: PathBuf,
     frozen_pid: u32,
     healthy_pid: u32,
+    /// Metrics of the TaskTracker to freeze.
+    frozen_metrics: String,
 }
 
 async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
@@ -162,7 +166,15 @@ async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
     let ledger = cluster.dir().join("ledger.txt");
     cluster.start_tracker(&[])?;
     let allow = program.display().to_string();
-    cluster.start_task_tracker(FROZEN, "g", frozen_slots, &[&allow])?;
+    cluster.start_task_tracker_on(
+        TRACKER,
+        FROZEN,
+        "g",
+        frozen_slots,
+        &[&allow],
+        &["--metrics-addr", "127.0.0.1:0"],
+    )?;
+    let frozen_metrics = cluster.metrics_url(FROZEN)?;
     cluster.start_task_tracker(HEALTHY, "g", healthy_slots, &[&allow])?;
     let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let frozen_pid = cluster.proc(FROZEN)?.id();
@@ -174,6 +186,7 @@ async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
         ledger,
         frozen_pid,
         healthy_pid,
+        frozen_metrics,
     })
 }
 
@@ -239,9 +252,19 @@ impl Setup {
     }
 
     /// Fails naming every task that ran twice other than by a run started
-    /// before a freeze; prints those.
+    /// before a freeze; prints those. Fails too when no work the frozen
+    /// TaskTracker was given ran on the healthy one (the freezes caught
+    /// nothing, so the test would prove nothing).
     fn assert_no_double_runs(&self, freezes: &[Freeze]) -> Result<Vec<Run>> {
         let runs = ledger(&self.ledger);
+        let taken_over = runs
+            .iter()
+            .filter(|r| r.by == self.healthy_pid && r.attempt > 1)
+            .count();
+        anyhow::ensure!(
+            taken_over > 0,
+            "the healthy TaskTracker ran no work put back from the frozen one"
+        );
         let (forbidden, window) = doubles(&runs, self.frozen_pid, freezes);
         eprintln!(
             "{} runs of {} tasks; {} tasks ran twice because a run had begun before a \
@@ -308,6 +331,24 @@ async fn cron_cycles_held_by_a_frozen_task_tracker_never_run_twice() -> Result<(
                     Ok(())
                 } else {
                     Err(format!("{n} cycles ran there"))
+                })
+            }
+        })
+        .await
+        .with_context(|| s.cluster.logs())?;
+        // And once it holds cycles sent ahead while running none: the
+        // freeze then catches work it was given and had not begun.
+        let metrics = s.frozen_metrics.clone();
+        wait_until(WAIT, "cycles held ahead, none running", || {
+            let text = scrape(&metrics);
+            async move {
+                let text = text?;
+                let held = sample(&text, "lts_tasktracker_ahead_held").unwrap_or_default();
+                let busy = sample(&text, "lts_tasktracker_slots_busy").unwrap_or_default();
+                Ok(if held > 0.0 && busy == 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{held} held, {busy} running"))
                 })
             }
         })
