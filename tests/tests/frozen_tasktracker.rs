@@ -101,6 +101,14 @@ struct Freeze {
     rejoined_at: i64,
 }
 
+/// A freeze under way: when SIGSTOP was sent, and how many departures and
+/// joins of the frozen TaskTracker the JobTracker had logged before it.
+struct Frozen {
+    stopped_at: i64,
+    left_before: usize,
+    joined_before: usize,
+}
+
 /// Whether `run` is one the frozen TaskTracker (`frozen_pid`) had begun
 /// before a freeze, while connected: it recorded its start before that
 /// freeze ended (a stopped process starts nothing, so a line written
@@ -195,13 +203,34 @@ impl Setup {
     /// and [`PAST_GIVE_UP`] more, then resumes it; waits until it has
     /// joined again.
     async fn freeze_past_give_up(&mut self) -> Result<Freeze> {
+        let frozen = self.freeze()?;
+        self.resume_past_give_up(frozen).await
+    }
+
+    /// Freezes the frozen TaskTracker; see [`Setup::resume_past_give_up`].
+    fn freeze(&mut self) -> Result<Frozen> {
         let tracker_log = self.cluster.proc(TRACKER)?.current_log();
         let left_before = departures(&tracker_log, FROZEN);
         let joined_before = joins(&tracker_log, FROZEN);
         let stopped_at = now_ms();
         self.cluster.proc(FROZEN)?.freeze()?;
+        Ok(Frozen {
+            stopped_at,
+            left_before,
+            joined_before,
+        })
+    }
+
+    /// Waits until the JobTracker has given the frozen TaskTracker up, keeps
+    /// it frozen [`PAST_GIVE_UP`] more, resumes it and waits until it has
+    /// joined again.
+    async fn resume_past_give_up(&mut self, frozen: Frozen) -> Result<Freeze> {
         let gave_up = self
-            .wait_tracker_log("giving the frozen TaskTracker up", departures, left_before)
+            .wait_tracker_log(
+                "giving the frozen TaskTracker up",
+                departures,
+                frozen.left_before,
+            )
             .await;
         if let Err(e) = gave_up {
             self.cluster.proc(FROZEN)?.thaw()?;
@@ -214,11 +243,11 @@ impl Setup {
         self.wait_tracker_log(
             "the resumed TaskTracker joining again",
             joins,
-            joined_before,
+            frozen.joined_before,
         )
         .await?;
         Ok(Freeze {
-            stopped_at,
+            stopped_at: frozen.stopped_at,
             resumed_at,
             rejoined_at: now_ms(),
         })
@@ -430,17 +459,7 @@ async fn jobs_queued_in_a_frozen_task_tracker_never_run_twice() -> Result<()> {
     let runs = s.assert_no_double_runs(&freezes)?;
     // Each round gave the frozen TaskTracker more jobs than it has slots,
     // so some waited in it when it froze.
-    let mut first_sent_to_frozen: BTreeMap<String, usize> = BTreeMap::new();
-    for job in &jobs {
-        let log = s.client.log(&job.job_id).await?;
-        let to_frozen = log.iter().any(|e| {
-            e.kind == lts_common::LogKind::Dispatched && e.attempt == 1 && e.worker == FROZEN
-        });
-        if to_frozen {
-            let round = job.spec.task_id.split('-').next().unwrap_or_default();
-            *first_sent_to_frozen.entry(round.to_string()).or_default() += 1;
-        }
-    }
+    let first_sent_to_frozen = first_sent_to_frozen_by_round(&s.client, &jobs).await?;
     for round in 0..FREEZES {
         let n = first_sent_to_frozen
             .get(&format!("r{round}"))
@@ -451,6 +470,70 @@ async fn jobs_queued_in_a_frozen_task_tracker_never_run_twice() -> Result<()> {
             "round {round} sent {n} jobs to the frozen TaskTracker: none waited for a slot"
         );
     }
+    let distinct = runs
+        .iter()
+        .map(|r| r.task.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(distinct, total, "every job ran");
+    Ok(())
+}
+
+/// Round (the task id up to its `-`) -> jobs whose first attempt the
+/// JobTracker sent to the frozen TaskTracker.
+async fn first_sent_to_frozen_by_round(
+    client: &JobClient,
+    jobs: &[lts_common::Job],
+) -> Result<BTreeMap<String, usize>> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for job in jobs {
+        let log = client.log(&job.job_id).await?;
+        let to_frozen = log.iter().any(|e| {
+            e.kind == lts_common::LogKind::Dispatched && e.attempt == 1 && e.worker == FROZEN
+        });
+        if to_frozen {
+            let round = job.spec.task_id.split('-').next().unwrap_or_default();
+            *out.entry(round.to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_sent_to_a_frozen_task_tracker_never_run_twice() -> Result<()> {
+    const FREEZES: usize = 3;
+    const JOBS_PER_ROUND: usize = 8;
+    // Both idle with four free slots each: the JobTracker spreads the jobs
+    // submitted during the freeze over both, so some are sent to the frozen
+    // one and wait unread in its connection until it resumes.
+    let mut s = setup(4, 4).await?;
+    let mut freezes = Vec::new();
+    for round in 0..FREEZES {
+        let frozen = s.freeze()?;
+        let specs = (0..JOBS_PER_ROUND)
+            .map(|n| {
+                let mut spec = JobSpec::new(format!("n{round}-{n}"), "g");
+                spec.payload = shell(&s.program, &s.ledger, "0");
+                spec
+            })
+            .collect();
+        let submitted = s.client.submit(specs).await;
+        let resumed = s.resume_past_give_up(frozen).await;
+        for r in submitted? {
+            r.job_id().with_context(|| format!("refused: {r:?}"))?;
+        }
+        freezes.push(resumed?);
+    }
+    let total = FREEZES * JOBS_PER_ROUND;
+    let jobs = wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
+        .await
+        .with_context(|| s.cluster.logs())?;
+    let runs = s.assert_no_double_runs(&freezes)?;
+    let sent = first_sent_to_frozen_by_round(&s.client, &jobs).await?;
+    assert!(
+        sent.values().sum::<usize>() > 0,
+        "no job was sent to the frozen TaskTracker: {sent:?}"
+    );
     let distinct = runs
         .iter()
         .map(|r| r.task.as_str())
