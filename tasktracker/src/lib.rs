@@ -9,7 +9,7 @@
 //! (the configured list unless [`TaskTracker::with_resolver`] says
 //! otherwise), and the time is read from a [`Clock`] (the system's unless
 //! [`TaskTracker::with_clock`] says otherwise, as tests of jobs sent ahead
-//! of their time do).
+//! of their time and of the lease do).
 //! [`runners`] holds the runners the `tasktracker` binary offers without
 //! writing Rust: `shell` (allow-listed programs) and `noop`.
 //!

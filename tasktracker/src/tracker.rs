@@ -7,6 +7,14 @@
 //! coalescing queue of [`crate::outbound`]. Nothing is shared behind a
 //! lock, so the hot path is a few queue operations per job.
 //!
+//! The driver starts runs only under a lease: the JobTracker gives up a
+//! TaskTracker silent for three heartbeat intervals and hands its runs to
+//! others, so once the JobTracker has not been heard for two intervals the
+//! stream is given up and what it brought and has not started is dropped
+//! unrun. The lease is looked at first on every wake, before a message,
+//! an event or a timer is acted on, so a process resumed after a pause
+//! cannot start held runs before it notices the pause.
+//!
 //! Jobs sent ahead of their time are made ready when they arrive: the job
 //! read, its context built and its task spawned, waiting on a one-shot
 //! signal. They wait in one map ordered by the instant they start at,
@@ -880,8 +888,8 @@ impl Driver {
         }
     }
 
-    /// Gives the stream up if the JobTracker has been silent for longer
-    /// than the lease: what it brought and has not started is dropped
+    /// Gives the stream up if the JobTracker has been silent for the whole
+    /// lease: what it brought and has not started is dropped
     /// unrun (the JobTracker hands it out again once the stream ends, if
     /// it has not already), runs going on finish and report, and the
     /// TaskTracker reconnects. Returns whether it gave the stream up.
@@ -890,7 +898,9 @@ impl Driver {
             return false;
         };
         let silent_ms = self.clock.now_ms().saturating_sub(conn.heard_ms);
-        if silent_ms <= duration_ms(conn.lease) {
+        // Its end is part of it: the timer that fires at the end finds it
+        // lapsed rather than being set again for the same instant.
+        if silent_ms < duration_ms(conn.lease) {
             return false;
         }
         // The silence may be the JobTracker's (hung, cut off): the next
@@ -900,7 +910,7 @@ impl Driver {
         let lease_ms = conn.lease.as_millis();
         let (held, queued) = self.drop_unstarted();
         tracing::warn!(
-            "no message from the JobTracker at {address} for {silent_ms} ms, longer than the \
+            "no message from the JobTracker at {address} for {silent_ms} ms, the whole \
              lease of {lease_ms} ms (two heartbeat intervals): dropped {held} jobs sent ahead of \
              their time and {queued} waiting for a slot, unrun, since the JobTracker may have \
              handed them to another TaskTracker; {} running go on and report; reconnecting",

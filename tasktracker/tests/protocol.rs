@@ -465,6 +465,17 @@ impl JobRunner for Scripted {
                 self.gate.acquire().await.expect("gate open").forget();
                 Outcome::Success("gate passed".into())
             }
+            Some("gate-or-cancel") => {
+                tokio::select! {
+                    // A cancel that came first wins, whatever the gate does.
+                    biased;
+                    _ = ctx.cancel.cancelled() => Outcome::Error("stopped on cancel".into()),
+                    permit = self.gate.acquire() => {
+                        permit.expect("gate open").forget();
+                        Outcome::Success("gate passed".into())
+                    }
+                }
+            }
             Some("until-cancelled") => {
                 ctx.cancel.cancelled().await;
                 Outcome::Error("stopped on cancel".into())
@@ -1282,8 +1293,9 @@ async fn past_its_lease_a_tasktracker_drops_queued_runs_and_running_ones_finish_
     s.started(1).await;
     assert_eq!(runner.ran(), vec!["g0"]);
 
-    // The tracker goes silent and the lease runs out.
-    clock.advance(Duration::from_millis(LEASE_MS as u64 + 1));
+    // The tracker goes silent until the lease runs out, to the
+    // millisecond.
+    clock.advance(Duration::from_millis(LEASE_MS as u64));
     let old = rest_of_stream(&mut s).await;
     assert!(old.reports.is_empty(), "{old:?}");
     let mut s = h.session().await;
@@ -1345,5 +1357,95 @@ async fn while_the_jobtracker_keeps_talking_held_jobs_start_at_their_instant() {
     let stats = h.handle.stats();
     assert_eq!(stats.lease_lapses, 0);
     assert_eq!(stats.connections, 1, "the stream was never given up");
+    h.finish().await.unwrap();
+}
+
+fn cancel(job_id: &str, attempt: u32) -> ToWorker {
+    ToWorker::Cancel(pb::CancelRun {
+        job_id: job_id.into(),
+        attempt,
+        reason: "superseded".into(),
+    })
+}
+
+#[tokio::test]
+async fn cancel_run_drops_queued_and_due_runs_unrun_and_spares_another_attempt() {
+    let (clock, runner, gate) = frozen_clock();
+    let mut h =
+        Harness::start_on_clock(1, runner.clone(), clock.clone(), |c| c.ahead_slots = 4).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    // "g0" holds the one slot; "q0" is queued for it; "due" was held ahead
+    // and its instant passed, so it waits for the slot too.
+    s.assign(vec![
+        ("g0".to_string(), "gate-or-cancel"),
+        ("q0".to_string(), "noop"),
+    ]);
+    s.started(1).await;
+    let not_before = clock.now_ms() + 100;
+    hold_one_ahead(&h, &s, "due", not_before).await;
+    clock.set(not_before);
+    s.ahead_credit(1).await;
+
+    // Attempt 2 of "g0" is not the run here: it goes on.
+    s.send(cancel("g0", 2));
+    s.send(cancel("q0", 1));
+    s.send(cancel("due", 1));
+    let got = s.outcomes(2).await;
+    let mut dropped: Vec<(&str, Outcome)> = got
+        .reports
+        .iter()
+        .map(|r| (r.job_id.as_str(), outcome(r)))
+        .collect();
+    dropped.sort_by_key(|(id, _)| *id);
+    let before_start =
+        || Outcome::Error("cancelled by the JobTracker before it started: superseded".into());
+    assert_eq!(
+        dropped,
+        vec![("due", before_start()), ("q0", before_start())]
+    );
+    assert_eq!(got.started, 0, "{got:?}");
+
+    gate.add_permits(1);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "g0");
+    assert_eq!(
+        outcome(&got.reports[0]),
+        Outcome::Success("gate passed".into()),
+        "a cancel for another attempt left the run alone"
+    );
+    // The freed slot goes to a job sent now, not to a cancelled one.
+    s.assign(ids("n", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "n0");
+    assert_eq!(
+        runner.ran(),
+        vec!["g0", "n0"],
+        "the cancelled runs never ran"
+    );
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn runs_queued_for_a_slot_are_dropped_unrun_when_the_stream_breaks() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start(1, runner.clone()).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("g0".to_string(), "gate"), ("q0".to_string(), "noop")]);
+    s.started(1).await;
+    s.break_stream();
+
+    // The JobTracker hands "q0" out again; here it must not run as well.
+    let mut s = h.session().await;
+    assert_eq!(s.hello.slots, 1, "the queued run is gone from the count");
+    s.welcome(10_000);
+    gate.add_permits(1);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "g0");
+    s.assign(ids("n", 1, "noop"));
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "n0");
+    assert_eq!(runner.ran(), vec!["g0", "n0"], "the queued run never ran");
     h.finish().await.unwrap();
 }
