@@ -6,9 +6,10 @@
 //! bound again later (another process could take it in between). Readiness
 //! checks print the log tails when a child does not come up; a TaskTracker
 //! counts as started once its JobTracker logs that it joined, so tests can
-//! assert who took work. SIGKILL simulates crashes, and every child is
-//! reaped on drop. The binaries are the ones `cargo build --workspace
-//! --bins` puts beside the test executable.
+//! assert who took work. SIGKILL simulates crashes, SIGSTOP and SIGCONT a
+//! process that stalls and comes back, and every child is reaped on drop.
+//! The binaries are the ones `cargo build --workspace --bins` puts beside
+//! the test executable.
 #![warn(missing_docs)]
 
 use std::collections::HashMap;

@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use lts_common::{JobSpec, MisfirePolicy, Schedule};
 use lts_jobclient::JobClient;
-use lts_tests::{departures, joins, wait_all_succeeded, wait_until, Cluster, TRACKER};
+use lts_tests::{
+    departures, joins, sample, scrape, wait_all_succeeded, wait_until, Cluster, TRACKER,
+};
 
 /// The TaskTracker that is frozen, and the one that stays healthy.
 const FROZEN: &str = "tt-frozen";
@@ -99,6 +101,14 @@ struct Freeze {
     rejoined_at: i64,
 }
 
+/// A freeze under way: when SIGSTOP was sent, and how many departures and
+/// joins of the frozen TaskTracker the JobTracker had logged before it.
+struct Frozen {
+    stopped_at: i64,
+    left_before: usize,
+    joined_before: usize,
+}
+
 /// Whether `run` is one the frozen TaskTracker (`frozen_pid`) had begun
 /// before a freeze, while connected: it recorded its start before that
 /// freeze ended (a stopped process starts nothing, so a line written
@@ -154,6 +164,8 @@ struct Setup {
     ledger: PathBuf,
     frozen_pid: u32,
     healthy_pid: u32,
+    /// Metrics of the TaskTracker to freeze.
+    frozen_metrics: String,
 }
 
 async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
@@ -162,7 +174,15 @@ async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
     let ledger = cluster.dir().join("ledger.txt");
     cluster.start_tracker(&[])?;
     let allow = program.display().to_string();
-    cluster.start_task_tracker(FROZEN, "g", frozen_slots, &[&allow])?;
+    cluster.start_task_tracker_on(
+        TRACKER,
+        FROZEN,
+        "g",
+        frozen_slots,
+        &[&allow],
+        &["--metrics-addr", "127.0.0.1:0"],
+    )?;
+    let frozen_metrics = cluster.metrics_url(FROZEN)?;
     cluster.start_task_tracker(HEALTHY, "g", healthy_slots, &[&allow])?;
     let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
     let frozen_pid = cluster.proc(FROZEN)?.id();
@@ -174,6 +194,7 @@ async fn setup(frozen_slots: u32, healthy_slots: u32) -> Result<Setup> {
         ledger,
         frozen_pid,
         healthy_pid,
+        frozen_metrics,
     })
 }
 
@@ -182,69 +203,97 @@ impl Setup {
     /// and [`PAST_GIVE_UP`] more, then resumes it; waits until it has
     /// joined again.
     async fn freeze_past_give_up(&mut self) -> Result<Freeze> {
+        let frozen = self.freeze()?;
+        self.resume_past_give_up(frozen).await
+    }
+
+    /// Freezes the frozen TaskTracker; see [`Setup::resume_past_give_up`].
+    fn freeze(&mut self) -> Result<Frozen> {
         let tracker_log = self.cluster.proc(TRACKER)?.current_log();
         let left_before = departures(&tracker_log, FROZEN);
         let joined_before = joins(&tracker_log, FROZEN);
         let stopped_at = now_ms();
         self.cluster.proc(FROZEN)?.freeze()?;
-        let gave_up = {
-            let cluster = &mut self.cluster;
-            wait_until(
-                WAIT,
-                "the JobTracker giving the frozen TaskTracker up",
-                || {
-                    let log = cluster
-                        .proc(TRACKER)
-                        .map(|p| p.current_log())
-                        .unwrap_or_default();
-                    async move {
-                        let n = departures(&log, FROZEN);
-                        Ok(if n > left_before {
-                            Ok(())
-                        } else {
-                            Err(format!("{n} departures logged"))
-                        })
-                    }
-                },
+        Ok(Frozen {
+            stopped_at,
+            left_before,
+            joined_before,
+        })
+    }
+
+    /// Waits until the JobTracker has given the frozen TaskTracker up, keeps
+    /// it frozen [`PAST_GIVE_UP`] more, resumes it and waits until it has
+    /// joined again.
+    async fn resume_past_give_up(&mut self, frozen: Frozen) -> Result<Freeze> {
+        let gave_up = self
+            .wait_tracker_log(
+                "giving the frozen TaskTracker up",
+                departures,
+                frozen.left_before,
             )
-            .await
-        };
+            .await;
         if let Err(e) = gave_up {
             self.cluster.proc(FROZEN)?.thaw()?;
-            return Err(e.context(self.cluster.logs()));
+            return Err(e);
         }
         // The fault itself: the process stays stopped a while longer.
         tokio::time::sleep(PAST_GIVE_UP).await;
         let resumed_at = now_ms();
         self.cluster.proc(FROZEN)?.thaw()?;
-        let cluster = &mut self.cluster;
-        wait_until(WAIT, "the resumed TaskTracker joining again", || {
-            let log = cluster
-                .proc(TRACKER)
-                .map(|p| p.current_log())
-                .unwrap_or_default();
-            async move {
-                let n = joins(&log, FROZEN);
-                Ok(if n > joined_before {
-                    Ok(())
-                } else {
-                    Err(format!("{n} joins logged"))
-                })
-            }
-        })
-        .await
-        .with_context(|| self.cluster.logs())?;
+        self.wait_tracker_log(
+            "the resumed TaskTracker joining again",
+            joins,
+            frozen.joined_before,
+        )
+        .await?;
         Ok(Freeze {
-            stopped_at,
+            stopped_at: frozen.stopped_at,
             resumed_at,
             rejoined_at: now_ms(),
         })
     }
 
+    /// Waits until the JobTracker's log holds more than `before` lines
+    /// about the frozen TaskTracker that `count` counts.
+    async fn wait_tracker_log(
+        &mut self,
+        what: &str,
+        count: fn(&str, &str) -> usize,
+        before: usize,
+    ) -> Result<()> {
+        let cluster = &mut self.cluster;
+        wait_until(WAIT, what, || {
+            let log = cluster
+                .proc(TRACKER)
+                .map(|p| p.current_log())
+                .unwrap_or_default();
+            async move {
+                let n = count(&log, FROZEN);
+                Ok(if n > before {
+                    Ok(())
+                } else {
+                    Err(format!("{n} such lines in the JobTracker's log"))
+                })
+            }
+        })
+        .await
+        .with_context(|| self.cluster.logs())
+    }
+
     /// Fails naming every task that ran twice other than by a run started
-    /// before a freeze; prints those.
+    /// before a freeze; prints those. Fails too when no work the frozen
+    /// TaskTracker was given ran on the healthy one (the freezes caught
+    /// nothing, so the test would prove nothing).
     fn assert_no_double_runs(&self, freezes: &[Freeze]) -> Result<Vec<Run>> {
         let runs = ledger(&self.ledger);
+        let taken_over = runs
+            .iter()
+            .filter(|r| r.by == self.healthy_pid && r.attempt > 1)
+            .count();
+        anyhow::ensure!(
+            taken_over > 0,
+            "the healthy TaskTracker ran no work put back from the frozen one"
+        );
         let (forbidden, window) = doubles(&runs, self.frozen_pid, freezes);
         eprintln!(
             "{} runs of {} tasks; {} tasks ran twice because a run had begun before a \
@@ -311,6 +360,24 @@ async fn cron_cycles_held_by_a_frozen_task_tracker_never_run_twice() -> Result<(
                     Ok(())
                 } else {
                     Err(format!("{n} cycles ran there"))
+                })
+            }
+        })
+        .await
+        .with_context(|| s.cluster.logs())?;
+        // And once it holds cycles sent ahead while running none: the
+        // freeze then catches work it was given and had not begun.
+        let metrics = s.frozen_metrics.clone();
+        wait_until(WAIT, "cycles held ahead, none running", || {
+            let text = scrape(&metrics);
+            async move {
+                let text = text?;
+                let held = sample(&text, "lts_tasktracker_ahead_held").unwrap_or_default();
+                let busy = sample(&text, "lts_tasktracker_slots_busy").unwrap_or_default();
+                Ok(if held > 0.0 && busy == 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{held} held, {busy} running"))
                 })
             }
         })
@@ -386,10 +453,87 @@ async fn jobs_queued_in_a_frozen_task_tracker_never_run_twice() -> Result<()> {
         freezes.push(s.freeze_past_give_up().await?);
     }
     let total = FREEZES * JOBS_PER_ROUND;
-    wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
+    let jobs = wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
         .await
         .with_context(|| s.cluster.logs())?;
     let runs = s.assert_no_double_runs(&freezes)?;
+    // Each round gave the frozen TaskTracker more jobs than it has slots,
+    // so some waited in it when it froze.
+    let first_sent_to_frozen = first_sent_to_frozen_by_round(&s.client, &jobs).await?;
+    for round in 0..FREEZES {
+        let n = first_sent_to_frozen
+            .get(&format!("r{round}"))
+            .copied()
+            .unwrap_or_default();
+        assert!(
+            n > 2,
+            "round {round} sent {n} jobs to the frozen TaskTracker: none waited for a slot"
+        );
+    }
+    let distinct = runs
+        .iter()
+        .map(|r| r.task.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(distinct, total, "every job ran");
+    Ok(())
+}
+
+/// Round (the task id up to its `-`) -> jobs whose first attempt the
+/// JobTracker sent to the frozen TaskTracker.
+async fn first_sent_to_frozen_by_round(
+    client: &JobClient,
+    jobs: &[lts_common::Job],
+) -> Result<BTreeMap<String, usize>> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for job in jobs {
+        let log = client.log(&job.job_id).await?;
+        let to_frozen = log.iter().any(|e| {
+            e.kind == lts_common::LogKind::Dispatched && e.attempt == 1 && e.worker == FROZEN
+        });
+        if to_frozen {
+            let round = job.spec.task_id.split('-').next().unwrap_or_default();
+            *out.entry(round.to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_sent_to_a_frozen_task_tracker_never_run_twice() -> Result<()> {
+    const FREEZES: usize = 3;
+    const JOBS_PER_ROUND: usize = 8;
+    // Both idle with four free slots each: the JobTracker spreads the jobs
+    // submitted during the freeze over both, so some are sent to the frozen
+    // one and wait unread in its connection until it resumes.
+    let mut s = setup(4, 4).await?;
+    let mut freezes = Vec::new();
+    for round in 0..FREEZES {
+        let frozen = s.freeze()?;
+        let specs = (0..JOBS_PER_ROUND)
+            .map(|n| {
+                let mut spec = JobSpec::new(format!("n{round}-{n}"), "g");
+                spec.payload = shell(&s.program, &s.ledger, "0");
+                spec
+            })
+            .collect();
+        let submitted = s.client.submit(specs).await;
+        let resumed = s.resume_past_give_up(frozen).await;
+        for r in submitted? {
+            r.job_id().with_context(|| format!("refused: {r:?}"))?;
+        }
+        freezes.push(resumed?);
+    }
+    let total = FREEZES * JOBS_PER_ROUND;
+    let jobs = wait_all_succeeded(&s.client, "g", total, Duration::from_secs(60))
+        .await
+        .with_context(|| s.cluster.logs())?;
+    let runs = s.assert_no_double_runs(&freezes)?;
+    let sent = first_sent_to_frozen_by_round(&s.client, &jobs).await?;
+    assert!(
+        sent.values().sum::<usize>() > 0,
+        "no job was sent to the frozen TaskTracker: {sent:?}"
+    );
     let distinct = runs
         .iter()
         .map(|r| r.task.as_str())
