@@ -162,7 +162,7 @@ async fn open_store_parts(config: &StoreConfig) -> Result<(Arc<dyn JobStore>, Sh
             let store: Arc<dyn JobStore> = Arc::new(
                 tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
                     .await
-                    .map_err(|e| Error::Store(format!("opening the store: {e}")))??,
+                    .map_err(|e| Error::internal("opening the store", e))??,
             );
             (store, None)
         }
@@ -237,6 +237,9 @@ pub async fn create_tracker_with_election(
         corrupt = recovery.corrupt,
         "job store recovered"
     );
+    if let Some(missing) = store::missing_capabilities(&*store) {
+        tracing::warn!("{missing}");
+    }
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -286,9 +289,8 @@ pub async fn serve(
 /// `shutdown` resolves or the tracker's own token fires. Shutdown goes in
 /// order: stop accepting, end every TaskTracker and feedback stream, wait
 /// for the open calls (up to `shutdown_timeout`), wait for every task of
-/// [`Tracker::tasks`], then release the store. The store closes when the
-/// last reference to the tracker goes; a caller that keeps one keeps the
-/// store open.
+/// [`Tracker::tasks`], then close the store (everything durable, its
+/// threads ended, the data directory free for the next open).
 pub async fn serve_tracker(
     tracker: Arc<Tracker>,
     listener: tokio::net::TcpListener,
@@ -309,21 +311,21 @@ pub async fn serve_tracker(
         );
         tracker.tasks.wait().await;
     }
-    close_store(tracker);
+    let closed = tracker.store.close().await;
+    release(tracker);
     tracing::info!("jobtracker stopped");
-    served
+    served?;
+    closed
 }
 
-/// Releases the tracker's hold on its store: the store closes when the
-/// last reference goes (the sled store then applies what was queued, and
-/// flushes).
-fn close_store(tracker: Arc<Tracker>) {
-    match Arc::try_unwrap(tracker) {
-        Ok(tracker) => drop(tracker),
-        Err(tracker) => tracing::debug!(
+/// Drops the tracker's own reference; the caller may keep others (the
+/// store is closed either way).
+fn release(tracker: Arc<Tracker>) {
+    if let Err(tracker) = Arc::try_unwrap(tracker) {
+        tracing::debug!(
             references = Arc::strong_count(&tracker),
-            "the tracker is still referenced; its store closes with the last reference"
-        ),
+            "the tracker is still referenced after shutdown"
+        );
     }
 }
 
@@ -540,8 +542,12 @@ pub async fn run_scheduler(tracker: Arc<Tracker>) {
     // Also woken by submits and operator verbs; the cap bounds how late a
     // cycle that waited for its previous one starts after that one ends.
     const MAX_SLEEP_MS: i64 = 200;
+    // A store without cycle firing refuses cron jobs (said at start).
+    let Some(cycles) = tracker.store.cycles() else {
+        return;
+    };
     loop {
-        match tracker.store.fire_due(lts_common::now_ms()).await {
+        match cycles.fire_due(lts_common::now_ms()).await {
             Ok(groups) => {
                 for g in groups {
                     tracker.dispatcher.wake(&g);
@@ -549,7 +555,7 @@ pub async fn run_scheduler(tracker: Arc<Tracker>) {
             }
             Err(e) => tracing::warn!("cannot fire due cycles: {e}"),
         }
-        let next = tracker.store.next_fire_at().await.ok().flatten();
+        let next = cycles.next_fire_at().await.ok().flatten();
         let sleep_ms = match next {
             Some(at) => (at - lts_common::now_ms()).clamp(0, MAX_SLEEP_MS),
             None => MAX_SLEEP_MS,

@@ -1,15 +1,27 @@
 //! One suite of store cases, run against every backend.
 //!
-//! Each case takes a [`Backend`] that opens a store at a location and can
-//! reopen the same location (a restart).
+//! [`CASES`] is the one list: each case takes a [`Backend`] that opens a
+//! store at a location and can reopen the same location (a restart), and
+//! every backend runs every case (`every_case_on_the_*_store`; set
+//! `LTS_CONFORMANCE_CASE` to a case's name to run only it). A case that
+//! needs a capability a backend lacks (cycle firing, operator verbs)
+//! checks that the backend refuses it clearly instead. The modules after
+//! the list hold what only one backend has: sled's threads and files,
+//! MongoDB's sharing between trackers.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use lts_common::{JobSpec, JobState, LogKind, Outcome, RetryPlan, RetryStep, Schedule};
 use lts_jobtracker::store::mongo::{MongoOptions, MongoStore};
 use lts_jobtracker::store::sled::SledStore;
 use lts_jobtracker::store::{
-    CompleteResult, JobStore, ListFilter, LogFilter, RunReport, SubmitRefusal, SubmitResult,
+    CompleteResult, CycleStore, JobStore, ListFilter, LogFilter, OperatorStore, RunReport,
+    SubmitRefusal, SubmitResult,
 };
 
 /// Opens stores of one backend at a location, again and again.
@@ -115,6 +127,16 @@ fn mongo() -> Mongo {
 }
 
 const NOW: i64 = 1_700_000_000_000;
+
+/// The cycle firing of a store that has it.
+fn cycles(s: &dyn JobStore) -> &dyn CycleStore {
+    s.cycles().expect("this store fires cron and repeat cycles")
+}
+
+/// The operator verbs of a store that has them.
+fn operator(s: &dyn JobStore) -> &dyn OperatorStore {
+    s.operator().expect("this store has operator verbs")
+}
 
 fn spec(task: &str, group: &str) -> JobSpec {
     JobSpec::new(task, group)
@@ -610,96 +632,387 @@ async fn restart_recovery(b: &dyn Backend) {
     );
 }
 
-macro_rules! conformance {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-            #[tokio::test]
-            async fn submit_dedup_replace() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::submit_dedup_replace(&b).await
-            }
-            #[tokio::test]
-            async fn claim_order() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::claim_order(&b).await
-            }
-            #[tokio::test]
-            async fn claims_spread_over_grants() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::claims_spread_over_grants(&b).await
-            }
-            #[tokio::test]
-            async fn attempt_fencing() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::attempt_fencing(&b).await
-            }
-            #[tokio::test]
-            async fn retry_and_reschedule() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::retry_and_reschedule(&b).await
-            }
-            #[tokio::test]
-            async fn feedback_queue() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::feedback_queue(&b).await
-            }
-            #[tokio::test]
-            async fn logs_and_listing() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::logs_and_listing(&b).await
-            }
-            #[tokio::test]
-            async fn log_queries() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::log_queries(&b).await
-            }
-            #[tokio::test]
-            async fn cancel() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::cancel(&b).await
-            }
-            #[tokio::test]
-            async fn restart_recovery() {
-                let b = $make;
-                if b.skip() {
-                    return;
-                }
-                super::restart_recovery(&b).await
-            }
+/// Times and delays a TaskTracker sends are not checked by the store's
+/// caller alone: the ends of the clock are stored, never a panic.
+async fn run_times_at_the_ends_of_the_clock(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let ids = submit_ids(&*s, vec![spec("a", "g"), spec("b", "g"), spec("c", "g")]).await;
+    let c = s.claim("g", &[("w1".into(), 3)], NOW).await.expect("claim");
+    assert_eq!(c.per_grant[0].len(), 3);
+    s.started(&[(ids[0].clone(), 1)], "w1", i64::MIN)
+        .await
+        .expect("started at the start of the clock");
+    let mut reports = Vec::new();
+    for (id, (started, finished)) in ids.iter().zip([(i64::MIN, i64::MAX), (i64::MAX, i64::MIN)]) {
+        let mut r = report(id, 1, Outcome::Success("ok".into()));
+        r.started_at_ms = started;
+        r.finished_at_ms = finished;
+        reports.push(r);
+    }
+    reports.push(report(
+        &ids[2],
+        1,
+        Outcome::Later {
+            // The longest delay every backend can store (BSON has no
+            // unsigned 64-bit integer).
+            delay_ms: i64::MAX as u64,
+            message: "much later".into(),
+        },
+    ));
+    let results = s.complete(reports, NOW + 1).await.expect("complete");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, CompleteResult::Applied { .. })),
+        "{results:?}"
+    );
+    for id in &ids[..2] {
+        let job = s.get(id).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Succeeded, "{id}");
+        let (log, _) = s.logs(id, 100, None).await.expect("logs");
+        assert!(log.iter().any(|e| e.kind == LogKind::Outcome), "{log:?}");
+    }
+    let later = s.get(&ids[2]).await.expect("get").expect("job");
+    assert_eq!(later.state, JobState::Pending);
+    assert!(
+        later.trigger_at_ms > NOW + 1,
+        "a huge delay is not a time in the past: {}",
+        later.trigger_at_ms
+    );
+    assert!(
+        claim_one(&*s, "g", NOW + 2).await.is_none(),
+        "the job that waits is not claimed now"
+    );
+}
+
+async fn claim_attempt(s: &dyn JobStore, now: i64) -> u32 {
+    claim_one(s, "g", now).await.expect("claimed").attempt
+}
+
+async fn restarts_in_a_row_never_hand_out_an_attempt_twice(b: &dyn Backend) {
+    let mut seen = Vec::new();
+    {
+        let s = fresh(b).await;
+        s.submit(vec![spec("a", "g")], NOW).await.expect("submit");
+        seen.push(claim_attempt(&*s, NOW).await);
+        s.close().await.expect("close");
+    }
+    for round in 1..4 {
+        let s = b.open();
+        s.recover(NOW + round).await.expect("recover");
+        seen.push(claim_attempt(&*s, NOW + round).await);
+        s.close().await.expect("close");
+    }
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "attempts {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "attempts {seen:?}");
+}
+
+async fn a_retry_right_after_an_error_gets_the_next_attempt_also_after_a_restart(b: &dyn Backend) {
+    let before;
+    {
+        let s = fresh(b).await;
+        let mut spec = spec("a", "g");
+        spec.retry_plan = Some(RetryPlan {
+            steps: vec![RetryStep::Retry],
+            count: 1,
+            forever: false,
+        });
+        let id = created(&s.submit(vec![spec], NOW).await.expect("submit")[0]);
+        assert_eq!(claim_attempt(&*s, NOW).await, 1);
+        s.complete(vec![report(&id, 1, Outcome::Error("boom".into()))], NOW)
+            .await
+            .expect("complete");
+        before = claim_attempt(&*s, NOW).await;
+        assert_eq!(before, 2);
+        s.close().await.expect("close");
+    }
+    let s = b.open();
+    s.recover(NOW + 1).await.expect("recover");
+    assert!(claim_attempt(&*s, NOW + 1).await > before);
+}
+
+async fn after_a_restart_a_replaced_task_id_belongs_to_its_replacement(b: &dyn Backend) {
+    let newer = {
+        let s = fresh(b).await;
+        created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
+        let mut again = spec("a", "g");
+        again.replace_on_exist = true;
+        let newer = match &s.submit(vec![again], NOW + 1).await.expect("replace")[0] {
+            SubmitResult::Replaced { job_id, .. } => job_id.clone(),
+            other => panic!("expected a replacement, got {other:?}"),
+        };
+        s.close().await.expect("close");
+        newer
+    };
+    let s = b.open();
+    s.recover(NOW + 2).await.expect("recover");
+    let holder = s.get_by_task("g", "a").await.expect("get").expect("found");
+    assert_eq!(holder.job_id, newer);
+    let r = s
+        .submit(vec![spec("a", "g")], NOW + 2)
+        .await
+        .expect("submit");
+    assert!(
+        matches!(&r[0], SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) if *job_id == newer),
+        "{r:?}"
+    );
+}
+
+fn every_second(task: &str, misfire: lts_common::MisfirePolicy) -> JobSpec {
+    let mut s = spec(task, "g");
+    s.schedule = Schedule::Cron {
+        expression: "* * * * * ?".into(),
+        time_zone: String::new(),
+        misfire,
+    };
+    s
+}
+
+async fn cycles_of(s: &dyn JobStore, task: &str) -> Vec<String> {
+    let filter = ListFilter {
+        task_id_prefix: Some(format!("{task}@")),
+        ..Default::default()
+    };
+    let mut ids: Vec<String> = s
+        .list(&filter, 1000, None)
+        .await
+        .expect("list")
+        .0
+        .into_iter()
+        .map(|j| j.spec.task_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A store without cycle firing refuses a cron job, naming itself, and
+/// stores nothing.
+async fn assert_cron_refused(s: &dyn JobStore) {
+    let r = s
+        .submit(
+            vec![every_second("cron", lts_common::MisfirePolicy::FireOnce)],
+            NOW,
+        )
+        .await
+        .expect("submit");
+    match &r[0] {
+        SubmitResult::Refused(SubmitRefusal::Unsupported { field, message }) => {
+            assert_eq!(field, "schedule.cron");
+            assert!(message.contains(s.backend()), "{message}");
         }
+        other => panic!("a cron job on a store without cycle firing: {other:?}"),
+    }
+    assert!(s.get_by_task("g", "cron").await.expect("get").is_none());
+}
+
+async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn Backend) {
+    use lts_common::MisfirePolicy::*;
+    {
+        let s = fresh(b).await;
+        if s.cycles().is_none() {
+            return assert_cron_refused(&*s).await;
+        }
+        s.submit(
+            vec![
+                every_second("once", FireOnce),
+                every_second("skip", Skip),
+                every_second("all", FireAll),
+            ],
+            NOW,
+        )
+        .await
+        .expect("submit");
+        s.close().await.expect("close");
+    }
+    // The store comes back 5.5 s after the first point was due.
+    let s = b.open();
+    s.recover(NOW + 6_500).await.expect("recover");
+    // A store may make a cycle a little ahead of its point.
+    let next = cycles(&*s)
+        .next_fire_at()
+        .await
+        .expect("next")
+        .expect("due");
+    assert!((NOW..=NOW + 1_000).contains(&next), "{next}");
+    let groups = cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    assert_eq!(groups, ["g"]);
+    // The missed points 1..=6 s, then the point at 7 s, made ahead of time.
+    assert_eq!(
+        cycles_of(&*s, "once").await,
+        [
+            format!("once@{}", NOW + 1_000),
+            format!("once@{}", NOW + 7_000)
+        ]
+    );
+    assert_eq!(
+        cycles_of(&*s, "skip").await,
+        [format!("skip@{}", NOW + 7_000)]
+    );
+    let all: Vec<String> = (1..=7)
+        .map(|k| format!("all@{}", NOW + k * 1_000))
+        .collect();
+    assert_eq!(cycles_of(&*s, "all").await, all);
+    // Firing again at the same instant fires nothing twice.
+    cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    assert_eq!(cycles_of(&*s, "all").await.len(), 7);
+    let next = cycles(&*s)
+        .next_fire_at()
+        .await
+        .expect("next")
+        .expect("due");
+    assert!((NOW + 7_000..=NOW + 8_000).contains(&next), "{next}");
+}
+
+async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
+    let s = fresh(b).await;
+    if s.cycles().is_none() {
+        return assert_cron_refused(&*s).await;
+    }
+    let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
+    sp.rely_on_prev_cycle = true;
+    s.submit(vec![sp], NOW).await.expect("submit");
+    cycles(&*s).fire_due(NOW + 1_000).await.expect("fire");
+    let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
+    cycles(&*s).fire_due(NOW + 2_000).await.expect("fire");
+    assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
+    s.complete(
+        vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
+        NOW + 2_500,
+    )
+    .await
+    .expect("complete");
+    cycles(&*s).fire_due(NOW + 2_600).await.expect("fire");
+    assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
+}
+
+async fn operator_verbs(b: &dyn Backend) {
+    use lts_jobtracker::store::{AdminAction, JobUpdate};
+    let s = fresh(b).await;
+    let ids = submit_ids(&*s, vec![spec("a", "g"), spec("b", "g")]).await;
+    let Some(op) = s.operator() else {
+        let e = lts_jobtracker::store::operator(&*s)
+            .err()
+            .expect("refused without operator verbs");
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().contains(s.backend()), "{status:?}");
+        return;
+    };
+    let (a, bj) = (&ids[0], &ids[1]);
+    let done = op
+        .admin(a, AdminAction::Suspend, NOW)
+        .await
+        .expect("suspend");
+    assert_eq!(done.after.expect("kept").state, JobState::Suspended);
+    let j = claim_one(&*s, "g", NOW).await.expect("the other job runs");
+    assert_eq!(&j.job_id, bj, "a suspended job is not claimed");
+    let e = op
+        .admin(bj, AdminAction::Suspend, NOW)
+        .await
+        .expect_err("a running job cannot be suspended");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+    op.admin(a, AdminAction::Resume, NOW).await.expect("resume");
+    let update = AdminAction::Update(JobUpdate {
+        priority: Some(7),
+        ..Default::default()
+    });
+    let done = op.admin(a, update, NOW).await.expect("update");
+    assert_eq!(done.after.expect("kept").spec.priority, 7);
+    op.admin(a, AdminAction::Delete, NOW).await.expect("delete");
+    assert!(s.get(a).await.expect("get").is_none(), "deleted");
+    let e = op
+        .admin("nope", AdminAction::Resume, NOW)
+        .await
+        .expect_err("unknown job");
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
+}
+
+/// A running case.
+type CaseRun<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// A case of the suite: it opens stores through the backend it is given.
+struct Case {
+    name: &'static str,
+    run: for<'a> fn(&'a dyn Backend) -> CaseRun<'a>,
+}
+
+/// The one list of cases; every backend runs every case.
+macro_rules! cases {
+    ($($f:ident),* $(,)?) => {
+        const CASES: &[Case] = &[$(Case {
+            name: stringify!($f),
+            run: {
+                fn run(b: &dyn Backend) -> CaseRun<'_> {
+                    Box::pin($f(b))
+                }
+                run
+            },
+        }),*];
     };
 }
 
-conformance!(sled_backend, sled());
-conformance!(mongo_backend, mongo());
+cases!(
+    submit_dedup_replace,
+    claim_order,
+    claims_spread_over_grants,
+    attempt_fencing,
+    retry_and_reschedule,
+    feedback_queue,
+    logs_and_listing,
+    log_queries,
+    cancel,
+    run_times_at_the_ends_of_the_clock,
+    restart_recovery,
+    restarts_in_a_row_never_hand_out_an_attempt_twice,
+    a_retry_right_after_an_error_gets_the_next_attempt_also_after_a_restart,
+    after_a_restart_a_replaced_task_id_belongs_to_its_replacement,
+    missed_cron_points_follow_each_misfire_policy_after_a_restart,
+    a_cycle_relying_on_the_previous_waits_for_it,
+    operator_verbs,
+);
+
+/// Runs every case (or the one `LTS_CONFORMANCE_CASE` names) on a fresh
+/// backend each; reports every case that failed, by name.
+async fn run_cases(backend: &str, make: impl Fn() -> Box<dyn Backend>) {
+    let only = std::env::var("LTS_CONFORMANCE_CASE").ok();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for case in CASES {
+        if only.as_deref().is_some_and(|o| o != case.name) {
+            continue;
+        }
+        let b = make();
+        if b.skip() {
+            return;
+        }
+        eprintln!("--- {backend}: {}", case.name);
+        let outcome = AssertUnwindSafe((case.run)(&*b)).catch_unwind().await;
+        if outcome.is_err() {
+            failed.push(case.name);
+        }
+        ran += 1;
+    }
+    assert!(ran > 0, "no case is named {only:?}");
+    assert!(
+        failed.is_empty(),
+        "cases that failed on the {backend} store (their panics are above): {failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_case_on_the_sled_store() {
+    run_cases("sled", || Box::new(sled())).await;
+}
+
+#[tokio::test]
+async fn every_case_on_the_mongodb_store() {
+    run_cases("MongoDB", || Box::new(mongo())).await;
+}
 
 /// Mongo only: stores that share one database, as several trackers do.
 mod mongo_shared {
@@ -854,110 +1167,6 @@ mod mongo_shared {
             .iter()
             .any(|e| e.kind == LogKind::Requeued && e.message.contains("tracker-a")));
         b.drop_database().await.expect("drop the test database");
-    }
-}
-
-/// Cycle firing is done by the embedded store only (so far).
-mod sled_cycles {
-    use super::*;
-
-    fn every_second(task: &str, misfire: lts_common::MisfirePolicy) -> JobSpec {
-        let mut s = spec(task, "g");
-        s.schedule = Schedule::Cron {
-            expression: "* * * * * ?".into(),
-            time_zone: String::new(),
-            misfire,
-        };
-        s
-    }
-
-    async fn cycles_of(s: &dyn JobStore, task: &str) -> Vec<String> {
-        let filter = ListFilter {
-            task_id_prefix: Some(format!("{task}@")),
-            ..Default::default()
-        };
-        let mut ids: Vec<String> = s
-            .list(&filter, 1000, None)
-            .await
-            .expect("list")
-            .0
-            .into_iter()
-            .map(|j| j.spec.task_id)
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    #[tokio::test]
-    async fn missed_points_follow_each_misfire_policy_after_a_restart() {
-        use lts_common::MisfirePolicy::*;
-        let b = sled();
-        {
-            let s = fresh(&b).await;
-            s.submit(
-                vec![
-                    every_second("once", FireOnce),
-                    every_second("skip", Skip),
-                    every_second("all", FireAll),
-                ],
-                NOW,
-            )
-            .await
-            .expect("submit");
-        }
-        // The store comes back 5.5 s after the first point was due.
-        let s = b.open();
-        s.recover(NOW + 6_500).await.expect("recover");
-        let ahead = lts_jobtracker::store::sled::FIRE_AHEAD_MS;
-        assert_eq!(
-            s.next_fire_at().await.expect("next"),
-            Some(NOW + 1_000 - ahead)
-        );
-        let groups = s.fire_due(NOW + 6_500).await.expect("fire");
-        assert_eq!(groups, ["g"]);
-        // The missed points 1..=6 s, then the point at 7 s, made ahead of time.
-        assert_eq!(
-            cycles_of(&*s, "once").await,
-            [
-                format!("once@{}", NOW + 1_000),
-                format!("once@{}", NOW + 7_000)
-            ]
-        );
-        assert_eq!(
-            cycles_of(&*s, "skip").await,
-            [format!("skip@{}", NOW + 7_000)]
-        );
-        let all: Vec<String> = (1..=7)
-            .map(|k| format!("all@{}", NOW + k * 1_000))
-            .collect();
-        assert_eq!(cycles_of(&*s, "all").await, all);
-        // Firing again at the same instant fires nothing twice.
-        s.fire_due(NOW + 6_500).await.expect("fire");
-        assert_eq!(cycles_of(&*s, "all").await.len(), 7);
-        assert_eq!(
-            s.next_fire_at().await.expect("next"),
-            Some(NOW + 8_000 - ahead)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_cycle_relying_on_the_previous_waits_for_it() {
-        let s = fresh(&sled()).await;
-        let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
-        sp.rely_on_prev_cycle = true;
-        s.submit(vec![sp], NOW).await.expect("submit");
-        s.fire_due(NOW + 1_000).await.expect("fire");
-        let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
-        s.fire_due(NOW + 2_000).await.expect("fire");
-        assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
-        s.complete(
-            vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
-            NOW + 2_500,
-        )
-        .await
-        .expect("complete");
-        s.fire_due(NOW + 2_600).await.expect("fire");
-        assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
     }
 }
 
@@ -1133,55 +1342,6 @@ mod sled_outcomes {
 mod sled_attempts {
     use super::*;
 
-    async fn claim_attempt(s: &dyn JobStore, now: i64) -> u32 {
-        claim_one(s, "g", now).await.expect("claimed").attempt
-    }
-
-    #[tokio::test]
-    async fn restarts_in_a_row_never_hand_out_an_attempt_twice() {
-        let b = sled();
-        let mut seen = Vec::new();
-        {
-            let s = fresh(&b).await;
-            s.submit(vec![spec("a", "g")], NOW).await.expect("submit");
-            seen.push(claim_attempt(&*s, NOW).await);
-        }
-        for round in 1..4 {
-            let s = b.open();
-            s.recover(NOW + round).await.expect("recover");
-            seen.push(claim_attempt(&*s, NOW + round).await);
-        }
-        let mut unique = seen.clone();
-        unique.dedup();
-        assert_eq!(unique.len(), seen.len(), "attempts {seen:?}");
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "attempts {seen:?}");
-    }
-
-    #[tokio::test]
-    async fn a_retry_right_after_an_error_gets_the_next_attempt_also_after_a_restart() {
-        let b = sled();
-        let before;
-        {
-            let s = fresh(&b).await;
-            let mut spec = spec("a", "g");
-            spec.retry_plan = Some(RetryPlan {
-                steps: vec![RetryStep::Retry],
-                count: 1,
-                forever: false,
-            });
-            let id = created(&s.submit(vec![spec], NOW).await.expect("submit")[0]);
-            assert_eq!(claim_attempt(&*s, NOW).await, 1);
-            s.complete(vec![report(&id, 1, Outcome::Error("boom".into()))], NOW)
-                .await
-                .expect("complete");
-            before = claim_attempt(&*s, NOW).await;
-            assert_eq!(before, 2);
-        }
-        let s = b.open();
-        s.recover(NOW + 1).await.expect("recover");
-        assert!(claim_attempt(&*s, NOW + 1).await > before);
-    }
-
     #[tokio::test]
     async fn a_directory_in_use_is_refused_and_reopens_once_released() {
         let b = sled();
@@ -1305,33 +1465,6 @@ mod sled_attempts {
         );
     }
 
-    #[tokio::test]
-    async fn after_a_restart_a_replaced_task_id_belongs_to_its_replacement() {
-        let b = sled();
-        let newer = {
-            let s = fresh(&b).await;
-            created(&s.submit(vec![spec("a", "g")], NOW).await.expect("submit")[0]);
-            let mut again = spec("a", "g");
-            again.replace_on_exist = true;
-            match &s.submit(vec![again], NOW + 1).await.expect("replace")[0] {
-                SubmitResult::Replaced { job_id, .. } => job_id.clone(),
-                other => panic!("expected a replacement, got {other:?}"),
-            }
-        };
-        let s = b.open();
-        s.recover(NOW + 2).await.expect("recover");
-        let holder = s.get_by_task("g", "a").await.expect("get").expect("found");
-        assert_eq!(holder.job_id, newer);
-        let r = s
-            .submit(vec![spec("a", "g")], NOW + 2)
-            .await
-            .expect("submit");
-        assert!(
-            matches!(&r[0], SubmitResult::Refused(SubmitRefusal::AlreadyExists { job_id }) if *job_id == newer),
-            "{r:?}"
-        );
-    }
-
     /// Operator changes racing with outcomes never bring a finished job
     /// back: a change either lands before the outcome or sees the job
     /// finished (also while the outcome's write is still being applied).
@@ -1373,7 +1506,7 @@ mod sled_attempts {
                         ..Default::default()
                     });
                     // Refused once finished; either answer is fine here.
-                    let _ = s.admin(id, update, NOW + 1).await;
+                    let _ = operator(&*s).admin(id, update, NOW + 1).await;
                 }
             })
         };

@@ -31,9 +31,7 @@ impl AdminApi {
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
-        let done = self
-            .tracker
-            .store
+        let done = crate::store::operator(&*self.tracker.store)?
             .admin(&job_id, action, lts_common::now_ms())
             .await?;
         for g in &done.wake {

@@ -6,7 +6,11 @@
 //! The state machine a job goes through on an outcome is in
 //! [`apply_outcome`], shared by every backend so that they agree.
 
+mod cycles;
+mod durable;
+mod index;
 pub mod mongo;
+pub mod operator;
 pub mod sled;
 mod task_index;
 
@@ -14,10 +18,11 @@ use async_trait::async_trait;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Outcome, RetryDecision, Schedule};
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::Result;
+
+pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, MISFIRE_GRACE_MS};
 
 /// Why a job of a submitted batch was not stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -230,34 +235,63 @@ pub struct Recovery {
 /// See [`JobStore::on_claimable`].
 pub type ClaimableHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Where jobs live. Every mutating call is durable when it returns.
+/// Where jobs live.
+///
+/// # Contract
+///
+/// **Visibility.** A change is seen by every read of the same store once
+/// the call that made it returned, durable or not.
+///
+/// **Durability.** A change is *durable* once a crash of the tracker's
+/// process or machine (`kill -9`, power loss) cannot undo it. Each method
+/// says when its changes are durable; [`JobStore::sync`] makes every change
+/// of the calls that returned before it durable. What is said here holds
+/// for every backend; a backend may be durable sooner (the MongoDB store's
+/// writes are durable when their call returns, by the database's write
+/// concern), never later. The embedded store keeps most changes in memory
+/// until its next flush, which callers ask for through `sync` or which a
+/// call says it waits for.
+///
+/// **Capabilities.** Firing cron and repeat cycles ([`JobStore::cycles`])
+/// and operator verbs ([`JobStore::operator`]) are capabilities: a backend
+/// without one returns `None`, the tracker says so when it starts, and a
+/// user who asks for one gets [`Error::Unsupported`](crate::Error::Unsupported)
+/// naming the backend. Every other method does what it says on every
+/// backend.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
+    /// The backend's name for messages: `embedded (sled)`, `MongoDB`.
+    fn backend(&self) -> &'static str;
+
     /// Loads the queues after a start; jobs that were running are pending
-    /// again. Call once, before anything else.
+    /// again, and will run with an attempt number no run had before. Call
+    /// once, before anything else. Durable when it returns.
     async fn recover(&self, now_ms: i64) -> Result<Recovery>;
 
     /// Stores a validated batch: dedup on (node group, task id), one result
-    /// per job, in order. One durable write for the batch.
+    /// per job, in order. Durable when it returns: a submit is acknowledged
+    /// to its client only then.
     async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> Result<Vec<SubmitResult>>;
 
     /// Registers `hook`, called with a node group as soon as submitted jobs
-    /// of it can be claimed, which may be before they are durable (a store
-    /// that cannot tell does not call it; the caller wakes its dispatchers
-    /// after `submit` returns anyway).
-    fn on_claimable(&self, hook: ClaimableHook) {
-        let _ = hook;
-    }
+    /// of it can be claimed, which may be before they are durable (a claim
+    /// of them then waits for the submit's durability). A backend that
+    /// cannot tell never calls it; the caller wakes its dispatchers after
+    /// `submit` returns anyway.
+    fn on_claimable(&self, hook: ClaimableHook);
 
-    /// Returns once everything written before the call is durable. A store
-    /// whose calls are durable when they return has nothing to wait for.
-    async fn sync(&self) -> Result<()> {
-        Ok(())
-    }
+    /// Returns once every change made by calls that returned before this
+    /// one is durable.
+    async fn sync(&self) -> Result<()>;
 
     /// Claims, for each `(worker, n)` grant, up to `n` ready jobs of
     /// `node_group` in order (priority, trigger time, submit order): each
     /// becomes running with its attempt incremented.
+    ///
+    /// The attempt is a fencing token: it is never handed out twice, also
+    /// across a crash. The claim itself may be lost in a crash (the job is
+    /// then pending again after [`JobStore::recover`]); it is durable after
+    /// the next `sync`.
     async fn claim(
         &self,
         node_group: &str,
@@ -268,34 +302,35 @@ pub trait JobStore: Send + Sync + 'static {
     /// Like [`JobStore::claim`], for pending jobs of `node_group` whose
     /// trigger time is after now and at or before `until_ms`: they go to
     /// TaskTrackers ahead of their time and start at it (see
-    /// `Assignment.not_before_unix_ms`). Claimed in trigger order. A store
-    /// that does not send jobs ahead claims nothing; its jobs are claimed
-    /// by `claim` once due.
+    /// `Assignment.not_before_unix_ms`). Claimed in trigger order. A backend
+    /// that does not send jobs ahead claims nothing here; its jobs are
+    /// claimed by `claim` once due.
     async fn claim_ahead(
         &self,
         node_group: &str,
         grants: &[(String, usize)],
         now_ms: i64,
         until_ms: i64,
-    ) -> Result<Claimed> {
-        let _ = (node_group, now_ms, until_ms);
-        Ok(Claimed {
-            per_grant: vec![Vec::new(); grants.len()],
-            next_ready_at_ms: None,
-        })
-    }
+    ) -> Result<Claimed>;
 
-    /// Notes that runs started (execution log only).
+    /// Notes that runs started (execution log only). May be lost in a
+    /// crash; durable after the job's next transition has been synced.
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()>;
 
     /// Applies outcomes whose attempt is current; refuses the others.
+    /// Durable after the next `sync`: the caller acknowledges the outcomes
+    /// to their TaskTracker (which keeps them until then) only after it.
+    /// A feedback item an outcome queues is durable no later than the
+    /// outcome.
     async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>>;
 
     /// Puts running jobs back in the queue (their TaskTracker was lost).
-    /// Runs whose attempt moved on are left alone.
+    /// Runs whose attempt moved on are left alone. Durable after the next
+    /// `sync`; a requeue lost in a crash changes nothing, as recovery
+    /// requeues every running job.
     async fn requeue(&self, runs: &[(String, u32)], reason: &str, now_ms: i64) -> Result<usize>;
 
-    /// Cancels a job that is not final.
+    /// Cancels a job that is not final. Durable when it returns.
     async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled>;
 
     /// A job by id.
@@ -312,7 +347,7 @@ pub trait JobStore: Send + Sync + 'static {
         page_token: Option<&str>,
     ) -> Result<(Vec<Job>, Option<String>)>;
 
-    /// Appends lines to execution logs.
+    /// Appends lines to execution logs. Durable after the next `sync`.
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()>;
 
     /// A page of a job's execution log, oldest first.
@@ -325,75 +360,22 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Log lines of the jobs `filter` selects, a page of whole jobs at a
     /// time, oldest line first within a job. The page token is the last
-    /// job id of the page.
+    /// job id of the page. [`query_logs_by_job`] does it with `list` and
+    /// `logs`.
     async fn query_logs(
         &self,
         filter: &LogFilter,
         page_size: usize,
         page_token: Option<&str>,
-    ) -> Result<(Vec<LogEntry>, Option<String>)> {
-        let in_range = |e: &LogEntry| {
-            filter.since_ms.is_none_or(|s| e.at_ms >= s)
-                && filter.until_ms.is_none_or(|u| e.at_ms < u)
-        };
-        let job_logs = |job_id: String| async move {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let (page, next) = self.logs(&job_id, 1000, token.as_deref()).await?;
-                all.extend(page);
-                match next {
-                    Some(t) => token = Some(t),
-                    None => return Ok::<_, crate::error::Error>(all),
-                }
-            }
-        };
-        if let Some(job_id) = &filter.job_id {
-            let lines: Vec<LogEntry> = job_logs(job_id.clone())
-                .await?
-                .into_iter()
-                .filter(|e| in_range(e))
-                .collect();
-            return Ok((lines, None));
-        }
-        let jobs = ListFilter {
-            node_group: filter.node_group.clone(),
-            task_id_prefix: filter.task_id.clone(),
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        let mut cursor = page_token.map(str::to_string);
-        loop {
-            let (page, next) = self.list(&jobs, 100, cursor.as_deref()).await?;
-            for job in page {
-                if filter
-                    .task_id
-                    .as_ref()
-                    .is_some_and(|t| *t != job.spec.task_id)
-                {
-                    continue;
-                }
-                out.extend(
-                    job_logs(job.job_id.clone())
-                        .await?
-                        .into_iter()
-                        .filter(|e| in_range(e)),
-                );
-                if out.len() >= page_size {
-                    return Ok((out, Some(job.job_id)));
-                }
-            }
-            match next {
-                Some(t) => cursor = Some(t),
-                None => return Ok((out, None)),
-            }
-        }
-    }
+    ) -> Result<(Vec<LogEntry>, Option<String>)>;
 
     /// Every feedback not yet acked.
     async fn pending_feedback(&self) -> Result<Vec<Feedback>>;
 
-    /// Drops acked feedback.
+    /// Drops acked feedback. Durable after the next `sync`; an ack lost in
+    /// a crash only means the items are delivered again (at least once).
+    /// Never undone by a write queued before it: an acked item does not
+    /// come back.
     async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()>;
 
     /// Ready-to-run job counts per node group (pending, trigger time passed).
@@ -402,45 +384,140 @@ pub trait JobStore: Send + Sync + 'static {
     /// Node groups that have pending jobs.
     async fn node_groups(&self) -> Result<Vec<String>>;
 
-    /// Fires the cron and repeat cycles whose time has come: each cycle
-    /// becomes a job of its own, with the task id `<task id>@<point in
-    /// Unix ms>`, so a point fires once even across a restart. Returns the
-    /// node groups that got work.
-    async fn fire_due(&self, _now_ms: i64) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// When [`JobStore::fire_due`] next has work: the next cycle's point,
-    /// less however early the store makes cycles.
-    async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(None)
-    }
-
-    /// An operator verb on one job.
-    async fn admin(&self, job_id: &str, _action: AdminAction, _now_ms: i64) -> Result<Admined> {
-        Err(crate::error::Error::WrongState(format!(
-            "job {job_id}: this store does not support operator verbs yet"
-        )))
-    }
-
     /// How often to look for work and feedback that other JobTrackers
     /// sharing this store produced; `None` when this tracker sees every
     /// change itself (a store of its own).
-    fn poll_interval(&self) -> Option<std::time::Duration> {
-        None
-    }
+    fn poll_interval(&self) -> Option<std::time::Duration>;
+
+    /// Cron and repeat cycle firing, if this backend does it.
+    fn cycles(&self) -> Option<&dyn CycleStore>;
+
+    /// Operator verbs (suspend, resume, trigger, update, delete), if this
+    /// backend does them.
+    fn operator(&self) -> Option<&dyn OperatorStore>;
+
+    /// Closes the store: every change made before is durable, the store's
+    /// threads and connections have ended and its resources (the embedded
+    /// store's directory lock) are released when it returns, so the same
+    /// store can be opened again at once. Calls after it fail with
+    /// [`Error::ShuttingDown`](crate::Error::ShuttingDown). Closing twice
+    /// is harmless.
+    async fn close(&self) -> Result<()>;
 }
 
-/// Checks what a store without cycle firing cannot run: cron and repeat
-/// schedules are refused with a clear message instead of being stored and
-/// never fired.
-pub fn unsupported(spec: &JobSpec) -> Option<SubmitRefusal> {
-    match &spec.schedule {
-        Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
-            field: "schedule.cron".into(),
-            message: "cron schedules are not supported by this store yet".into(),
-        }),
-        _ => None,
+/// Cron and repeat cycle firing: a capability of a [`JobStore`].
+#[async_trait]
+pub trait CycleStore: Send + Sync {
+    /// Fires the cron and repeat cycles whose time has come: each cycle
+    /// becomes a job of its own, with the task id `<task id>@<point in
+    /// Unix ms>`, so a point fires once even across a restart. Returns the
+    /// node groups that got work. The cycles fired are durable when it
+    /// returns; a skipped point (misfire policy) after the next `sync`.
+    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>>;
+
+    /// When [`CycleStore::fire_due`] next has work: the next cycle's point,
+    /// less however early the store makes cycles.
+    async fn next_fire_at(&self) -> Result<Option<i64>>;
+}
+
+/// Operator verbs on one job: a capability of a [`JobStore`].
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    /// An operator verb on one job. Durable when it returns.
+    async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined>;
+}
+
+/// `store`'s operator verbs, or the refusal a user gets when it has none.
+pub fn operator(store: &dyn JobStore) -> Result<&dyn OperatorStore> {
+    store
+        .operator()
+        .ok_or_else(|| crate::error::Error::Unsupported {
+            backend: store.backend(),
+            feature: "operator verbs (suspend, resume, trigger, update, delete) yet".into(),
+        })
+}
+
+/// What `store` lacks, in a line for the tracker's start; `None` when it
+/// has every capability.
+pub fn missing_capabilities(store: &dyn JobStore) -> Option<String> {
+    let mut missing = Vec::new();
+    if store.cycles().is_none() {
+        missing.push("cron schedules are refused");
+    }
+    if store.operator().is_none() {
+        missing.push("operator verbs (suspend, resume, trigger, update, delete) are refused");
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the {} job store lacks capabilities: {}",
+            store.backend(),
+            missing.join("; ")
+        )
+    })
+}
+
+/// [`JobStore::query_logs`] through `list` and `logs`: for a backend with
+/// no better way to select lines by job.
+pub async fn query_logs_by_job<S: JobStore + ?Sized>(
+    store: &S,
+    filter: &LogFilter,
+    page_size: usize,
+    page_token: Option<&str>,
+) -> Result<(Vec<LogEntry>, Option<String>)> {
+    let in_range = |e: &LogEntry| {
+        filter.since_ms.is_none_or(|s| e.at_ms >= s) && filter.until_ms.is_none_or(|u| e.at_ms < u)
+    };
+    let job_logs = |job_id: String| async move {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = store.logs(&job_id, 1000, token.as_deref()).await?;
+            all.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok::<_, crate::error::Error>(all),
+            }
+        }
+    };
+    if let Some(job_id) = &filter.job_id {
+        let lines: Vec<LogEntry> = job_logs(job_id.clone())
+            .await?
+            .into_iter()
+            .filter(|e| in_range(e))
+            .collect();
+        return Ok((lines, None));
+    }
+    let jobs = ListFilter {
+        node_group: filter.node_group.clone(),
+        task_id_prefix: filter.task_id.clone(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut cursor = page_token.map(str::to_string);
+    loop {
+        let (page, next) = store.list(&jobs, 100, cursor.as_deref()).await?;
+        for job in page {
+            if filter
+                .task_id
+                .as_ref()
+                .is_some_and(|t| *t != job.spec.task_id)
+            {
+                continue;
+            }
+            out.extend(
+                job_logs(job.job_id.clone())
+                    .await?
+                    .into_iter()
+                    .filter(|e| in_range(e)),
+            );
+            if out.len() >= page_size {
+                return Ok((out, Some(job.job_id)));
+            }
+        }
+        match next {
+            Some(t) => cursor = Some(t),
+            None => return Ok((out, None)),
+        }
     }
 }
 
@@ -477,127 +554,15 @@ pub fn new_job(job_id: String, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
     }
 }
 
-/// A cycle point fired later than this after its time counts as missed,
-/// and the job's misfire policy decides what happens to it.
-pub const MISFIRE_GRACE_MS: i64 = 1_000;
-
-/// Checks a cron job's expression and zone; the error names the field.
-pub fn check_recurring(spec: &JobSpec, now_ms: i64) -> Result<(), lts_common::ValidationError> {
-    if let Schedule::Cron {
-        expression,
-        time_zone,
-        ..
-    } = &spec.schedule
-    {
-        let cron = lts_common::cron::CronSchedule::parse(expression, time_zone).map_err(|e| {
-            let field = if matches!(e, lts_common::cron::CronError::UnknownTimeZone(..)) {
-                "schedule.cron.time_zone"
-            } else {
-                "schedule.cron.expression"
-            };
-            lts_common::ValidationError::new(field, e.to_string())
-        })?;
-        if cron.next_after_ms(now_ms).is_none() {
-            return Err(lts_common::ValidationError::new(
-                "schedule.cron.expression",
-                format!("`{expression}` has no fire time after now"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What to do at a due cycle point of a cron or repeat job.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CycleStep {
-    /// Fire a run for this point.
-    pub fire: bool,
-    /// The point after it; `None` when there is none.
-    pub next: Option<i64>,
-}
-
-/// Parsed cron expressions by (expression, zone): a cron job fires every
-/// cycle, and parsing its expression each time cost more than the step.
-fn parsed_cron(expression: &str, time_zone: &str) -> Option<Arc<lts_common::cron::CronSchedule>> {
-    type Cache = HashMap<(String, String), Arc<lts_common::cron::CronSchedule>>;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
-    /// Distinct expressions kept; past it the cache starts over.
-    const MAX_ENTRIES: usize = 4_096;
-    let cache = CACHE.get_or_init(Default::default);
-    let key = (expression.to_string(), time_zone.to_string());
-    if let Some(c) = cache.lock().ok()?.get(&key) {
-        return Some(c.clone());
-    }
-    let parsed = Arc::new(lts_common::cron::CronSchedule::parse(expression, time_zone).ok()?);
-    let mut map = cache.lock().ok()?;
-    if map.len() >= MAX_ENTRIES {
-        map.clear();
-    }
-    map.insert(key, parsed.clone());
-    Some(parsed)
-}
-
-/// Decides, for a cycle point `point` that is due at `now_ms`, whether it
-/// fires and which point comes next, by the job's misfire policy:
-/// - on time (within [`MISFIRE_GRACE_MS`]): fire, next is the point after;
-/// - late, `FireOnce`: fire once for all the missed points, next is the
-///   first point after now;
-/// - late, `Skip`: do not fire, next is the first point after now;
-/// - late, `FireAll`: fire, next is the point after (which may be due too).
-///
-/// Repeat jobs keep their cadence; a late repeat cycle fires once and the
-/// next one is a full interval after now.
-pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
-    let late = now_ms - point > MISFIRE_GRACE_MS;
-    match schedule {
-        Schedule::Cron {
-            expression,
-            time_zone,
-            misfire,
-        } => {
-            let Some(cron) = parsed_cron(expression, time_zone) else {
-                return CycleStep {
-                    fire: false,
-                    next: None,
-                };
-            };
-            match (late, misfire) {
-                (false, _) | (true, lts_common::MisfirePolicy::FireAll) => CycleStep {
-                    fire: true,
-                    next: cron.next_after_ms(point),
-                },
-                (true, lts_common::MisfirePolicy::FireOnce) => CycleStep {
-                    fire: true,
-                    next: cron.next_after_ms(now_ms),
-                },
-                (true, lts_common::MisfirePolicy::Skip) => CycleStep {
-                    fire: false,
-                    next: cron.next_after_ms(now_ms),
-                },
-            }
-        }
-        Schedule::Repeat { interval_ms, .. } => {
-            let interval = *interval_ms as i64;
-            let next = if late {
-                now_ms + interval
-            } else {
-                point + interval
-            };
-            CycleStep {
-                fire: true,
-                next: Some(next),
-            }
-        }
-        Schedule::Now | Schedule::At(_) => CycleStep {
-            fire: false,
-            next: None,
-        },
-    }
-}
-
 /// A fresh job id: time-ordered, unique across trackers.
 pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// A duration in ms as a signed offset; one beyond `i64::MAX` is capped
+/// there (a time that never comes) rather than wrapping negative.
+pub(crate) fn ms_to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// What an applied outcome produced besides the new job state.
@@ -622,7 +587,11 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
             format!(
                 "{} (ran {} ms)",
                 report.outcome,
-                (report.finished_at_ms - report.started_at_ms).max(0)
+                // Both times come from the TaskTracker's clock, unchecked.
+                report
+                    .finished_at_ms
+                    .saturating_sub(report.started_at_ms)
+                    .max(0)
             ),
         )
         .with_worker(&report.worker),
@@ -639,7 +608,10 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
                     job.state = JobState::Pending;
                     // Cycles keep their cadence; a cycle that ran past the
                     // next point starts at once rather than piling up.
-                    job.trigger_at_ms = (job.trigger_at_ms + interval_ms as i64).max(now_ms);
+                    job.trigger_at_ms = job
+                        .trigger_at_ms
+                        .saturating_add(ms_to_i64(interval_ms))
+                        .max(now_ms);
                     cycle_done = true;
                 }
                 Schedule::Repeat { .. } => {
@@ -652,14 +624,16 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
         Outcome::Failed(_) => job.state = JobState::Failed,
         Outcome::Later { delay_ms, .. } => {
             job.state = JobState::Pending;
-            job.trigger_at_ms = now_ms + *delay_ms as i64;
+            // A TaskTracker's delay, unchecked: a huge one means never
+            // (until an operator triggers the job), not a wrap into the past.
+            job.trigger_at_ms = now_ms.saturating_add(ms_to_i64(*delay_ms));
         }
         Outcome::Error(_) => {
             job.failures += 1;
             match job.spec.effective_retry_plan().decide(job.failures) {
                 RetryDecision::RetryAfter(delay) => {
                     job.state = JobState::Pending;
-                    job.trigger_at_ms = now_ms + delay as i64;
+                    job.trigger_at_ms = now_ms.saturating_add(ms_to_i64(delay));
                     t.logs.push(LogEntry::new(
                         &job.job_id,
                         LogKind::Retry,
@@ -807,75 +781,45 @@ mod tests {
         assert_eq!((job.state, job.cycles), (JobState::Succeeded, 2));
     }
 
-    fn cron(misfire: lts_common::MisfirePolicy) -> Schedule {
-        Schedule::Cron {
-            expression: "* * * * * ?".into(),
-            time_zone: String::new(),
-            misfire,
+    #[test]
+    fn run_times_at_the_ends_of_the_clock_do_not_panic() {
+        for (started, finished) in [
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, i64::MIN),
+            (0, i64::MIN),
+        ] {
+            let mut job = running(JobSpec::new("t", "g"));
+            let mut r = report(Outcome::Success("ok".into()));
+            r.started_at_ms = started;
+            r.finished_at_ms = finished;
+            let t = apply_outcome(&mut job, &r, 2_000);
+            assert_eq!(job.state, JobState::Succeeded);
+            assert!(
+                t.logs.iter().any(|l| l.kind == LogKind::Outcome),
+                "{:?}",
+                t.logs
+            );
         }
     }
 
     #[test]
-    fn on_time_points_fire_and_step_to_the_next() {
-        let step = cycle_step(&cron(lts_common::MisfirePolicy::Skip), 10_000, 10_020);
+    fn a_delay_beyond_the_clock_waits_rather_than_running_at_once() {
+        let mut job = running(JobSpec::new("t", "g"));
+        let r = report(Outcome::Later {
+            delay_ms: u64::MAX,
+            message: String::new(),
+        });
+        apply_outcome(&mut job, &r, 2_000);
         assert_eq!(
-            step,
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
-        );
-    }
-
-    #[test]
-    fn late_points_follow_the_misfire_policy() {
-        use lts_common::MisfirePolicy::*;
-        // The point 10 s was missed by 5.5 s.
-        let now = 15_500;
-        assert_eq!(
-            cycle_step(&cron(FireOnce), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_000)
-            }
-        );
-        assert_eq!(
-            cycle_step(&cron(Skip), 10_000, now),
-            CycleStep {
-                fire: false,
-                next: Some(16_000)
-            }
-        );
-        assert_eq!(
-            cycle_step(&cron(FireAll), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
+            (job.state, job.trigger_at_ms),
+            (JobState::Pending, i64::MAX)
         );
         let repeat = Schedule::Repeat {
-            interval_ms: 1_000,
+            interval_ms: u64::MAX,
             count: 0,
         };
-        assert_eq!(
-            cycle_step(&repeat, 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_500)
-            }
-        );
-    }
-
-    #[test]
-    fn bad_cron_fields_are_named() {
-        let mut spec = JobSpec::new("t", "g");
-        spec.schedule = Schedule::Cron {
-            expression: "0 61 * * * ?".into(),
-            time_zone: String::new(),
-            misfire: lts_common::MisfirePolicy::FireOnce,
-        };
-        let e = check_recurring(&spec, 0).unwrap_err();
-        assert_eq!(e.field, "schedule.cron.expression");
-        assert!(e.message.contains("minute"), "{}", e.message);
+        assert_eq!(cycle_step(&repeat, i64::MIN, i64::MAX).next, Some(i64::MAX));
+        assert_eq!(cycle_step(&repeat, i64::MAX, i64::MIN).next, Some(i64::MAX));
     }
 }

@@ -1,20 +1,46 @@
 //! The embedded store: sled under a data directory, with the queues
 //! indexed in memory.
 //!
-//! One sled tree holds every record, under a one-byte prefix, so a batch
-//! that touches a job, its task key and its log lines is one atomic write:
+//! One sled tree (`lts`) holds every record under a one-byte prefix:
 //!
 //! | key | value |
 //! |---|---|
-//! | `j` job id | the job and its transition history (MessagePack) |
-//! | `t` node group `0x00` task id | job id |
-//! | `l` job id `0x00` sequence (u64 BE) | a biz log line, or a line about a finished job |
-//! | `f` feedback id | a feedback |
-//! | `m` name | store metadata (`schema_version`) |
+//! | `j` job id | the job and the transition lines of its execution log (MessagePack) |
+//! | `l` job id `0x00` sequence (u64 BE) | a log line written apart from its job's record: a biz line, or a stale outcome of a job no longer in memory |
+//! | `f` feedback id | a feedback item not yet acked |
+//! | `m` `schema_version` | the store's schema (u64 BE) |
 //!
-//! Jobs that are not final are also kept in memory with a ready queue per
-//! node group, so a claim touches no disk but the write of the claimed
-//! jobs. Every call that changes state ends with one flush (group commit).
+//! Schema 1 also kept `t` node group `0x00` task id -> job id; the open of
+//! such a store drops those keys (the task-id index is in memory now,
+//! rebuilt from the job records).
+//!
+//! **Memory.** Jobs that are not final are kept in memory with a ready
+//! queue per node group, so a claim touches no disk unless its attempt
+//! must be made durable first (see [`SledStore::claim`]).
+//!
+//! **Writes.** A call changes the index under its lock and, under the same
+//! hold, queues its writes as one batch with the next generation number.
+//! One write thread applies the batches in generation order, key by key
+//! (not as `sled::Batch`es, which wait out every flush), so the disk sees
+//! changes in the order the index made them, and a crash keeps a prefix of
+//! them. Until a batch is applied its values are read from the queue;
+//! scans wait for the batches committed before them. Every write goes
+//! through this queue.
+//!
+//! **Flushes.** One flush thread makes writes durable for everybody (group
+//! commit): it waits until the write thread has applied every batch
+//! committed before the requests it serves, flushes sled once and answers
+//! them all. `recover`, `submit`, `cancel`, the operator verbs, a claim
+//! whose attempt must be durable and a `fire_due` that fired cycles wait
+//! for a flush before they return. `complete`, `requeue`, `append_logs`
+//! and `ack_feedback` only ask for one soon; they are durable after the
+//! next [`JobStore::sync`] (see the trait's contract).
+//!
+//! **Close.** [`JobStore::close`] (or dropping the store) stops taking
+//! writes, lets the write thread apply the queue, flushes, ends both
+//! threads and returns once sled has released the directory's lock, so
+//! the directory can be opened again at once. A directory another store
+//! holds is refused at open, with no wait.
 //!
 //! The lines of a job's execution log that record its transitions live in
 //! the job's own record: a transition rewrites the record anyway, and
@@ -23,16 +49,18 @@
 //! transition; a crash before that loses only that line (the run is
 //! requeued and logged as such).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind, Schedule};
+use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::durable::{check_not_in_use, sled_err, wait_for_release, Engine, Writes};
+use super::index::{Index, Record, RecordRef};
+use super::operator::{self, Effect};
 use super::*;
 use crate::error::{Error, Result};
 
@@ -40,469 +68,10 @@ use crate::error::{Error, Result};
 /// open); the `t` keys of schema 1 are no longer written or read.
 const SCHEMA_VERSION: u64 = 2;
 
-/// Lines a cron or repeat job keeps in its own execution log; older ones
-/// go as new cycles fire, so a template firing every second for months
-/// costs the same to write as a new one.
-pub const TEMPLATE_HISTORY_LINES: usize = 100;
-
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long before its point a cron or repeat cycle is made: its job then
-/// waits in the queue, and at the point only the dispatch remains to do.
-pub const FIRE_AHEAD_MS: i64 = 800;
-
-/// Cycles fired under one hold of the index lock.
-const FIRE_CHUNK: usize = 256;
-
-/// Cycles fired by one [`JobStore::fire_due`] call at most.
-const FIRE_MAX_PER_CALL: usize = 10_240;
-
-/// Ordering key of a ready job: priority, trigger time, submit order.
-type ReadyKey = (i32, i64, u64);
-/// Ordering key of a job waiting for its trigger time.
-type DelayedKey = (i64, u64);
-
-#[derive(Default)]
-struct Queues {
-    ready: BTreeMap<ReadyKey, String>,
-    delayed: BTreeMap<DelayedKey, String>,
-}
-
-/// A job with the transition lines of its execution log.
-#[derive(Debug, Deserialize)]
-struct Record {
-    job: Job,
-    #[serde(default)]
-    history: Vec<LogEntry>,
-    /// For a cycle of a cron or repeat job: the job that fired it.
-    #[serde(default)]
-    parent: Option<String>,
-    /// For a cron or repeat job: the cycle it fired last.
-    #[serde(default)]
-    last_child: Option<String>,
-    /// The lowest attempt the job can have on disk after a crash: the
-    /// attempt of its last flushed write (or of its first write, which is
-    /// the only version a crash can leave). See [`SledStore::claim`].
-    #[serde(skip)]
-    floor: u32,
-    /// The attempt and write generation of a write not yet known flushed.
-    #[serde(skip)]
-    unflushed: Option<(u32, u64)>,
-}
-
-/// [`Record`] for writing, without cloning.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    job: &'a Job,
-    history: &'a [LogEntry],
-    parent: &'a Option<String>,
-    last_child: &'a Option<String>,
-}
-
-impl Record {
-    fn new(job: Job) -> Record {
-        Record {
-            job,
-            history: Vec::new(),
-            parent: None,
-            last_child: None,
-            floor: 0,
-            unflushed: None,
-        }
-    }
-
-    /// Whether handing out the next attempt needs the record flushed first:
-    /// a crash must never leave a version of the job whose attempt is lower
-    /// than the last one handed out minus one (recovery skips one number,
-    /// so the next attempt after a restart is always new).
-    fn claim_needs_flush(&mut self, flushed_gen: u64) -> bool {
-        if let Some((attempt, generation)) = self.unflushed {
-            if generation <= flushed_gen {
-                self.floor = attempt;
-                self.unflushed = None;
-            }
-        }
-        self.job.attempt > self.floor
-    }
-
-    /// Appends a transition line at `at_ms` (the store's clock, so that
-    /// lines sort with the job's times); the job id is implied.
-    fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
-        entry.job_id.clear();
-        entry.at_ms = at_ms;
-        self.history.push(entry);
-    }
-}
-
-#[derive(Default)]
-struct Index {
-    /// Jobs that are not final.
-    live: HashMap<String, Box<Record>>,
-    /// Pending jobs per node group.
-    queues: HashMap<String, Queues>,
-    /// Cron and repeat jobs by the time of their next cycle.
-    timers: BTreeMap<DelayedKey, String>,
-    /// Cron and repeat jobs that rely on their previous cycle, by the cycle
-    /// they wait for.
-    waiting: HashMap<String, String>,
-    /// Which job holds each (node group, task id), for dedup.
-    tasks: super::task_index::TaskIndex,
-    next_seq: u64,
-}
-
-impl Index {
-    fn enqueue(&mut self, job: &Job, now_ms: i64) {
-        if job.state != JobState::Pending {
-            return;
-        }
-        if job.spec.schedule.is_recurring() {
-            self.timers
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-            return;
-        }
-        let q = self
-            .queues
-            .entry(job.spec.task_tracker_node_group.clone())
-            .or_default();
-        if job.trigger_at_ms <= now_ms {
-            q.ready.insert(
-                (job.spec.priority, job.trigger_at_ms, job.seq),
-                job.job_id.clone(),
-            );
-        } else {
-            q.delayed
-                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
-        }
-    }
-
-    fn dequeue(&mut self, job: &Job) {
-        self.timers.remove(&(job.trigger_at_ms, job.seq));
-        if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
-            q.ready
-                .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
-            q.delayed.remove(&(job.trigger_at_ms, job.seq));
-        }
-    }
-
-    /// Moves jobs whose time has come from delayed to ready.
-    fn promote(&mut self, node_group: &str, now_ms: i64) {
-        let Some(q) = self.queues.get_mut(node_group) else {
-            return;
-        };
-        while let Some(entry) = q.delayed.first_entry() {
-            if entry.key().0 > now_ms {
-                break;
-            }
-            let ((_, seq), job_id) = entry.remove_entry();
-            if let Some(r) = self.live.get(&job_id) {
-                q.ready
-                    .insert((r.job.spec.priority, r.job.trigger_at_ms, seq), job_id);
-            }
-        }
-    }
-}
-
-/// Makes writes durable, one flush at a time.
-///
-/// sled's `flush_async` stalled for good here when several callers flushed
-/// at once under load, so every flush goes through one thread. A caller
-/// asks after its batch is queued; the thread drains every request that
-/// is waiting, waits until the write thread has applied every batch queued
-/// before them, flushes once, and answers them all (group commit).
-///
-/// A request is urgent (a submit's ack or a claim waits on it) or not (an
-/// outcome's ack to its TaskTracker, which keeps the outcome until then,
-/// or a write whose loss only repeats work). When only requests that are
-/// not urgent wait, the thread lingers up to [`LINGER`] for an urgent one
-/// and flushes once for all, since each flush costs sled a log write and
-/// a sync: at 16,000 jobs/s in small calls the runtime threads went from
-/// 0.93 to 0.76 of a core (`perf stat --per-thread`).
-struct Flusher {
-    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct FlushRequest {
-    reply: tokio::sync::oneshot::Sender<Result<()>>,
-    urgent: bool,
-}
-
-/// How long a flush nobody urgently waits for may wait for one somebody
-/// does.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread; joining it closes its handle
-        // on the database, so the directory can be opened again at once.
-        self.requests.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Flusher {
-    fn start(db: ::sled::Db, generations: Arc<Generations>) -> Result<Flusher> {
-        let (tx, rx) = std::sync::mpsc::channel::<FlushRequest>();
-        let thread = std::thread::Builder::new()
-            .name("sled-flusher".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    if !waiting.iter().any(|w| w.urgent) {
-                        let until = std::time::Instant::now() + LINGER;
-                        while let Some(left) =
-                            until.checked_duration_since(std::time::Instant::now())
-                        {
-                            match rx.recv_timeout(left) {
-                                Ok(w) => {
-                                    let urgent = w.urgent;
-                                    waiting.push(w);
-                                    if urgent {
-                                        waiting.extend(rx.try_iter());
-                                        break;
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    // Every batch committed before these requests has a
-                    // generation up to this one; the flush waits until the
-                    // write thread has applied them, so it makes them
-                    // durable.
-                    let need = generations.assigned.load(Ordering::SeqCst);
-                    generations.wait_written(need);
-                    let result = match generations.failed.get() {
-                        Some(e) => Err(e.clone()),
-                        None => db.flush().map(|_| ()).map_err(|e| e.to_string()),
-                    };
-                    if result.is_ok() {
-                        generations.flushed.fetch_max(need, Ordering::SeqCst);
-                    }
-                    for w in waiting {
-                        let _ = w.reply.send(result.clone().map_err(Error::Store));
-                    }
-                }
-            })
-            .map_err(|e| Error::Store(format!("cannot start the flush thread: {e}")))?;
-        Ok(Flusher {
-            requests: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Asks for a flush without waiting for it (not urgent).
-    fn flush_soon(&self) {
-        let (reply, _) = tokio::sync::oneshot::channel();
-        if let Some(r) = &self.requests {
-            let _ = r.send(FlushRequest {
-                reply,
-                urgent: false,
-            });
-        }
-    }
-
-    /// Returns once a flush that began after this call has ended.
-    async fn flush(&self, urgent: bool) -> Result<()> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.requests
-            .as_ref()
-            .and_then(|r| r.send(FlushRequest { reply, urgent }).ok())
-            .ok_or_else(|| Error::Store("the flush thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Store("the flush thread has stopped".into()))?
-    }
-}
-
-/// Writes to apply in order, one key at a time.
-///
-/// Not a `sled::Batch`: sled applies a batch under an exclusive lock that
-/// its flush holds shared for the whole write and sync of the log, so every
-/// batch waited out each flush, 3 to 30 ms here, and the batches behind it
-/// (see [`SledStore::commit`]). Single writes go on during a flush. A crash keeps a prefix
-/// of the writes in order, so each caller puts a write that others depend
-/// on first: a feedback item before the outcome that produced it, a cycle's
-/// job before its template's move to the next point.
-#[derive(Default)]
-struct Writes(Vec<(::sled::IVec, Option<::sled::IVec>)>);
-
-impl Writes {
-    fn insert<K: Into<::sled::IVec>, V: Into<::sled::IVec>>(&mut self, key: K, value: V) {
-        self.0.push((key.into(), Some(value.into())));
-    }
-
-    fn remove<K: Into<::sled::IVec>>(&mut self, key: K) {
-        self.0.push((key.into(), None));
-    }
-}
-
-/// Write generations: each batch of writes takes the next one under the
-/// index lock (`assigned`), is applied in that order (`written`, after the
-/// lock is released), and a flush makes every applied one durable.
-#[derive(Default)]
-struct Generations {
-    assigned: AtomicU64,
-    written: AtomicU64,
-    flushed: AtomicU64,
-    /// Set by the first write sled refused: the store is in error from
-    /// then on (sled refuses writes after an I/O error).
-    failed: std::sync::OnceLock<String>,
-    /// Signalled when `written` moves, for the flush thread.
-    moved: (Mutex<()>, std::sync::Condvar),
-}
-
-impl Generations {
-    /// Records that every batch up to `generation` is applied.
-    fn written(&self, generation: u64) {
-        let _guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.written.store(generation, Ordering::SeqCst);
-        self.moved.1.notify_all();
-    }
-
-    /// Blocks until every batch up to `generation` is applied (or the
-    /// store failed). Only for the flush thread: never on the runtime.
-    fn wait_written(&self, generation: u64) {
-        let mut guard = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
-        while self.written.load(Ordering::SeqCst) < generation && self.failed.get().is_none() {
-            guard = self.moved.1.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// Batches not applied yet, and the values they write: reads of a job that
-/// is no longer in the index see its newest version here until it is in
-/// the tree.
-#[derive(Default)]
-struct Pending {
-    /// Key -> (generation of the batch, value; `None` for a removal).
-    writes: HashMap<::sled::IVec, (u64, Option<::sled::IVec>)>,
-    /// Batches waiting to be applied, by generation.
-    queued: BTreeMap<u64, Writes>,
-    /// Set when the store closes: the write thread applies what is queued
-    /// and ends.
-    closing: bool,
-}
-
-/// Applies committed batches to the tree, in generation order, on a thread
-/// of its own.
-///
-/// A runtime thread that applied them itself was a runtime thread blocked
-/// for as long as sled took: microseconds mostly, but a sled insert takes
-/// milliseconds at times (its log segment bookkeeping), and tasks that
-/// thread had just woken, such as the dispatcher a submit wakes, waited
-/// with it. Nothing on the runtime waits for a batch to be applied: its
-/// values are read from [`Pending`] until then, scans wait without
-/// blocking ([`SledStore::settled`]), and a flush waits on its own thread.
-struct Writer {
-    pending: Mutex<Pending>,
-    /// Signalled when a batch is queued or the store closes.
-    work: std::sync::Condvar,
-    /// Signalled when `generations.written` moves, for reads that scan the
-    /// tree (see [`SledStore::settled`]).
-    applied: tokio::sync::Notify,
-    generations: Arc<Generations>,
-    tree: ::sled::Tree,
-}
-
-impl Writer {
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The write thread: applies queued batches until the store closes and
-    /// nothing is left.
-    fn run(&self) {
-        loop {
-            let (generation, batch) = {
-                let mut p = self.pending_lock();
-                loop {
-                    if let Some(next) = p.queued.pop_first() {
-                        break next;
-                    }
-                    if p.closing {
-                        return;
-                    }
-                    p = self.work.wait(p).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            let keys: Vec<::sled::IVec> = batch.0.iter().map(|(k, _)| k.clone()).collect();
-            if self.generations.failed.get().is_none() {
-                let applied =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch)));
-                let failure = match applied {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("the write thread panicked".to_string()),
-                };
-                if let Some(e) = failure {
-                    tracing::error!("a write to the data directory failed: {e}");
-                    let _ = self.generations.failed.set(e);
-                }
-            }
-            {
-                let mut p = self.pending_lock();
-                for key in keys {
-                    if p.writes.get(&key).is_some_and(|(g, _)| *g == generation) {
-                        p.writes.remove(&key);
-                    }
-                }
-                self.generations.written(generation);
-            }
-            self.applied.notify_waiters();
-        }
-    }
-
-    /// Applies `writes` in order (see [`Writes`]).
-    fn apply(&self, writes: Writes) -> Result<()> {
-        for (key, value) in writes.0 {
-            match value {
-                Some(v) => {
-                    self.tree.insert(key, v)?;
-                }
-                None => {
-                    self.tree.remove(key)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The write thread of a store; closing it applies what is queued first.
-struct WriteThread {
-    writer: Arc<Writer>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WriteThread {
-    fn start(writer: Arc<Writer>) -> Result<WriteThread> {
-        let thread = std::thread::Builder::new()
-            .name("sled-writer".into())
-            .spawn({
-                let writer = writer.clone();
-                move || writer.run()
-            })
-            .map_err(|e| Error::Store(format!("cannot start the write thread: {e}")))?;
-        Ok(WriteThread {
-            writer,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for WriteThread {
-    fn drop(&mut self) {
-        self.writer.pending_lock().closing = true;
-        self.writer.work.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+pub use super::cycles::{FIRE_AHEAD_MS, TEMPLATE_HISTORY_LINES};
 
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
@@ -514,12 +83,13 @@ const COMPLETE_CHUNK: usize = 64;
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
     claimable: std::sync::OnceLock<ClaimableHook>,
-    generations: Arc<Generations>,
-    /// Before `flusher`: closing the store applies every queued batch
-    /// before the flush thread ends.
-    writes: WriteThread,
-    flusher: Flusher,
-    tree: ::sled::Tree,
+    /// The write queue and the flusher.
+    engine: Engine,
+    /// `None` once the store is closed.
+    tree: std::sync::RwLock<Option<::sled::Tree>>,
+    /// The file sled locks (`jobs.sled/db`); closing waits until sled has
+    /// let go of it.
+    lock_file: PathBuf,
     index: Mutex<Index>,
     log_seq: AtomicU64,
 }
@@ -529,46 +99,11 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     // of the named form, and sled's cost grows with the bytes it moves. A
     // field added later goes last, with a default; records in the named
     // form (written before) still read.
-    rmp_serde::to_vec(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+    rmp_serde::to_vec(v).map_err(|e| Error::internal("encoding a record", e))
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        message: e.to_string(),
-    })
-}
-
-/// How long an open waits for the data directory's lock.
-///
-/// A store closed in this process releases the lock only when sled's last
-/// background write for it ends, a few milliseconds later; a reopen (a
-/// restart within the process) waits that out. A directory held by
-/// another process is still refused, after the wait.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// sled reports a held lock as an I/O error of kind `Other` with this text.
-fn is_lock_conflict(e: &::sled::Error) -> bool {
-    matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
-}
-
-fn open_locked(config: &::sled::Config, dir: &Path) -> Result<::sled::Db> {
-    let started = std::time::Instant::now();
-    loop {
-        match config.open() {
-            Ok(db) => return Ok(db),
-            Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) if is_lock_conflict(&e) => {
-                return Err(Error::Store(format!(
-                    "cannot open {}: the data directory is in use by another JobTracker ({e})",
-                    dir.display()
-                )));
-            }
-            Err(e) => return Err(Error::Store(format!("cannot open {}: {e}", dir.display()))),
-        }
-    }
+    rmp_serde::from_slice(bytes).map_err(|e| Error::corrupt(String::from_utf8_lossy(key), e))
 }
 
 fn job_key(job_id: &str) -> Vec<u8> {
@@ -598,10 +133,7 @@ impl SledStore {
     /// a newer version.
     pub fn open(dir: &Path) -> Result<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+            Error::unavailable(format!("creating data directory {}", dir.display()), e)
         })?;
         let config = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
@@ -612,17 +144,24 @@ impl SledStore {
             .cache_capacity(SLED_CACHE_BYTES)
             // Flushes come from the store's own flush thread only.
             .flush_every_ms(None);
-        let db = open_locked(&config, dir)?;
-        let tree = db.open_tree("lts")?;
-        match tree.get(b"mschema_version")? {
+        let lock_file = dir.join("jobs.sled").join("db");
+        check_not_in_use(&lock_file, dir)?;
+        let db = config
+            .open()
+            .map_err(sled_err(&format!("opening {}", dir.display())))?;
+        let tree = db
+            .open_tree("lts")
+            .map_err(sled_err("opening the job tree"))?;
+        match tree
+            .get(b"mschema_version")
+            .map_err(sled_err("reading the schema version"))?
+        {
             Some(v) => {
-                let version =
-                    u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-                        key: "mschema_version".into(),
-                        message: format!("{} bytes, 8 expected", v.len()),
-                    })?);
+                let version = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    Error::corrupt("mschema_version", format!("{} bytes, 8 expected", v.len()))
+                })?);
                 if version > SCHEMA_VERSION {
-                    return Err(Error::Store(format!(
+                    return Err(Error::Incompatible(format!(
                         "{} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
                         dir.display()
                     )));
@@ -634,38 +173,46 @@ impl SledStore {
                     // opens a store without them.
                     let mut batch = ::sled::Batch::default();
                     for key in tree.scan_prefix(b"t").keys() {
-                        batch.remove(key?);
+                        batch.remove(key.map_err(sled_err("reading schema 1 task keys"))?);
                     }
                     batch.insert(&b"mschema_version"[..], &SCHEMA_VERSION.to_be_bytes()[..]);
-                    tree.apply_batch(batch)?;
-                    tree.flush()?;
+                    tree.apply_batch(batch)
+                        .map_err(sled_err("upgrading the store to schema 2"))?;
+                    tree.flush()
+                        .map_err(sled_err("flushing the schema upgrade"))?;
                 }
             }
             None => {
-                tree.insert(b"mschema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                tree.insert(b"mschema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(sled_err("recording the schema version"))?;
             }
         }
         let start = (lts_common::now_ms().max(0) as u64) << 20;
-        let generations = Arc::new(Generations::default());
-        let writer = Arc::new(Writer {
-            pending: Mutex::new(Pending::default()),
-            work: std::sync::Condvar::new(),
-            applied: tokio::sync::Notify::new(),
-            generations: generations.clone(),
-            tree: tree.clone(),
-        });
         Ok(SledStore {
             claimable: std::sync::OnceLock::new(),
-            writes: WriteThread::start(writer)?,
-            flusher: Flusher::start(db.clone(), generations.clone())?,
-            generations,
-            tree,
+            engine: Engine::start(db, tree.clone())?,
+            tree: std::sync::RwLock::new(Some(tree)),
+            lock_file,
             index: Mutex::new(Index::default()),
             log_seq: AtomicU64::new(start),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    /// The tree, while the store is open.
+    fn tree(&self) -> Result<::sled::Tree> {
+        self.tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Takes the store's own handle on the tree: the first caller closes.
+    fn take_tree(&self) -> Option<::sled::Tree> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding the lock leaves the index as consistent as
         // the last completed statement; keep serving rather than poison
         // every later call.
@@ -683,7 +230,7 @@ impl SledStore {
 
     /// Puts `r` into `batch`, which the caller applies with [`Self::commit`]
     /// under the same hold of the index lock.
-    fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
+    pub(super) fn put_record(&self, batch: &mut Writes, r: &mut Record) -> Result<()> {
         let value = encode(&RecordRef {
             job: &r.job,
             history: &r.history,
@@ -693,13 +240,13 @@ impl SledStore {
         batch.insert(job_key(&r.job.job_id), value);
         // The generation `commit` gives this batch (under the same hold of
         // the index lock).
-        let generation = self.generations.assigned.load(Ordering::SeqCst) + 1;
+        let generation = self.engine.next_generation();
         r.unflushed = Some((r.job.attempt, generation));
         Ok(())
     }
 
     /// Gives `batch` the next generation, queues it for the write thread
-    /// ([`Writer`]) and releases the index lock.
+    /// ([`Engine::commit`]) and releases the index lock.
     ///
     /// The index lock is not held while sled writes: a claim, which works
     /// on the index alone, never waits for an outcome's or a submit's
@@ -707,120 +254,25 @@ impl SledStore {
     /// [`Self::stored_record`]; reads that scan the tree first wait for it
     /// ([`Self::settled`]), and a flush first waits for every batch
     /// committed before it.
-    fn commit(&self, index: std::sync::MutexGuard<'_, Index>, batch: Writes) -> Result<()> {
-        if let Some(e) = self.generations.failed.get() {
-            return Err(Error::Store(e.clone()));
-        }
-        let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
-        {
-            let mut p = self.pending_lock();
-            for (key, value) in &batch.0 {
-                p.writes.insert(key.clone(), (generation, value.clone()));
-            }
-            p.queued.insert(generation, batch);
-        }
+    pub(super) fn commit(
+        &self,
+        index: std::sync::MutexGuard<'_, Index>,
+        batch: Writes,
+    ) -> Result<()> {
+        self.engine.commit(batch)?;
         drop(index);
-        self.writes.writer.work.notify_one();
+        self.engine.wake_writer();
         Ok(())
     }
 
     /// Waits (without blocking the thread) until every batch committed
     /// before this call is applied to the tree, so a scan sees them.
     async fn settled(&self) {
-        let need = self.generations.assigned.load(Ordering::SeqCst);
-        loop {
-            let applied = self.writes.writer.applied.notified();
-            tokio::pin!(applied);
-            applied.as_mut().enable();
-            if self.generations.written.load(Ordering::SeqCst) >= need
-                || self.generations.failed.get().is_some()
-            {
-                return;
-            }
-            applied.await;
-        }
+        self.engine.settled().await
     }
 
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.writes.writer.pending_lock()
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.flusher.flush(true).await
-    }
-
-    /// Creates the job of one cycle of the cron or repeat job `r`, due at
-    /// `point`. Its task id carries the point, so a point fires once.
-    fn fire_cycle(
-        &self,
-        index: &mut Index,
-        batch: &mut Writes,
-        r: &mut Record,
-        point: i64,
-        now_ms: i64,
-    ) -> Result<Option<String>> {
-        let mut spec = r.job.spec.clone();
-        spec.task_id = format!("{}@{point}", r.job.spec.task_id);
-        spec.schedule = Schedule::Now;
-        spec.replace_on_exist = false;
-        spec.rely_on_prev_cycle = false;
-        if index
-            .tasks
-            .get(&spec.task_tracker_node_group, &spec.task_id)
-            .is_some()
-        {
-            // Fired before: a replaced template's cycle of the same point.
-            return Ok(None);
-        }
-        let child_id = new_job_id();
-        index
-            .tasks
-            .set(&spec.task_tracker_node_group, &spec.task_id, &child_id);
-        let seq = index.next_seq;
-        index.next_seq += 1;
-        let mut job = new_job(child_id.clone(), spec, seq, now_ms);
-        // A cycle made ahead of its point waits in the delayed queue until
-        // then; the dispatcher wakes at that instant.
-        job.trigger_at_ms = point;
-        let mut child = Record::new(job);
-        child.parent = Some(r.job.job_id.clone());
-        child.log(
-            LogEntry::new(
-                "",
-                LogKind::Received,
-                0,
-                format!(
-                    "cycle due at {} of job {}",
-                    lts_common::format_ms(point),
-                    r.job.job_id
-                ),
-            ),
-            now_ms,
-        );
-        self.put_record(batch, &mut child)?;
-        index.enqueue(&child.job, now_ms);
-        index.live.insert(child_id.clone(), Box::new(child));
-        r.job.cycles += 1;
-        if r.history.len() >= TEMPLATE_HISTORY_LINES {
-            // The oldest lines after `received` go: each cycle is a job of
-            // its own, listed by the task id prefix `<task id>@`.
-            let excess = r.history.len() + 1 - TEMPLATE_HISTORY_LINES;
-            r.history.drain(1..=excess);
-        }
-        r.log(
-            LogEntry::new(
-                "",
-                LogKind::Dispatched,
-                r.job.attempt,
-                format!(
-                    "fired cycle {} due at {} as job {child_id}",
-                    r.job.cycles,
-                    lts_common::format_ms(point)
-                ),
-            ),
-            now_ms,
-        );
-        Ok(Some(child_id))
+    pub(super) async fn flush(&self) -> Result<()> {
+        self.engine.flush(true).await
     }
 
     /// Claims ready jobs, or with `until_ms` delayed ones due by then
@@ -834,7 +286,7 @@ impl SledStore {
     ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
         let mut write = false;
-        let flushed = self.generations.flushed.load(Ordering::SeqCst);
+        let flushed = self.engine.flushed();
         {
             let mut index = self.lock();
             index.promote(node_group, now_ms);
@@ -917,18 +369,14 @@ impl SledStore {
 
     fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
-        let unapplied = self
-            .pending_lock()
-            .writes
-            .get(key.as_slice())
-            .map(|(_, v)| v.clone());
+        let unapplied = self.engine.unapplied(&key);
         if let Some(value) = unapplied {
             return match value {
                 Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
                 None => Ok(None),
             };
         }
-        match self.tree.get(&key)? {
+        match self.tree()?.get(&key).map_err(sled_err("reading a job"))? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
@@ -943,8 +391,8 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut max_seq = 0;
-            for item in self.tree.scan_prefix(b"j") {
-                let (key, bytes) = item?;
+            for item in self.tree()?.scan_prefix(b"j") {
+                let (key, bytes) = item.map_err(sled_err("reading job records"))?;
                 let mut r: Record = match decode(&key, &bytes) {
                     Ok(r) => r,
                     Err(e) => {
@@ -995,7 +443,7 @@ impl JobStore for SledStore {
                 index.live.insert(r.job.job_id.clone(), Box::new(r));
             }
             index.next_seq = max_seq + 1;
-            rec.feedback = self.tree.scan_prefix(b"f").count();
+            rec.feedback = self.tree()?.scan_prefix(b"f").count();
             self.commit(index, batch)?;
         }
         self.flush().await?;
@@ -1093,7 +541,7 @@ impl JobStore for SledStore {
     async fn sync(&self) -> Result<()> {
         // Its callers acknowledge outcomes to TaskTrackers, which keep them
         // until then: a flush that lingers a little serves them all.
-        self.flusher.flush(false).await
+        self.engine.flush(false).await
     }
 
     async fn claim(
@@ -1210,7 +658,7 @@ impl JobStore for SledStore {
         }
         // Not waited for here: the caller acknowledges the outcomes to their
         // TaskTracker after `sync`, so the stream goes on meanwhile.
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(results)
     }
 
@@ -1240,7 +688,7 @@ impl JobStore for SledStore {
             }
             self.commit(index, batch)?;
         }
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(n)
     }
 
@@ -1292,313 +740,8 @@ impl JobStore for SledStore {
         Ok(cancelled)
     }
 
-    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
-        let mut groups = Vec::new();
-        // Bounded so a backlog of missed points (fire-all after a long
-        // outage) cannot hold the call for long; the rest fire next call.
-        // The lock is taken per chunk, so claims and outcomes go on
-        // between chunks while many jobs fire at the same instant.
-        let mut chunks = FIRE_MAX_PER_CALL / FIRE_CHUNK;
-        let mut more = true;
-        while more && chunks > 0 {
-            chunks -= 1;
-            more = false;
-            {
-                let mut index = self.lock();
-                let mut batch = Writes::default();
-                let mut wrote = false;
-                for n in 0..=FIRE_CHUNK {
-                    if n == FIRE_CHUNK {
-                        more = true;
-                        break;
-                    }
-                    let Some((&(at, seq), _)) = index.timers.first_key_value() else {
-                        break;
-                    };
-                    if at > now_ms + FIRE_AHEAD_MS {
-                        break;
-                    }
-                    let Some(id) = index.timers.remove(&(at, seq)) else {
-                        break;
-                    };
-                    let Some(mut r) = index.live.remove(&id) else {
-                        continue;
-                    };
-                    if r.job.state != JobState::Pending || !r.job.spec.schedule.is_recurring() {
-                        index.live.insert(id, r);
-                        continue;
-                    }
-                    if r.job.spec.rely_on_prev_cycle {
-                        if let Some(prev) = r.last_child.clone() {
-                            let running = index
-                                .live
-                                .get(&prev)
-                                .is_some_and(|c| !c.job.state.is_final());
-                            if running {
-                                // Parked until `prev` ends (see `complete`).
-                                index.waiting.insert(prev, id.clone());
-                                index.live.insert(id, r);
-                                continue;
-                            }
-                        }
-                    }
-                    let point = r.job.trigger_at_ms;
-                    let step = cycle_step(&r.job.spec.schedule, point, now_ms);
-                    wrote = true;
-                    if step.fire {
-                        if let Some(child) =
-                            self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
-                        {
-                            r.last_child = Some(child);
-                            groups.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                    } else {
-                        let missed_by = now_ms - point;
-                        r.log(
-                        LogEntry::new(
-                            "",
-                            LogKind::Retry,
-                            r.job.attempt,
-                            format!(
-                                "skipped the cycle due at {}: missed by {missed_by} ms (misfire policy: skip)",
-                                lts_common::format_ms(point)
-                            ),
-                        ),
-                        now_ms,
-                    );
-                    }
-                    let exhausted = matches!(
-                        r.job.spec.schedule,
-                        Schedule::Repeat { count, .. } if count > 0 && r.job.cycles >= count
-                    );
-                    match step.next {
-                        Some(next) if !exhausted => r.job.trigger_at_ms = next,
-                        _ => {
-                            r.job.state = JobState::Succeeded;
-                            r.log(
-                                LogEntry::new(
-                                    "",
-                                    LogKind::Outcome,
-                                    r.job.attempt,
-                                    "no cycles left",
-                                ),
-                                now_ms,
-                            );
-                        }
-                    }
-                    r.job.updated_at_ms = now_ms;
-                    self.put_record(&mut batch, &mut r)?;
-                    if r.job.state == JobState::Pending {
-                        index.enqueue(&r.job, now_ms);
-                        index.live.insert(id, r);
-                    }
-                }
-                if wrote {
-                    self.commit(index, batch)?;
-                }
-            }
-            if more {
-                tokio::task::yield_now().await;
-            }
-        }
-        if !groups.is_empty() {
-            // Cycles are durable before they can run: a point fires once.
-            self.flush().await?;
-        }
-        groups.sort();
-        groups.dedup();
-        Ok(groups)
-    }
-
-    async fn next_fire_at(&self) -> Result<Option<i64>> {
-        Ok(self
-            .lock()
-            .timers
-            .first_key_value()
-            .map(|((at, _), _)| *at - FIRE_AHEAD_MS))
-    }
-
-    async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
-        let admined = {
-            let mut index = self.lock();
-            let mut batch = Writes::default();
-            let (mut r, live) = match index.live.remove(job_id) {
-                Some(r) => (r, true),
-                None => match self.stored_record(job_id)? {
-                    Some(r) => (Box::new(r), false),
-                    None => return Err(Error::NotFound(job_id.to_string())),
-                },
-            };
-            let before = r.job.clone();
-            let state = r.job.state;
-            let refuse =
-                |what: &str| Error::WrongState(format!("job {job_id} is {}: {what}", state.name()));
-            let restore = |index: &mut Index, mut r: Box<Record>| {
-                // A write put into the batch is not applied: forget its
-                // stamp (the job's next claim flushes if it needs to).
-                r.unflushed = None;
-                if live {
-                    index.live.insert(r.job.job_id.clone(), r);
-                }
-            };
-            let mut wake = Vec::new();
-            let mut deleted = false;
-            let result: Result<()> = (|| {
-                match &action {
-                    AdminAction::Suspend => match state {
-                        JobState::Pending => {
-                            index.dequeue(&r.job);
-                            // A cycle made ahead of its point has not started
-                            // yet: it goes too, so nothing fires after this.
-                            if let Some(child_id) = r.last_child.clone() {
-                                let ahead = index.live.get(&child_id).is_some_and(|c| {
-                                    c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
-                                });
-                                if ahead {
-                                    if let Some(mut c) = index.live.remove(&child_id) {
-                                        index.dequeue(&c.job);
-                                        c.job.state = JobState::Cancelled;
-                                        c.job.updated_at_ms = now_ms;
-                                        c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
-                                        self.put_record(&mut batch, &mut c)?;
-                                    }
-                                }
-                            }
-                            r.job.state = JobState::Suspended;
-                            r.log(LogEntry::new("", LogKind::Cancelled, r.job.attempt, "suspended by an operator"), now_ms);
-                        }
-                        JobState::Suspended => {}
-                        JobState::Running => return Err(refuse("a running job cannot be suspended; cancel it, or suspend it when it is pending again")),
-                        _ => return Err(refuse("a finished job cannot be suspended")),
-                    },
-                    AdminAction::Resume => match state {
-                        JobState::Suspended => {
-                            r.job.state = JobState::Pending;
-                            r.job.trigger_at_ms = match &r.job.spec.schedule {
-                                Schedule::Cron { .. } => {
-                                    cycle_step(&r.job.spec.schedule, now_ms, now_ms).next.unwrap_or(i64::MAX)
-                                }
-                                _ => now_ms,
-                            };
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "resumed by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                        JobState::Pending | JobState::Running => {}
-                        _ => return Err(refuse("a finished job cannot be resumed")),
-                    },
-                    AdminAction::Trigger => {
-                        if r.job.spec.schedule.is_recurring() {
-                            if state.is_final() {
-                                return Err(refuse("a finished job cannot fire"));
-                            }
-                            if let Some(child) = self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)? {
-                                r.last_child = Some(child);
-                                wake.push(r.job.spec.task_tracker_node_group.clone());
-                            }
-                        } else if state == JobState::Pending {
-                            index.dequeue(&r.job);
-                            r.job.trigger_at_ms = now_ms;
-                            r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, "triggered by an operator"), now_ms);
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        } else {
-                            return Err(refuse("only a pending job, or a cron or repeat job, can be triggered"));
-                        }
-                    }
-                    AdminAction::Delete => {
-                        if state == JobState::Running {
-                            return Err(refuse("a running job cannot be deleted; cancel it first"));
-                        }
-                        index.dequeue(&r.job);
-                        // Its log lines first: a crash in between leaves
-                        // the job, not lines of a job that is gone.
-                        for item in self.tree.scan_prefix(log_prefix(job_id)).keys() {
-                            batch.remove(item?);
-                        }
-                        // And lines still queued to be written before this.
-                        let prefix = log_prefix(job_id);
-                        let queued: Vec<::sled::IVec> = self
-                            .pending_lock()
-                            .writes
-                            .iter()
-                            .filter(|(k, (_, v))| v.is_some() && k.starts_with(&prefix))
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in queued {
-                            batch.remove(key);
-                        }
-                        batch.remove(job_key(job_id));
-                        index.tasks.remove(&r.job.spec.task_tracker_node_group, &r.job.spec.task_id, job_id);
-                        deleted = true;
-                    }
-                    AdminAction::Update(u) => {
-                        let reschedule = u.schedule.is_some() || u.priority.is_some();
-                        if u.schedule.is_some() && state == JobState::Running {
-                            return Err(refuse("the schedule of a running job cannot change; wait until it is pending"));
-                        }
-                        if state.is_final() {
-                            return Err(refuse("a finished job cannot change"));
-                        }
-                        if reschedule {
-                            index.dequeue(&r.job);
-                        }
-                        let mut changed = Vec::new();
-                        if let Some(p) = &u.params {
-                            r.job.spec.params = p.clone();
-                            changed.push("params".to_string());
-                        }
-                        if let Some(p) = u.priority {
-                            r.job.spec.priority = p;
-                            changed.push(format!("priority {p}"));
-                        }
-                        if let Some(sch) = &u.schedule {
-                            r.job.spec.schedule = sch.clone();
-                            r.job.trigger_at_ms = new_job(String::new(), r.job.spec.clone(), 0, now_ms).trigger_at_ms;
-                            changed.push(format!("schedule {:?}", sch.kind()));
-                        }
-                        if let Some(plan) = &u.retry_plan {
-                            r.job.spec.retry_plan = Some(plan.clone());
-                            r.job.failures = 0;
-                            changed.push(format!("retry plan {plan} (error counter restarted)"));
-                        }
-                        r.log(LogEntry::new("", LogKind::Requeued, r.job.attempt, format!("updated by an operator: {}", changed.join(", "))), now_ms);
-                        if reschedule {
-                            index.enqueue(&r.job, now_ms);
-                            wake.push(r.job.spec.task_tracker_node_group.clone());
-                        }
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                restore(&mut index, r);
-                return Err(e);
-            }
-            if deleted {
-                self.commit(index, batch)?;
-                Admined {
-                    before,
-                    after: None,
-                    wake,
-                }
-            } else {
-                r.job.updated_at_ms = now_ms;
-                self.put_record(&mut batch, &mut r)?;
-                let after = r.job.clone();
-                if !r.job.state.is_final() {
-                    index.live.insert(r.job.job_id.clone(), r);
-                }
-                self.commit(index, batch)?;
-                Admined {
-                    before,
-                    after: Some(after),
-                    wake,
-                }
-            }
-        };
-        self.flush().await?;
-        Ok(admined)
+    fn backend(&self) -> &'static str {
+        "embedded (sled)"
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>> {
@@ -1632,8 +775,8 @@ impl JobStore for SledStore {
         };
         let mut jobs = Vec::new();
         self.settled().await;
-        for item in self.tree.range(start..b"k".to_vec()) {
-            let (key, bytes) = item?;
+        for item in self.tree()?.range(start..b"k".to_vec()) {
+            let (key, bytes) = item.map_err(sled_err("listing jobs"))?;
             let stored: Record = match decode(&key, &bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1658,9 +801,16 @@ impl JobStore for SledStore {
     }
 
     async fn append_logs(&self, entries: Vec<LogEntry>) -> Result<()> {
+        // Through the queue like every write, so the disk sees the lines
+        // in order with the job's other changes (a deletion queued before
+        // them is applied before them).
+        let index = self.lock();
         let mut batch = Writes::default();
         self.put_logs(&mut batch, &entries)?;
-        self.writes.writer.apply(batch)?;
+        self.commit(index, batch)?;
+        // A line lost to a crash costs no correctness: it rides on the
+        // next flush.
+        self.engine.flush_soon();
         Ok(())
     }
 
@@ -1695,8 +845,8 @@ impl JobStore for SledStore {
                 e
             })
             .collect();
-        for item in self.tree.scan_prefix(log_prefix(job_id)) {
-            let (key, bytes) = item?;
+        for item in self.tree()?.scan_prefix(log_prefix(job_id)) {
+            let (key, bytes) = item.map_err(sled_err("reading execution logs"))?;
             match decode::<LogEntry>(&key, &bytes) {
                 Ok(e) => all.push(e),
                 Err(e) => tracing::error!("skipping a log record: {e}"),
@@ -1713,8 +863,8 @@ impl JobStore for SledStore {
     async fn pending_feedback(&self) -> Result<Vec<Feedback>> {
         let mut out = Vec::new();
         self.settled().await;
-        for item in self.tree.scan_prefix(b"f") {
-            let (key, bytes) = item?;
+        for item in self.tree()?.scan_prefix(b"f") {
+            let (key, bytes) = item.map_err(sled_err("reading feedback"))?;
             match decode(&key, &bytes) {
                 Ok(f) => out.push(f),
                 Err(e) => tracing::error!("skipping a feedback record: {e}"),
@@ -1724,13 +874,18 @@ impl JobStore for SledStore {
     }
 
     async fn ack_feedback(&self, feedback_ids: &[String]) -> Result<()> {
+        // Through the queue like every write: an item's insert was queued
+        // before the item could be delivered, so its deletion is applied
+        // after it. Applied to the tree at once, the deletion could come
+        // first and the acked item come back after a restart.
+        let index = self.lock();
         let mut batch = Writes::default();
         for id in feedback_ids {
             batch.remove(feedback_key(id));
         }
-        self.writes.writer.apply(batch)?;
+        self.commit(index, batch)?;
         // A lost ack only means the feedback is delivered again.
-        self.flusher.flush_soon();
+        self.engine.flush_soon();
         Ok(())
     }
 
@@ -1754,11 +909,303 @@ impl JobStore for SledStore {
             .map(|(g, _)| g.clone())
             .collect())
     }
+
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        query_logs_by_job(self, filter, page_size, page_token).await
+    }
+
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        // Nobody else writes to this directory: every change is this
+        // tracker's own, and wakes whom it concerns.
+        None
+    }
+
+    fn cycles(&self) -> Option<&dyn CycleStore> {
+        Some(self)
+    }
+
+    fn operator(&self) -> Option<&dyn OperatorStore> {
+        Some(self)
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Reads fail from here on; closing twice finds nothing to do.
+        let Some(tree) = self.take_tree() else {
+            return Ok(());
+        };
+        let flushed = self.engine.close().await;
+        let lock_file = self.lock_file.clone();
+        tokio::task::spawn_blocking(move || {
+            drop(tree);
+            wait_for_release(&lock_file)
+        })
+        .await
+        .map_err(|e| Error::internal("closing the data directory", e))??;
+        flushed
+    }
+}
+
+#[async_trait]
+impl OperatorStore for SledStore {
+    async fn admin(&self, job_id: &str, action: AdminAction, now_ms: i64) -> Result<Admined> {
+        let admined = {
+            let mut index = self.lock();
+            let mut batch = Writes::default();
+            let (mut r, live) = match index.live.remove(job_id) {
+                Some(r) => (r, true),
+                None => match self.stored_record(job_id)? {
+                    Some(r) => (Box::new(r), false),
+                    None => return Err(Error::NotFound(job_id.to_string())),
+                },
+            };
+            let restore = |index: &mut Index, mut r: Box<Record>| {
+                // A write put into the batch is not applied: forget its
+                // stamp (the job's next claim flushes if it needs to).
+                r.unflushed = None;
+                if live {
+                    index.live.insert(r.job.job_id.clone(), r);
+                }
+            };
+            let decision = match operator::decide(&r.job, &action, now_ms) {
+                Ok(d) => d,
+                Err(e) => {
+                    restore(&mut index, r);
+                    return Err(e);
+                }
+            };
+            let before = std::mem::replace(&mut r.job, decision.job);
+            if let Some(line) = decision.line {
+                r.log(line, now_ms);
+            }
+            let mut wake = Vec::new();
+            let mut deleted = false;
+            let result: Result<()> = (|| {
+                match decision.effect {
+                    Effect::Keep => {}
+                    Effect::Park => {
+                        index.dequeue(&before);
+                        // A cycle made ahead of its point has not started
+                        // yet: it goes too, so nothing fires after this.
+                        if let Some(child_id) = r.last_child.clone() {
+                            let ahead = index.live.get(&child_id).is_some_and(|c| {
+                                c.job.state == JobState::Pending && c.job.trigger_at_ms > now_ms
+                            });
+                            if ahead {
+                                if let Some(mut c) = index.live.remove(&child_id) {
+                                    index.dequeue(&c.job);
+                                    c.job.state = JobState::Cancelled;
+                                    c.job.updated_at_ms = now_ms;
+                                    c.log(LogEntry::new("", LogKind::Cancelled, 0, "its cron or repeat job was suspended before this cycle's point"), now_ms);
+                                    self.put_record(&mut batch, &mut c)?;
+                                }
+                            }
+                        }
+                    }
+                    Effect::Requeue => {
+                        index.dequeue(&before);
+                        index.enqueue(&r.job, now_ms);
+                        wake.push(r.job.spec.task_tracker_node_group.clone());
+                    }
+                    Effect::FireCycle => {
+                        if let Some(child) =
+                            self.fire_cycle(&mut index, &mut batch, &mut r, now_ms, now_ms)?
+                        {
+                            r.last_child = Some(child);
+                            wake.push(r.job.spec.task_tracker_node_group.clone());
+                        }
+                    }
+                    Effect::Delete => {
+                        index.dequeue(&r.job);
+                        // Its log lines first: a crash in between leaves
+                        // the job, not lines of a job that is gone.
+                        for item in self.tree()?.scan_prefix(log_prefix(job_id)).keys() {
+                            batch.remove(
+                                item.map_err(sled_err("reading the log lines of a deleted job"))?,
+                            );
+                        }
+                        // And lines still queued to be written before this.
+                        let prefix = log_prefix(job_id);
+                        for key in self.engine.unapplied_keys(&prefix) {
+                            batch.remove(key);
+                        }
+                        batch.remove(job_key(job_id));
+                        index.tasks.remove(
+                            &r.job.spec.task_tracker_node_group,
+                            &r.job.spec.task_id,
+                            job_id,
+                        );
+                        deleted = true;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                r.job = before;
+                restore(&mut index, r);
+                return Err(e);
+            }
+            if deleted {
+                self.commit(index, batch)?;
+                Admined {
+                    before,
+                    after: None,
+                    wake,
+                }
+            } else {
+                r.job.updated_at_ms = now_ms;
+                self.put_record(&mut batch, &mut r)?;
+                let after = r.job.clone();
+                if !r.job.state.is_final() {
+                    index.live.insert(r.job.job_id.clone(), r);
+                }
+                self.commit(index, batch)?;
+                Admined {
+                    before,
+                    after: Some(after),
+                    wake,
+                }
+            }
+        };
+        self.flush().await?;
+        Ok(admined)
+    }
+}
+
+impl Drop for SledStore {
+    /// A store dropped without [`JobStore::close`] closes here, with the
+    /// same guarantee, blocking the dropping thread: queued batches are
+    /// applied, sled flushes as its last handle goes, and the directory's
+    /// lock is released when this returns.
+    fn drop(&mut self) {
+        let Some(tree) = self.take_tree() else {
+            return;
+        };
+        self.engine.stop();
+        drop(tree);
+        if let Err(e) = wait_for_release(&self.lock_file) {
+            tracing::error!("closing the store: {}", e.chain());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Holds the store's write thread: batches queue up until released.
+    fn hold_writes(store: &SledStore, held: bool) {
+        store.engine.hold(held);
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[tokio::test]
+    async fn acked_feedback_never_returns_after_a_restart_whatever_was_queued() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let acked = {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.recover(NOW).await.expect("recover");
+            let mut spec = JobSpec::new("t", "g");
+            spec.need_feedback = true;
+            spec.submit_node_group = "clients".into();
+            store.submit(vec![spec], NOW).await.expect("submit");
+            let claimed = store
+                .claim("g", &[("w".to_string(), 1)], NOW)
+                .await
+                .expect("claim");
+            let job = claimed.per_grant[0][0].clone();
+            // The outcome's writes, its feedback among them, are still
+            // queued when the client acks the feedback.
+            hold_writes(&store, true);
+            let report = RunReport {
+                job_id: job.job_id.clone(),
+                attempt: job.attempt,
+                outcome: lts_common::Outcome::Success("ok".into()),
+                started_at_ms: NOW,
+                finished_at_ms: NOW + 1,
+                worker: "w".into(),
+            };
+            let results = store
+                .complete(vec![report], NOW + 1)
+                .await
+                .expect("complete");
+            let Some(CompleteResult::Applied {
+                feedback: Some(fb), ..
+            }) = results.into_iter().next()
+            else {
+                panic!("the outcome was applied with feedback");
+            };
+            store
+                .ack_feedback(std::slice::from_ref(&fb.feedback_id))
+                .await
+                .expect("ack");
+            store
+                .append_logs(vec![LogEntry::new(&job.job_id, LogKind::Biz, 1, "line")])
+                .await
+                .expect("log");
+            hold_writes(&store, false);
+            fb.feedback_id
+        };
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let recovery = store.recover(NOW + 2).await.expect("recover");
+        let left = store.pending_feedback().await.expect("feedback");
+        assert!(
+            left.iter().all(|f| f.feedback_id != acked),
+            "acked feedback {acked} came back: {left:?}"
+        );
+        assert_eq!(recovery.feedback, 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_reopens_at_once_twenty_times_in_a_row() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for round in 0..20 {
+            // Opened right after the previous close returned: no retry, no
+            // wait on a timer.
+            let store = SledStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("round {round}: reopening after close: {}", e.chain()));
+            store.recover(NOW + round).await.expect("recover");
+            store
+                .submit(vec![JobSpec::new(format!("t{round}"), "g")], NOW + round)
+                .await
+                .expect("submit");
+            store
+                .append_logs(vec![LogEntry::new("x", LogKind::Biz, 1, "line")])
+                .await
+                .expect("log");
+            store.close().await.expect("close");
+            let e = store.get("x").await.map(|_| ()).unwrap_err();
+            assert!(matches!(e, Error::ShuttingDown), "{e}");
+            let e = store.submit(vec![JobSpec::new("late", "g")], NOW).await;
+            assert!(matches!(e, Err(Error::ShuttingDown)), "{e:?}");
+            store.close().await.expect("closing twice is harmless");
+        }
+        let store = SledStore::open(dir.path()).expect("open");
+        store.recover(NOW + 20).await.expect("recover");
+        let (jobs, _) = store
+            .list(&ListFilter::default(), 100, None)
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 20, "every round's job was kept");
+    }
+
+    #[test]
+    fn a_dropped_store_releases_its_directory_before_the_drop_returns() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for round in 0..20 {
+            let store = SledStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("round {round}: reopening after a drop: {}", e.chain()));
+            let mut batch = Writes::default();
+            batch.insert(job_key(&format!("k{round}")), b"v".to_vec());
+            store.commit(store.lock(), batch).expect("commit");
+            drop(store);
+        }
+    }
 
     #[test]
     fn a_closing_store_applies_every_batch_queued_before_it_closed() {
@@ -1766,31 +1213,25 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..50u32).map(|i| job_key(&format!("k{i}"))).collect();
         {
             let store = SledStore::open(dir.path()).expect("open");
-            let writer = store.writes.writer.clone();
-            {
-                // The write thread cannot take anything while this is held:
-                // the batches and the close reach it together.
-                let mut p = writer.pending_lock();
-                for key in &keys {
-                    let mut batch = Writes::default();
-                    batch.insert(key.clone(), b"v".to_vec());
-                    let generation = store.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
-                    p.queued.insert(generation, batch);
-                }
-                p.closing = true;
+            // The write thread takes nothing while held: the batches are
+            // all still queued when the store closes.
+            hold_writes(&store, true);
+            for key in &keys {
+                let mut batch = Writes::default();
+                batch.insert(key.clone(), b"v".to_vec());
+                store.commit(store.lock(), batch).expect("commit");
             }
-            writer.work.notify_one();
             drop(store);
-            assert_eq!(
-                writer.generations.written.load(Ordering::SeqCst),
-                keys.len() as u64,
-                "every queued batch was applied before the store closed"
-            );
         }
         let store = SledStore::open(dir.path()).expect("reopen");
         for key in &keys {
             assert!(
-                store.tree.get(key).expect("read").is_some(),
+                store
+                    .tree()
+                    .expect("open")
+                    .get(key)
+                    .expect("read")
+                    .is_some(),
                 "{key:?} was written"
             );
         }

@@ -24,79 +24,34 @@
 //!
 //! Runs are leased: a claim records this tracker's instance name and a
 //! lease end; a background task renews the leases of this tracker's runs
-//! and requeues runs whose lease expired (their tracker died).
+//! and requeues runs whose lease expired (their tracker died). That is in
+//! `leases`; reaching the database, its schema check and indexes, and how
+//! driver errors reach callers are in `connection`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use mongodb::bson::{self, doc, Bson, Document};
-use mongodb::event::command::CommandEvent;
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
-use mongodb::{Client, Collection, Database, IndexModel};
+use mongodb::options::ReturnDocument;
+
+mod connection;
+mod leases;
+
+pub use connection::{redact_uri, ConnectError, MongoOptions, MongoUri, SCHEMA_VERSION};
+use connection::{store_err, Conn};
 
 use super::*;
 use crate::error::{Error, Result};
 
-/// The layout this code writes; a database marked newer is refused.
-pub const SCHEMA_VERSION: i64 = 1;
-
 /// How often the dispatcher looks for work other trackers made ready.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Most runs one sweep of expired leases puts back.
-const SWEEP_LIMIT: i64 = 1_000;
-
 const DUPLICATE_KEY: i32 = 11_000;
-
-/// A connection string; its password never shows in `Debug` output
-/// (`--check-config`, logs).
-#[derive(Clone, PartialEq, Eq)]
-pub struct MongoUri(pub String);
-
-impl std::fmt::Debug for MongoUri {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", redact_uri(&self.0))
-    }
-}
-
-/// How to reach the database and how this tracker uses it.
-#[derive(Clone, Debug)]
-pub struct MongoOptions {
-    /// `mongodb://` or `mongodb+srv://` connection string.
-    pub uri: String,
-    /// Database holding the collections.
-    pub database: String,
-    /// How long execution logs are kept (TTL index).
-    pub log_retention: Duration,
-    /// This tracker's stable name: its runs are leased under it, and a
-    /// restart under the same name requeues what its previous life ran.
-    pub instance: String,
-    /// How long a run's lease lasts without renewal.
-    pub lease: Duration,
-}
-
-/// Why [`MongoStore::connect`] failed.
-#[derive(Debug)]
-pub enum ConnectError {
-    /// No server answered; trying again later may work.
-    Unreachable(String),
-    /// Anything else (bad URI, newer schema, refused index): retrying
-    /// will not help.
-    Fatal(Error),
-}
-
-/// The collections, once connected.
-struct Conn {
-    db: Database,
-    jobs: Collection<Document>,
-    logs: Collection<Document>,
-    feedback: Collection<Document>,
-}
 
 /// The MongoDB-backed [`JobStore`].
 pub struct MongoStore {
@@ -111,48 +66,8 @@ pub struct MongoStore {
     seen_groups: Mutex<HashSet<String>>,
 }
 
-fn store_err(what: &str) -> impl Fn(mongodb::error::Error) -> Error + '_ {
-    move |e| {
-        if is_unreachable(&e) {
-            // The driver's topology dump helps the operator, not the
-            // client: log it, answer in one line.
-            tracing::warn!("MongoDB unreachable while {what}: {e}");
-            Error::Store(format!(
-                "MongoDB cannot be reached ({what}); try again later"
-            ))
-        } else {
-            Error::Store(format!("MongoDB, {what}: {e}"))
-        }
-    }
-}
-
-fn is_unreachable(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    matches!(
-        *e.kind,
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    )
-}
-
-/// `uri` without its password, for messages.
-pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => uri.to_string(),
-    }
-}
-
 fn to_doc<T: serde::Serialize>(v: &T) -> Result<Document> {
-    bson::to_document(v).map_err(|e| Error::Store(format!("encoding a record: {e}")))
+    bson::to_document(v).map_err(|e| Error::internal("encoding a record", e))
 }
 
 fn state_bson(s: JobState) -> Bson {
@@ -219,225 +134,6 @@ struct UpdateCounts {
 }
 
 impl MongoStore {
-    /// A store that connects on [`MongoStore::connect`] or its first call;
-    /// no I/O yet.
-    pub fn new(options: MongoOptions) -> MongoStore {
-        MongoStore {
-            conn: tokio::sync::OnceCell::new(),
-            options,
-            commands: Arc::new(AtomicU64::new(0)),
-            seq: AtomicU64::new(0),
-            seen_groups: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// Connects, checks the schema version and creates missing indexes;
-    /// nothing once connected. One attempt, bounded by the server
-    /// selection timeout.
-    pub async fn connect(&self) -> std::result::Result<(), ConnectError> {
-        self.conn.get_or_try_init(|| self.open_conn()).await?;
-        Ok(())
-    }
-
-    async fn c(&self) -> Result<&Conn> {
-        self.conn
-            .get_or_try_init(|| self.open_conn())
-            .await
-            .map_err(|e| match e {
-                ConnectError::Unreachable(m) => Error::Store(format!(
-                    "cannot reach MongoDB at {}: {m}",
-                    redact_uri(&self.options.uri)
-                )),
-                ConnectError::Fatal(e) => e,
-            })
-    }
-
-    async fn open_conn(&self) -> std::result::Result<Conn, ConnectError> {
-        let options = &self.options;
-        let fatal = |m: String| ConnectError::Fatal(Error::Store(m));
-        let mut client_options = ClientOptions::parse(&options.uri).await.map_err(|e| {
-            ConnectError::Fatal(Error::Config(format!(
-                "--mongodb {}: {e}",
-                redact_uri(&options.uri)
-            )))
-        })?;
-        // Bound each attempt so a start with MongoDB down keeps saying so,
-        // and a request during an outage fails instead of hanging.
-        client_options
-            .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
-        client_options
-            .connect_timeout
-            .get_or_insert(Duration::from_secs(5));
-        client_options
-            .app_name
-            .get_or_insert_with(|| format!("lts-jobtracker {}", options.instance));
-        let counter = self.commands.clone();
-        client_options.command_event_handler =
-            Some(mongodb::event::EventHandler::callback(move |ev| {
-                if let CommandEvent::Started(_) = ev {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        let client = Client::with_options(client_options).map_err(|e| fatal(e.to_string()))?;
-        let db = client.database(&options.database);
-        let db_name = options.database.clone();
-        let classify = |what: &str, e: mongodb::error::Error| {
-            if is_unreachable(&e) {
-                ConnectError::Unreachable(e.to_string())
-            } else {
-                ConnectError::Fatal(Error::Store(format!(
-                    "MongoDB database {db_name}, {what}: {e}"
-                )))
-            }
-        };
-        db.run_command(doc! { "ping": 1 })
-            .await
-            .map_err(|e| classify("ping", e))?;
-
-        let meta: Collection<Document> = db.collection("meta");
-        let found = meta
-            .find_one(doc! { "_id": "schema" })
-            .await
-            .map_err(|e| classify("reading the schema version", e))?;
-        if let Some(found) = found {
-            let version = match found.get("version") {
-                Some(Bson::Int32(v)) => i64::from(*v),
-                Some(Bson::Int64(v)) => *v,
-                other => {
-                    return Err(ConnectError::Fatal(Error::Corrupt {
-                        key: format!("{}.meta schema", options.database),
-                        message: format!("version is {other:?}, an integer expected"),
-                    }))
-                }
-            };
-            if version > SCHEMA_VERSION {
-                return Err(fatal(format!(
-                    "MongoDB database {} was written with store schema {version}; this JobTracker reads schema {SCHEMA_VERSION} and older. Run a newer JobTracker.",
-                    options.database
-                )));
-            }
-        }
-        meta.update_one(
-            doc! { "_id": "schema" },
-            doc! { "$max": { "version": SCHEMA_VERSION } },
-        )
-        .upsert(true)
-        .await
-        .map_err(|e| classify("recording the schema version", e))?;
-
-        let conn = Conn {
-            jobs: db.collection("jobs"),
-            logs: db.collection("logs"),
-            feedback: db.collection("feedback"),
-            db,
-        };
-        self.create_indexes(&conn)
-            .await
-            .map_err(|e| classify("creating indexes", e))?;
-        Ok(conn)
-    }
-
-    async fn create_indexes(&self, c: &Conn) -> mongodb::error::Result<()> {
-        let g = group_field();
-        let index = |name: &str, keys: Document, unique: bool| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(
-                    IndexOptions::builder()
-                        .name(name.to_string())
-                        .unique(unique.then_some(true))
-                        .build(),
-                )
-                .build()
-        };
-        c.jobs
-            .create_indexes([
-                index(
-                    "claim_order",
-                    doc! { g: 1, "state": 1, "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 },
-                    false,
-                ),
-                index(
-                    "next_trigger",
-                    doc! { g: 1, "state": 1, "trigger_at_ms": 1 },
-                    false,
-                ),
-                index(
-                    "task_id_unique",
-                    doc! { g: 1, "spec.task_id": 1, "dedup_slot": 1 },
-                    true,
-                ),
-                index("lease_owner", doc! { "state": 1, "lease_owner": 1 }, false),
-                index(
-                    "lease_expiry",
-                    doc! { "state": 1, "lease_until_ms": 1 },
-                    false,
-                ),
-                index("op_token", doc! { "op_token": 1 }, false),
-            ])
-            .await?;
-        c.logs
-            .create_index(index("job_log", doc! { "job_id": 1, "seq": 1 }, false))
-            .await?;
-        let retention = IndexModel::builder()
-            .keys(doc! { "written_at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("log_retention".to_string())
-                    .expire_after(self.options.log_retention)
-                    .build(),
-            )
-            .build();
-        if let Err(e) = c.logs.create_index(retention).await {
-            // The index exists with another retention: change it in place.
-            tracing::info!("log retention index differs ({e}); updating it");
-            c.db.run_command(doc! {
-                "collMod": "logs",
-                "index": {
-                    "name": "log_retention",
-                    "expireAfterSeconds": self.options.log_retention.as_secs() as i64,
-                },
-            })
-            .await?;
-        }
-        c.feedback
-            .create_index(index(
-                "by_group",
-                doc! { "submit_node_group": 1, "_id": 1 },
-                false,
-            ))
-            .await?;
-        Ok(())
-    }
-
-    /// Commands sent to MongoDB since this store was opened, counted by the
-    /// driver's command monitoring: one per round trip.
-    pub fn commands_sent(&self) -> u64 {
-        self.commands.load(Ordering::Relaxed)
-    }
-
-    /// Drops the whole database: for tests and benchmarks that made one of
-    /// their own.
-    pub async fn drop_database(&self) -> Result<()> {
-        self.c()
-            .await?
-            .db
-            .drop()
-            .await
-            .map_err(store_err("dropping the database"))
-    }
-
-    /// The database name.
-    pub fn database(&self) -> &str {
-        &self.options.database
-    }
-
-    /// This tracker's instance name (lease owner).
-    pub fn instance(&self) -> &str {
-        &self.options.instance
-    }
-
     /// Next sequence number: the wall clock in ms shifted left 20 bits plus
     /// a counter, so it grows within a tracker and, as far as their clocks
     /// agree, across trackers, without a round trip.
@@ -519,18 +215,17 @@ impl MongoStore {
             .map_err(store_err("updating jobs"))?;
         if let Ok(errors) = reply.get_array("writeErrors") {
             if let Some(Bson::Document(first)) = errors.first() {
-                return Err(Error::Store(format!(
-                    "MongoDB refused {} job update(s), e.g.: {}",
-                    errors.len(),
-                    first.get_str("errmsg").unwrap_or("no message")
-                )));
+                return Err(Error::internal(
+                    format!("MongoDB refused {} job update(s)", errors.len()),
+                    first.get_str("errmsg").unwrap_or("no message").to_string(),
+                ));
             }
         }
         if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(Error::Store(format!(
-                "MongoDB write concern not satisfied: {}",
-                wce.get_str("errmsg").unwrap_or("no message")
-            )));
+            return Err(Error::unavailable(
+                "MongoDB did not satisfy the write concern of a job update; try again later",
+                wce.get_str("errmsg").unwrap_or("no message").to_string(),
+            ));
         }
         let modified = match reply.get("nModified") {
             Some(Bson::Int32(n)) => *n as u64,
@@ -574,11 +269,13 @@ impl MongoStore {
             }
             for w in failure.write_errors.iter().flatten() {
                 if w.code != DUPLICATE_KEY {
-                    return Err(Error::Store(format!(
-                        "MongoDB refused job {}: {}",
-                        jobs.get(w.index).map_or("?", |(_, j)| j.job_id.as_str()),
-                        w.message
-                    )));
+                    return Err(Error::internal(
+                        format!(
+                            "MongoDB refused job {}",
+                            jobs.get(w.index).map_or("?", |(_, j)| j.job_id.as_str())
+                        ),
+                        w.message.clone(),
+                    ));
                 }
                 duplicates.insert(w.index);
             }
@@ -624,10 +321,14 @@ impl MongoStore {
             }
             let key = (job.spec.task_tracker_node_group, job.spec.task_id);
             let Some(existing) = holders.get(&key) else {
-                return Err(Error::Store(format!(
-                    "task id {} of node group {} was taken and released by a concurrent submit; submit again",
-                    key.1, key.0
-                )));
+                // A race with another submit, not a fault: retrying settles it.
+                return Err(Error::Unavailable {
+                    context: format!(
+                        "task id {} of node group {} was taken and released by a concurrent submit; submit again",
+                        key.1, key.0
+                    ),
+                    source: None,
+                });
             };
             out.push((
                 slot,
@@ -663,10 +364,10 @@ impl MongoStore {
             if let Some(d) = holder {
                 let old_id = id_of(&d);
                 let Some(old) = decode::<Job>("job", d) else {
-                    return Err(Error::Corrupt {
-                        key: old_id,
-                        message: "the job holding this task id cannot be decoded".into(),
-                    });
+                    return Err(Error::corrupt(
+                        old_id,
+                        "the job holding this task id cannot be decoded",
+                    ));
                 };
                 let mut set = doc! { "dedup_slot": &old.job_id };
                 if !old.state.is_final() {
@@ -714,9 +415,12 @@ impl MongoStore {
                 None => SubmitResult::Created(job.job_id),
             });
         }
-        Err(Error::Store(format!(
-            "task id {t} of node group {g} keeps changing under concurrent submits; submit again"
-        )))
+        Err(Error::Unavailable {
+            context: format!(
+                "task id {t} of node group {g} keeps changing under concurrent submits; submit again"
+            ),
+            source: None,
+        })
     }
 
     /// Puts running jobs back in the queue, each with the reason `why`
@@ -775,88 +479,6 @@ impl MongoStore {
         self.insert_logs(&logs).await?;
         Ok(done.len())
     }
-
-    /// Extends the leases of this tracker's runs.
-    pub async fn renew_leases(&self, now_ms: i64) -> Result<u64> {
-        let r = self.c().await?
-            .jobs
-            .update_many(
-                doc! {
-                    "state": state_bson(JobState::Running),
-                    "lease_owner": &self.options.instance,
-                },
-                doc! { "$set": { "lease_until_ms": now_ms + self.options.lease.as_millis() as i64 } },
-            )
-            .await
-            .map_err(store_err("renewing leases"))?;
-        Ok(r.modified_count)
-    }
-
-    /// Requeues runs whose lease expired before `now_ms`: their tracker
-    /// stopped renewing them. Safe on every tracker at once: each run is
-    /// put back only while it is still that attempt.
-    pub async fn requeue_expired(&self, now_ms: i64) -> Result<usize> {
-        let expired = self
-            .c()
-            .await?
-            .jobs
-            .find(doc! {
-                "state": state_bson(JobState::Running),
-                "lease_until_ms": { "$lt": now_ms },
-            })
-            .limit(SWEEP_LIMIT)
-            .await
-            .map_err(store_err("reading expired leases"))?
-            .try_collect::<Vec<Document>>()
-            .await
-            .map_err(store_err("reading expired leases"))?;
-        let mut jobs = Vec::with_capacity(expired.len());
-        let mut owners = HashMap::new();
-        for d in expired {
-            let owner = d.get_str("lease_owner").unwrap_or("?").to_string();
-            if let Some(j) = decode::<Job>("job", d) {
-                owners.insert(j.job_id.clone(), owner);
-                jobs.push(j);
-            }
-        }
-        let n = self
-            .requeue_jobs(jobs, now_ms, |j| {
-                format!(
-                    "the lease of attempt {} on {} expired: JobTracker {} stopped renewing it; it runs again with a new attempt",
-                    j.attempt,
-                    j.worker,
-                    owners.get(&j.job_id).map_or("?", String::as_str)
-                )
-            })
-            .await?;
-        if n > 0 {
-            tracing::warn!("requeued {n} runs whose lease expired");
-        }
-        Ok(n)
-    }
-
-    /// Starts the background task that renews this tracker's leases and
-    /// requeues expired ones (of any tracker). It stops when the store is
-    /// dropped.
-    pub fn spawn_maintenance(self: &Arc<Self>) {
-        let weak: Weak<MongoStore> = Arc::downgrade(self);
-        let every = (self.options.lease / 3).max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(store) = weak.upgrade() else { return };
-                let now = lts_common::now_ms();
-                if let Err(e) = store.renew_leases(now).await {
-                    tracing::warn!("cannot renew run leases: {e}");
-                }
-                if let Err(e) = store.requeue_expired(now).await {
-                    tracing::warn!("cannot requeue runs with expired leases: {e}");
-                }
-            }
-        });
-    }
 }
 
 #[async_trait]
@@ -912,7 +534,7 @@ impl JobStore for MongoStore {
         let mut holders: HashMap<(String, String), String> = HashMap::new();
         let mut inserts: Vec<(usize, Job)> = Vec::new();
         for (slot, spec) in jobs.into_iter().enumerate() {
-            if let Some(refusal) = unsupported(&spec) {
+            if let Some(refusal) = unsupported(&spec, self.backend()) {
                 results[slot] = Some(SubmitResult::Refused(refusal));
                 continue;
             }
@@ -971,9 +593,10 @@ impl JobStore for MongoStore {
                 }
                 Some(other) => other,
                 None => {
-                    return Err(Error::Store(
-                        "a job of the batch got no result; submit again".into(),
-                    ))
+                    return Err(Error::Internal {
+                        context: "a job of the batch got no result".into(),
+                        source: None,
+                    })
                 }
             });
         }
@@ -1268,10 +891,10 @@ impl JobStore for MongoStore {
             };
         };
         let Some(before) = decode::<Job>("job", d) else {
-            return Err(Error::Corrupt {
-                key: job_id.to_string(),
-                message: "cancelled, but the stored job cannot be decoded".into(),
-            });
+            return Err(Error::corrupt(
+                job_id,
+                "cancelled, but the stored job cannot be decoded",
+            ));
         };
         let mut job = before.clone();
         job.state = JobState::Cancelled;
@@ -1309,10 +932,7 @@ impl JobStore for MongoStore {
         match found {
             Some(d) => bson::from_document(d)
                 .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    key: format!("jobs {job_id}"),
-                    message: e.to_string(),
-                }),
+                .map_err(|e| Error::corrupt(format!("jobs {job_id}"), e)),
             None => Ok(None),
         }
     }
@@ -1330,10 +950,7 @@ impl JobStore for MongoStore {
                 let id = id_of(&d);
                 bson::from_document(d)
                     .map(Some)
-                    .map_err(|e| Error::Corrupt {
-                        key: format!("jobs {id}"),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| Error::corrupt(format!("jobs {id}"), e))
             }
             None => Ok(None),
         }
@@ -1492,6 +1109,66 @@ impl JobStore for MongoStore {
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(POLL_INTERVAL)
+    }
+
+    fn backend(&self) -> &'static str {
+        "MongoDB"
+    }
+
+    fn on_claimable(&self, hook: ClaimableHook) {
+        // Jobs become claimable in the database, possibly through another
+        // tracker: this one cannot tell when. Its dispatchers are woken
+        // after each submit here, and poll for the others' work
+        // (`poll_interval`).
+        drop(hook);
+    }
+
+    async fn sync(&self) -> Result<()> {
+        // Every write is acknowledged by the database under its write
+        // concern before its call returns: nothing is left to wait for.
+        Ok(())
+    }
+
+    async fn claim_ahead(
+        &self,
+        _node_group: &str,
+        grants: &[(String, usize)],
+        _now_ms: i64,
+        _until_ms: i64,
+    ) -> Result<Claimed> {
+        // Jobs are not sent ahead from this store yet: they are claimed by
+        // `claim` once due, which the contract allows.
+        Ok(Claimed {
+            per_grant: vec![Vec::new(); grants.len()],
+            next_ready_at_ms: None,
+        })
+    }
+
+    async fn query_logs(
+        &self,
+        filter: &LogFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<LogEntry>, Option<String>)> {
+        query_logs_by_job(self, filter, page_size, page_token).await
+    }
+
+    fn cycles(&self) -> Option<&dyn CycleStore> {
+        // Cron schedules are refused at submit (see `unsupported`); repeat
+        // jobs run as one job rescheduled by each outcome.
+        None
+    }
+
+    fn operator(&self) -> Option<&dyn OperatorStore> {
+        None
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Nothing buffered (see `sync`); the lease task ends when the store
+        // is dropped, and the driver closes its connections then. Leases
+        // of runs still running stay until they expire or a restart under
+        // the same instance name requeues them.
+        Ok(())
     }
 }
 

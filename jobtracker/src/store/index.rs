@@ -1,0 +1,165 @@
+//! The embedded store's in-memory index: every job that is not final,
+//! with a ready queue and a delayed queue per node group, the timers of
+//! cron and repeat jobs, and the task ids taken. A claim works on this
+//! alone; the disk only hears of the changes (see [`super::durable`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use lts_common::{Job, JobState, LogEntry};
+use serde::{Deserialize, Serialize};
+
+/// Ordering key of a ready job: priority, trigger time, submit order.
+pub(super) type ReadyKey = (i32, i64, u64);
+/// Ordering key of a job waiting for its trigger time.
+pub(super) type DelayedKey = (i64, u64);
+
+/// The pending jobs of one node group.
+#[derive(Default)]
+pub(super) struct Queues {
+    /// Due now, in claim order.
+    pub(super) ready: BTreeMap<ReadyKey, String>,
+    /// Waiting for their trigger time, in trigger order.
+    pub(super) delayed: BTreeMap<DelayedKey, String>,
+}
+
+/// A job with the transition lines of its execution log.
+#[derive(Debug, Deserialize)]
+pub(super) struct Record {
+    /// The job.
+    pub(super) job: Job,
+    /// The transition lines of its execution log.
+    #[serde(default)]
+    pub(super) history: Vec<LogEntry>,
+    /// For a cycle of a cron or repeat job: the job that fired it.
+    #[serde(default)]
+    pub(super) parent: Option<String>,
+    /// For a cron or repeat job: the cycle it fired last.
+    #[serde(default)]
+    pub(super) last_child: Option<String>,
+    /// The lowest attempt the job can have on disk after a crash: the
+    /// attempt of its last flushed write (or of its first write, which is
+    /// the only version a crash can leave). See the embedded store's `claim`.
+    #[serde(skip)]
+    pub(super) floor: u32,
+    /// The attempt and write generation of a write not yet known flushed.
+    #[serde(skip)]
+    pub(super) unflushed: Option<(u32, u64)>,
+}
+
+/// [`Record`] for writing, without cloning.
+#[derive(Serialize)]
+pub(super) struct RecordRef<'a> {
+    pub(super) job: &'a Job,
+    pub(super) history: &'a [LogEntry],
+    pub(super) parent: &'a Option<String>,
+    pub(super) last_child: &'a Option<String>,
+}
+
+impl Record {
+    /// A record of a job with no history yet.
+    pub(super) fn new(job: Job) -> Record {
+        Record {
+            job,
+            history: Vec::new(),
+            parent: None,
+            last_child: None,
+            floor: 0,
+            unflushed: None,
+        }
+    }
+
+    /// Whether handing out the next attempt needs the record flushed first:
+    /// a crash must never leave a version of the job whose attempt is lower
+    /// than the last one handed out minus one (recovery skips one number,
+    /// so the next attempt after a restart is always new).
+    pub(super) fn claim_needs_flush(&mut self, flushed_gen: u64) -> bool {
+        if let Some((attempt, generation)) = self.unflushed {
+            if generation <= flushed_gen {
+                self.floor = attempt;
+                self.unflushed = None;
+            }
+        }
+        self.job.attempt > self.floor
+    }
+
+    /// Appends a transition line at `at_ms` (the store's clock, so that
+    /// lines sort with the job's times); the job id is implied.
+    pub(super) fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
+        entry.job_id.clear();
+        entry.at_ms = at_ms;
+        self.history.push(entry);
+    }
+}
+
+/// Every job that is not final, and the queues over them.
+#[derive(Default)]
+pub(super) struct Index {
+    /// Jobs that are not final.
+    pub(super) live: HashMap<String, Box<Record>>,
+    /// Pending jobs per node group.
+    pub(super) queues: HashMap<String, Queues>,
+    /// Cron and repeat jobs by the time of their next cycle.
+    pub(super) timers: BTreeMap<DelayedKey, String>,
+    /// Cron and repeat jobs that rely on their previous cycle, by the cycle
+    /// they wait for.
+    pub(super) waiting: HashMap<String, String>,
+    /// Which job holds each (node group, task id), for dedup.
+    pub(super) tasks: super::task_index::TaskIndex,
+    /// The submit order of the next job.
+    pub(super) next_seq: u64,
+}
+
+impl Index {
+    /// Puts a pending job in its queue (or a cron or repeat job among the
+    /// timers); any other job is left out.
+    pub(super) fn enqueue(&mut self, job: &Job, now_ms: i64) {
+        if job.state != JobState::Pending {
+            return;
+        }
+        if job.spec.schedule.is_recurring() {
+            self.timers
+                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
+            return;
+        }
+        let q = self
+            .queues
+            .entry(job.spec.task_tracker_node_group.clone())
+            .or_default();
+        if job.trigger_at_ms <= now_ms {
+            q.ready.insert(
+                (job.spec.priority, job.trigger_at_ms, job.seq),
+                job.job_id.clone(),
+            );
+        } else {
+            q.delayed
+                .insert((job.trigger_at_ms, job.seq), job.job_id.clone());
+        }
+    }
+
+    /// Takes a job out of whichever queue holds it.
+    pub(super) fn dequeue(&mut self, job: &Job) {
+        self.timers.remove(&(job.trigger_at_ms, job.seq));
+        if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
+            q.ready
+                .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
+            q.delayed.remove(&(job.trigger_at_ms, job.seq));
+        }
+    }
+
+    /// Moves jobs whose time has come from delayed to ready.
+    pub(super) fn promote(&mut self, node_group: &str, now_ms: i64) {
+        let Some(q) = self.queues.get_mut(node_group) else {
+            return;
+        };
+        while let Some(entry) = q.delayed.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let ((_, seq), job_id) = entry.remove_entry();
+            if let Some(r) = self.live.get(&job_id) {
+                q.ready
+                    .insert((r.job.spec.priority, r.job.trigger_at_ms, seq), job_id);
+            }
+        }
+    }
+}
