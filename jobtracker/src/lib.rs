@@ -519,21 +519,12 @@ async fn sweep_expired_leases(
             _ = tick.tick() => {}
             _ = tracker.shutdown.cancelled() => return,
         }
-        match store.requeue_expired(lts_common::now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!("put back {n} runs whose lease expired");
-                for g in store_groups(tracker).await {
-                    tracker.dispatcher.wake(&g);
-                }
-            }
-            Err(e) => tracing::warn!("cannot requeue runs with expired leases: {e}"),
+        // It logs what it put back; dispatch loops over a shared store
+        // poll, so they find those runs without a wake.
+        if let Err(e) = store.requeue_expired(lts_common::now_ms()).await {
+            tracing::warn!("cannot requeue runs with expired leases: {e}");
         }
     }
-}
-
-async fn store_groups(tracker: &Tracker) -> Vec<String> {
-    tracker.store.node_groups().await.unwrap_or_default()
 }
 
 /// Fires cron and repeat cycles when they are due; once-only work, run
