@@ -289,9 +289,8 @@ pub async fn serve(
 /// `shutdown` resolves or the tracker's own token fires. Shutdown goes in
 /// order: stop accepting, end every TaskTracker and feedback stream, wait
 /// for the open calls (up to `shutdown_timeout`), wait for every task of
-/// [`Tracker::tasks`], then release the store. The store closes when the
-/// last reference to the tracker goes; a caller that keeps one keeps the
-/// store open.
+/// [`Tracker::tasks`], then close the store (everything durable, its
+/// threads ended, the data directory free for the next open).
 pub async fn serve_tracker(
     tracker: Arc<Tracker>,
     listener: tokio::net::TcpListener,
@@ -312,21 +311,21 @@ pub async fn serve_tracker(
         );
         tracker.tasks.wait().await;
     }
-    close_store(tracker);
+    let closed = tracker.store.close().await;
+    release(tracker);
     tracing::info!("jobtracker stopped");
-    served
+    served?;
+    closed
 }
 
-/// Releases the tracker's hold on its store: the store closes when the
-/// last reference goes (the sled store then applies what was queued, and
-/// flushes).
-fn close_store(tracker: Arc<Tracker>) {
-    match Arc::try_unwrap(tracker) {
-        Ok(tracker) => drop(tracker),
-        Err(tracker) => tracing::debug!(
+/// Drops the tracker's own reference; the caller may keep others (the
+/// store is closed either way).
+fn release(tracker: Arc<Tracker>) {
+    if let Err(tracker) = Arc::try_unwrap(tracker) {
+        tracing::debug!(
             references = Arc::strong_count(&tracker),
-            "the tracker is still referenced; its store closes with the last reference"
-        ),
+            "the tracker is still referenced after shutdown"
+        );
     }
 }
 
@@ -520,21 +519,12 @@ async fn sweep_expired_leases(
             _ = tick.tick() => {}
             _ = tracker.shutdown.cancelled() => return,
         }
-        match store.requeue_expired(lts_common::now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!("put back {n} runs whose lease expired");
-                for g in store_groups(tracker).await {
-                    tracker.dispatcher.wake(&g);
-                }
-            }
-            Err(e) => tracing::warn!("cannot requeue runs with expired leases: {e}"),
+        // It logs what it put back; dispatch loops over a shared store
+        // poll, so they find those runs without a wake.
+        if let Err(e) = store.requeue_expired(lts_common::now_ms()).await {
+            tracing::warn!("cannot requeue runs with expired leases: {e}");
         }
     }
-}
-
-async fn store_groups(tracker: &Tracker) -> Vec<String> {
-    tracker.store.node_groups().await.unwrap_or_default()
 }
 
 /// Fires cron and repeat cycles when they are due; once-only work, run
