@@ -12,6 +12,8 @@
 pub mod config;
 pub mod convert;
 pub mod cron;
+#[cfg(feature = "durable")]
+pub mod durable;
 pub mod limits;
 pub mod metrics;
 pub mod model;
