@@ -12,8 +12,6 @@
 pub mod config;
 pub mod convert;
 pub mod cron;
-#[cfg(feature = "durable")]
-pub mod durable;
 pub mod limits;
 pub mod metrics;
 pub mod model;
@@ -22,6 +20,10 @@ pub mod runtime;
 
 pub use convert::ValidationError;
 pub use model::*;
+
+/// The durability engine over sled, for the embedded store and spools.
+#[cfg(feature = "durable")]
+pub mod durable;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
