@@ -29,6 +29,10 @@ pub mod shell_job;
 pub use convert::ValidationError;
 pub use model::*;
 
+/// The durability engine over sled, for the embedded store and spools.
+#[cfg(feature = "durable")]
+pub mod durable;
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -130,6 +130,27 @@ impl Error {
     }
 }
 
+impl From<lts_common::durable::Error> for Error {
+    fn from(e: lts_common::durable::Error) -> Self {
+        use lts_common::durable::Error as Durable;
+        match e {
+            Durable::Io { context, source } => Error::Unavailable {
+                context,
+                source: Some(source),
+            },
+            Durable::Internal { context, source } => Error::Internal { context, source },
+            Durable::Closed => Error::ShuttingDown,
+            Durable::InUse { dir } => Error::Unavailable {
+                context: format!(
+                    "cannot open {}: the data directory is in use by another JobTracker",
+                    dir.display()
+                ),
+                source: None,
+            },
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Status;

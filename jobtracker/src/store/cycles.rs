@@ -12,11 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lts_common::{JobSpec, JobState, LogEntry, LogKind, Schedule};
 
-use super::durable::Writes;
 use super::index::{Index, Record};
 use super::sled::SledStore;
 use super::{ms_to_i64, new_job, new_job_id, CycleStore, SubmitRefusal};
 use crate::error::Result;
+use lts_common::durable::Writes;
 
 /// Lines a cron or repeat job keeps in its own execution log; older ones
 /// go as new cycles fire, so a template firing every second for months

@@ -1,7 +1,7 @@
 //! The embedded store's in-memory index: every job that is not final,
 //! with a ready queue and a delayed queue per node group, the timers of
 //! cron and repeat jobs, and the task ids taken. A claim works on this
-//! alone; the disk only hears of the changes (see [`super::durable`]).
+//! alone; the disk only hears of the changes (see [`lts_common::durable`]).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -7,7 +7,6 @@
 //! [`apply_outcome`], shared by every backend so that they agree.
 
 mod cycles;
-mod durable;
 mod index;
 pub mod mongo;
 pub mod operator;

@@ -25,7 +25,8 @@
 //! changes in the order the index made them, and a crash keeps a prefix of
 //! them. Until a batch is applied its values are read from the queue;
 //! scans wait for the batches committed before them. Every write goes
-//! through this queue.
+//! through this queue. The queue and the flusher below are
+//! [`lts_common::durable`]'s engine.
 //!
 //! **Flushes.** One flush thread makes writes durable for everybody (group
 //! commit): it waits until the write thread has applied every batch
@@ -58,11 +59,11 @@ use lts_common::{Job, JobSpec, JobState, LogEntry, LogKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::durable::{check_not_in_use, sled_err, wait_for_release, Engine, Writes};
 use super::index::{Index, Record, RecordRef};
 use super::operator::{self, Effect};
 use super::*;
 use crate::error::{Error, Result};
+use lts_common::durable::{check_not_in_use, wait_for_release, Engine, Writes};
 
 /// 2: the task-id index lives in memory (rebuilt from the job records at
 /// open); the `t` keys of schema 1 are no longer written or read.
@@ -104,6 +105,21 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| Error::corrupt(String::from_utf8_lossy(key), e))
+}
+
+/// A sled error while `what`: I/O is worth a retry later, corruption is
+/// lost data, anything else is a bug (in sled or in how it is used).
+fn sled_error(what: &str, e: ::sled::Error) -> Error {
+    match e {
+        ::sled::Error::Io(_) => Error::unavailable(format!("{what}: I/O error"), e),
+        ::sled::Error::Corruption { .. } => Error::corrupt(format!("({what})"), e),
+        _ => Error::internal(what.to_string(), e),
+    }
+}
+
+/// [`sled_error`] for `map_err`.
+pub(super) fn sled_err(what: &str) -> impl Fn(::sled::Error) -> Error + '_ {
+    move |e| sled_error(what, e)
 }
 
 fn job_key(job_id: &str) -> Vec<u8> {
@@ -272,7 +288,7 @@ impl SledStore {
     }
 
     pub(super) async fn flush(&self) -> Result<()> {
-        self.engine.flush(true).await
+        Ok(self.engine.flush(true).await?)
     }
 
     /// Claims ready jobs, or with `until_ms` delayed ones due by then
@@ -541,7 +557,7 @@ impl JobStore for SledStore {
     async fn sync(&self) -> Result<()> {
         // Its callers acknowledge outcomes to TaskTrackers, which keep them
         // until then: a flush that lingers a little serves them all.
-        self.engine.flush(false).await
+        Ok(self.engine.flush(false).await?)
     }
 
     async fn claim(
@@ -946,7 +962,7 @@ impl JobStore for SledStore {
         })
         .await
         .map_err(|e| Error::internal("closing the data directory", e))??;
-        flushed
+        Ok(flushed?)
     }
 }
 
@@ -1088,7 +1104,7 @@ impl Drop for SledStore {
         self.engine.stop();
         drop(tree);
         if let Err(e) = wait_for_release(&self.lock_file) {
-            tracing::error!("closing the store: {}", e.chain());
+            tracing::error!("closing the store: {}", Error::from(e).chain());
         }
     }
 }
@@ -1099,7 +1115,7 @@ mod tests {
 
     /// Holds the store's write thread: batches queue up until released.
     fn hold_writes(store: &SledStore, held: bool) {
-        store.engine.hold(held);
+        store.engine.pause_writes(held);
     }
 
     const NOW: i64 = 1_700_000_000_000;

@@ -1,5 +1,7 @@
-//! The durability engine of the embedded store: an ordered write queue
-//! applied to sled by a thread of its own, and a group-commit flusher.
+//! A durability engine over sled: an ordered write queue applied by a
+//! thread of its own, and a group-commit flusher. The JobTracker's
+//! embedded store is built on it, and so can be a local spool (enable the
+//! `durable` feature).
 //!
 //! A caller changes its own state under its own lock and, under the same
 //! hold, [commits](Engine::commit) the writes that record the change as
@@ -17,7 +19,72 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
+/// The cause of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong in the engine, classed by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O on the data directory failed: the caller may retry later.
+    #[error("{context}")]
+    Io {
+        /// What the engine was doing.
+        context: String,
+        /// What failed.
+        #[source]
+        source: BoxError,
+    },
+    /// A bug: a dead or panicked thread, a write sled refused for a reason
+    /// other than I/O. Retrying will not help.
+    #[error("{context}")]
+    Internal {
+        /// What the engine was doing.
+        context: String,
+        /// What failed, if anything did.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The engine is closed: it takes no more writes.
+    #[error("closed")]
+    Closed,
+    /// Another engine, in this process or another, holds the directory.
+    #[error("{} is in use", dir.display())]
+    InUse {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    fn internal(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// `e` and every cause below it, joined by `: `, for logs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+/// Result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Makes writes durable, one flush at a time.
 ///
@@ -107,7 +174,7 @@ impl Flusher {
     fn send(&self, request: FlushRequest) -> Result<()> {
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         match requests.as_ref() {
-            None => Err(Error::ShuttingDown),
+            None => Err(Error::Closed),
             Some(r) => r.send(request).map_err(|_| flush_thread_gone()),
         }
     }
@@ -157,18 +224,16 @@ impl Drop for Flusher {
 /// on first: a feedback item before the outcome that produced it, a cycle's
 /// job before its template's move to the next point.
 #[derive(Default)]
-pub(super) struct Writes(Vec<(::sled::IVec, Option<::sled::IVec>)>);
+pub struct Writes(Vec<(::sled::IVec, Option<::sled::IVec>)>);
 
 impl Writes {
-    pub(super) fn insert<K: Into<::sled::IVec>, V: Into<::sled::IVec>>(
-        &mut self,
-        key: K,
-        value: V,
-    ) {
+    /// Writes `value` under `key`.
+    pub fn insert<K: Into<::sled::IVec>, V: Into<::sled::IVec>>(&mut self, key: K, value: V) {
         self.0.push((key.into(), Some(value.into())));
     }
 
-    pub(super) fn remove<K: Into<::sled::IVec>>(&mut self, key: K) {
+    /// Removes `key`.
+    pub fn remove<K: Into<::sled::IVec>>(&mut self, key: K) {
         self.0.push((key.into(), None));
     }
 }
@@ -219,15 +284,14 @@ struct Pending {
     /// and ends.
     closing: bool,
     /// Tests hold the write thread to force an order of events.
-    #[cfg(test)]
-    held: bool,
+    /// Set by [`Engine::pause_writes`].
+    paused: bool,
 }
 
 impl Pending {
     /// The next batch for the write thread to apply, if it may take one.
     fn take_next(&mut self) -> Option<(u64, Writes)> {
-        #[cfg(test)]
-        if self.held && !self.closing {
+        if self.paused && !self.closing {
             return None;
         }
         self.queued.pop_first()
@@ -290,7 +354,7 @@ impl Writer {
                     }),
                 };
                 if let Some(f) = failure {
-                    tracing::error!("{}", f.error().chain());
+                    tracing::error!("{}", chain(&f.error()));
                     let _ = self.generations.failed.set(f);
                 }
             }
@@ -388,32 +452,13 @@ impl WriteFailure {
     }
 
     fn error(&self) -> Error {
-        let source = self
-            .source
-            .clone()
-            .map(|e| -> crate::error::BoxError { Box::new(e) });
+        let source = self.source.clone().map(|e| -> BoxError { Box::new(e) });
         let context = self.context.clone();
-        if self.retry {
-            Error::Unavailable { context, source }
-        } else {
-            Error::Internal { context, source }
+        match source {
+            Some(source) if self.retry => Error::Io { context, source },
+            source => Error::Internal { context, source },
         }
     }
-}
-
-/// A sled error while `what`: I/O is worth a retry later, corruption is
-/// lost data, anything else is a bug (in sled or in how it is used).
-pub(super) fn sled_error(what: &str, e: ::sled::Error) -> Error {
-    match e {
-        ::sled::Error::Io(_) => Error::unavailable(format!("{what}: I/O error"), e),
-        ::sled::Error::Corruption { .. } => Error::corrupt(format!("({what})"), e),
-        _ => Error::internal(what.to_string(), e),
-    }
-}
-
-/// [`sled_error`] for `map_err`.
-pub(super) fn sled_err(what: &str) -> impl Fn(::sled::Error) -> Error + '_ {
-    move |e| sled_error(what, e)
 }
 
 fn flush_thread_gone() -> Error {
@@ -423,35 +468,25 @@ fn flush_thread_gone() -> Error {
     }
 }
 
-/// Refuses a data directory another store holds, in this process or
-/// another, with a message saying so. sled would refuse it too, but in
-/// words about a lock file.
-pub(super) fn check_not_in_use(lock_file: &Path, dir: &Path) -> Result<()> {
+/// Refuses a directory whose sled `lock_file` another engine holds, in
+/// this process or another ([`Error::InUse`]). sled would refuse it too,
+/// but in words about a lock file.
+pub fn check_not_in_use(lock_file: &Path, dir: &Path) -> Result<()> {
     let file = match std::fs::File::open(lock_file) {
         Ok(f) => f,
         // A new store: sled creates the file.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::unavailable(
-                format!("cannot open {}", lock_file.display()),
-                e,
-            ))
-        }
+        Err(e) => return Err(Error::io(format!("cannot open {}", lock_file.display()), e)),
     };
     match file.try_lock() {
         // Dropping the file releases the lock before sled takes it.
         Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable {
-            context: format!(
-                "cannot open {}: the data directory is in use by another JobTracker",
-                dir.display()
-            ),
-            source: None,
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse {
+            dir: dir.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::unavailable(
-            format!("cannot lock {}", lock_file.display()),
-            e,
-        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("cannot lock {}", lock_file.display()), e))
+        }
     }
 }
 
@@ -463,17 +498,17 @@ pub(super) fn check_not_in_use(lock_file: &Path, dir: &Path) -> Result<()> {
 /// last handle is dropped. Taking the lock (a blocking `flock`, no timer)
 /// returns once the last of them closed the file. Only after the store's
 /// own handles are gone: not on the runtime.
-pub(super) fn wait_for_release(lock_file: &Path) -> Result<()> {
+pub fn wait_for_release(lock_file: &Path) -> Result<()> {
     let file = std::fs::File::open(lock_file)
-        .map_err(|e| Error::unavailable(format!("cannot open {}", lock_file.display()), e))?;
+        .map_err(|e| Error::io(format!("cannot open {}", lock_file.display()), e))?;
     file.lock()
-        .map_err(|e| Error::unavailable(format!("cannot lock {}", lock_file.display()), e))?;
+        .map_err(|e| Error::io(format!("cannot lock {}", lock_file.display()), e))?;
     // Dropping the file releases the lock.
     Ok(())
 }
 
 /// An ordered write queue and a group-commit flusher over one sled tree.
-pub(super) struct Engine {
+pub struct Engine {
     generations: Arc<Generations>,
     /// Stopped before `flusher`: closing applies every queued batch before
     /// the last flush.
@@ -484,7 +519,7 @@ pub(super) struct Engine {
 impl Engine {
     /// Starts the write thread over `tree` and the flush thread over `db`;
     /// each keeps its handle until it is stopped.
-    pub(super) fn start(db: ::sled::Db, tree: ::sled::Tree) -> Result<Engine> {
+    pub fn start(db: ::sled::Db, tree: ::sled::Tree) -> Result<Engine> {
         let generations = Arc::new(Generations::default());
         let writer = Arc::new(Writer {
             pending: Mutex::new(Pending::default()),
@@ -505,12 +540,12 @@ impl Engine {
 
     /// The generation the next [`Engine::commit`] gets, while the caller
     /// holds the lock that orders its commits.
-    pub(super) fn next_generation(&self) -> u64 {
+    pub fn next_generation(&self) -> u64 {
         self.generations.assigned.load(Ordering::SeqCst) + 1
     }
 
     /// Every batch up to this generation is durable.
-    pub(super) fn flushed(&self) -> u64 {
+    pub fn flushed(&self) -> u64 {
         self.generations.flushed.load(Ordering::SeqCst)
     }
 
@@ -518,13 +553,13 @@ impl Engine {
     /// under which it changed the state the batch records, so the order of
     /// commits is the order of its changes; it calls
     /// [`Engine::wake_writer`] once that lock is released.
-    pub(super) fn commit(&self, batch: Writes) -> Result<()> {
+    pub fn commit(&self, batch: Writes) -> Result<()> {
         if let Some(f) = self.generations.failed.get() {
             return Err(f.error());
         }
         let mut p = self.pending_lock();
         if p.closing {
-            return Err(Error::ShuttingDown);
+            return Err(Error::Closed);
         }
         let generation = self.generations.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         for (key, value) in &batch.0 {
@@ -535,18 +570,18 @@ impl Engine {
     }
 
     /// Lets the write thread take what was committed.
-    pub(super) fn wake_writer(&self) {
+    pub fn wake_writer(&self) {
         self.writes.writer.work.notify_one();
     }
 
     /// The newest value committed for `key` and not applied yet: `None`
     /// when the tree is current, `Some(None)` for a removal.
-    pub(super) fn unapplied(&self, key: &[u8]) -> Option<Option<::sled::IVec>> {
+    pub fn unapplied(&self, key: &[u8]) -> Option<Option<::sled::IVec>> {
         self.pending_lock().writes.get(key).map(|(_, v)| v.clone())
     }
 
     /// Keys under `prefix` that a batch not applied yet writes a value to.
-    pub(super) fn unapplied_keys(&self, prefix: &[u8]) -> Vec<::sled::IVec> {
+    pub fn unapplied_keys(&self, prefix: &[u8]) -> Vec<::sled::IVec> {
         self.pending_lock()
             .writes
             .iter()
@@ -557,7 +592,7 @@ impl Engine {
 
     /// Waits (without blocking the thread) until every batch committed
     /// before this call is applied to the tree, so a scan sees them.
-    pub(super) async fn settled(&self) {
+    pub async fn settled(&self) {
         let need = self.generations.assigned.load(Ordering::SeqCst);
         loop {
             let applied = self.writes.writer.applied.notified();
@@ -573,20 +608,20 @@ impl Engine {
     }
 
     /// Returns once every batch committed before the call is durable.
-    /// An urgent flush starts at once; one that is not may linger (see
-    /// [`Flusher`]).
-    pub(super) async fn flush(&self, urgent: bool) -> Result<()> {
+    /// An urgent flush starts at once; one that is not lingers up to 2 ms
+    /// for an urgent one, so that one sled flush serves both.
+    pub async fn flush(&self, urgent: bool) -> Result<()> {
         self.flusher.flush(urgent).await
     }
 
     /// Asks for a flush without waiting for it (not urgent).
-    pub(super) fn flush_soon(&self) {
+    pub fn flush_soon(&self) {
         self.flusher.flush_soon()
     }
 
     /// Refuses new batches, applies the queued ones, makes them durable
     /// and ends both threads, and with them their handles on sled.
-    pub(super) async fn close(&self) -> Result<()> {
+    pub async fn close(&self) -> Result<()> {
         let write_thread = self.writes.begin_stop();
         tokio::task::spawn_blocking(move || join("write", write_thread))
             .await
@@ -602,15 +637,66 @@ impl Engine {
 
     /// [`Engine::close`] for a drop: blocks, and leaves the last flush to
     /// sled, which flushes as its last handle goes.
-    pub(super) fn stop(&self) {
+    pub fn stop(&self) {
         join("write", self.writes.begin_stop());
         join("flush", self.flusher.begin_stop());
     }
 
-    /// Holds the write thread (tests force an order of events with it).
-    #[cfg(test)]
-    pub(super) fn hold(&self, held: bool) {
-        self.pending_lock().held = held;
+    /// Holds the write thread while `paused` (batches queue up; closing
+    /// still applies them): for tests that force an order of events.
+    pub fn pause_writes(&self, paused: bool) {
+        self.pending_lock().paused = paused;
         self.wake_writer();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> (::sled::Db, ::sled::Tree) {
+        let db = ::sled::Config::new()
+            .path(dir.join("db.sled"))
+            .flush_every_ms(None)
+            .open()
+            .expect("open sled");
+        let tree = db.open_tree("t").expect("tree");
+        (db, tree)
+    }
+
+    fn put(key: &str, value: &str) -> Writes {
+        let mut w = Writes::default();
+        w.insert(key.as_bytes(), value.as_bytes());
+        w
+    }
+
+    #[tokio::test]
+    async fn batches_reach_the_tree_in_commit_order_and_closing_refuses_more() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (db, tree) = open(dir.path());
+        let engine = Engine::start(db, tree.clone()).expect("start");
+        engine.pause_writes(true);
+        engine.commit(put("k", "1")).expect("commit");
+        let mut remove = Writes::default();
+        remove.remove(&b"k"[..]);
+        engine.commit(remove).expect("commit");
+        engine.commit(put("k", "2")).expect("commit");
+        // Nothing is applied yet; a read sees the newest committed value.
+        assert_eq!(tree.get("k").expect("get"), None);
+        assert_eq!(
+            engine.unapplied(b"k"),
+            Some(Some(::sled::IVec::from(&b"2"[..])))
+        );
+        engine.pause_writes(false);
+        engine.flush(true).await.expect("flush");
+        assert_eq!(engine.flushed(), 3);
+        assert_eq!(
+            tree.get("k").expect("get"),
+            Some(::sled::IVec::from(&b"2"[..]))
+        );
+        assert_eq!(engine.unapplied(b"k"), None);
+        engine.close().await.expect("close");
+        assert!(matches!(engine.commit(put("k", "3")), Err(Error::Closed)));
+        assert!(matches!(engine.flush(true).await, Err(Error::Closed)));
     }
 }
