@@ -434,6 +434,7 @@ impl From<LogKind> for pb::LogKind {
             LogKind::Requeued => pb::LogKind::Requeued,
             LogKind::Replaced => pb::LogKind::Replaced,
             LogKind::StaleOutcome => pb::LogKind::StaleOutcome,
+            LogKind::Misfire => pb::LogKind::Misfire,
         }
     }
 }
@@ -450,6 +451,7 @@ pub fn log_kind_from_wire(v: i32) -> LogKind {
         Ok(pb::LogKind::Requeued) => LogKind::Requeued,
         Ok(pb::LogKind::Replaced) => LogKind::Replaced,
         Ok(pb::LogKind::StaleOutcome) => LogKind::StaleOutcome,
+        Ok(pb::LogKind::Misfire) => LogKind::Misfire,
         _ => LogKind::Biz,
     }
 }
