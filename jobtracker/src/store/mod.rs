@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 
-pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, MISFIRE_GRACE_MS};
+pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, Missed, MISFIRE_GRACE_MS};
 
 /// Why a job of a submitted batch was not stored.
 #[derive(Clone, Debug, PartialEq)]
