@@ -281,6 +281,17 @@ async fn attempt_fencing(b: &dyn Backend) {
             .expect("requeue"),
         1
     );
+    // Its outcome, arriving while the job waits to run again, is refused
+    // with where the job really is.
+    let r = s
+        .complete(vec![report(&id, 1, Outcome::Success(String::new()))], NOW)
+        .await
+        .expect("complete");
+    assert_eq!(r[0], CompleteResult::Stale { current_attempt: 1 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success of attempt 1 refused: attempt 1 was put back and the job is pending, to run again as attempt 2"
+    );
     let j = claim_one(&*s, "g", NOW).await.expect("claimed again");
     assert_eq!(j.attempt, 2);
     let r = s
@@ -288,6 +299,10 @@ async fn attempt_fencing(b: &dyn Backend) {
         .await
         .expect("complete");
     assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success of attempt 1 refused: the job is running at attempt 2"
+    );
     assert_eq!(
         s.get(&id).await.expect("get").expect("job").state,
         JobState::Running
@@ -304,11 +319,25 @@ async fn attempt_fencing(b: &dyn Backend) {
         .complete(vec![report(&id, 2, Outcome::Success("ok".into()))], NOW)
         .await
         .expect("complete");
-    assert!(matches!(r[0], CompleteResult::Stale { .. }));
+    assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success: ok of attempt 2 refused: the job is succeeded at attempt 2"
+    );
     let (log, _) = s.logs(&id, 100, None).await.expect("logs");
     assert!(log
         .iter()
         .any(|e| e.kind == LogKind::StaleOutcome && e.attempt == 1));
+}
+
+/// The message of the job's latest `stale-outcome` log line.
+async fn last_stale_message(s: &dyn JobStore, id: &str) -> String {
+    let (log, _) = s.logs(id, 100, None).await.expect("logs");
+    log.iter()
+        .rev()
+        .find(|e| e.kind == LogKind::StaleOutcome)
+        .map(|e| e.message.clone())
+        .expect("a stale-outcome line")
 }
 
 async fn retry_and_reschedule(b: &dyn Backend) {
