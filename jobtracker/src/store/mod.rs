@@ -21,7 +21,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 
-pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, Missed, MISFIRE_GRACE_MS};
+pub use cycles::{
+    check_recurring, cycle_step, unsupported, CycleStep, Missed, MAX_COUNTED_MISSES,
+    MISFIRE_GRACE_MS,
+};
 
 /// Why a job of a submitted batch was not stored.
 #[derive(Clone, Debug, PartialEq)]
