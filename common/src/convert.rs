@@ -655,6 +655,22 @@ mod tests {
         };
         let read = LogEntry::from(newer);
         assert_eq!((read.kind, read.level), (LogKind::Biz, LogLevel::Info));
+        // Every kind is read back as itself, not as a biz line.
+        for kind in [
+            LogKind::Received,
+            LogKind::Dispatched,
+            LogKind::Started,
+            LogKind::Biz,
+            LogKind::Outcome,
+            LogKind::Retry,
+            LogKind::Cancelled,
+            LogKind::Requeued,
+            LogKind::Replaced,
+            LogKind::StaleOutcome,
+            LogKind::Misfire,
+        ] {
+            assert_eq!(log_kind_from_wire(pb::LogKind::from(kind) as i32), kind);
+        }
     }
 
     #[test]
