@@ -434,6 +434,7 @@ impl From<LogKind> for pb::LogKind {
             LogKind::Requeued => pb::LogKind::Requeued,
             LogKind::Replaced => pb::LogKind::Replaced,
             LogKind::StaleOutcome => pb::LogKind::StaleOutcome,
+            LogKind::Misfire => pb::LogKind::Misfire,
         }
     }
 }
@@ -450,6 +451,7 @@ pub fn log_kind_from_wire(v: i32) -> LogKind {
         Ok(pb::LogKind::Requeued) => LogKind::Requeued,
         Ok(pb::LogKind::Replaced) => LogKind::Replaced,
         Ok(pb::LogKind::StaleOutcome) => LogKind::StaleOutcome,
+        Ok(pb::LogKind::Misfire) => LogKind::Misfire,
         _ => LogKind::Biz,
     }
 }
@@ -653,6 +655,22 @@ mod tests {
         };
         let read = LogEntry::from(newer);
         assert_eq!((read.kind, read.level), (LogKind::Biz, LogLevel::Info));
+        // Every kind is read back as itself, not as a biz line.
+        for kind in [
+            LogKind::Received,
+            LogKind::Dispatched,
+            LogKind::Started,
+            LogKind::Biz,
+            LogKind::Outcome,
+            LogKind::Retry,
+            LogKind::Cancelled,
+            LogKind::Requeued,
+            LogKind::Replaced,
+            LogKind::StaleOutcome,
+            LogKind::Misfire,
+        ] {
+            assert_eq!(log_kind_from_wire(pb::LogKind::from(kind) as i32), kind);
+        }
     }
 
     #[test]

@@ -442,6 +442,9 @@ pub enum LogKind {
     Replaced,
     /// An outcome for an attempt that is no longer current was refused.
     StaleOutcome,
+    /// Cycle points of a cron job missed by more than the misfire grace,
+    /// and what its misfire policy made of them.
+    Misfire,
 }
 
 impl LogKind {
@@ -458,6 +461,7 @@ impl LogKind {
             LogKind::Requeued => "requeued",
             LogKind::Replaced => "replaced",
             LogKind::StaleOutcome => "stale-outcome",
+            LogKind::Misfire => "misfire",
         }
     }
 }

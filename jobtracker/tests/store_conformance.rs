@@ -281,6 +281,17 @@ async fn attempt_fencing(b: &dyn Backend) {
             .expect("requeue"),
         1
     );
+    // Its outcome, arriving while the job waits to run again, is refused
+    // with where the job really is.
+    let r = s
+        .complete(vec![report(&id, 1, Outcome::Success(String::new()))], NOW)
+        .await
+        .expect("complete");
+    assert_eq!(r[0], CompleteResult::Stale { current_attempt: 1 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success of attempt 1 refused: attempt 1 was put back and the job is pending, to run again as attempt 2"
+    );
     let j = claim_one(&*s, "g", NOW).await.expect("claimed again");
     assert_eq!(j.attempt, 2);
     let r = s
@@ -288,6 +299,10 @@ async fn attempt_fencing(b: &dyn Backend) {
         .await
         .expect("complete");
     assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success of attempt 1 refused: the job is running at attempt 2"
+    );
     assert_eq!(
         s.get(&id).await.expect("get").expect("job").state,
         JobState::Running
@@ -304,11 +319,25 @@ async fn attempt_fencing(b: &dyn Backend) {
         .complete(vec![report(&id, 2, Outcome::Success("ok".into()))], NOW)
         .await
         .expect("complete");
-    assert!(matches!(r[0], CompleteResult::Stale { .. }));
+    assert_eq!(r[0], CompleteResult::Stale { current_attempt: 2 });
+    assert_eq!(
+        last_stale_message(&*s, &id).await,
+        "outcome success: ok of attempt 2 refused: the job is succeeded at attempt 2"
+    );
     let (log, _) = s.logs(&id, 100, None).await.expect("logs");
     assert!(log
         .iter()
         .any(|e| e.kind == LogKind::StaleOutcome && e.attempt == 1));
+}
+
+/// The message of the job's latest `stale-outcome` log line.
+async fn last_stale_message(s: &dyn JobStore, id: &str) -> String {
+    let (log, _) = s.logs(id, 100, None).await.expect("logs");
+    log.iter()
+        .rev()
+        .find(|e| e.kind == LogKind::StaleOutcome)
+        .map(|e| e.message.clone())
+        .expect("a stale-outcome line")
 }
 
 async fn retry_and_reschedule(b: &dyn Backend) {
@@ -838,18 +867,54 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
     assert!((NOW..=NOW + 1_000).contains(&next), "{next}");
     let groups = cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
     assert_eq!(groups, ["g"]);
-    // The missed points 1..=6 s, then the point at 7 s, made ahead of time.
+    // The points 1..=5 s are misfires; 6 s is 500 ms late, within the
+    // grace, so it fires under every policy; 7 s is made ahead of time.
+    // The fire-once catch-up stands for the latest missed point, 5 s.
+    let on_time = [format!("@{}", NOW + 6_000), format!("@{}", NOW + 7_000)];
     assert_eq!(
         cycles_of(&*s, "once").await,
         [
-            format!("once@{}", NOW + 1_000),
-            format!("once@{}", NOW + 7_000)
+            format!("once@{}", NOW + 5_000),
+            format!("once{}", on_time[0]),
+            format!("once{}", on_time[1]),
         ]
     );
     assert_eq!(
         cycles_of(&*s, "skip").await,
-        [format!("skip@{}", NOW + 7_000)]
+        [format!("skip{}", on_time[0]), format!("skip{}", on_time[1])]
     );
+    // The templates' logs say which points were skipped or folded into
+    // the catch-up, once per gap.
+    for (task, what) in [
+        ("skip", "skipped 5 points"),
+        ("once", "one catch-up run for 5 points"),
+    ] {
+        let t = s
+            .get_by_task("g", task)
+            .await
+            .expect("get")
+            .expect("template");
+        let (log, _) = s.logs(&t.job_id, 100, None).await.expect("logs");
+        let misfires: Vec<&str> = log
+            .iter()
+            .filter(|e| e.kind == LogKind::Misfire)
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(misfires.len(), 1, "{task}: {misfires:?}");
+        assert!(misfires[0].contains(what), "{task}: {}", misfires[0]);
+        for point in [NOW + 1_000, NOW + 5_000] {
+            let at = lts_common::format_ms(point);
+            assert!(
+                misfires[0].contains(&at),
+                "{task}: {} lacks {at}",
+                misfires[0]
+            );
+        }
+        assert!(
+            !log.iter().any(|e| e.kind == LogKind::Retry),
+            "{task}: a misfire is not a retry"
+        );
+    }
     let all: Vec<String> = (1..=7)
         .map(|k| format!("all@{}", NOW + k * 1_000))
         .collect();
@@ -863,6 +928,42 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
         .expect("next")
         .expect("due");
     assert!((NOW + 7_000..=NOW + 8_000).contains(&next), "{next}");
+}
+
+/// After a gap, the point just before the restart fires when it is at most
+/// the misfire grace late, here exactly the grace, under every policy.
+async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn Backend) {
+    use lts_common::MisfirePolicy::*;
+    use lts_jobtracker::store::MISFIRE_GRACE_MS;
+    let s = fresh(b).await;
+    if s.cycles().is_none() {
+        return assert_cron_refused(&*s).await;
+    }
+    let tasks = [("once", FireOnce), ("skip", Skip), ("all", FireAll)];
+    s.submit(
+        tasks.iter().map(|(t, p)| every_second(t, *p)).collect(),
+        NOW,
+    )
+    .await
+    .expect("submit");
+    // Nothing fired until the point at 3 s was exactly the grace late.
+    let now = NOW + 3_000 + MISFIRE_GRACE_MS;
+    cycles(&*s).fire_due(now).await.expect("fire");
+    for (task, _) in tasks {
+        let fired = cycles_of(&*s, task).await;
+        let point = format!("{task}@{}", NOW + 3_000);
+        assert!(fired.contains(&point), "{task}: {fired:?} lacks {point}");
+    }
+    // Firing again a millisecond later, when the point at 3 s would be a
+    // misfire, fires nothing twice (the point at 4 s was made ahead).
+    cycles(&*s).fire_due(now + 1).await.expect("fire");
+    assert_eq!(
+        cycles_of(&*s, "skip").await,
+        [
+            format!("skip@{}", NOW + 3_000),
+            format!("skip@{}", NOW + 4_000)
+        ]
+    );
 }
 
 async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
@@ -972,6 +1073,7 @@ cases!(
     a_retry_right_after_an_error_gets_the_next_attempt_also_after_a_restart,
     after_a_restart_a_replaced_task_id_belongs_to_its_replacement,
     missed_cron_points_follow_each_misfire_policy_after_a_restart,
+    the_point_the_grace_late_fires_after_a_gap_under_every_policy,
     a_cycle_relying_on_the_previous_waits_for_it,
     operator_verbs,
 );

@@ -46,8 +46,9 @@ pub fn unsupported(spec: &JobSpec, backend: &str) -> Option<SubmitRefusal> {
     }
 }
 
-/// A cycle point fired later than this after its time counts as missed,
-/// and the job's misfire policy decides what happens to it.
+/// A cycle point at most this late fires as it would have on time,
+/// whatever the job's misfire policy; a point later than this is a misfire
+/// and the policy decides what becomes of it (see `docs/scheduling.md`).
 pub const MISFIRE_GRACE_MS: i64 = 1_000;
 
 /// Checks a cron job's expression and zone; the error names the field.
@@ -79,11 +80,31 @@ pub fn check_recurring(spec: &JobSpec, now_ms: i64) -> Result<(), lts_common::Va
 /// What to do at a due cycle point of a cron or repeat job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CycleStep {
-    /// Fire a run for this point.
-    pub fire: bool,
+    /// The point whose run fires now: its task id is `<task id>@<point>`.
+    /// `None`: no run fires.
+    pub fire: Option<i64>,
+    /// The misfired points this step stands for (skipped, or folded into
+    /// the one catch-up run of `fire`); `None` when the point was on time.
+    pub missed: Option<Missed>,
     /// The point after it; `None` when there is none.
     pub next: Option<i64>,
 }
+
+/// A run of consecutive misfired points of a cron job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Missed {
+    /// The first of them.
+    pub first: i64,
+    /// The last of them.
+    pub last: i64,
+    /// How many there were; `None` past [`MAX_COUNTED_MISSES`], where
+    /// counting would hold the store's lock for long.
+    pub count: Option<u64>,
+}
+
+/// Missed points counted one by one at most; past it a gap is told by its
+/// first and last point only.
+pub const MAX_COUNTED_MISSES: u64 = 10_000;
 
 /// Parsed cron expressions by (expression, zone): a cron job fires every
 /// cycle, and parsing its expression each time cost more than the step.
@@ -107,17 +128,27 @@ fn parsed_cron(expression: &str, time_zone: &str) -> Option<Arc<lts_common::cron
 }
 
 /// Decides, for a cycle point `point` that is due at `now_ms`, whether it
-/// fires and which point comes next, by the job's misfire policy:
-/// - on time (within [`MISFIRE_GRACE_MS`]): fire, next is the point after;
-/// - late, `FireOnce`: fire once for all the missed points, next is the
-///   first point after now;
-/// - late, `Skip`: do not fire, next is the first point after now;
-/// - late, `FireAll`: fire, next is the point after (which may be due too).
+/// fires and which point comes next. One rule, for every policy: a point at
+/// most [`MISFIRE_GRACE_MS`] late fires; the points more than that late (a
+/// misfire) go by the job's misfire policy:
+/// - `FireOnce`: one catch-up run for all of them, under the task id of the
+///   latest (the point the run stands for);
+/// - `Skip`: no run;
+/// - `FireAll`: a run for each, oldest first.
+///
+/// Under `FireOnce` and `Skip`, `next` is the first point at most the grace
+/// late: after a gap, the last point before now may be only a few
+/// milliseconds late, and it fires on time at the next step.
 ///
 /// Repeat jobs keep their cadence; a late repeat cycle fires once and the
 /// next one is a full interval after now.
 pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
     let late = now_ms.saturating_sub(point) > MISFIRE_GRACE_MS;
+    let none = CycleStep {
+        fire: None,
+        missed: None,
+        next: None,
+    };
     match schedule {
         Schedule::Cron {
             expression,
@@ -125,24 +156,33 @@ pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
             misfire,
         } => {
             let Some(cron) = parsed_cron(expression, time_zone) else {
-                return CycleStep {
-                    fire: false,
-                    next: None,
-                };
+                return none;
             };
-            match (late, misfire) {
-                (false, _) | (true, lts_common::MisfirePolicy::FireAll) => CycleStep {
-                    fire: true,
+            if !late || *misfire == lts_common::MisfirePolicy::FireAll {
+                return CycleStep {
+                    fire: Some(point),
+                    missed: None,
                     next: cron.next_after_ms(point),
-                },
-                (true, lts_common::MisfirePolicy::FireOnce) => CycleStep {
-                    fire: true,
-                    next: cron.next_after_ms(now_ms),
-                },
-                (true, lts_common::MisfirePolicy::Skip) => CycleStep {
-                    fire: false,
-                    next: cron.next_after_ms(now_ms),
-                },
+                };
+            }
+            // Points before `on_time_from` are misfires; from it on they
+            // are at most the grace late, or still to come.
+            let on_time_from = now_ms.saturating_sub(MISFIRE_GRACE_MS);
+            let last = last_point_before(&cron, point, on_time_from);
+            let missed = Missed {
+                first: point,
+                last,
+                count: count_points(&cron, point, last),
+            };
+            let next = cron.next_after_ms(last);
+            let fire = match misfire {
+                lts_common::MisfirePolicy::Skip => None,
+                _ => Some(last),
+            };
+            CycleStep {
+                fire,
+                missed: Some(missed),
+                next,
             }
         }
         Schedule::Repeat { interval_ms, .. } => {
@@ -153,14 +193,84 @@ pub fn cycle_step(schedule: &Schedule, point: i64, now_ms: i64) -> CycleStep {
                 point.saturating_add(interval)
             };
             CycleStep {
-                fire: true,
+                fire: Some(point),
+                missed: None,
                 next: Some(next),
             }
         }
-        Schedule::Now | Schedule::At(_) => CycleStep {
-            fire: false,
-            next: None,
-        },
+        Schedule::Now | Schedule::At(_) => none,
+    }
+}
+
+/// The last point of `cron` before `before`, given `first`, a point before
+/// it. Searched backwards from `before` in windows that double, so a long
+/// gap costs a few dozen steps, not one per missed point.
+fn last_point_before(cron: &lts_common::cron::CronSchedule, first: i64, before: i64) -> i64 {
+    let mut window: i64 = 1_000;
+    loop {
+        let from = before.saturating_sub(window).max(first);
+        // The first point at or after `from`: `first` itself when the
+        // window reaches it, so the search ends.
+        let found = if from == first {
+            Some(first)
+        } else {
+            cron.next_after_ms(from.saturating_sub(1))
+        };
+        if let Some(mut last) = found.filter(|p| *p < before) {
+            while let Some(p) = cron.next_after_ms(last).filter(|p| *p < before) {
+                last = p;
+            }
+            return last;
+        }
+        window = window.saturating_mul(2);
+    }
+}
+
+/// Points of `cron` from `first` to `last`, both included; `None` past
+/// [`MAX_COUNTED_MISSES`].
+fn count_points(cron: &lts_common::cron::CronSchedule, first: i64, last: i64) -> Option<u64> {
+    let mut count = 1;
+    let mut p = first;
+    while p < last {
+        if count >= MAX_COUNTED_MISSES {
+            return None;
+        }
+        p = cron.next_after_ms(p)?;
+        count += 1;
+    }
+    Some(count)
+}
+
+/// The template's log line for a run of misfired points: which points, and
+/// what the policy made of them.
+fn misfire_log(schedule: &Schedule, missed: &Missed, now_ms: i64) -> String {
+    let points = match missed.count {
+        Some(1) => format!("the point {}", lts_common::format_ms(missed.first)),
+        Some(n) => format!(
+            "{n} points {}\u{2013}{}",
+            lts_common::format_ms(missed.first),
+            lts_common::format_ms(missed.last)
+        ),
+        None => format!(
+            "more than {MAX_COUNTED_MISSES} points {}\u{2013}{}",
+            lts_common::format_ms(missed.first),
+            lts_common::format_ms(missed.last)
+        ),
+    };
+    let by = if missed.first == missed.last {
+        format!("missed by {} ms", now_ms.saturating_sub(missed.first))
+    } else {
+        format!("missed by more than {MISFIRE_GRACE_MS} ms")
+    };
+    match schedule {
+        Schedule::Cron {
+            misfire: lts_common::MisfirePolicy::Skip,
+            ..
+        } => format!("skipped {points} ({by}; misfire policy: skip)"),
+        _ => format!(
+            "one catch-up run for {points} ({by}; misfire policy: fire_once), as the cycle due at {}",
+            lts_common::format_ms(missed.last)
+        ),
     }
 }
 
@@ -295,27 +405,20 @@ impl CycleStore for SledStore {
                     let point = r.job.trigger_at_ms;
                     let step = cycle_step(&r.job.spec.schedule, point, now_ms);
                     wrote = true;
-                    if step.fire {
+                    if let Some(missed) = &step.missed {
+                        let e = misfire_log(&r.job.spec.schedule, missed, now_ms);
+                        r.log(
+                            LogEntry::new("", LogKind::Misfire, r.job.attempt, e),
+                            now_ms,
+                        );
+                    }
+                    if let Some(fire_point) = step.fire {
                         if let Some(child) =
-                            self.fire_cycle(&mut index, &mut batch, &mut r, point, now_ms)?
+                            self.fire_cycle(&mut index, &mut batch, &mut r, fire_point, now_ms)?
                         {
                             r.last_child = Some(child);
                             groups.push(r.job.spec.task_tracker_node_group.clone());
                         }
-                    } else {
-                        let missed_by = now_ms.saturating_sub(point);
-                        r.log(
-                        LogEntry::new(
-                            "",
-                            LogKind::Retry,
-                            r.job.attempt,
-                            format!(
-                                "skipped the cycle due at {}: missed by {missed_by} ms (misfire policy: skip)",
-                                lts_common::format_ms(point)
-                            ),
-                        ),
-                        now_ms,
-                    );
                     }
                     let exhausted = matches!(
                         r.job.spec.schedule,
@@ -381,54 +484,130 @@ mod tests {
         }
     }
 
+    use lts_common::MisfirePolicy::{FireAll, FireOnce, Skip};
+
+    fn step(fire: Option<i64>, missed: Option<(i64, i64, u64)>, next: i64) -> CycleStep {
+        CycleStep {
+            fire,
+            missed: missed.map(|(first, last, count)| Missed {
+                first,
+                last,
+                count: Some(count),
+            }),
+            next: Some(next),
+        }
+    }
+
     #[test]
     fn on_time_points_fire_and_step_to_the_next() {
-        let step = cycle_step(&cron(lts_common::MisfirePolicy::Skip), 10_000, 10_020);
         assert_eq!(
-            step,
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
+            cycle_step(&cron(Skip), 10_000, 10_020),
+            step(Some(10_000), None, 11_000)
         );
     }
 
     #[test]
-    fn late_points_follow_the_misfire_policy() {
-        use lts_common::MisfirePolicy::*;
-        // The point 10 s was missed by 5.5 s.
-        let now = 15_500;
+    fn a_point_at_most_the_grace_late_fires_whatever_the_policy() {
+        for policy in [FireOnce, Skip, FireAll] {
+            for late in [MISFIRE_GRACE_MS - 1, MISFIRE_GRACE_MS] {
+                assert_eq!(
+                    cycle_step(&cron(policy), 10_000, 10_000 + late),
+                    step(Some(10_000), None, 11_000),
+                    "{policy:?}, {late} ms late"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_point_just_past_the_grace_is_a_misfire_and_the_next_fires_on_time() {
+        // Now is 11.001 s: the point 10 s is 1001 ms late (a misfire), the
+        // point 11 s 1 ms late (on time: it fires at the next step).
+        let now = 10_000 + MISFIRE_GRACE_MS + 1;
         assert_eq!(
             cycle_step(&cron(FireOnce), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_000)
-            }
+            step(Some(10_000), Some((10_000, 10_000, 1)), 11_000)
         );
         assert_eq!(
             cycle_step(&cron(Skip), 10_000, now),
-            CycleStep {
-                fire: false,
-                next: Some(16_000)
-            }
+            step(None, Some((10_000, 10_000, 1)), 11_000)
         );
         assert_eq!(
             cycle_step(&cron(FireAll), 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(11_000)
-            }
+            step(Some(10_000), None, 11_000)
         );
+        for policy in [FireOnce, Skip, FireAll] {
+            assert_eq!(
+                cycle_step(&cron(policy), 11_000, now).fire,
+                Some(11_000),
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_gap_the_missed_points_go_by_the_policy_and_the_recent_one_fires() {
+        // Down from 49.2 s to 53.16 s: 50, 51 and 52 s are misfires; 53 s
+        // is 160 ms late and fires on time, under every policy.
+        let now = 53_160;
+        assert_eq!(
+            cycle_step(&cron(FireOnce), 50_000, now),
+            step(Some(52_000), Some((50_000, 52_000, 3)), 53_000)
+        );
+        assert_eq!(
+            cycle_step(&cron(Skip), 50_000, now),
+            step(None, Some((50_000, 52_000, 3)), 53_000)
+        );
+        assert_eq!(
+            cycle_step(&cron(FireAll), 50_000, now),
+            step(Some(50_000), None, 51_000)
+        );
+        for policy in [FireOnce, Skip, FireAll] {
+            assert_eq!(
+                cycle_step(&cron(policy), 53_000, now),
+                step(Some(53_000), None, 54_000),
+                "{policy:?}"
+            );
+        }
+        // The point before now exactly the grace late still fires.
+        assert_eq!(
+            cycle_step(&cron(Skip), 50_000, 53_000 + MISFIRE_GRACE_MS),
+            step(None, Some((50_000, 52_000, 3)), 53_000)
+        );
+        // One millisecond more and it is a misfire too.
+        assert_eq!(
+            cycle_step(&cron(Skip), 50_000, 53_001 + MISFIRE_GRACE_MS),
+            step(None, Some((50_000, 53_000, 4)), 54_000)
+        );
+    }
+
+    #[test]
+    fn a_long_gap_is_told_by_its_ends() {
+        // Ten days of a cron firing every second: too many to count.
+        let now = 10 * 86_400_000 + 500;
+        let s = cycle_step(&cron(FireOnce), 1_000, now);
+        let last = 10 * 86_400_000 - 1_000;
+        assert_eq!(s.fire, Some(last));
+        assert_eq!(
+            s.missed,
+            Some(Missed {
+                first: 1_000,
+                last,
+                count: None
+            })
+        );
+        assert_eq!(s.next, Some(last + 1_000));
+    }
+
+    #[test]
+    fn late_repeat_cycles_fire_and_keep_their_cadence() {
         let repeat = Schedule::Repeat {
             interval_ms: 1_000,
             count: 0,
         };
         assert_eq!(
-            cycle_step(&repeat, 10_000, now),
-            CycleStep {
-                fire: true,
-                next: Some(16_500)
-            }
+            cycle_step(&repeat, 10_000, 15_500),
+            step(Some(10_000), None, 16_500)
         );
     }
 

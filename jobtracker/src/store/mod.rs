@@ -21,7 +21,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 
-pub use cycles::{check_recurring, cycle_step, unsupported, CycleStep, MISFIRE_GRACE_MS};
+pub use cycles::{
+    check_recurring, cycle_step, unsupported, CycleStep, Missed, MAX_COUNTED_MISSES,
+    MISFIRE_GRACE_MS,
+};
 
 /// Why a job of a submitted batch was not stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,11 +87,43 @@ pub enum CompleteResult {
         feedback: Option<Feedback>,
     },
     /// The attempt is not the job's current run (or the job is gone); the
-    /// outcome was dropped and logged.
+    /// outcome was dropped and logged (see [`stale_outcome_log`]).
     Stale {
-        /// The job's current attempt, 0 if the job is unknown.
+        /// The job's current attempt (also when it is final or pending
+        /// again), 0 if the job is unknown.
         current_attempt: u32,
     },
+}
+
+/// The execution-log line of an outcome refused as stale. It names where
+/// the job really is, `current` (its attempt and state; `None`: the job no
+/// longer exists), so the reader sees why the run no longer counts.
+pub fn stale_outcome_log(report: &RunReport, current: Option<(u32, JobState)>) -> LogEntry {
+    let now = match current {
+        None => "the job no longer exists".to_string(),
+        Some((0, JobState::Pending)) => "the job is pending and has not run yet".to_string(),
+        Some((attempt, JobState::Pending)) if attempt == report.attempt => format!(
+            "attempt {attempt} was put back and the job is pending, to run again as attempt {}",
+            attempt.saturating_add(1)
+        ),
+        Some((attempt, JobState::Pending)) => format!(
+            "the job is pending after attempt {attempt}, to run again as attempt {}",
+            attempt.saturating_add(1)
+        ),
+        Some((attempt, state)) => {
+            format!("the job is {} at attempt {attempt}", state.name())
+        }
+    };
+    LogEntry::new(
+        &report.job_id,
+        LogKind::StaleOutcome,
+        report.attempt,
+        format!(
+            "outcome {} of attempt {} refused: {now}",
+            report.outcome, report.attempt
+        ),
+    )
+    .with_worker(&report.worker)
 }
 
 /// A result queued for a submit node group.

@@ -611,17 +611,16 @@ impl JobStore for SledStore {
                 match current {
                     Some((attempt, JobState::Running)) if attempt == report.attempt => {}
                     other => {
+                        let other = match other {
+                            Some(live) => Some(live),
+                            // A final job leaves the index; its record
+                            // tells the attempt and state it ended at.
+                            None => self
+                                .stored_record(&report.job_id)?
+                                .map(|r| (r.job.attempt, r.job.state)),
+                        };
                         let current_attempt = other.map(|(a, _)| a).unwrap_or(0);
-                        let entry = LogEntry::new(
-                            &report.job_id,
-                            LogKind::StaleOutcome,
-                            report.attempt,
-                            format!(
-                                "refused {} for attempt {}: the current attempt is {current_attempt}",
-                                report.outcome, report.attempt
-                            ),
-                        )
-                        .with_worker(&report.worker);
+                        let entry = stale_outcome_log(&report, other);
                         match index.live.get_mut(&report.job_id) {
                             Some(r) => r.log(entry, now_ms),
                             None => loose_logs.push(entry),

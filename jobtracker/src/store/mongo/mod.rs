@@ -765,7 +765,7 @@ impl JobStore for MongoStore {
                 Some((attempt, JobState::Running)) if attempt == report.attempt => {}
                 other => {
                     let current_attempt = other.map(|(a, _)| a).unwrap_or(0);
-                    logs.push(stale_log(&report, current_attempt));
+                    logs.push(stale_outcome_log(&report, other));
                     results.push(CompleteResult::Stale { current_attempt });
                     continue;
                 }
@@ -1200,17 +1200,4 @@ impl MongoStore {
             })
             .collect())
     }
-}
-
-fn stale_log(report: &RunReport, current_attempt: u32) -> LogEntry {
-    LogEntry::new(
-        &report.job_id,
-        LogKind::StaleOutcome,
-        report.attempt,
-        format!(
-            "refused {} for attempt {}: the current attempt is {current_attempt}",
-            report.outcome, report.attempt
-        ),
-    )
-    .with_worker(&report.worker)
 }
