@@ -4,12 +4,12 @@
 //! `durable` feature).
 //!
 //! A caller changes its own state under its own lock and, under the same
-//! hold, [commits](Engine::commit) the writes that record the change as
+//! hold, [commits](crate::durable::Engine::commit) the writes that record the change as
 //! one batch: batches take increasing generations and reach the disk in
 //! that order, so a crash keeps a prefix of them. Until a batch is applied
-//! its values are read from the queue ([`Engine::unapplied`]); a scan of
+//! its values are read from the queue ([`Engine::unapplied`](crate::durable::Engine::unapplied)); a scan of
 //! the tree first waits for the batches committed before it
-//! ([`Engine::settled`]). [`Engine::flush`] returns once every batch
+//! ([`Engine::settled`](crate::durable::Engine::settled)). [`Engine::flush`](crate::durable::Engine::flush) returns once every batch
 //! committed before it is durable, one sled flush serving every caller
 //! waiting (group commit). Nothing here knows about jobs: a local spool
 //! over sled can use it as it is.
