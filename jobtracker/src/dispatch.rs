@@ -61,6 +61,9 @@ const MAX_LOST_RUNS: usize = 100_000;
 /// return.
 const LOST_RUNS_TTL: Duration = Duration::from_secs(600);
 
+/// Runs of a TaskTracker's lost streams, with when the last was lost.
+type LostRuns = (Instant, Vec<(String, u32)>);
+
 /// Why a run of a lost stream is cancelled.
 const SUPERSEDED: &str = "this run was put back when its TaskTracker's stream was lost; the job runs again under a new attempt";
 
@@ -133,7 +136,7 @@ pub struct Dispatcher {
     /// Runs of lost streams, by (node group, identity), with when the
     /// stream was lost: superseded, so cancelled when a stream of that
     /// TaskTracker opens again (it may have run on through a freeze).
-    lost: Mutex<HashMap<(String, String), (Instant, Vec<(String, u32)>)>>,
+    lost: Mutex<HashMap<(String, String), LostRuns>>,
 }
 
 /// A TaskTracker's place in the dispatcher, held by its stream's session.
