@@ -139,14 +139,20 @@ async fn when_every_task_tracker_is_quiet_they_still_get_work() {
     t.stop().await;
 }
 
-/// The next `CancelRun` on `peer`'s stream, skipping everything else.
+/// The next `CancelRun` on `peer`'s stream, skipping everything else;
+/// fails after [`WAIT`] (heartbeats alone keep coming meanwhile).
 async fn next_cancel(peer: &mut Peer) -> pb::CancelRun {
-    loop {
-        match peer.next().await.expect("stream ok") {
-            pb::tracker_message::Kind::Cancel(c) => return c,
-            _ => continue,
+    let wait = async {
+        loop {
+            match peer.next().await.expect("stream ok") {
+                pb::tracker_message::Kind::Cancel(c) => return c,
+                _ => continue,
+            }
         }
-    }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("a CancelRun within the wait")
 }
 
 /// Gives a job to `first`, lets `first` go silent until it is given up,
@@ -244,12 +250,19 @@ async fn a_start_reported_for_the_current_attempt_is_not_cancelled() {
     w.succeed(&[(id.clone(), a.attempt)]).await;
     // The acknowledgement of the outcome comes after anything the start
     // caused; no cancel came before it.
-    loop {
-        match w.next().await.expect("stream ok") {
-            pb::tracker_message::Kind::OutcomeAcks(_) => break,
-            pb::tracker_message::Kind::Cancel(c) => panic!("a current run was cancelled: {c:?}"),
-            _ => continue,
+    let acked = async {
+        loop {
+            match w.next().await.expect("stream ok") {
+                pb::tracker_message::Kind::OutcomeAcks(_) => break,
+                pb::tracker_message::Kind::Cancel(c) => {
+                    panic!("a current run was cancelled: {c:?}")
+                }
+                _ => continue,
+            }
         }
-    }
+    };
+    tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("the outcome is acknowledged within the wait");
     t.stop().await;
 }
