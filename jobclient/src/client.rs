@@ -116,6 +116,10 @@ pub struct JobFilter {
     pub task_id_prefix: Option<String>,
     /// Only jobs with this kind of schedule.
     pub kind: Option<ScheduleKind>,
+    /// Not a filter: also return each job's payload and params, which
+    /// pages leave out unless asked (a payload may be 1 MiB);
+    /// [`JobClient::get`] always returns them.
+    pub include_payload: bool,
 }
 
 /// Which execution log lines [`JobClient::query_logs`] returns.
@@ -720,8 +724,7 @@ pub(crate) fn list_request(
             .kind
             .map(|k| pb::ScheduleKind::from(k) as i32)
             .unwrap_or_default(),
-        // Listings carry no payloads or params; `get` returns them.
-        include_payload: false,
+        include_payload: filter.include_payload,
     }
 }
 

@@ -367,6 +367,43 @@ async fn lists_filter_by_schedule_kind() {
     tracker.stop().await;
 }
 
+#[tokio::test]
+async fn cli_list_brings_params_and_payload_back_only_when_asked() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let mut spec = later_job("with-params");
+    spec.params = [("day".to_string(), "monday".to_string())].into();
+    spec.payload = b"the payload".to_vec();
+    let outcomes = client.submit(vec![spec]).await.expect("submit");
+    assert!(outcomes.iter().all(|o| o.is_accepted()), "{outcomes:?}");
+
+    let listed = |include: bool| {
+        let addr = tracker.address.clone();
+        async move {
+            let mut args = vec!["--json", "list", "-g", "workers"];
+            if include {
+                args.push("--include-payload");
+            }
+            let (code, out, err) = jobclient(&addr, &args).await;
+            assert_eq!(code, Some(0), "{err}");
+            let page: serde_json::Value = serde_json::from_str(&out).expect("json page");
+            let job = page["jobs"][0].clone();
+            assert_eq!(job["task_id"], "with-params", "{out}");
+            job
+        }
+    };
+    let with = listed(true).await;
+    assert_eq!(with["params"]["day"], "monday", "{with}");
+    assert_eq!(with["payload"], "the payload", "{with}");
+    let without = listed(false).await;
+    assert_eq!(without["params"].get("day"), None, "{without}");
+    assert_eq!(without["payload_bytes"], 0, "{without}");
+
+    tracker.stop().await;
+}
+
 /// Runs the `jobclient` binary against `address`; the tracker keeps
 /// serving on this test's runtime meanwhile.
 async fn jobclient(address: &str, args: &[&str]) -> (Option<i32>, String, String) {

@@ -12,6 +12,12 @@
 //! retries), marked with the instant they start at: thousands of jobs due
 //! at the same instant then start at it, instead of queueing behind their
 //! own claims and sends.
+//!
+//! A TaskTracker the tracker has heard nothing from for longer than
+//! [`quiet_after`] (one and a half heartbeat intervals) is *quiet*: it may
+//! be frozen or cut off, so while another TaskTracker of its group is not
+//! quiet it gets no new assignments, due or ahead. When every TaskTracker
+//! of the group is quiet, each is sent work as usual.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +26,7 @@ use std::time::Duration;
 
 use lts_proto::v1 as pb;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +40,32 @@ const MAX_CLAIM: usize = 1024;
 /// How long before its trigger time a job may be sent to a TaskTracker with
 /// ahead slots.
 pub const AHEAD_MS: i64 = 1_000;
+
+/// How long a TaskTracker may stay silent before it is quiet and gets no
+/// new work while others of its group are heard: one heartbeat interval
+/// (the TaskTracker sends something at least that often) plus half an
+/// interval for scheduling and network delays. It is shorter than the
+/// TaskTracker's own lease (two intervals), so a TaskTracker is not sent
+/// work it would drop for having lost contact, and much shorter than the
+/// give-up time (three intervals), so a frozen TaskTracker holds up new
+/// work for at most one and a half intervals rather than three.
+pub fn quiet_after(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval + heartbeat_interval / 2
+}
+
+/// Most superseded runs remembered per lost stream, to cancel on the
+/// TaskTracker's return.
+const MAX_LOST_RUNS: usize = 100_000;
+
+/// How long the runs of a lost stream are remembered for its TaskTracker's
+/// return.
+const LOST_RUNS_TTL: Duration = Duration::from_secs(600);
+
+/// Runs of a TaskTracker's lost streams, with when the last was lost.
+type LostRuns = (Instant, Vec<(String, u32)>);
+
+/// Why a run of a lost stream is cancelled.
+const SUPERSEDED: &str = "this run was put back when its TaskTracker's stream was lost; the job runs again under a new attempt";
 
 /// The outbound half of a TaskTracker's stream.
 ///
@@ -77,6 +110,9 @@ struct Worker {
     ahead_credits: usize,
     /// Runs in flight there, with the time each job became ready.
     running: HashMap<(String, u32), i64>,
+    /// When its stream last carried a message, in ms since the
+    /// dispatcher's `epoch`; written by its session.
+    last_heard: Arc<AtomicU64>,
 }
 
 struct Group {
@@ -93,6 +129,14 @@ pub struct Dispatcher {
     next_conn: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// See [`quiet_after`].
+    quiet_after: Duration,
+    /// The zero of every `last_heard`.
+    epoch: Instant,
+    /// Runs of lost streams, by (node group, identity), with when the
+    /// stream was lost: superseded, so cancelled when a stream of that
+    /// TaskTracker opens again (it may have run on through a freeze).
+    lost: Mutex<HashMap<(String, String), LostRuns>>,
 }
 
 /// A TaskTracker's place in the dispatcher, held by its stream's session.
@@ -104,6 +148,7 @@ pub struct Registration {
     node_group: String,
     identity: String,
     conn: u64,
+    last_heard: Arc<AtomicU64>,
     /// Why the TaskTracker left, for the log and the execution logs.
     pub reason: String,
 }
@@ -113,6 +158,17 @@ impl Registration {
     pub fn conn(&self) -> u64 {
         self.conn
     }
+
+    /// The TaskTracker was heard from just now (any message counts). One
+    /// that was quiet may be sent work again, so its group's loop wakes.
+    pub fn heard(&self) {
+        let d = &self.dispatcher;
+        let now = d.now_ms();
+        let before = self.last_heard.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(before) > d.quiet_after.as_millis() as u64 {
+            d.wake(&self.node_group);
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -120,6 +176,8 @@ impl Drop for Registration {
         let d = &self.dispatcher;
         let runs = d.unregister(&self.node_group, self.conn);
         tracing::info!(worker = %self.identity, node_group = %self.node_group, runs = runs.len(), "TaskTracker left: {}", self.reason);
+        // Work it was kept from while quiet may go to the others now.
+        d.wake(&self.node_group);
         if runs.is_empty() || d.shutdown.is_cancelled() {
             return;
         }
@@ -129,6 +187,7 @@ impl Drop for Registration {
         );
         let dispatcher = d.clone();
         let group = self.node_group.clone();
+        let identity = self.identity.clone();
         d.tasks.spawn(async move {
             match dispatcher
                 .store
@@ -138,10 +197,24 @@ impl Drop for Registration {
                 Ok(n) => {
                     tracing::info!(node_group = %group, "put back {n} runs of a lost TaskTracker");
                     dispatcher.wake(&group);
+                    // Only now are their attempts superseded: a cancel
+                    // sent earlier could have its outcome applied as the
+                    // current attempt's.
+                    dispatcher.cancel_superseded(&group, &identity, runs);
                 }
                 Err(e) => tracing::error!("cannot put back the runs of a lost TaskTracker: {e}"),
             }
         });
+    }
+}
+
+fn cancel_msg(job_id: &str, attempt: u32, reason: &str) -> pb::TrackerMessage {
+    pb::TrackerMessage {
+        kind: Some(pb::tracker_message::Kind::Cancel(pb::CancelRun {
+            job_id: job_id.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        })),
     }
 }
 
@@ -153,12 +226,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Dispatcher {
     /// A dispatcher over `store`; its loops run on `tasks` and stop when
-    /// `shutdown` fires.
+    /// `shutdown` fires. TaskTrackers are quiet after [`quiet_after`] of
+    /// `heartbeat_interval`.
     pub fn new(
         store: Arc<dyn JobStore>,
         metrics: Metrics,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        heartbeat_interval: Duration,
     ) -> Arc<Self> {
         Arc::new(Dispatcher {
             store,
@@ -167,7 +242,78 @@ impl Dispatcher {
             next_conn: AtomicU64::new(1),
             shutdown,
             tasks,
+            quiet_after: quiet_after(heartbeat_interval),
+            epoch: Instant::now(),
+            lost: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Identities of the TaskTrackers of `node_group` that are quiet now:
+    /// heard from last longer ago than [`quiet_after`].
+    pub fn quiet_task_trackers(&self, node_group: &str) -> Vec<String> {
+        let Some(group) = lock(&self.groups).get(node_group).cloned() else {
+            return Vec::new();
+        };
+        let now = self.now_ms();
+        let mut quiet: Vec<String> = lock(&group.workers)
+            .values()
+            .filter(|w| self.is_quiet(w, now))
+            .map(|w| w.identity.clone())
+            .collect();
+        quiet.sort();
+        quiet
+    }
+
+    fn is_quiet(&self, w: &Worker, now_ms: u64) -> bool {
+        now_ms.saturating_sub(w.last_heard.load(Ordering::Relaxed))
+            > self.quiet_after.as_millis() as u64
+    }
+
+    /// Cancels runs a lost stream of `identity` had in flight, which were
+    /// put back: on the TaskTracker's other stream if it has one already,
+    /// else when it opens one.
+    fn cancel_superseded(&self, node_group: &str, identity: &str, runs: Vec<(String, u32)>) {
+        if let Some(group) = lock(&self.groups).get(node_group).cloned() {
+            let workers = lock(&group.workers);
+            if let Some(w) = workers.values().find(|w| w.identity == identity) {
+                for (job_id, attempt) in &runs {
+                    let msg = cancel_msg(job_id, *attempt, SUPERSEDED);
+                    if !send_to_worker(&w.tx, &self.metrics, msg) {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+        self.remember_lost(node_group, identity, &runs);
+    }
+
+    /// Keeps the runs a lost stream of `identity` had in flight, to cancel
+    /// them when that TaskTracker opens a stream again.
+    fn remember_lost(&self, node_group: &str, identity: &str, runs: &[(String, u32)]) {
+        let mut lost = lock(&self.lost);
+        // A TaskTracker that never comes back leaves its entry until it
+        // is this old.
+        lost.retain(|_, (at, _)| at.elapsed() < LOST_RUNS_TTL);
+        let entry = lost
+            .entry((node_group.to_string(), identity.to_string()))
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        entry.0 = Instant::now();
+        let room = MAX_LOST_RUNS.saturating_sub(entry.1.len());
+        entry.1.extend(runs.iter().take(room).cloned());
+    }
+
+    /// Runs that earlier streams of `identity` lost: their attempts were
+    /// superseded when they were put back.
+    fn take_lost(&self, node_group: &str, identity: &str) -> Vec<(String, u32)> {
+        lock(&self.lost)
+            .remove(&(node_group.to_string(), identity.to_string()))
+            .map(|(_, runs)| runs)
+            .unwrap_or_default()
     }
 
     /// Adds a TaskTracker with `slots` credits; it stays until the
@@ -180,12 +326,30 @@ impl Dispatcher {
         ahead_slots: u32,
         tx: Outbound,
     ) -> Registration {
-        let conn = self.add(node_group, identity, slots, ahead_slots, tx);
+        let last_heard = Arc::new(AtomicU64::new(self.now_ms()));
+        // Runs an earlier stream of this TaskTracker lost were given out
+        // again; any it still runs (it was frozen, or cut off) must stop,
+        // so a run does not go on twice.
+        for (job_id, attempt) in self.take_lost(node_group, identity) {
+            let msg = cancel_msg(&job_id, attempt, SUPERSEDED);
+            if !send_to_worker(&tx, &self.metrics, msg) {
+                break;
+            }
+        }
+        let conn = self.add(
+            node_group,
+            identity,
+            slots,
+            ahead_slots,
+            tx,
+            last_heard.clone(),
+        );
         Registration {
             dispatcher: self.clone(),
             node_group: node_group.to_string(),
             identity: identity.to_string(),
             conn,
+            last_heard,
             reason: "its session ended".into(),
         }
     }
@@ -197,6 +361,7 @@ impl Dispatcher {
         slots: u32,
         ahead_slots: u32,
         tx: Outbound,
+        last_heard: Arc<AtomicU64>,
     ) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let group = {
@@ -223,6 +388,7 @@ impl Dispatcher {
                 credits: slots as usize,
                 ahead_credits: ahead_slots as usize,
                 running: HashMap::new(),
+                last_heard,
             },
         );
         self.metrics
@@ -262,18 +428,30 @@ impl Dispatcher {
         }
     }
 
-    /// Runs started on a TaskTracker: observes submit-to-start.
-    pub fn started(&self, node_group: &str, conn: u64, runs: &[(String, u32)], at_ms: i64) {
-        if let Some(group) = lock(&self.groups).get(node_group).cloned() {
-            if let Some(w) = lock(&group.workers).get(&conn) {
-                for run in runs {
-                    if let Some(ready_at) = w.running.get(run) {
-                        let secs = (at_ms - ready_at).max(0) as f64 / 1000.0;
-                        self.metrics.submit_to_start.observe(secs);
-                    }
+    /// Runs started on a TaskTracker: observes submit-to-start. Returns
+    /// the runs that were not assigned on this stream (an earlier stream
+    /// of the TaskTracker had them, or none did): they may be superseded.
+    pub fn started(
+        &self,
+        node_group: &str,
+        conn: u64,
+        runs: &[(String, u32)],
+        at_ms: i64,
+    ) -> Vec<(String, u32)> {
+        let mut unknown = Vec::new();
+        let group = lock(&self.groups).get(node_group).cloned();
+        let workers = group.as_ref().map(|g| lock(&g.workers));
+        let worker = workers.as_ref().and_then(|ws| ws.get(&conn));
+        for run in runs {
+            match worker.and_then(|w| w.running.get(run)) {
+                Some(ready_at) => {
+                    let secs = (at_ms - ready_at).max(0) as f64 / 1000.0;
+                    self.metrics.submit_to_start.observe(secs);
                 }
+                None => unknown.push(run.clone()),
             }
         }
+        unknown
     }
 
     /// Runs that ended on a TaskTracker.
@@ -308,14 +486,7 @@ impl Dispatcher {
         };
         let workers = lock(&group.workers);
         for w in workers.values().filter(|w| w.identity == worker) {
-            let msg = pb::TrackerMessage {
-                kind: Some(pb::tracker_message::Kind::Cancel(pb::CancelRun {
-                    job_id: job_id.to_string(),
-                    attempt,
-                    reason: reason.to_string(),
-                })),
-            };
-            send_to_worker(&w.tx, &self.metrics, msg);
+            send_to_worker(&w.tx, &self.metrics, cancel_msg(job_id, attempt, reason));
         }
     }
 
@@ -331,16 +502,26 @@ impl Dispatcher {
 
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut store_errors = 0u32;
+        // A quiet TaskTracker with credits was left out: look again once
+        // the others may have gone quiet too.
+        let mut passed_over;
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
             let (grants, ahead_grants) = {
                 let workers = lock(&group.workers);
+                // Quiet TaskTrackers get nothing while another is heard.
+                let now_ms = self.now_ms();
+                let all_quiet = workers.values().all(|w| self.is_quiet(w, now_ms));
+                let eligible = |w: &Worker| all_quiet || !self.is_quiet(w, now_ms);
+                passed_over = workers
+                    .values()
+                    .any(|w| !eligible(w) && (w.credits > 0 || w.ahead_credits > 0));
                 let grants_of = |credits: fn(&Worker) -> usize| {
                     let mut grants: Vec<(u64, String, usize)> = workers
                         .iter()
-                        .filter(|(_, w)| credits(w) > 0)
+                        .filter(|(_, w)| credits(w) > 0 && eligible(w))
                         .map(|(conn, w)| (*conn, w.identity.clone(), credits(w).min(MAX_CLAIM)))
                         .collect();
                     // Stable order so ties go the same way.
@@ -349,9 +530,15 @@ impl Dispatcher {
                 };
                 (grants_of(|w| w.credits), grants_of(|w| w.ahead_credits))
             };
+            let recheck = if passed_over {
+                self.quiet_after
+            } else {
+                Duration::MAX
+            };
             if grants.is_empty() && ahead_grants.is_empty() {
                 tokio::select! {
                     _ = group.wake.notified() => continue,
+                    _ = tokio::time::sleep(recheck) => continue,
                     _ = self.shutdown.cancelled() => return,
                 }
             }
@@ -416,6 +603,7 @@ impl Dispatcher {
             };
             // Other trackers sharing the store do not wake this loop.
             let sleep = self.store.poll_interval().map_or(sleep, |p| sleep.min(p));
+            let sleep = sleep.min(recheck);
             tokio::select! {
                 _ = group.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}

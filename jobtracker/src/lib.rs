@@ -248,6 +248,7 @@ pub async fn create_tracker_with_election(
         metrics.clone(),
         shutdown.clone(),
         tasks.clone(),
+        config.heartbeat_interval,
     );
     let wake = Arc::downgrade(&dispatcher);
     store.on_claimable(Arc::new(move |group: &str| {

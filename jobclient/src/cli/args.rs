@@ -394,6 +394,11 @@ pub struct ListArgs {
     /// Only jobs with this kind of schedule: now, at, cron or repeat.
     #[arg(long, value_name = "KIND", value_parser = parse_kind)]
     pub kind: Option<ScheduleKind>,
+    /// Also fetch each job's payload and params, shown with --json
+    /// (left out otherwise: a payload may be 1 MiB; `get` always shows
+    /// them).
+    #[arg(long)]
+    pub include_payload: bool,
 }
 
 /// Flags of `logs`.

@@ -416,6 +416,7 @@ async fn list(client: &JobClient, a: ListArgs, json: bool) -> Result<u8, CliErro
         state: a.state,
         task_id_prefix: a.task_id_prefix,
         kind: a.kind,
+        include_payload: a.include_payload,
     };
     let page = client
         .list(&filter, a.limit, a.page_token.as_deref())

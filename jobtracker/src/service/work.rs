@@ -203,6 +203,7 @@ impl Session {
                         // batch of outcomes) is not the TaskTracker's silence,
                         // its next messages wait unread meanwhile.
                         last_heard = tokio::time::Instant::now();
+                        registration.heard();
                     }
                     Ok(None) => break "the TaskTracker closed its stream".to_string(),
                     Err(e) => break format!("stream error: {e}"),
@@ -245,8 +246,9 @@ impl Session {
                         lts_common::now_ms()
                     }
                 };
-                t.dispatcher.started(&self.group, self.conn, &runs, at);
+                let unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
                 t.store.started(&runs, &self.identity, at).await?;
+                self.cancel_superseded(unknown).await?;
             }
             Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
             Some(Kind::BizLogs(b)) => {
@@ -272,6 +274,40 @@ impl Session {
             None => {
                 tracing::warn!(worker = %self.identity, "ignoring an empty message on a work stream");
             }
+        }
+        Ok(())
+    }
+
+    /// Of runs a TaskTracker started that were not assigned on this
+    /// stream, cancels those whose attempt is no longer the job's current
+    /// one (the job was put back and given out again, or cancelled): it
+    /// was frozen or cut off, and the run must not go on twice.
+    async fn cancel_superseded(&self, runs: Vec<(String, u32)>) -> crate::error::Result<()> {
+        for (job_id, attempt) in runs {
+            let reason = match self.tracker.store.get(&job_id).await? {
+                None => "the job is not known to this JobTracker".to_string(),
+                Some(job) if job.attempt != attempt => format!(
+                    "attempt {attempt} was superseded: the job is {} at attempt {}",
+                    job.state.name(),
+                    job.attempt
+                ),
+                Some(job) if job.state != lts_common::JobState::Running => {
+                    format!("the job is {} and no longer runs", job.state.name())
+                }
+                // Still current: assigned on a stream that is still being
+                // taken down; its runs are cancelled once put back.
+                Some(_) => continue,
+            };
+            tracing::info!(worker = %self.identity, %job_id, attempt, "cancelling a superseded run: {reason}");
+            send_to_worker(
+                &self.tx,
+                &self.tracker.metrics,
+                msg(pb::tracker_message::Kind::Cancel(pb::CancelRun {
+                    job_id,
+                    attempt,
+                    reason,
+                })),
+            );
         }
         Ok(())
     }
