@@ -530,23 +530,28 @@ async fn log_queries(b: &dyn Backend) {
         .await
         .expect("query");
     assert_eq!(jobs_of(&lines), [ids[2].clone()]);
-    // Paged by job: one line per page asked, a whole job per page given.
-    let mut seen = Vec::new();
+    // Paged one line at a time: every line once, in the order one large
+    // page gives them, and never more lines in a page than asked for.
+    let (all, _) = s
+        .query_logs(&by(Some("g"), None), 1000, None)
+        .await
+        .expect("query");
+    let mut paged = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let (lines, next) = s
             .query_logs(&by(Some("g"), None), 1, token.as_deref())
             .await
             .expect("query");
-        seen.extend(jobs_of(&lines));
+        assert!(lines.len() <= 1, "{} lines in a page of 1", lines.len());
+        paged.extend(lines);
         match next {
             Some(t) => token = Some(t),
             None => break,
         }
     }
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(paged, all);
+    assert_eq!(jobs_of(&paged).len(), 2);
     let future = LogFilter {
         node_group: Some("g".into()),
         since_ms: Some(i64::MAX - 1),
@@ -569,6 +574,55 @@ async fn log_queries(b: &dyn Backend) {
         .expect("query")
         .0
         .is_empty());
+}
+
+/// A job with more log lines than a page: pages stop inside its log, so a
+/// job with many long lines never makes a page too large to send.
+async fn a_long_log_is_paged_inside_the_job(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let r = s
+        .submit(vec![spec("long", "g"), spec("short", "g")], NOW)
+        .await
+        .expect("submit");
+    let long = created(&r[0]);
+    let lines: Vec<lts_common::LogEntry> = (0..250)
+        .map(|i| lts_common::LogEntry::new(&long, lts_common::LogKind::Biz, 1, format!("line {i}")))
+        .collect();
+    s.append_logs(lines).await.expect("append");
+    for filter in [
+        LogFilter {
+            job_id: Some(long.clone()),
+            ..Default::default()
+        },
+        LogFilter {
+            node_group: Some("g".into()),
+            ..Default::default()
+        },
+    ] {
+        let mut pages = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = s
+                .query_logs(&filter, 100, token.as_deref())
+                .await
+                .expect("query");
+            assert!(page.len() <= 100, "{} lines in a page of 100", page.len());
+            pages.push(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let biz: Vec<String> = pages
+            .iter()
+            .flatten()
+            .filter(|e| e.job_id == long && e.kind == lts_common::LogKind::Biz)
+            .map(|e| e.message.clone())
+            .collect();
+        let want: Vec<String> = (0..250).map(|i| format!("line {i}")).collect();
+        assert_eq!(biz, want, "every line once, in order ({filter:?})");
+        assert!(pages.len() >= 3, "{} pages for 250 lines", pages.len());
+    }
 }
 
 async fn cancel(b: &dyn Backend) {
@@ -1066,6 +1120,7 @@ cases!(
     feedback_queue,
     logs_and_listing,
     log_queries,
+    a_long_log_is_paged_inside_the_job,
     cancel,
     run_times_at_the_ends_of_the_clock,
     restart_recovery,

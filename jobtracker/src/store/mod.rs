@@ -392,10 +392,11 @@ pub trait JobStore: Send + Sync + 'static {
         page_token: Option<&str>,
     ) -> Result<(Vec<LogEntry>, Option<String>)>;
 
-    /// Log lines of the jobs `filter` selects, a page of whole jobs at a
-    /// time, oldest line first within a job. The page token is the last
-    /// job id of the page. [`query_logs_by_job`] does it with `list` and
-    /// `logs`.
+    /// Log lines of the jobs `filter` selects, job by job in job id order,
+    /// oldest line first within a job, at most `page_size` lines a page (a
+    /// page may end inside a job's log: a job with many long lines never
+    /// makes one page too large to send). [`query_logs_by_job`] does it
+    /// with `list` and `logs`.
     async fn query_logs(
         &self,
         filter: &LogFilter,
@@ -492,44 +493,56 @@ pub fn missing_capabilities(store: &dyn JobStore) -> Option<String> {
 
 /// [`JobStore::query_logs`] through `list` and `logs`: for a backend with
 /// no better way to select lines by job.
+///
+/// The page token is `<job id>` when the page ended with that job's last
+/// line (the next page starts with the job after it), or `<job id>/<token
+/// of that job's log>` when it ended inside the job's log. Job ids hold no
+/// `/`.
 pub async fn query_logs_by_job<S: JobStore + ?Sized>(
     store: &S,
     filter: &LogFilter,
     page_size: usize,
     page_token: Option<&str>,
 ) -> Result<(Vec<LogEntry>, Option<String>)> {
-    let in_range = |e: &LogEntry| {
-        filter.since_ms.is_none_or(|s| e.at_ms >= s) && filter.until_ms.is_none_or(|u| e.at_ms < u)
-    };
-    let job_logs = |job_id: String| async move {
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let (page, next) = store.logs(&job_id, 1000, token.as_deref()).await?;
-            all.extend(page);
-            match next {
-                Some(t) => token = Some(t),
-                None => return Ok::<_, crate::error::Error>(all),
-            }
-        }
+    let page_size = page_size.max(1);
+    let mut out: Vec<LogEntry> = Vec::new();
+    // Where the previous page stopped: after a whole job, or inside one.
+    let (mut after_job, inside) = match page_token.map(|t| t.split_once('/')) {
+        None => (None, None),
+        Some(None) => (page_token.map(str::to_string), None),
+        Some(Some((job, log))) => (Some(job.to_string()), Some((job, log))),
     };
     if let Some(job_id) = &filter.job_id {
-        let lines: Vec<LogEntry> = job_logs(job_id.clone())
-            .await?
-            .into_iter()
-            .filter(|e| in_range(e))
-            .collect();
-        return Ok((lines, None));
+        let from = inside
+            .filter(|(job, _)| job == job_id)
+            .map(|(_, log)| log.to_string());
+        let next = read_job_logs(store, filter, job_id, from, page_size, &mut out).await?;
+        return Ok((out, next.map(|log| format!("{job_id}/{log}"))));
+    }
+    if let Some((job, log)) = inside {
+        if let Some(next) = read_job_logs(
+            store,
+            filter,
+            job,
+            Some(log.to_string()),
+            page_size,
+            &mut out,
+        )
+        .await?
+        {
+            return Ok((out, Some(format!("{job}/{next}"))));
+        }
+        if out.len() >= page_size {
+            return Ok((out, Some(job.to_string())));
+        }
     }
     let jobs = ListFilter {
         node_group: filter.node_group.clone(),
         task_id_prefix: filter.task_id.clone(),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    let mut cursor = page_token.map(str::to_string);
     loop {
-        let (page, next) = store.list(&jobs, 100, cursor.as_deref()).await?;
+        let (page, next) = store.list(&jobs, 100, after_job.as_deref()).await?;
         for job in page {
             if filter
                 .task_id
@@ -538,19 +551,46 @@ pub async fn query_logs_by_job<S: JobStore + ?Sized>(
             {
                 continue;
             }
-            out.extend(
-                job_logs(job.job_id.clone())
-                    .await?
-                    .into_iter()
-                    .filter(|e| in_range(e)),
-            );
+            if let Some(log) =
+                read_job_logs(store, filter, &job.job_id, None, page_size, &mut out).await?
+            {
+                return Ok((out, Some(format!("{}/{log}", job.job_id))));
+            }
             if out.len() >= page_size {
                 return Ok((out, Some(job.job_id)));
             }
         }
         match next {
-            Some(t) => cursor = Some(t),
+            Some(t) => after_job = Some(t),
             None => return Ok((out, None)),
+        }
+    }
+}
+
+/// Appends the lines of `job_id`'s log that pass `filter`'s time range to
+/// `out`, from the log token `from`, until `out` holds `page_size` lines.
+/// Returns the log token to go on from when it stopped inside the log.
+async fn read_job_logs<S: JobStore + ?Sized>(
+    store: &S,
+    filter: &LogFilter,
+    job_id: &str,
+    from: Option<String>,
+    page_size: usize,
+    out: &mut Vec<LogEntry>,
+) -> Result<Option<String>> {
+    let in_range = |e: &LogEntry| {
+        filter.since_ms.is_none_or(|s| e.at_ms >= s) && filter.until_ms.is_none_or(|u| e.at_ms < u)
+    };
+    let mut token = from;
+    loop {
+        // Never more lines in memory than the page may hold.
+        let room = page_size.saturating_sub(out.len()).clamp(1, 1000);
+        let (lines, next) = store.logs(job_id, room, token.as_deref()).await?;
+        out.extend(lines.into_iter().filter(|e| in_range(e)));
+        match next {
+            Some(t) if out.len() >= page_size => return Ok(Some(t)),
+            Some(t) => token = Some(t),
+            None => return Ok(None),
         }
     }
 }
