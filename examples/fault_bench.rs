@@ -254,9 +254,11 @@ async fn restarts(args: &Args) -> Result<()> {
     println!("  #  kill-to-first-start  start-to-listening");
     let mut to_start = Vec::new();
     let mut to_listen = Vec::new();
+    let mut kills = Vec::new();
     for round in 1..=args.restarts {
         tokio::time::sleep(args.settle).await;
         let killed = now_ms();
+        kills.push(killed);
         cluster.proc(TRACKER)?.kill9();
         let spawned = now_ms();
         spawn_tracker(&mut cluster, &listen, &data, interval)?;
@@ -289,11 +291,35 @@ async fn restarts(args: &Args) -> Result<()> {
         );
     }
     let runs = read_ledger(&ledger);
+    let mut per_job: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (task, at) in &runs {
+        per_job.entry(task.as_str()).or_default().push(*at);
+    }
+    let mut doubled: Vec<(&str, &Vec<i64>)> = per_job
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(task, at)| (*task, at))
+        .collect();
+    doubled.sort_unstable_by_key(|(_, at)| at.first().copied());
     println!(
-        "jobs acked: {}, runs recorded: {} (the last jobs acked may not have run yet)",
+        "submits acked: {} (a submit whose answer the kill cut off is stored yet not counted), \
+         jobs run: {}, runs: {}, jobs run more than once: {} (the last jobs acked may not have \
+         run yet)",
         submitted.acked,
-        runs.len()
+        per_job.len(),
+        runs.len(),
+        doubled.len()
     );
+    for (task, at) in doubled.iter().take(10) {
+        let first = at.first().copied().unwrap_or_default();
+        let kill = kills.iter().copied().min_by_key(|&k| (k - first).abs());
+        let since_kill = |t: i64| kill.map_or("-".to_string(), |k| format!("{:+} ms", t - k));
+        let starts: Vec<String> = at.iter().map(|&t| since_kill(t)).collect();
+        println!(
+            "  {task}: started at {} from the kill before",
+            starts.join(", ")
+        );
+    }
     Ok(())
 }
 
