@@ -316,7 +316,7 @@ async fn restarts(args: &Args) -> Result<()> {
         let since_kill = |t: i64| kill.map_or("-".to_string(), |k| format!("{:+} ms", t - k));
         let starts: Vec<String> = at.iter().map(|&t| since_kill(t)).collect();
         println!(
-            "  {task}: started at {} from the kill before",
+            "  {task}: started at {} from the nearest kill",
             starts.join(", ")
         );
     }
