@@ -243,7 +243,7 @@ async fn restarts(args: &Args) -> Result<()> {
     // Guards the trickle: it stops when this part ends, also on an error.
     let _stop_trickle = stop.clone().drop_guard();
 
-    wait_for_start_after(&ledger, now_ms(), "the first job of the trickle")?;
+    wait_for_start_after(&ledger, now_ms(), "the first job of the trickle").await?;
     println!(
         "restarts: {} kill -9 of the JobTracker (heartbeat {}), 2 TaskTrackers, one job \
          submitted every {}",
@@ -262,11 +262,12 @@ async fn restarts(args: &Args) -> Result<()> {
         cluster.proc(TRACKER)?.kill9();
         let spawned = now_ms();
         spawn_tracker(&mut cluster, &listen, &data, interval)?;
-        let listening = wait_listening(&mut cluster)?;
+        let listening = wait_listening(&mut cluster).await?;
         cluster.wait_healthy(TRACKER)?;
         // A run the TaskTrackers began before the kill may write its line
         // after it; the new process starts nothing before it listens.
-        let first = wait_for_start_after(&ledger, listening, "a job start after the restart")?;
+        let first =
+            wait_for_start_after(&ledger, listening, "a job start after the restart").await?;
         println!(
             "{round:>3}  {:>16} ms  {:>15} ms",
             first - killed,
@@ -373,7 +374,7 @@ async fn trickle(
 
 /// Waits for the JobTracker's "listening" line in its current life and
 /// returns when this program saw it, Unix ms.
-fn wait_listening(cluster: &mut Cluster) -> Result<i64> {
+async fn wait_listening(cluster: &mut Cluster) -> Result<i64> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let p = cluster.proc(TRACKER)?;
@@ -392,13 +393,13 @@ fn wait_listening(cluster: &mut Cluster) -> Result<i64> {
                 p.log_tail(40)
             );
         }
-        std::thread::sleep(POLL);
+        tokio::time::sleep(POLL).await;
     }
 }
 
 /// Waits until the ledger holds a start at or after `since` (Unix ms) and
 /// returns the earliest such start.
-fn wait_for_start_after(ledger: &Path, since: i64, what: &str) -> Result<i64> {
+async fn wait_for_start_after(ledger: &Path, since: i64, what: &str) -> Result<i64> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(first) = read_ledger(ledger)
@@ -412,7 +413,7 @@ fn wait_for_start_after(ledger: &Path, since: i64, what: &str) -> Result<i64> {
         if Instant::now() > deadline {
             bail!("no {what} within {READY_TIMEOUT:?}");
         }
-        std::thread::sleep(POLL);
+        tokio::time::sleep(POLL).await;
     }
 }
 
