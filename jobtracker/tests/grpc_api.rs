@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
+mod support;
+
 use lts_proto::v1 as pb;
 use pb::job_service_client::JobServiceClient;
-use pb::work_service_client::WorkServiceClient;
+use support::{eventually, job, job_id, open_work, WAIT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 struct TestTracker {
     addr: String,
@@ -67,21 +67,6 @@ impl TestTracker {
     }
 }
 
-fn job(task: &str, group: &str) -> pb::JobSpec {
-    pb::JobSpec {
-        task_id: task.into(),
-        task_tracker_node_group: group.into(),
-        ..Default::default()
-    }
-}
-
-fn job_id(r: &pb::SubmitResult) -> String {
-    match &r.result {
-        Some(pb::submit_result::Result::JobId(id)) => id.clone(),
-        other => panic!("expected a job id, got {other:?}"),
-    }
-}
-
 /// Submits one job that must be accepted; returns its id.
 async fn submit_one(c: &mut JobServiceClient<Channel>, spec: pb::JobSpec) -> String {
     job_id(
@@ -111,12 +96,6 @@ fn error(r: &pb::SubmitResult) -> pb::SubmitError {
     }
 }
 
-/// A TaskTracker peer speaking the work protocol by hand.
-struct Peer {
-    tx: mpsc::Sender<pb::WorkerMessage>,
-    rx: tonic::Streaming<pb::TrackerMessage>,
-}
-
 fn hello(group: &str, slots: u32, version: u32) -> pb::WorkerMessage {
     hello_ahead(group, slots, version, 0)
 }
@@ -142,105 +121,29 @@ fn at(task: &str, group: &str, at_unix_ms: i64) -> pb::JobSpec {
     }
 }
 
-async fn open_work(addr: &str, first: pb::WorkerMessage) -> Result<Peer, tonic::Status> {
-    let mut client = WorkServiceClient::connect(addr.to_string())
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(first).await.expect("queue hello");
-    let response = client.work(ReceiverStream::new(rx)).await?;
-    Ok(Peer {
-        tx,
-        rx: response.into_inner(),
-    })
-}
-
-impl Peer {
-    async fn next(&mut self) -> pb::tracker_message::Kind {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.rx.message())
-                .await
-                .expect("a message within the wait")
-                .expect("stream ok")
-                .expect("stream open");
-            match m.kind.expect("message kind") {
-                pb::tracker_message::Kind::Heartbeat(_) => {
-                    // Answer, as a TaskTracker does, so a long wait does
-                    // not end the stream for silence.
-                    let beat = pb::Heartbeat {
-                        at_unix_ms: lts_common::now_ms(),
-                    };
-                    let _ = self
-                        .tx
-                        .send(pb::WorkerMessage {
-                            kind: Some(pb::worker_message::Kind::Heartbeat(beat)),
-                        })
-                        .await;
-                    continue;
-                }
-                k => return k,
-            }
-        }
-    }
-
-    async fn assignments(&mut self) -> Vec<pb::Assignment> {
-        loop {
-            if let pb::tracker_message::Kind::Assignments(a) = self.next().await {
-                return a.assignments;
-            }
-        }
-    }
-
-    async fn send(&self, kind: pb::worker_message::Kind) {
-        self.tx
-            .send(pb::WorkerMessage { kind: Some(kind) })
-            .await
-            .expect("send");
-    }
-
-    async fn report(&self, job_id: &str, attempt: u32, outcome: pb::outcome::Kind) {
-        self.send(pb::worker_message::Kind::Outcomes(pb::Outcomes {
-            reports: vec![pb::OutcomeReport {
-                job_id: job_id.into(),
-                attempt,
-                outcome: Some(pb::Outcome {
-                    kind: Some(outcome),
-                }),
-                started_at_unix_ms: lts_common::now_ms(),
-                finished_at_unix_ms: lts_common::now_ms(),
-            }],
-        }))
-        .await;
-    }
-}
-
 async fn wait_for_state(
     client: &mut JobServiceClient<Channel>,
     job_id: &str,
     state: pb::JobState,
 ) -> pb::Job {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let job = client
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .job
-            .expect("job");
-        if job.state == state as i32 {
-            return job;
+    let what = format!("job {job_id} to reach {state:?}");
+    eventually(&what, || {
+        let mut client = client.clone();
+        async move {
+            let job = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .job
+                .expect("job");
+            (job.state == state as i32).then_some(job)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job_id} did not reach {state:?}; it is {:?}",
-            job.state
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -415,7 +318,7 @@ async fn a_job_runs_reports_and_feeds_back_once_acked() {
         .await
         .expect("accepted");
     assert!(matches!(
-        peer.next().await,
+        peer.next().await.expect("stream ok"),
         pb::tracker_message::Kind::Welcome(_)
     ));
     let a = peer.assignments().await;
@@ -433,7 +336,7 @@ async fn a_job_runs_reports_and_feeds_back_once_acked() {
     peer.report(&id, 7, pb::outcome::Kind::Success(pb::Success::default()))
         .await;
     assert!(matches!(
-        peer.next().await,
+        peer.next().await.expect("stream ok"),
         pb::tracker_message::Kind::OutcomeAcks(_)
     ));
     wait_for_state(&mut c, &id, pb::JobState::Running).await;
@@ -457,7 +360,7 @@ async fn a_job_runs_reports_and_feeds_back_once_acked() {
     )
     .await;
     let acks = loop {
-        if let pb::tracker_message::Kind::OutcomeAcks(a) = peer.next().await {
+        if let pb::tracker_message::Kind::OutcomeAcks(a) = peer.next().await.expect("stream ok") {
             break a;
         }
     };
@@ -634,7 +537,7 @@ async fn health_and_cancel() {
         .job
         .expect("job");
     assert_eq!(job.state, pb::JobState::Cancelled as i32);
-    match peer.next().await {
+    match peer.next().await.expect("stream ok") {
         pb::tracker_message::Kind::Cancel(cancel) => {
             assert_eq!((cancel.job_id.as_str(), cancel.attempt), (id.as_str(), 1))
         }

@@ -189,6 +189,23 @@ impl Peer {
             .expect("send");
     }
 
+    /// Reports one run's outcome, started and finished now.
+    pub async fn report(&self, job_id: &str, attempt: u32, outcome: pb::outcome::Kind) {
+        let now = lts_common::now_ms();
+        self.send(pb::worker_message::Kind::Outcomes(pb::Outcomes {
+            reports: vec![pb::OutcomeReport {
+                job_id: job_id.into(),
+                attempt,
+                outcome: Some(pb::Outcome {
+                    kind: Some(outcome),
+                }),
+                started_at_unix_ms: now,
+                finished_at_unix_ms: now,
+            }],
+        }))
+        .await;
+    }
+
     /// Reports successes for `runs`, with sane start and finish times.
     pub async fn succeed(&self, runs: &[(String, u32)]) {
         let now = lts_common::now_ms();
