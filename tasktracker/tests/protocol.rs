@@ -87,44 +87,25 @@ impl Session {
         message.kind.expect("a message kind")
     }
 
+    /// Reads, adding up what comes, until `done` says enough came.
+    async fn read_until(&mut self, done: impl Fn(&Received) -> bool) -> Received {
+        let mut got = Received::default();
+        while !done(&got) {
+            got.add(self.next().await);
+        }
+        got
+    }
+
     /// Reads until `n` outcome reports arrived; also returns how many
     /// messages carried them and the credit granted meanwhile.
     async fn outcomes(&mut self, n: usize) -> Received {
-        let mut got = Received::default();
-        while got.reports.len() < n {
-            match self.next().await {
-                FromWorker::Outcomes(o) => {
-                    got.outcome_messages += 1;
-                    got.reports.extend(o.reports);
-                }
-                FromWorker::Credit(c) => {
-                    got.credits += c.credits;
-                    got.ahead_credits += c.ahead_credits;
-                }
-                FromWorker::Started(s) => got.started += s.runs.len(),
-                FromWorker::BizLogs(l) => got.logs.extend(l.lines.into_iter().map(|l| l.message)),
-                FromWorker::Heartbeat(_) => {}
-                FromWorker::Hello(_) => panic!("a second hello on one stream"),
-            }
-        }
-        got
+        self.read_until(|got| got.reports.len() >= n).await
     }
 
     /// Reads until the ahead slots given back add up to `n`; also returns
     /// the slot credit and the runs started meanwhile.
     async fn ahead_credit(&mut self, n: u32) -> Received {
-        let mut got = Received::default();
-        while got.ahead_credits < n {
-            match self.next().await {
-                FromWorker::Credit(c) => {
-                    got.credits += c.credits;
-                    got.ahead_credits += c.ahead_credits;
-                }
-                FromWorker::Started(s) => got.started += s.runs.len(),
-                FromWorker::Outcomes(o) => got.reports.extend(o.reports),
-                _ => {}
-            }
-        }
+        let got = self.read_until(|got| got.ahead_credits >= n).await;
         assert_eq!(got.ahead_credits, n, "{got:?}");
         got
     }
@@ -132,19 +113,7 @@ impl Session {
     /// Reads until `n` runs were told started; also returns what else came
     /// meanwhile.
     async fn started(&mut self, n: usize) -> Received {
-        let mut got = Received::default();
-        while got.started < n {
-            match self.next().await {
-                FromWorker::Credit(c) => {
-                    got.credits += c.credits;
-                    got.ahead_credits += c.ahead_credits;
-                }
-                FromWorker::Started(s) => got.started += s.runs.len(),
-                FromWorker::Outcomes(o) => got.reports.extend(o.reports),
-                _ => {}
-            }
-        }
-        got
+        self.read_until(|got| got.started >= n).await
     }
 
     /// Reads until the credit granted adds up to `n`.
@@ -167,6 +136,26 @@ struct Received {
     ahead_credits: u32,
     started: usize,
     logs: Vec<String>,
+}
+
+impl Received {
+    /// Adds one message from the TaskTracker to what was received.
+    fn add(&mut self, message: FromWorker) {
+        match message {
+            FromWorker::Outcomes(o) => {
+                self.outcome_messages += 1;
+                self.reports.extend(o.reports);
+            }
+            FromWorker::Credit(c) => {
+                self.credits += c.credits;
+                self.ahead_credits += c.ahead_credits;
+            }
+            FromWorker::Started(s) => self.started += s.runs.len(),
+            FromWorker::BizLogs(l) => self.logs.extend(l.lines.into_iter().map(|l| l.message)),
+            FromWorker::Heartbeat(_) => {}
+            FromWorker::Hello(_) => panic!("a second hello on one stream"),
+        }
+    }
 }
 
 fn outcome(report: &pb::OutcomeReport) -> Outcome {
