@@ -313,21 +313,9 @@ pub async fn serve_tracker(
         tracker.tasks.wait().await;
     }
     let closed = tracker.store.close().await;
-    release(tracker);
     tracing::info!("jobtracker stopped");
     served?;
     closed
-}
-
-/// Drops the tracker's own reference; the caller may keep others (the
-/// store is closed either way).
-fn release(tracker: Arc<Tracker>) {
-    if let Err(tracker) = Arc::try_unwrap(tracker) {
-        tracing::debug!(
-            references = Arc::strong_count(&tracker),
-            "the tracker is still referenced after shutdown"
-        );
-    }
 }
 
 async fn serve_until_stopped(
