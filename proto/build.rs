@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lts/v1/job_service.proto",
         "lts/v1/work_service.proto",
         "lts/v1/admin_service.proto",
+        "lts/v1/cluster_service.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use lts_common::runtime::LogFormat;
 
-use crate::{Error, StoreConfig, TrackerConfig};
+use crate::{ClusterSettings, Error, StoreConfig, TrackerConfig};
 
 /// Receives, stores and dispatches jobs. With no other store configured it
 /// runs embedded: jobs live in sled under --data-dir.
@@ -58,6 +58,31 @@ pub struct Cli {
     #[arg(long, env = "JOBTRACKER_LOG_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
 
+    /// Join the cluster registered in this ZooKeeper ensemble,
+    /// `host:port[,host:port…][/chroot]`: the tracker registers itself,
+    /// TaskTrackers and JobClients find it there, and the trackers elect
+    /// the master that fires cron and repeat cycles. Needs --mongodb (the
+    /// trackers of a cluster share one store). See docs/cluster.md.
+    #[arg(long, env = "JOBTRACKER_ZOOKEEPER", value_name = "HOSTS")]
+    pub zookeeper: Option<String>,
+
+    /// Name of the cluster in ZooKeeper; trackers, TaskTrackers and
+    /// JobClients of one cluster give the same name.
+    #[arg(long, env = "JOBTRACKER_CLUSTER", default_value = "default")]
+    pub cluster: String,
+
+    /// ZooKeeper session timeout: how long after this tracker stops
+    /// answering its registration and mastership go to others. The server
+    /// clamps it to 2..=20 of its ticks. 1s..=60s.
+    #[arg(long, env = "JOBTRACKER_ZK_SESSION_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
+    pub zk_session_timeout: Duration,
+
+    /// Address registered for TaskTrackers, JobClients and the other
+    /// trackers to reach this one. Default: the bound listen address (the
+    /// host name when listening on every interface).
+    #[arg(long, env = "JOBTRACKER_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
     /// Serve Prometheus metrics on this address (GET /metrics). Off when
     /// not given.
     #[arg(long, env = "JOBTRACKER_METRICS_ADDR")]
@@ -102,8 +127,42 @@ impl TryFrom<&Cli> for TrackerConfig {
                 data_dir: cli.data_dir.clone(),
             },
         };
+        let cluster = match &cli.zookeeper {
+            None => None,
+            Some(zookeeper) => {
+                let StoreConfig::Mongo { instance, .. } = &store else {
+                    return Err(Error::Config(
+                        "--zookeeper: needs --mongodb; the JobTrackers of a cluster share one store"
+                            .into(),
+                    ));
+                };
+                if zookeeper.trim().is_empty() {
+                    return Err(Error::Config("--zookeeper: is empty".into()));
+                }
+                if cli.zk_session_timeout < Duration::from_secs(1)
+                    || cli.zk_session_timeout > Duration::from_secs(60)
+                {
+                    return Err(Error::Config(format!(
+                        "--zk-session-timeout: {} is outside 1s..=60s",
+                        humantime::format_duration(cli.zk_session_timeout)
+                    )));
+                }
+                if let Some(a) = &cli.advertise {
+                    lts_common::endpoint::normalize_address(a)
+                        .map_err(|e| Error::Config(format!("--advertise: {e}")))?;
+                }
+                Some(ClusterSettings {
+                    zookeeper: zookeeper.trim().to_string(),
+                    name: cli.cluster.clone(),
+                    session_timeout: cli.zk_session_timeout,
+                    advertise: cli.advertise.clone(),
+                    identity: instance.clone(),
+                })
+            }
+        };
         Ok(TrackerConfig {
             store,
+            cluster,
             heartbeat_interval: cli.heartbeat_interval,
             metrics_addr: cli.metrics_addr,
             shutdown_timeout: cli.shutdown_timeout,
@@ -142,7 +201,9 @@ fn mongo_store(cli: &Cli, uri: &str) -> Result<StoreConfig, Error> {
             return Err(Error::Config("--mongodb-instance: is empty".into()))
         }
         Some(name) => name.clone(),
-        None => format!("{}:{}", host_name(), cli.listen.port()),
+        // With port 0 the bound port is known only once listening; the
+        // binary sets it then (see `default_instance`).
+        None => default_instance(cli.listen.port()),
     };
     Ok(StoreConfig::Mongo {
         uri: crate::store::mongo::MongoUri(uri.to_string()),
@@ -153,8 +214,14 @@ fn mongo_store(cli: &Cli, uri: &str) -> Result<StoreConfig, Error> {
     })
 }
 
+/// The instance name of a tracker that listens on `port` and was given
+/// none: host name and port.
+pub fn default_instance(port: u16) -> String {
+    format!("{}:{port}", host_name())
+}
+
 /// This machine's name, for the default instance name.
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -217,6 +284,52 @@ mod tests {
             (
                 vec!["--mongodb", "mongodb://db", "--mongodb-lease", "1h"],
                 "--mongodb-lease",
+            ),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args)).expect("parse");
+            let e = TrackerConfig::try_from(&cli).unwrap_err();
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn zookeeper_joins_a_cluster_over_mongodb_only() {
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--mongodb",
+            "mongodb://db",
+            "--zookeeper",
+            "zk1:2181,zk2:2181/lts",
+            "--cluster",
+            "prod",
+            "--listen",
+            "127.0.0.1:7072",
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        let cluster = config.cluster.expect("joins a cluster");
+        assert_eq!(cluster.zookeeper, "zk1:2181,zk2:2181/lts");
+        assert_eq!(cluster.name, "prod");
+        assert_eq!(cluster.session_timeout, Duration::from_secs(4));
+        assert!(cluster.identity.ends_with(":7072"), "{}", cluster.identity);
+
+        for (args, flag) in [
+            (vec!["--zookeeper", "zk:2181"], "needs --mongodb"),
+            (
+                vec![
+                    "--mongodb",
+                    "mongodb://db",
+                    "--zookeeper",
+                    "zk:2181",
+                    "--zk-session-timeout",
+                    "100ms",
+                ],
+                "--zk-session-timeout",
+            ),
+            (
+                vec!["--mongodb", "mongodb://db", "--zookeeper", " "],
+                "--zookeeper",
             ),
         ] {
             let cli =

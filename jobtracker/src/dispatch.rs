@@ -137,6 +137,8 @@ pub struct Dispatcher {
     /// stream was lost: superseded, so cancelled when a stream of that
     /// TaskTracker opens again (it may have run on through a freeze).
     lost: Mutex<HashMap<(String, String), LostRuns>>,
+    /// The other trackers of the cluster, told of every wake.
+    peers: std::sync::OnceLock<Arc<crate::peers::Peers>>,
 }
 
 /// A TaskTracker's place in the dispatcher, held by its stream's session.
@@ -245,6 +247,7 @@ impl Dispatcher {
             quiet_after: quiet_after(heartbeat_interval),
             epoch: Instant::now(),
             lost: Mutex::new(HashMap::new()),
+            peers: std::sync::OnceLock::new(),
         })
     }
 
@@ -467,8 +470,25 @@ impl Dispatcher {
 
     /// Pending jobs may have appeared in `node_group`.
     pub fn wake(&self, node_group: &str) {
+        self.wake_local(node_group);
+        if let Some(peers) = self.peers.get() {
+            peers.announce(node_group);
+        }
+    }
+
+    /// Wakes this tracker's dispatcher of `node_group` only: the news came
+    /// from another tracker of the cluster, which told the rest itself.
+    pub fn wake_local(&self, node_group: &str) {
         if let Some(group) = lock(&self.groups).get(node_group) {
             group.wake.notify_one();
+        }
+    }
+
+    /// From now on every [`wake`](Self::wake) is also announced to the
+    /// other trackers of the cluster; set once, when the tracker joins one.
+    pub fn set_peers(&self, peers: Arc<crate::peers::Peers>) {
+        if self.peers.set(peers).is_err() {
+            tracing::warn!("the cluster's trackers were already set; keeping the first");
         }
     }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod feedback;
 pub mod metrics;
 pub mod outbound;
+pub mod peers;
 pub mod service;
 pub mod store;
 
@@ -63,11 +64,28 @@ pub enum StoreConfig {
     },
 }
 
+/// How a tracker joins a cluster (see `docs/cluster.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSettings {
+    /// The ZooKeeper ensemble, `host:port[,host:port…][/chroot]`.
+    pub zookeeper: String,
+    /// The cluster's name in ZooKeeper.
+    pub name: String,
+    /// The ZooKeeper session timeout.
+    pub session_timeout: Duration,
+    /// The address registered for others; `None`: the bound address.
+    pub advertise: Option<String>,
+    /// This tracker's name in the cluster: its store instance name.
+    pub identity: String,
+}
+
 /// What a JobTracker needs to run.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
     /// Where jobs live.
     pub store: StoreConfig,
+    /// The cluster this tracker joins; `None`: it runs alone.
+    pub cluster: Option<ClusterSettings>,
     /// How often TaskTrackers and the tracker send heartbeats; a stream
     /// silent for three intervals is dropped.
     pub heartbeat_interval: Duration,
@@ -84,6 +102,7 @@ impl TrackerConfig {
             store: StoreConfig::Sled {
                 data_dir: data_dir.into(),
             },
+            cluster: None,
             heartbeat_interval: Duration::from_secs(2),
             metrics_addr: None,
             shutdown_timeout: Duration::from_secs(10),
@@ -410,6 +429,9 @@ async fn serve_until_stopped(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = pb::cluster_service_server::ClusterServiceServer::new(
+        service::cluster::ClusterApi::new(tracker.clone()),
+    );
 
     tracing::info!("jobtracker listening on {}", listener.local_addr()?);
     // `Server::tcp_nodelay` covers only listeners tonic binds itself: set
@@ -431,6 +453,7 @@ async fn serve_until_stopped(
         .add_service(jobs)
         .add_service(admin)
         .add_service(work)
+        .add_service(cluster)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
     tokio::pin!(server);
     let deadline = tracker.config.shutdown_timeout;

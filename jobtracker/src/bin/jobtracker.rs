@@ -2,7 +2,7 @@
 
 use lts_common::runtime::{init_tracing, shutdown_signal};
 use lts_jobtracker::config::Cli;
-use lts_jobtracker::TrackerConfig;
+use lts_jobtracker::{StoreConfig, TrackerConfig};
 
 // sled copies tree nodes on every write; glibc's allocator spent about a
 // third of the tracker's CPU on those buffers, mimalloc far less.
@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = lts_common::config::parse_with_file();
-    let config = match TrackerConfig::try_from(&cli) {
+    let mut config = match TrackerConfig::try_from(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -31,6 +31,18 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if cli.mongodb_instance.is_none() && cli.listen.port() == 0 {
+        // The default instance name holds the port: the bound one.
+        if let Ok(bound) = listener.local_addr() {
+            let name = lts_jobtracker::config::default_instance(bound.port());
+            if let StoreConfig::Mongo { instance, .. } = &mut config.store {
+                *instance = name.clone();
+            }
+            if let Some(cluster) = &mut config.cluster {
+                cluster.identity = name;
+            }
+        }
+    }
     if let Err(e) = lts_jobtracker::serve(config, listener, shutdown_signal()).await {
         tracing::error!("{e}");
         eprintln!("error: {e}");

@@ -1,6 +1,8 @@
 //! The gRPC services: [`job::JobApi`] for JobClients, [`admin::AdminApi`]
-//! for operators and [`work::WorkApi`] for TaskTrackers.
+//! for operators, [`work::WorkApi`] for TaskTrackers and
+//! [`cluster::ClusterApi`] for the other JobTrackers of a cluster.
 
 pub mod admin;
+pub mod cluster;
 pub mod job;
 pub mod work;
