@@ -7,6 +7,8 @@
 //! - [`dispatch`]: hands ready jobs to TaskTrackers by their credits;
 //! - [`election`]: whether this tracker leads, for the work only one
 //!   tracker of a cluster may do (cycles, sweeps of expired leases);
+//! - [`cluster`]: cluster mode, registered in ZooKeeper; [`peers`]: how
+//!   the trackers of a cluster tell each other of new work;
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
 //! - [`config`]: flags, env vars and the config file.
@@ -372,6 +374,7 @@ async fn serve_until_stopped(
         });
     }
     tracker.tasks.spawn(update_queue_depths(tracker.clone()));
+    tracker.tasks.spawn(show_mastership(tracker.clone()));
     if let Some((store, lease)) = &tracker.leases {
         tracker
             .tasks
@@ -566,6 +569,19 @@ pub async fn run_scheduler(tracker: Arc<Tracker>) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             _ = tracker.scheduler.notified() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps `lts_jobtracker_master` at 1 while the once-only work runs here.
+async fn show_mastership(tracker: Arc<Tracker>) {
+    let mut running = tracker.leader_work.subscribe();
+    loop {
+        let leading = running.borrow_and_update().is_some();
+        tracker.metrics.master.set(i64::from(leading));
+        tokio::select! {
+            r = running.changed() => if r.is_err() { return },
             _ = tracker.shutdown.cancelled() => return,
         }
     }

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub run_time: Histogram,
     /// Messages to peers dropped, by stream and reason.
     pub outbound_dropped: IntCounterVec,
+    /// TaskTrackers registered anywhere in the cluster, per node group.
+    pub cluster_task_trackers: IntGaugeVec,
+    /// JobTrackers registered in the cluster.
+    pub cluster_job_trackers: prometheus::IntGauge,
+    /// 1 while this tracker is the cluster's master (always, alone).
+    pub master: prometheus::IntGauge,
 }
 
 /// How often `lts_jobtracker_queue_depth` is sampled from the store.
@@ -100,6 +106,24 @@ impl Metrics {
             &["stream", "reason"],
         )
         .expect("valid metric");
+        let cluster_task_trackers = IntGaugeVec::new(
+            Opts::new(
+                "lts_jobtracker_cluster_task_trackers",
+                "TaskTrackers registered anywhere in the cluster, per node group (cluster mode)",
+            ),
+            &["node_group"],
+        )
+        .expect("valid metric");
+        let cluster_job_trackers = prometheus::IntGauge::new(
+            "lts_jobtracker_cluster_job_trackers",
+            "JobTrackers registered in the cluster (cluster mode)",
+        )
+        .expect("valid metric");
+        let master = prometheus::IntGauge::new(
+            "lts_jobtracker_master",
+            "1 while this tracker is the master: it fires cron and repeat cycles and sweeps expired leases",
+        )
+        .expect("valid metric");
         for kind in OUTCOME_KINDS {
             completed.with_label_values(&[kind]);
         }
@@ -129,6 +153,9 @@ impl Metrics {
             Box::new(submit_to_start.clone()),
             Box::new(run_time.clone()),
             Box::new(outbound_dropped.clone()),
+            Box::new(cluster_task_trackers.clone()),
+            Box::new(cluster_job_trackers.clone()),
+            Box::new(master.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -143,6 +170,9 @@ impl Metrics {
             submit_to_start,
             run_time,
             outbound_dropped,
+            cluster_task_trackers,
+            cluster_job_trackers,
+            master,
         }
     }
 
