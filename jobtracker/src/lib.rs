@@ -274,7 +274,9 @@ pub async fn create_tracker_with_election(
     let wake = Arc::downgrade(&dispatcher);
     store.on_claimable(Arc::new(move |group: &str| {
         if let Some(d) = wake.upgrade() {
-            d.wake(group);
+            // Before the jobs are durable: the other trackers of a
+            // cluster hear of them from the wake after the submit.
+            d.wake_local(group);
         }
     }));
     let feedback = FeedbackRouter::new(store.clone(), metrics.clone());

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub cluster_job_trackers: prometheus::IntGauge,
     /// 1 while this tracker is the cluster's master (always, alone).
     pub master: prometheus::IntGauge,
+    /// New-work notices between the trackers of a cluster, by direction.
+    pub peer_notices: IntCounterVec,
 }
 
 /// How often `lts_jobtracker_queue_depth` is sampled from the store.
@@ -124,6 +126,17 @@ impl Metrics {
             "1 while this tracker is the master: it fires cron and repeat cycles and sweeps expired leases",
         )
         .expect("valid metric");
+        let peer_notices = IntCounterVec::new(
+            Opts::new(
+                "lts_jobtracker_peer_notices_total",
+                "New-work notices between the JobTrackers of a cluster: sent (one per peer per round), received, failed (not delivered)",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        for direction in ["sent", "received", "failed"] {
+            peer_notices.with_label_values(&[direction]);
+        }
         for kind in OUTCOME_KINDS {
             completed.with_label_values(&[kind]);
         }
@@ -156,6 +169,7 @@ impl Metrics {
             Box::new(cluster_task_trackers.clone()),
             Box::new(cluster_job_trackers.clone()),
             Box::new(master.clone()),
+            Box::new(peer_notices.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -173,6 +187,7 @@ impl Metrics {
             cluster_task_trackers,
             cluster_job_trackers,
             master,
+            peer_notices,
         }
     }
 

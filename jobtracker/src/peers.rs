@@ -34,16 +34,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Peers {
     /// This tracker's identity, sent so the receivers' logs name it.
     identity: String,
+    metrics: crate::metrics::Metrics,
     // std Mutex: held to add or take names, never across an await.
     pending: Mutex<BTreeSet<String>>,
     wake: Notify,
 }
 
 impl Peers {
-    /// Peers of the tracker named `identity`.
-    pub fn new(identity: impl Into<String>) -> Arc<Self> {
+    /// Peers of the tracker named `identity`, counted in `metrics`.
+    pub fn new(identity: impl Into<String>, metrics: crate::metrics::Metrics) -> Arc<Self> {
         Arc::new(Peers {
             identity: identity.into(),
+            metrics,
             pending: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
         })
@@ -109,7 +111,12 @@ impl Peers {
                         node_groups: groups.clone(),
                         from_tracker: self.identity.clone(),
                     };
-                    calls.push(notify(client, address.clone(), request));
+                    calls.push(notify(
+                        client,
+                        address.clone(),
+                        request,
+                        self.metrics.clone(),
+                    ));
                 }
                 tokio::select! {
                     _ = futures::future::join_all(calls) => {}
@@ -137,14 +144,21 @@ async fn notify(
     mut client: ClusterServiceClient<Channel>,
     address: String,
     request: pb::NotifyWorkRequest,
+    metrics: crate::metrics::Metrics,
 ) {
-    match tokio::time::timeout(CALL_TIMEOUT, client.notify_work(request)).await {
-        Ok(Ok(_)) => {}
+    let failed = match tokio::time::timeout(CALL_TIMEOUT, client.notify_work(request)).await {
+        Ok(Ok(_)) => false,
         Ok(Err(status)) => {
-            tracing::debug!("peer tracker {address} did not take new-work news: {status}")
+            tracing::debug!("peer tracker {address} did not take new-work news: {status}");
+            true
         }
-        Err(_) => tracing::debug!("peer tracker {address} did not answer new-work news in time"),
-    }
+        Err(_) => {
+            tracing::debug!("peer tracker {address} did not answer new-work news in time");
+            true
+        }
+    };
+    let direction = if failed { "failed" } else { "sent" };
+    metrics.peer_notices.with_label_values(&[direction]).inc();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -35,6 +35,11 @@ impl ClusterService for ClusterApi {
                 r.node_groups.len()
             )));
         }
+        self.tracker
+            .metrics
+            .peer_notices
+            .with_label_values(&["received"])
+            .inc();
         tracing::trace!(from = %r.from_tracker, groups = ?r.node_groups, "new work elsewhere");
         for g in &r.node_groups {
             // Only the local dispatcher: the sender told the others.
