@@ -14,6 +14,7 @@
 //! - [`config`]: flags, env vars and the config file.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod election;
@@ -305,6 +306,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    if let Some(settings) = config.cluster.clone() {
+        return cluster::serve_in_cluster(config, settings, listener, shutdown).await;
+    }
     let tracker = create_tracker(config).await?;
     serve_tracker(tracker, listener, shutdown).await
 }
