@@ -103,6 +103,9 @@ pub async fn serve_in_cluster(
 
     let peers = Peers::new(settings.identity.clone(), tracker.metrics.clone());
     tracker.dispatcher.set_peers(peers.clone());
+    if tracker.peers.set(peers.clone()).is_err() {
+        tracing::warn!("the cluster's trackers were already set; keeping the first");
+    }
     let (peer_tx, peer_rx) = watch::channel(Vec::new());
     tracker.tasks.spawn(follow_view(
         cluster.view(),

@@ -134,6 +134,10 @@ pub struct Tracker {
     pub tasks: TaskTracker,
     /// Wakes the cycle scheduler: a cron or repeat job came or changed.
     pub scheduler: tokio::sync::Notify,
+    /// Wakes the reader of feedback another tracker stored (cluster mode).
+    pub feedback_news: tokio::sync::Notify,
+    /// The other trackers of the cluster; unset while alone.
+    pub peers: std::sync::OnceLock<Arc<peers::Peers>>,
     /// Whether this tracker leads its cluster.
     pub election: Arc<dyn Election>,
     /// The term the once-only work (cycle scheduler, sweep of expired
@@ -292,6 +296,8 @@ pub async fn create_tracker_with_election(
         shutdown,
         tasks,
         scheduler: tokio::sync::Notify::new(),
+        feedback_news: tokio::sync::Notify::new(),
+        peers: std::sync::OnceLock::new(),
         election,
         leader_work: tokio::sync::watch::Sender::new(None),
         leases,
@@ -478,12 +484,14 @@ async fn serve_until_stopped(
 }
 
 /// With a store shared by several trackers, feedback created on another
-/// tracker reaches the clients connected here by this poll.
+/// tracker reaches the clients connected here by this poll, at once when
+/// that tracker says so (`ClusterService.NotifyWork`).
 async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = tracker.feedback_news.notified() => {}
             _ = tracker.shutdown.cancelled() => return,
         }
         let groups = tracker.feedback.subscribed_groups();

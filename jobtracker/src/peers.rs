@@ -36,7 +36,7 @@ pub struct Peers {
     identity: String,
     metrics: crate::metrics::Metrics,
     // std Mutex: held to add or take names, never across an await.
-    pending: Mutex<BTreeSet<String>>,
+    pending: Mutex<Pending>,
     wake: Notify,
 }
 
@@ -46,7 +46,7 @@ impl Peers {
         Arc::new(Peers {
             identity: identity.into(),
             metrics,
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
         })
     }
@@ -54,24 +54,24 @@ impl Peers {
     /// `node_group` has new work: the other trackers hear of it in the
     /// next round.
     pub fn announce(&self, node_group: &str) {
-        let mut pending = lock(&self.pending);
-        if !pending.contains(node_group) {
-            pending.insert(node_group.to_string());
-        }
-        drop(pending);
+        add(&mut lock(&self.pending).work, node_group);
         self.wake.notify_one();
     }
 
-    fn take(&self) -> Vec<String> {
+    /// Feedback for JobClients of `submit_node_group` was stored: the
+    /// other trackers hear of it in the next round.
+    pub fn announce_feedback(&self, submit_node_group: &str) {
+        add(&mut lock(&self.pending).feedback, submit_node_group);
+        self.wake.notify_one();
+    }
+
+    /// The next round's names: work groups, feedback groups.
+    fn take(&self) -> (Vec<String>, Vec<String>) {
         let mut pending = lock(&self.pending);
-        let mut taken = Vec::new();
-        while taken.len() < MAX_GROUPS_PER_CALL {
-            match pending.pop_first() {
-                Some(g) => taken.push(g),
-                None => break,
-            }
-        }
-        taken
+        (
+            take_some(&mut pending.work),
+            take_some(&mut pending.feedback),
+        )
     }
 
     /// Sends announced names to the trackers `addresses` lists (every
@@ -89,8 +89,8 @@ impl Peers {
                 _ = shutdown.cancelled() => return,
             }
             loop {
-                let groups = self.take();
-                if groups.is_empty() {
+                let (groups, feedback_groups) = self.take();
+                if groups.is_empty() && feedback_groups.is_empty() {
                     break;
                 }
                 let current = addresses.borrow_and_update().clone();
@@ -110,6 +110,7 @@ impl Peers {
                     let request = pb::NotifyWorkRequest {
                         node_groups: groups.clone(),
                         from_tracker: self.identity.clone(),
+                        feedback_groups: feedback_groups.clone(),
                     };
                     calls.push(notify(
                         client,
@@ -125,6 +126,30 @@ impl Peers {
             }
         }
     }
+}
+
+/// Names waiting for the next round.
+#[derive(Default)]
+struct Pending {
+    work: BTreeSet<String>,
+    feedback: BTreeSet<String>,
+}
+
+fn add(set: &mut BTreeSet<String>, name: &str) {
+    if !set.contains(name) {
+        set.insert(name.to_string());
+    }
+}
+
+fn take_some(set: &mut BTreeSet<String>) -> Vec<String> {
+    let mut taken = Vec::new();
+    while taken.len() < MAX_GROUPS_PER_CALL {
+        match set.pop_first() {
+            Some(g) => taken.push(g),
+            None => break,
+        }
+    }
+    taken
 }
 
 fn connect_lazy(address: &str) -> Option<ClusterServiceClient<Channel>> {

@@ -39,11 +39,11 @@ async fn work_stored_on_one_tracker_is_announced_to_the_others() {
 
     let mut jobs = served_a.jobs().await;
     submit(&mut jobs, vec![job("t1", "reports")]).await;
-    eventually("tracker B heard of the new work", || async {
-        (counted(&b, "received") >= 1).then_some(())
+    eventually("tracker A's notice was answered", || async {
+        (counted(&a, "sent") >= 1).then_some(())
     })
     .await;
-    assert!(counted(&a, "sent") >= 1, "tracker A sent no notice");
+    assert!(counted(&b, "received") >= 1, "tracker B heard nothing");
     assert_eq!(counted(&a, "failed"), 0);
     // A tracker alone in its process is master: its gauge says so.
     eventually("tracker A shows it is master", || async {
@@ -63,11 +63,12 @@ async fn a_burst_of_work_is_one_notice_per_peer() {
     // A thousand wakes before the sender runs: one round, one call.
     for i in 0..1_000 {
         peers.announce(&format!("g{}", i % 7));
+        peers.announce_feedback(&format!("clients{}", i % 3));
     }
     let (_list, addresses) = tokio::sync::watch::channel(vec![served_b.addr.clone()]);
     tokio::spawn(peers.run(addresses, a.shutdown.clone()));
-    eventually("tracker B heard of the new work", || async {
-        (counted(&b, "received") >= 1).then_some(())
+    eventually("tracker A's call was answered", || async {
+        (counted(&a, "sent") >= 1).then_some(())
     })
     .await;
     assert_eq!(counted(&a, "sent"), 1);
@@ -86,16 +87,27 @@ async fn a_notice_naming_too_many_groups_is_refused() {
         .notify_work(pb::NotifyWorkRequest {
             node_groups: (0..=MAX_GROUPS_PER_CALL).map(|i| format!("g{i}")).collect(),
             from_tracker: "elsewhere".into(),
+            feedback_groups: Vec::new(),
         })
         .await
         .expect_err("refused");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("node_groups"), "{}", e.message());
+    let e = client
+        .notify_work(pb::NotifyWorkRequest {
+            node_groups: Vec::new(),
+            from_tracker: "elsewhere".into(),
+            feedback_groups: (0..=MAX_GROUPS_PER_CALL).map(|i| format!("c{i}")).collect(),
+        })
+        .await
+        .expect_err("refused");
+    assert!(e.message().contains("feedback_groups"), "{}", e.message());
     // A good one is taken.
     client
         .notify_work(pb::NotifyWorkRequest {
             node_groups: vec!["reports".into()],
             from_tracker: "elsewhere".into(),
+            feedback_groups: vec!["clients".into()],
         })
         .await
         .expect("taken");

@@ -29,11 +29,16 @@ impl ClusterService for ClusterApi {
         request: Request<pb::NotifyWorkRequest>,
     ) -> Result<Response<pb::NotifyWorkResponse>, Status> {
         let r = request.into_inner();
-        if r.node_groups.len() > MAX_GROUPS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
-                "node_groups: {} names, at most {MAX_GROUPS_PER_CALL}",
-                r.node_groups.len()
-            )));
+        for (field, names) in [
+            ("node_groups", &r.node_groups),
+            ("feedback_groups", &r.feedback_groups),
+        ] {
+            if names.len() > MAX_GROUPS_PER_CALL {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: {} names, at most {MAX_GROUPS_PER_CALL}",
+                    names.len()
+                )));
+            }
         }
         self.tracker
             .metrics
@@ -44,6 +49,10 @@ impl ClusterService for ClusterApi {
         for g in &r.node_groups {
             // Only the local dispatcher: the sender told the others.
             self.tracker.dispatcher.wake_local(g);
+        }
+        let subscribed = self.tracker.feedback.subscribed_groups();
+        if r.feedback_groups.iter().any(|g| subscribed.contains(g)) {
+            self.tracker.feedback_news.notify_one();
         }
         Ok(Response::new(pb::NotifyWorkResponse {}))
     }

@@ -375,6 +375,17 @@ impl Session {
             }
         }
         if !feedback.is_empty() {
+            if let Some(peers) = t.peers.get() {
+                let mut groups: Vec<&str> = feedback
+                    .iter()
+                    .map(|f| f.submit_node_group.as_str())
+                    .collect();
+                groups.sort_unstable();
+                groups.dedup();
+                for g in groups {
+                    peers.announce_feedback(g);
+                }
+            }
             t.feedback.push(feedback);
         }
         if requeued {
