@@ -919,7 +919,7 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
         .expect("next")
         .expect("due");
     assert!((NOW..=NOW + 1_000).contains(&next), "{next}");
-    let groups = cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    let groups = cycles(&*s).fire_due(NOW + 6_500, 1).await.expect("fire");
     assert_eq!(groups, ["g"]);
     // The points 1..=5 s are misfires; 6 s is 500 ms late, within the
     // grace, so it fires under every policy; 7 s is made ahead of time.
@@ -974,7 +974,7 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
         .collect();
     assert_eq!(cycles_of(&*s, "all").await, all);
     // Firing again at the same instant fires nothing twice.
-    cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 6_500, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "all").await.len(), 7);
     let next = cycles(&*s)
         .next_fire_at()
@@ -1002,7 +1002,7 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
     .expect("submit");
     // Nothing fired until the point at 3 s was exactly the grace late.
     let now = NOW + 3_000 + MISFIRE_GRACE_MS;
-    cycles(&*s).fire_due(now).await.expect("fire");
+    cycles(&*s).fire_due(now, 1).await.expect("fire");
     for (task, _) in tasks {
         let fired = cycles_of(&*s, task).await;
         let point = format!("{task}@{}", NOW + 3_000);
@@ -1010,7 +1010,7 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
     }
     // Firing again a millisecond later, when the point at 3 s would be a
     // misfire, fires nothing twice (the point at 4 s was made ahead).
-    cycles(&*s).fire_due(now + 1).await.expect("fire");
+    cycles(&*s).fire_due(now + 1, 1).await.expect("fire");
     assert_eq!(
         cycles_of(&*s, "skip").await,
         [
@@ -1028,9 +1028,9 @@ async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
     sp.rely_on_prev_cycle = true;
     s.submit(vec![sp], NOW).await.expect("submit");
-    cycles(&*s).fire_due(NOW + 1_000).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 1_000, 1).await.expect("fire");
     let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
-    cycles(&*s).fire_due(NOW + 2_000).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 2_000, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
     s.complete(
         vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
@@ -1038,7 +1038,7 @@ async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     )
     .await
     .expect("complete");
-    cycles(&*s).fire_due(NOW + 2_600).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 2_600, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
 }
 
