@@ -1410,6 +1410,40 @@ mod mongo_shared {
         b.drop_database().await.expect("drop the test database");
     }
 
+    /// Two trackers firing the same templates at the same instant (in one
+    /// term, as two lone trackers on one database do): each point fires
+    /// once, and each template moves on once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trackers_firing_at_once_fire_each_point_once() {
+        use lts_common::MisfirePolicy::*;
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        let tasks = [("once", FireOnce), ("skip", Skip), ("all", FireAll)];
+        a.submit(
+            tasks.iter().map(|(t, p)| every_second(t, *p)).collect(),
+            NOW,
+        )
+        .await
+        .expect("submit");
+        for k in 1..=3 {
+            let now = NOW + k * 1_000;
+            let (ra, rb) = tokio::join!(a.fire_due(now, 1), b.fire_due(now, 1));
+            ra.expect("a fires");
+            rb.expect("b fires");
+        }
+        for (task, _) in tasks {
+            let want: Vec<String> = (1..=3)
+                .map(|k| format!("{task}@{}", NOW + k * 1_000))
+                .collect();
+            assert_eq!(cycles_of(&*a, task).await, want, "{task}");
+            let t = s_holder_job(&*a, task).await;
+            assert_eq!((t.trigger_at_ms, t.cycles), (NOW + 4_000, 3), "{task}");
+        }
+        a.drop_database().await.expect("drop the test database");
+    }
+
     async fn s_holder_job(s: &dyn JobStore, task: &str) -> lts_common::Job {
         s.get_by_task("g", task)
             .await
