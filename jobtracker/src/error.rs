@@ -4,8 +4,9 @@
 //! [`From<Error> for tonic::Status`](#impl-From<Error>-for-Status) gives
 //! each its own code: retry later (`UNAVAILABLE`), a bug or corrupt data
 //! (`INTERNAL`, `DATA_LOSS`), the caller's fault (`INVALID_ARGUMENT`,
-//! `FAILED_PRECONDITION`, `NOT_FOUND`), or a feature the configured store
-//! lacks (`UNIMPLEMENTED`). Store errors keep the error that caused them
+//! `FAILED_PRECONDITION`, `NOT_FOUND`), a feature the configured store
+//! lacks (`UNIMPLEMENTED`), or a master superseded by a newer one
+//! (`ABORTED`). Store errors keep the error that caused them
 //! as their [`std::error::Error::source`].
 
 use lts_common::ValidationError;
@@ -67,6 +68,17 @@ pub enum Error {
         backend: &'static str,
         /// What it lacks, in the user's words.
         feature: String,
+    },
+    /// This tracker's master term was superseded: another tracker became
+    /// master in a newer term and recorded it in the store, so the store
+    /// refuses the once-only writes (cycle firing) of the older term. The
+    /// tracker stops that work until it leads again in a newer term.
+    #[error("master term {term} is fenced off: the store records the newer term {current}; once-only work stops until this JobTracker leads in a newer term")]
+    Fenced {
+        /// The term the refused write was made under.
+        term: u64,
+        /// The newest term the store has recorded.
+        current: u64,
     },
     /// The tracker is shutting down.
     #[error("the JobTracker is shutting down")]
@@ -178,6 +190,8 @@ impl From<Error> for tonic::Status {
             }
             Error::Incompatible(m) => Status::failed_precondition(m),
             e @ Error::Unsupported { .. } => Status::unimplemented(e.to_string()),
+            // Not a fault of the request: this tracker lost its mastership.
+            e @ Error::Fenced { .. } => Status::aborted(e.to_string()),
             Error::ShuttingDown => Status::unavailable("the JobTracker is shutting down"),
             Error::Config(m) => Status::internal(format!("config: {m}")),
             Error::Io(e) => Status::internal(e.to_string()),
@@ -241,6 +255,13 @@ mod tests {
                 Code::Unimplemented,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (
+                Error::Fenced {
+                    term: 5,
+                    current: 6,
+                },
+                Code::Aborted,
+            ),
         ];
         for (e, code) in cases {
             let shown = e.to_string();

@@ -398,7 +398,7 @@ async fn serve_until_stopped(
         tracker.leader_work.clone(),
         {
             let tracker = tracker.clone();
-            move |_term| {
+            move |term| {
                 let tracker = tracker.clone();
                 async move {
                     let sweep = async {
@@ -406,7 +406,18 @@ async fn serve_until_stopped(
                             sweep_expired_leases(&tracker, store, *lease).await;
                         }
                     };
-                    tokio::join!(run_scheduler(tracker.clone()), sweep);
+                    let scheduler = async {
+                        if run_scheduler(tracker.clone(), term).await.is_ok() {
+                            // No cycles to fire here: the sweep goes on.
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    // A fenced term ends all of this term's once-only work;
+                    // it starts again when this tracker leads a new term.
+                    tokio::select! {
+                        _ = scheduler => {}
+                        _ = sweep => {}
+                    }
                 }
             }
         },
@@ -557,21 +568,29 @@ async fn sweep_expired_leases(
 }
 
 /// Fires cron and repeat cycles when they are due; once-only work, run
-/// while this tracker leads (see [`election`]).
-pub async fn run_scheduler(tracker: Arc<Tracker>) {
+/// while this tracker leads (see [`election`]), in master term `term`.
+///
+/// Returns `Ok` at shutdown or at once when the store fires no cycles;
+/// returns [`Error::Fenced`] when the store says a newer master took over:
+/// this term's once-only work must stop then.
+pub async fn run_scheduler(tracker: Arc<Tracker>, term: Term) -> Result<()> {
     // Also woken by submits and operator verbs; the cap bounds how late a
     // cycle that waited for its previous one starts after that one ends.
     const MAX_SLEEP_MS: i64 = 200;
     // A store without cycle firing refuses cron jobs (said at start).
     let Some(cycles) = tracker.store.cycles() else {
-        return;
+        return Ok(());
     };
     loop {
-        match cycles.fire_due(lts_common::now_ms()).await {
+        match cycles.fire_due(lts_common::now_ms(), term).await {
             Ok(groups) => {
                 for g in groups {
                     tracker.dispatcher.wake(&g);
                 }
+            }
+            Err(e @ Error::Fenced { .. }) => {
+                tracing::warn!(term, "cycle firing stops: {e}");
+                return Err(e);
             }
             Err(e) => tracing::warn!("cannot fire due cycles: {e}"),
         }
@@ -583,7 +602,7 @@ pub async fn run_scheduler(tracker: Arc<Tracker>) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             _ = tracker.scheduler.notified() => {}
-            _ = tracker.shutdown.cancelled() => return,
+            _ = tracker.shutdown.cancelled() => return Ok(()),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! store at a location and can reopen the same location (a restart), and
 //! every backend runs every case (`every_case_on_the_*_store`; set
 //! `LTS_CONFORMANCE_CASE` to a case's name to run only it). A case that
-//! needs a capability a backend lacks (cycle firing, operator verbs)
-//! checks that the backend refuses it clearly instead. The modules after
+//! needs a capability a backend lacks (operator verbs) checks that the
+//! backend refuses it clearly instead. The modules after
 //! the list hold what only one backend has: sled's threads and files,
 //! MongoDB's sharing between trackers.
 
@@ -870,33 +870,10 @@ async fn cycles_of(s: &dyn JobStore, task: &str) -> Vec<String> {
     ids
 }
 
-/// A store without cycle firing refuses a cron job, naming itself, and
-/// stores nothing.
-async fn assert_cron_refused(s: &dyn JobStore) {
-    let r = s
-        .submit(
-            vec![every_second("cron", lts_common::MisfirePolicy::FireOnce)],
-            NOW,
-        )
-        .await
-        .expect("submit");
-    match &r[0] {
-        SubmitResult::Refused(SubmitRefusal::Unsupported { field, message }) => {
-            assert_eq!(field, "schedule.cron");
-            assert!(message.contains(s.backend()), "{message}");
-        }
-        other => panic!("a cron job on a store without cycle firing: {other:?}"),
-    }
-    assert!(s.get_by_task("g", "cron").await.expect("get").is_none());
-}
-
 async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn Backend) {
     use lts_common::MisfirePolicy::*;
     {
         let s = fresh(b).await;
-        if s.cycles().is_none() {
-            return assert_cron_refused(&*s).await;
-        }
         s.submit(
             vec![
                 every_second("once", FireOnce),
@@ -919,7 +896,7 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
         .expect("next")
         .expect("due");
     assert!((NOW..=NOW + 1_000).contains(&next), "{next}");
-    let groups = cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    let groups = cycles(&*s).fire_due(NOW + 6_500, 1).await.expect("fire");
     assert_eq!(groups, ["g"]);
     // The points 1..=5 s are misfires; 6 s is 500 ms late, within the
     // grace, so it fires under every policy; 7 s is made ahead of time.
@@ -974,7 +951,7 @@ async fn missed_cron_points_follow_each_misfire_policy_after_a_restart(b: &dyn B
         .collect();
     assert_eq!(cycles_of(&*s, "all").await, all);
     // Firing again at the same instant fires nothing twice.
-    cycles(&*s).fire_due(NOW + 6_500).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 6_500, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "all").await.len(), 7);
     let next = cycles(&*s)
         .next_fire_at()
@@ -990,9 +967,6 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
     use lts_common::MisfirePolicy::*;
     use lts_jobtracker::store::MISFIRE_GRACE_MS;
     let s = fresh(b).await;
-    if s.cycles().is_none() {
-        return assert_cron_refused(&*s).await;
-    }
     let tasks = [("once", FireOnce), ("skip", Skip), ("all", FireAll)];
     s.submit(
         tasks.iter().map(|(t, p)| every_second(t, *p)).collect(),
@@ -1002,7 +976,7 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
     .expect("submit");
     // Nothing fired until the point at 3 s was exactly the grace late.
     let now = NOW + 3_000 + MISFIRE_GRACE_MS;
-    cycles(&*s).fire_due(now).await.expect("fire");
+    cycles(&*s).fire_due(now, 1).await.expect("fire");
     for (task, _) in tasks {
         let fired = cycles_of(&*s, task).await;
         let point = format!("{task}@{}", NOW + 3_000);
@@ -1010,7 +984,7 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
     }
     // Firing again a millisecond later, when the point at 3 s would be a
     // misfire, fires nothing twice (the point at 4 s was made ahead).
-    cycles(&*s).fire_due(now + 1).await.expect("fire");
+    cycles(&*s).fire_due(now + 1, 1).await.expect("fire");
     assert_eq!(
         cycles_of(&*s, "skip").await,
         [
@@ -1022,15 +996,12 @@ async fn the_point_the_grace_late_fires_after_a_gap_under_every_policy(b: &dyn B
 
 async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     let s = fresh(b).await;
-    if s.cycles().is_none() {
-        return assert_cron_refused(&*s).await;
-    }
     let mut sp = every_second("relying", lts_common::MisfirePolicy::FireOnce);
     sp.rely_on_prev_cycle = true;
     s.submit(vec![sp], NOW).await.expect("submit");
-    cycles(&*s).fire_due(NOW + 1_000).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 1_000, 1).await.expect("fire");
     let first = claim_one(&*s, "g", NOW + 1_000).await.expect("first cycle");
-    cycles(&*s).fire_due(NOW + 2_000).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 2_000, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "relying").await.len(), 1, "the second waits");
     s.complete(
         vec![report(&first.job_id, 1, Outcome::Success(String::new()))],
@@ -1038,8 +1009,88 @@ async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     )
     .await
     .expect("complete");
-    cycles(&*s).fire_due(NOW + 2_600).await.expect("fire");
+    cycles(&*s).fire_due(NOW + 2_600, 1).await.expect("fire");
     assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
+}
+
+/// A repeat job fires its count of cycles, a full interval apart, then
+/// finishes; the template itself is never claimed.
+async fn repeat_jobs_fire_their_count_of_cycles_then_finish(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let mut sp = spec("rep", "g");
+    sp.schedule = Schedule::Repeat {
+        interval_ms: 1_000,
+        count: 3,
+    };
+    let id = created(&s.submit(vec![sp], NOW).await.expect("submit")[0]);
+    assert!(
+        claim_one(&*s, "g", NOW).await.is_none(),
+        "a repeat job runs as its cycles, never itself"
+    );
+    for k in 0..3 {
+        let groups = cycles(&*s)
+            .fire_due(NOW + k * 1_000, 1)
+            .await
+            .expect("fire");
+        assert_eq!(groups, ["g"], "cycle {k}");
+    }
+    let want: Vec<String> = (0..3).map(|k| format!("rep@{}", NOW + k * 1_000)).collect();
+    assert_eq!(cycles_of(&*s, "rep").await, want);
+    let t = s.get(&id).await.expect("get").expect("template");
+    assert_eq!((t.state, t.cycles), (JobState::Succeeded, 3));
+    let fired = cycles(&*s).fire_due(NOW + 10_000, 1).await.expect("fire");
+    assert!(fired.is_empty(), "no cycles left: {fired:?}");
+    assert_eq!(cycles_of(&*s, "rep").await.len(), 3);
+    // The cycles run like any job, each at its point.
+    let first = claim_one(&*s, "g", NOW).await.expect("the first cycle");
+    assert_eq!(first.spec.task_id, format!("rep@{NOW}"));
+}
+
+/// Cron points follow the job's time zone, in the Quartz and the 5-field
+/// form.
+async fn cron_points_follow_the_time_zone_and_the_five_field_form(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let cron = |task: &str, expression: &str, time_zone: &str| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::Cron {
+            expression: expression.into(),
+            time_zone: time_zone.into(),
+            misfire: lts_common::MisfirePolicy::Skip,
+        };
+        sp
+    };
+    // NOW is 2023-11-14T22:13:20Z: 09:30 in Tokyo (UTC+9) next comes at
+    // 2023-11-15T00:30Z; every five minutes in New York at 22:15Z.
+    let tokyo = 1_700_008_200_000;
+    let new_york = 1_700_000_100_000;
+    s.submit(
+        vec![
+            cron("tokyo", "0 30 9 * * ?", "Asia/Tokyo"),
+            cron("ny", "*/5 * * * *", "America/New_York"),
+        ],
+        NOW,
+    )
+    .await
+    .expect("submit");
+    for (task, first) in [("tokyo", tokyo), ("ny", new_york)] {
+        let t = s
+            .get_by_task("g", task)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(t.trigger_at_ms, first, "{task}");
+    }
+    cycles(&*s).fire_due(new_york, 1).await.expect("fire");
+    assert_eq!(cycles_of(&*s, "ny").await, [format!("ny@{new_york}")]);
+    assert!(cycles_of(&*s, "tokyo").await.is_empty());
+    cycles(&*s).fire_due(tokyo, 1).await.expect("fire");
+    assert_eq!(cycles_of(&*s, "tokyo").await, [format!("tokyo@{tokyo}")]);
+    let t = s
+        .get_by_task("g", "tokyo")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(t.trigger_at_ms, tokyo + 86_400_000, "the next day");
 }
 
 async fn operator_verbs(b: &dyn Backend) {
@@ -1130,6 +1181,8 @@ cases!(
     missed_cron_points_follow_each_misfire_policy_after_a_restart,
     the_point_the_grace_late_fires_after_a_gap_under_every_policy,
     a_cycle_relying_on_the_previous_waits_for_it,
+    repeat_jobs_fire_their_count_of_cycles_then_finish,
+    cron_points_follow_the_time_zone_and_the_five_field_form,
     operator_verbs,
 );
 
@@ -1288,6 +1341,114 @@ mod mongo_shared {
             .expect("get")
             .expect("stored")
             .job_id
+    }
+
+    /// A master replaced by a newer one (paused, then back without
+    /// noticing) fires no more: its next fire is refused with `Fenced`, no
+    /// point exists twice and no schedule moved back.
+    #[tokio::test]
+    async fn an_old_master_is_fenced_off_by_the_newer_term() {
+        use lts_common::MisfirePolicy::*;
+        use lts_jobtracker::Error;
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        let tasks = [("once", FireOnce), ("skip", Skip), ("all", FireAll)];
+        a.submit(
+            tasks.iter().map(|(t, p)| every_second(t, *p)).collect(),
+            NOW,
+        )
+        .await
+        .expect("submit");
+        a.fire_due(NOW + 1_000, 5).await.expect("a fires in term 5");
+        b.fire_due(NOW + 2_000, 6).await.expect("b fires in term 6");
+        // a comes back late, still believing it leads in term 5.
+        for now in [NOW + 2_000, NOW + 3_000, NOW + 9_000] {
+            match a.fire_due(now, 5).await {
+                Err(Error::Fenced { term, current }) => assert_eq!((term, current), (5, 6)),
+                Ok(groups) if now == NOW + 2_000 => {
+                    assert!(groups.is_empty(), "nothing due yet: {groups:?}")
+                }
+                other => panic!("term 5 fired at {now} after term 6: {other:?}"),
+            }
+        }
+        // A tracker that starts in an older term is refused at once.
+        let c = shared("tracker-c", &db, &uri, Duration::from_secs(30));
+        let e = c
+            .fire_due(NOW + 3_000, 4)
+            .await
+            .expect_err("term 4 is older");
+        assert!(
+            matches!(
+                e,
+                Error::Fenced {
+                    term: 4,
+                    current: 6
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Aborted);
+        for (task, _) in tasks {
+            let fired = cycles_of(&*a, task).await;
+            let want = [
+                format!("{task}@{}", NOW + 1_000),
+                format!("{task}@{}", NOW + 2_000),
+            ];
+            assert_eq!(fired, want, "{task}: each point once, none after");
+            let t = s_holder_job(&*b, task).await;
+            assert_eq!(
+                t.trigger_at_ms,
+                NOW + 3_000,
+                "{task}: the schedule kept its place"
+            );
+        }
+        // The new master goes on from where it was.
+        b.fire_due(NOW + 3_000, 6).await.expect("b fires on");
+        assert_eq!(cycles_of(&*b, "all").await.len(), 3);
+        b.drop_database().await.expect("drop the test database");
+    }
+
+    /// Two trackers firing the same templates at the same instant (in one
+    /// term, as two lone trackers on one database do): each point fires
+    /// once, and each template moves on once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trackers_firing_at_once_fire_each_point_once() {
+        use lts_common::MisfirePolicy::*;
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        let tasks = [("once", FireOnce), ("skip", Skip), ("all", FireAll)];
+        a.submit(
+            tasks.iter().map(|(t, p)| every_second(t, *p)).collect(),
+            NOW,
+        )
+        .await
+        .expect("submit");
+        for k in 1..=3 {
+            let now = NOW + k * 1_000;
+            let (ra, rb) = tokio::join!(a.fire_due(now, 1), b.fire_due(now, 1));
+            ra.expect("a fires");
+            rb.expect("b fires");
+        }
+        for (task, _) in tasks {
+            let want: Vec<String> = (1..=3)
+                .map(|k| format!("{task}@{}", NOW + k * 1_000))
+                .collect();
+            assert_eq!(cycles_of(&*a, task).await, want, "{task}");
+            let t = s_holder_job(&*a, task).await;
+            assert_eq!((t.trigger_at_ms, t.cycles), (NOW + 4_000, 3), "{task}");
+        }
+        a.drop_database().await.expect("drop the test database");
+    }
+
+    async fn s_holder_job(s: &dyn JobStore, task: &str) -> lts_common::Job {
+        s.get_by_task("g", task)
+            .await
+            .expect("get")
+            .expect("stored")
     }
 
     /// A tracker that stops renewing loses its runs to the others once the

@@ -14,7 +14,7 @@ use lts_common::{JobSpec, JobState, LogEntry, LogKind, Schedule};
 
 use super::index::{Index, Record};
 use super::sled::SledStore;
-use super::{ms_to_i64, new_job, new_job_id, CycleStore, SubmitRefusal};
+use super::{ms_to_i64, new_job, new_job_id, CycleStore};
 use crate::error::Result;
 use lts_common::durable::Writes;
 
@@ -32,19 +32,6 @@ const FIRE_CHUNK: usize = 256;
 
 /// Cycles fired by one [`CycleStore::fire_due`] call at most.
 const FIRE_MAX_PER_CALL: usize = 10_240;
-
-/// What a backend without cycle firing cannot run: a cron schedule is
-/// refused with a message naming `backend`, instead of being stored and
-/// never fired.
-pub fn unsupported(spec: &JobSpec, backend: &str) -> Option<SubmitRefusal> {
-    match &spec.schedule {
-        Schedule::Cron { .. } => Some(SubmitRefusal::Unsupported {
-            field: "schedule.cron".into(),
-            message: format!("the {backend} store does not fire cron schedules yet"),
-        }),
-        _ => None,
-    }
-}
 
 /// A cycle point at most this late fires as it would have on time,
 /// whatever the job's misfire policy; a point later than this is a misfire
@@ -243,7 +230,7 @@ fn count_points(cron: &lts_common::cron::CronSchedule, first: i64, last: i64) ->
 
 /// The template's log line for a run of misfired points: which points, and
 /// what the policy made of them.
-fn misfire_log(schedule: &Schedule, missed: &Missed, now_ms: i64) -> String {
+pub(super) fn misfire_log(schedule: &Schedule, missed: &Missed, now_ms: i64) -> String {
     let points = match missed.count {
         Some(1) => format!("the point {}", lts_common::format_ms(missed.first)),
         Some(n) => format!(
@@ -352,7 +339,8 @@ impl SledStore {
 
 #[async_trait]
 impl CycleStore for SledStore {
-    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>> {
+    async fn fire_due(&self, now_ms: i64, _term: crate::election::Term) -> Result<Vec<String>> {
+        // One tracker owns the directory: there is no other master to fence.
         let mut groups = Vec::new();
         // Bounded so a backlog of missed points (fire-all after a long
         // outage) cannot hold the call for long; the rest fire next call.

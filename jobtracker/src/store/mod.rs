@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use crate::election::Term;
 use crate::error::Result;
 
 pub use cycles::{
-    check_recurring, cycle_step, unsupported, CycleStep, Missed, MAX_COUNTED_MISSES,
-    MISFIRE_GRACE_MS,
+    check_recurring, cycle_step, CycleStep, Missed, MAX_COUNTED_MISSES, MISFIRE_GRACE_MS,
 };
 
 /// Why a job of a submitted batch was not stored.
@@ -448,7 +448,14 @@ pub trait CycleStore: Send + Sync {
     /// Unix ms>`, so a point fires once even across a restart. Returns the
     /// node groups that got work. The cycles fired are durable when it
     /// returns; a skipped point (misfire policy) after the next `sync`.
-    async fn fire_due(&self, now_ms: i64) -> Result<Vec<String>>;
+    ///
+    /// `term` is the master term the caller fires under (see
+    /// [`crate::election`]). A store shared by several trackers fences
+    /// with it: once a newer term has fired, a call under an older term
+    /// moves no schedule and returns [`Error::Fenced`](crate::Error::Fenced);
+    /// the caller then stops firing until it leads in a newer term. A
+    /// store of one tracker ignores it.
+    async fn fire_due(&self, now_ms: i64, term: Term) -> Result<Vec<String>>;
 
     /// When [`CycleStore::fire_due`] next has work: the next cycle's point,
     /// less however early the store makes cycles.

@@ -138,6 +138,8 @@ impl MongoStore {
             commands: Arc::new(AtomicU64::new(0)),
             seq: AtomicU64::new(0),
             seen_groups: Mutex::new(HashSet::new()),
+            fence: Mutex::new(None),
+            waiting: Mutex::new(Vec::new()),
         }
     }
 
@@ -290,6 +292,11 @@ impl MongoStore {
                     false,
                 ),
                 index("op_token", doc! { "op_token": 1 }, false),
+                index(
+                    "cycle_due",
+                    doc! { "template": 1, "state": 1, "trigger_at_ms": 1 },
+                    false,
+                ),
             ])
             .await?;
         c.logs

@@ -40,6 +40,7 @@ use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 
 mod connection;
+mod cycles;
 mod leases;
 
 pub use connection::{redact_uri, ConnectError, MongoOptions, MongoUri, SCHEMA_VERSION};
@@ -64,6 +65,11 @@ pub struct MongoStore {
     /// Node groups whose depth was reported, so an emptied queue reads 0.
     /// A std mutex: never held across an await.
     seen_groups: Mutex<HashSet<String>>,
+    /// The master term this store recorded in `meta` (see `cycles`).
+    fence: Mutex<Option<crate::election::Term>>,
+    /// Templates the last `fire_due` found waiting for their previous
+    /// cycle.
+    waiting: Mutex<Vec<String>>,
 }
 
 fn to_doc<T: serde::Serialize>(v: &T) -> Result<Document> {
@@ -151,6 +157,9 @@ impl MongoStore {
         let mut d = to_doc(job)?;
         d.insert("_id", job.job_id.clone());
         d.insert("dedup_slot", "");
+        if cycles::is_template(job) {
+            d.insert("template", true);
+        }
         Ok(d)
     }
 
@@ -534,10 +543,6 @@ impl JobStore for MongoStore {
         let mut holders: HashMap<(String, String), String> = HashMap::new();
         let mut inserts: Vec<(usize, Job)> = Vec::new();
         for (slot, spec) in jobs.into_iter().enumerate() {
-            if let Some(refusal) = unsupported(&spec, self.backend()) {
-                results[slot] = Some(SubmitResult::Refused(refusal));
-                continue;
-            }
             let key = (spec.task_tracker_node_group.clone(), spec.task_id.clone());
             if spec.replace_on_exist {
                 // Replaces run in batch order, after what precedes them.
@@ -625,6 +630,8 @@ impl JobStore for MongoStore {
                     group_field(): node_group,
                     "state": state_bson(JobState::Pending),
                     "trigger_at_ms": { "$lte": now_ms },
+                    // Cron and repeat templates never run themselves.
+                    "template": { "$ne": true },
                 })
                 .sort(doc! { "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 })
                 .limit(wanted as i64)
@@ -721,6 +728,7 @@ impl JobStore for MongoStore {
                     group_field(): node_group,
                     "state": state_bson(JobState::Pending),
                     "trigger_at_ms": { "$gt": now_ms },
+                    "template": { "$ne": true },
                 })
                 .sort(doc! { "trigger_at_ms": 1 })
                 .projection(doc! { "trigger_at_ms": 1 })
@@ -1154,9 +1162,7 @@ impl JobStore for MongoStore {
     }
 
     fn cycles(&self) -> Option<&dyn CycleStore> {
-        // Cron schedules are refused at submit (see `unsupported`); repeat
-        // jobs run as one job rescheduled by each outcome.
-        None
+        Some(self)
     }
 
     fn operator(&self) -> Option<&dyn OperatorStore> {
