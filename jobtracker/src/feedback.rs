@@ -5,7 +5,7 @@
 //! item goes to one subscriber of its group at a time; if that subscriber
 //! leaves without acking, the item goes to the next one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -252,6 +252,29 @@ impl FeedbackRouter {
         };
         if !fresh.is_empty() {
             self.push(fresh);
+        }
+    }
+
+    /// Ids of the items waiting here for a subscriber (not those in
+    /// flight to one).
+    pub fn waiting_ids(&self) -> HashSet<String> {
+        lock(&self.groups)
+            .values()
+            .flat_map(|g| g.waiting.iter().map(|f| f.feedback_id.clone()))
+            .collect()
+    }
+
+    /// Forgets waiting items whose ids are in `acked`: with a store shared
+    /// by several trackers, a client connected to another tracker acked
+    /// them. Without this a tracker would hold every item of a group whose
+    /// clients connect elsewhere, and send them all again to the first
+    /// client of the group that connects to it.
+    pub fn forget_acked_elsewhere(&self, acked: &HashSet<String>) {
+        if acked.is_empty() {
+            return;
+        }
+        for g in lock(&self.groups).values_mut() {
+            g.waiting.retain(|f| !acked.contains(&f.feedback_id));
         }
     }
 

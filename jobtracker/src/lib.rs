@@ -495,8 +495,9 @@ async fn serve_until_stopped(
 }
 
 /// With a store shared by several trackers, feedback created on another
-/// tracker reaches the clients connected here by this poll, at once when
-/// that tracker says so (`ClusterService.NotifyWork`).
+/// tracker reaches the clients connected here by this poll (at once when
+/// that tracker says so, `ClusterService.NotifyWork`), and feedback created
+/// here and acked through another tracker is forgotten here.
 async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -506,15 +507,24 @@ async fn poll_shared_feedback(tracker: Arc<Tracker>, every: Duration) {
             _ = tracker.shutdown.cancelled() => return,
         }
         let groups = tracker.feedback.subscribed_groups();
-        if groups.is_empty() {
+        // Taken before the read: each of these was stored before it was
+        // queued here, so one the read does not find was acked since.
+        let mut held = tracker.feedback.waiting_ids();
+        if groups.is_empty() && held.is_empty() {
             continue;
         }
         match tracker.store.pending_feedback().await {
-            Ok(items) => tracker.feedback.push_unseen(
-                items
-                    .into_iter()
-                    .filter(|f| groups.contains(&f.submit_node_group)),
-            ),
+            Ok(items) => {
+                for f in &items {
+                    held.remove(&f.feedback_id);
+                }
+                tracker.feedback.forget_acked_elsewhere(&held);
+                tracker.feedback.push_unseen(
+                    items
+                        .into_iter()
+                        .filter(|f| groups.contains(&f.submit_node_group)),
+                );
+            }
             Err(e) => tracing::warn!("cannot read feedback from the store: {e}"),
         }
     }

@@ -4,8 +4,8 @@
 //! store at a location and can reopen the same location (a restart), and
 //! every backend runs every case (`every_case_on_the_*_store`; set
 //! `LTS_CONFORMANCE_CASE` to a case's name to run only it). A case that
-//! needs a capability a backend lacks (operator verbs) checks that the
-//! backend refuses it clearly instead. The modules after
+//! needs a capability a backend lacks checks that the backend refuses it
+//! clearly instead; today every backend has every capability. The modules after
 //! the list hold what only one backend has: sled's threads and files,
 //! MongoDB's sharing between trackers.
 
@@ -1097,15 +1097,7 @@ async fn operator_verbs(b: &dyn Backend) {
     use lts_jobtracker::store::{AdminAction, JobUpdate};
     let s = fresh(b).await;
     let ids = submit_ids(&*s, vec![spec("a", "g"), spec("b", "g")]).await;
-    let Some(op) = s.operator() else {
-        let e = lts_jobtracker::store::operator(&*s)
-            .err()
-            .expect("refused without operator verbs");
-        let status = tonic::Status::from(e);
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-        assert!(status.message().contains(s.backend()), "{status:?}");
-        return;
-    };
+    let op = operator(&*s);
     let (a, bj) = (&ids[0], &ids[1]);
     let done = op
         .admin(a, AdminAction::Suspend, NOW)
@@ -1129,13 +1121,262 @@ async fn operator_verbs(b: &dyn Backend) {
     });
     let done = op.admin(a, update, NOW).await.expect("update");
     assert_eq!(done.after.expect("kept").spec.priority, 7);
+    let lines: Vec<String> = s
+        .logs(a, 100, None)
+        .await
+        .expect("logs")
+        .0
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    for want in [
+        "suspended by an operator",
+        "resumed by an operator",
+        "updated by an operator: priority 7",
+    ] {
+        assert_eq!(
+            lines.iter().filter(|l| *l == want).count(),
+            1,
+            "one line {want:?} in {lines:?}"
+        );
+    }
     op.admin(a, AdminAction::Delete, NOW).await.expect("delete");
     assert!(s.get(a).await.expect("get").is_none(), "deleted");
+    assert!(
+        s.logs(a, 100, None).await.expect("logs").0.is_empty(),
+        "a deleted job's log goes with it"
+    );
     let e = op
         .admin("nope", AdminAction::Resume, NOW)
         .await
         .expect_err("unknown job");
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
+}
+
+/// Trigger runs a pending job now, and fires one cycle of a repeat job as
+/// a job of its own named by the instant; a second trigger in the same
+/// millisecond fires nothing more. A suspended job is never claimed.
+async fn trigger_and_suspend(b: &dyn Backend) {
+    use lts_jobtracker::store::AdminAction;
+    let s = fresh(b).await;
+    let op = operator(&*s);
+    let mut later = spec("later", "g");
+    later.schedule = Schedule::At(NOW + 60_000);
+    let mut repeat = spec("every", "r");
+    repeat.schedule = Schedule::Repeat {
+        interval_ms: 3_600_000,
+        count: 0,
+    };
+    let ids = submit_ids(&*s, vec![later, repeat]).await;
+    let (later, repeat) = (&ids[0], &ids[1]);
+    assert!(claim_one(&*s, "g", NOW + 10).await.is_none(), "not due yet");
+    let done = op
+        .admin(later, AdminAction::Trigger, NOW + 10)
+        .await
+        .expect("trigger");
+    assert_eq!(done.wake, ["g"], "its node group has work now");
+    let j = claim_one(&*s, "g", NOW + 10).await.expect("runs now");
+    assert_eq!(&j.job_id, later);
+
+    let at = NOW + 20;
+    let done = op
+        .admin(repeat, AdminAction::Trigger, at)
+        .await
+        .expect("trigger a repeat job");
+    assert_eq!(done.wake, ["r"]);
+    assert_eq!(done.after.as_ref().map(|j| j.cycles), Some(1));
+    let cycle = s
+        .get_by_task("r", &format!("every@{at}"))
+        .await
+        .expect("get")
+        .expect("the cycle fired as a job of its own");
+    assert_eq!(
+        (
+            cycle.state,
+            cycle.spec.schedule.clone(),
+            cycle.trigger_at_ms
+        ),
+        (JobState::Pending, Schedule::Now, at)
+    );
+    let again = op
+        .admin(repeat, AdminAction::Trigger, at)
+        .await
+        .expect("trigger again");
+    assert!(again.wake.is_empty(), "the same instant fires once");
+    let (cycles, _) = s
+        .list(
+            &ListFilter {
+                task_id_prefix: Some("every@".into()),
+                ..Default::default()
+            },
+            100,
+            None,
+        )
+        .await
+        .expect("list");
+    assert_eq!(cycles.len(), 1, "{cycles:?}");
+    let log = s.logs(repeat, 100, None).await.expect("logs").0;
+    assert!(
+        log.iter().any(|e| e.kind == LogKind::Dispatched
+            && e.message.contains(&format!("as job {}", cycle.job_id))),
+        "{log:?}"
+    );
+
+    let ids = submit_ids(&*s, vec![spec("parked", "p")]).await;
+    op.admin(&ids[0], AdminAction::Suspend, NOW)
+        .await
+        .expect("suspend");
+    assert!(
+        claim_one(&*s, "p", NOW + 100_000).await.is_none(),
+        "a suspended job is not claimed"
+    );
+    let e = op
+        .admin(&ids[0], AdminAction::Trigger, NOW)
+        .await
+        .expect_err("a suspended one-off job cannot be triggered");
+    assert!(e.to_string().contains("only a pending job"), "{e}");
+    op.admin(&ids[0], AdminAction::Resume, NOW + 5)
+        .await
+        .expect("resume");
+    let j = claim_one(&*s, "p", NOW + 5).await.expect("runs again");
+    assert_eq!(j.job_id, ids[0]);
+}
+
+/// `plan set`: a new retry plan replaces the job's plan and restarts its
+/// error counter; the next error follows the new plan.
+async fn plan_set(b: &dyn Backend) {
+    use lts_jobtracker::store::{AdminAction, JobUpdate};
+    let s = fresh(b).await;
+    let op = operator(&*s);
+    let mut sp = spec("a", "g");
+    sp.retry_plan = Some(RetryPlan {
+        steps: vec![RetryStep::RetryAfter(1_000), RetryStep::GiveUp],
+        count: 1,
+        forever: false,
+    });
+    let id = created(&s.submit(vec![sp], NOW).await.expect("submit")[0]);
+    claim_one(&*s, "g", NOW).await.expect("claimed");
+    s.complete(vec![report(&id, 1, Outcome::Error("boom".into()))], NOW)
+        .await
+        .expect("complete");
+    assert_eq!(s.get(&id).await.expect("get").expect("job").failures, 1);
+    let plan = RetryPlan {
+        steps: vec![RetryStep::RetryAfter(5_000), RetryStep::Suspend],
+        count: 1,
+        forever: false,
+    };
+    let done = op
+        .admin(
+            &id,
+            AdminAction::Update(JobUpdate {
+                retry_plan: Some(plan.clone()),
+                ..Default::default()
+            }),
+            NOW + 1,
+        )
+        .await
+        .expect("plan set");
+    let after = done.after.expect("kept");
+    assert_eq!(
+        (after.spec.retry_plan.as_ref(), after.failures, after.state),
+        (Some(&plan), 0, JobState::Pending)
+    );
+    let stored = s.get(&id).await.expect("get").expect("job");
+    assert_eq!((stored.spec.retry_plan, stored.failures), (Some(plan), 0));
+    let log = s.logs(&id, 100, None).await.expect("logs").0;
+    assert!(
+        log.iter()
+            .any(|e| e.message.contains("retry plan")
+                && e.message.contains("error counter restarted")),
+        "{log:?}"
+    );
+    // The old plan would give up now; the new one retries after 5 s.
+    let j = claim_one(&*s, "g", NOW + 1_000).await.expect("retried");
+    s.complete(
+        vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
+        NOW + 1_000,
+    )
+    .await
+    .expect("complete");
+    let j = s.get(&id).await.expect("get").expect("job");
+    assert_eq!(
+        (j.state, j.failures, j.trigger_at_ms),
+        (JobState::Pending, 1, NOW + 6_000)
+    );
+    let j = claim_one(&*s, "g", NOW + 6_000).await.expect("retried");
+    s.complete(
+        vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
+        NOW + 6_000,
+    )
+    .await
+    .expect("complete");
+    assert_eq!(
+        s.get(&id).await.expect("get").expect("job").state,
+        JobState::Suspended
+    );
+}
+
+/// At-time jobs due within the horizon go to TaskTrackers ahead of their
+/// time, in trigger order, each once; a job beyond it is claimed when due.
+async fn at_time_jobs_are_claimed_ahead(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let at = |task: &str, when: i64| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::At(when);
+        sp
+    };
+    s.submit(
+        vec![
+            at("late", NOW + 2_000),
+            at("b", NOW + 500),
+            at("a", NOW + 100),
+        ],
+        NOW,
+    )
+    .await
+    .expect("submit");
+    assert!(
+        claim_one(&*s, "g", NOW).await.is_none(),
+        "nothing is due yet"
+    );
+    let c = s
+        .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
+        .await
+        .expect("claim ahead");
+    let got: Vec<(String, i64, u32, JobState)> = c.per_grant[0]
+        .iter()
+        .map(|j| (j.spec.task_id.clone(), j.trigger_at_ms, j.attempt, j.state))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), NOW + 100, 1, JobState::Running),
+            ("b".to_string(), NOW + 500, 1, JobState::Running),
+        ]
+    );
+    assert_eq!(c.next_ready_at_ms, Some(NOW + 2_000));
+    let a = &c.per_grant[0][0];
+    let stored = s.get(&a.job_id).await.expect("get").expect("job");
+    assert_eq!(
+        (stored.state, stored.attempt, stored.worker.as_str()),
+        (JobState::Running, 1, "w1")
+    );
+    let log = s.logs(&a.job_id, 100, None).await.expect("logs").0;
+    assert!(
+        log.iter()
+            .any(|e| e.kind == LogKind::Dispatched && e.message.contains("ahead of its time")),
+        "{log:?}"
+    );
+    // Claimed once: neither a claim ahead nor a claim when due takes it again.
+    assert!(s
+        .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
+        .await
+        .expect("claim ahead")
+        .per_grant[0]
+        .is_empty());
+    let late = claim_one(&*s, "g", NOW + 2_000).await.expect("due");
+    assert_eq!(late.spec.task_id, "late");
+    assert!(claim_one(&*s, "g", NOW + 3_000).await.is_none());
 }
 
 /// A running case.
@@ -1184,6 +1425,9 @@ cases!(
     repeat_jobs_fire_their_count_of_cycles_then_finish,
     cron_points_follow_the_time_zone_and_the_five_field_form,
     operator_verbs,
+    trigger_and_suspend,
+    plan_set,
+    at_time_jobs_are_claimed_ahead,
 );
 
 /// Runs every case (or the one `LTS_CONFORMANCE_CASE` names) on a fresh
@@ -1332,6 +1576,114 @@ mod mongo_shared {
                 "exactly one of {x:?} and {y:?} created the job"
             );
         }
+        a.drop_database().await.expect("drop the test database");
+    }
+
+    /// Two trackers suspend the same jobs at once, then resume them at
+    /// once: each verb takes effect exactly once per job (one wins, the
+    /// other finds it done), as if they had run one after the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_suspends_and_resumes_each_win_once() {
+        use lts_jobtracker::store::{AdminAction, Admined};
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        a.recover(NOW).await.expect("recover");
+        b.recover(NOW).await.expect("recover");
+        let specs = (0..10).map(|i| spec(&format!("t{i}"), "g")).collect();
+        let ids = submit_ids(&*a, specs).await;
+        let changed = |d: &Admined| d.after.as_ref().map(|j| j.state) != Some(d.before.state);
+        for (verb, from, to, line) in [
+            (
+                AdminAction::Suspend,
+                JobState::Pending,
+                JobState::Suspended,
+                "suspended by an operator",
+            ),
+            (
+                AdminAction::Resume,
+                JobState::Suspended,
+                JobState::Pending,
+                "resumed by an operator",
+            ),
+        ] {
+            let at = NOW + 1;
+            let runs = ids.iter().map(|id| {
+                let (a, b, verb) = (a.clone(), b.clone(), verb.clone());
+                let id = id.clone();
+                async move {
+                    let (x, y) = tokio::join!(
+                        a.admin(&id, verb.clone(), at),
+                        b.admin(&id, verb.clone(), at)
+                    );
+                    (id, x.expect("verb through a"), y.expect("verb through b"))
+                }
+            });
+            for (id, x, y) in futures::future::join_all(runs).await {
+                assert_eq!(
+                    [changed(&x), changed(&y)].iter().filter(|c| **c).count(),
+                    1,
+                    "{verb:?} of {id} took effect once: {:?} / {:?}",
+                    (x.before.state, x.after.as_ref().map(|j| j.state)),
+                    (y.before.state, y.after.as_ref().map(|j| j.state)),
+                );
+                let winner = if changed(&x) { &x } else { &y };
+                assert_eq!(winner.before.state, from);
+                let job = a.get(&id).await.expect("get").expect("job");
+                assert_eq!(job.state, to, "{id}");
+                let lines = b
+                    .logs(&id, 100, None)
+                    .await
+                    .expect("logs")
+                    .0
+                    .into_iter()
+                    .filter(|e| e.message == line)
+                    .count();
+                assert_eq!(lines, 1, "one line {line:?} for {id}");
+            }
+        }
+        a.drop_database().await.expect("drop the test database");
+    }
+
+    /// Feedback of an outcome stored through one tracker is read, and
+    /// acked, through another: the queue is the shared database.
+    #[tokio::test]
+    async fn feedback_stored_through_one_tracker_is_delivered_through_another() {
+        let Some(uri) = mongo_uri() else { return };
+        let db = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
+        let a = shared("tracker-a", &db, &uri, Duration::from_secs(30));
+        let b = shared("tracker-b", &db, &uri, Duration::from_secs(30));
+        a.recover(NOW).await.expect("recover");
+        b.recover(NOW).await.expect("recover");
+        let mut sp = spec("fb", "g");
+        sp.need_feedback = true;
+        sp.submit_node_group = "clients".into();
+        let id = submit_ids(&*b, vec![sp]).await.remove(0);
+        let j = claim_one(&*a, "g", NOW).await.expect("claimed through a");
+        a.complete(
+            vec![report(&id, j.attempt, Outcome::Success("done".into()))],
+            NOW + 1,
+        )
+        .await
+        .expect("complete through a");
+        let seen = b.pending_feedback().await.expect("feedback through b");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (
+                seen[0].job_id.as_str(),
+                seen[0].submit_node_group.as_str(),
+                seen[0].state
+            ),
+            (id.as_str(), "clients", JobState::Succeeded)
+        );
+        b.ack_feedback(&[seen[0].feedback_id.clone()])
+            .await
+            .expect("ack through b");
+        assert!(
+            a.pending_feedback().await.expect("feedback").is_empty(),
+            "acked through b, gone for a"
+        );
         a.drop_database().await.expect("drop the test database");
     }
 
@@ -1688,54 +2040,6 @@ mod sled_attempts {
             .await
             .expect("list");
         assert_eq!(jobs.len(), 20, "every job submitted across the reopens");
-    }
-
-    #[tokio::test]
-    async fn jobs_due_soon_are_claimed_ahead_in_trigger_order() {
-        let b = sled();
-        let s = fresh(&b).await;
-        let at = |task: &str, when: i64| {
-            let mut sp = spec(task, "g");
-            sp.schedule = Schedule::At(when);
-            sp
-        };
-        s.submit(
-            vec![
-                at("late", NOW + 2_000),
-                at("b", NOW + 500),
-                at("a", NOW + 100),
-            ],
-            NOW,
-        )
-        .await
-        .expect("submit");
-        // Nothing is due yet.
-        assert!(claim_one(&*s, "g", NOW).await.is_none());
-        let c = s
-            .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
-            .await
-            .expect("claim ahead");
-        let got: Vec<(String, i64, u32, JobState)> = c.per_grant[0]
-            .iter()
-            .map(|j| (j.spec.task_id.clone(), j.trigger_at_ms, j.attempt, j.state))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a".to_string(), NOW + 100, 1, JobState::Running),
-                ("b".to_string(), NOW + 500, 1, JobState::Running),
-            ]
-        );
-        assert_eq!(c.next_ready_at_ms, Some(NOW + 2_000));
-        // The one beyond the horizon is claimed when due, once.
-        assert!(s
-            .claim_ahead("g", &[("w1".to_string(), 10)], NOW, NOW + 1_000)
-            .await
-            .expect("claim ahead")
-            .per_grant[0]
-            .is_empty());
-        let late = claim_one(&*s, "g", NOW + 2_000).await.expect("due");
-        assert_eq!(late.spec.task_id, "late");
     }
 
     #[tokio::test]

@@ -26,7 +26,8 @@
 //! lease end; a background task renews the leases of this tracker's runs
 //! and requeues runs whose lease expired (their tracker died). That is in
 //! `leases`; reaching the database, its schema check and indexes, and how
-//! driver errors reach callers are in `connection`.
+//! driver errors reach callers are in `connection`. Operator verbs are
+//! compare-and-sets on the job document, in `operator`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,7 @@ use mongodb::options::ReturnDocument;
 mod connection;
 mod cycles;
 mod leases;
+mod operator;
 
 pub use connection::{redact_uri, ConnectError, MongoOptions, MongoUri, SCHEMA_VERSION};
 use connection::{store_err, Conn};
@@ -488,6 +490,164 @@ impl MongoStore {
         self.insert_logs(&logs).await?;
         Ok(done.len())
     }
+
+    /// Claims ready jobs of `node_group`, or with `until_ms` pending jobs
+    /// due after now and by then, sent ahead to start at their trigger
+    /// time: one read of the candidates in order, then one `update`
+    /// command with a conditional statement per job, so a job another
+    /// tracker took first is simply not in the result.
+    async fn claim_from(
+        &self,
+        node_group: &str,
+        grants: &[(String, usize)],
+        now_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<Claimed> {
+        let mut claimed = Claimed {
+            per_grant: grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect(),
+            next_ready_at_ms: None,
+        };
+        let wanted: usize = grants.iter().map(|(_, n)| *n).sum();
+        let (queue, order) = match until_ms {
+            None => (
+                doc! {
+                    group_field(): node_group,
+                    "state": state_bson(JobState::Pending),
+                    "trigger_at_ms": { "$lte": now_ms },
+                    // Cron and repeat templates never run themselves.
+                    "template": { "$ne": true },
+                },
+                doc! { "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 },
+            ),
+            // In trigger order: priority orders jobs of the same instant
+            // only once they are due. Cron and repeat jobs are never sent
+            // ahead themselves, as on the embedded store.
+            Some(until) => (
+                doc! {
+                    group_field(): node_group,
+                    "state": state_bson(JobState::Pending),
+                    "trigger_at_ms": { "$gt": now_ms, "$lte": until },
+                    "spec.schedule.Cron": { "$exists": false },
+                    "spec.schedule.Repeat": { "$exists": false },
+                },
+                doc! { "trigger_at_ms": 1, "seq": 1 },
+            ),
+        };
+        let mut candidates = Vec::new();
+        if wanted > 0 {
+            let docs: Vec<Document> = self
+                .c()
+                .await?
+                .jobs
+                .find(queue)
+                .sort(order)
+                .limit(wanted as i64)
+                .await
+                .map_err(store_err("reading the queue"))?
+                .try_collect()
+                .await
+                .map_err(store_err("reading the queue"))?;
+            candidates = docs
+                .into_iter()
+                .filter_map(|d| decode::<Job>("job", d))
+                .collect();
+        }
+        // Each job goes to the grant with the most room left, so work
+        // spreads over the idlest TaskTrackers first.
+        let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
+        let mut assigned: Vec<(usize, Job)> = Vec::with_capacity(candidates.len());
+        for job in candidates {
+            let Some((i, _)) = remaining
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r > 0)
+                .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
+            else {
+                break;
+            };
+            remaining[i] -= 1;
+            assigned.push((i, job));
+        }
+        let token = self.op_token();
+        let lease_until = now_ms + self.options.lease.as_millis() as i64;
+        let statements = assigned
+            .iter()
+            .map(|(i, j)| {
+                (
+                    // Still the job we read: nobody claimed or changed it.
+                    doc! {
+                        "_id": &j.job_id,
+                        "state": state_bson(JobState::Pending),
+                        "attempt": j.attempt as i64,
+                        "updated_at_ms": j.updated_at_ms,
+                    },
+                    doc! {
+                        "$set": {
+                            "state": state_bson(JobState::Running),
+                            "worker": &grants[*i].0,
+                            "updated_at_ms": now_ms,
+                            "lease_owner": &self.options.instance,
+                            "lease_until_ms": lease_until,
+                            "op_token": &token,
+                        },
+                        "$inc": { "attempt": 1 },
+                    },
+                )
+            })
+            .collect();
+        let counts = self.update_each(statements).await?;
+        if counts.modified as usize != assigned.len() {
+            // Another tracker took some first: keep what is ours.
+            let ours: HashSet<String> = self
+                .find_jobs(doc! { "op_token": &token })
+                .await?
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect();
+            assigned.retain(|(_, j)| ours.contains(&j.job_id));
+        }
+        let mut logs = Vec::with_capacity(assigned.len());
+        for (i, mut job) in assigned {
+            let worker = &grants[i].0;
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.worker.clone_from(worker);
+            job.updated_at_ms = now_ms;
+            let line = match until_ms {
+                None => format!("to {worker}"),
+                Some(_) => format!(
+                    "to {worker}, ahead of its time: it starts at {}",
+                    lts_common::format_ms(job.trigger_at_ms)
+                ),
+            };
+            logs.push(
+                LogEntry::new(&job.job_id, LogKind::Dispatched, job.attempt, line)
+                    .with_worker(worker),
+            );
+            claimed.per_grant[i].push(job);
+        }
+        self.insert_logs(&logs).await?;
+        if logs.len() < wanted {
+            // The queue ran dry: say when the next delayed job is due (for
+            // a claim ahead, the next one beyond its horizon).
+            let next = self
+                .c()
+                .await?
+                .jobs
+                .find_one(doc! {
+                    group_field(): node_group,
+                    "state": state_bson(JobState::Pending),
+                    "trigger_at_ms": { "$gt": until_ms.unwrap_or(now_ms) },
+                    "template": { "$ne": true },
+                })
+                .sort(doc! { "trigger_at_ms": 1 })
+                .projection(doc! { "trigger_at_ms": 1 })
+                .await
+                .map_err(store_err("reading the next trigger time"))?;
+            claimed.next_ready_at_ms = next.and_then(|d| d.get_i64("trigger_at_ms").ok());
+        }
+        Ok(claimed)
+    }
 }
 
 #[async_trait]
@@ -615,128 +775,7 @@ impl JobStore for MongoStore {
         grants: &[(String, usize)],
         now_ms: i64,
     ) -> Result<Claimed> {
-        let mut claimed = Claimed {
-            per_grant: grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect(),
-            next_ready_at_ms: None,
-        };
-        let wanted: usize = grants.iter().map(|(_, n)| *n).sum();
-        let mut candidates = Vec::new();
-        if wanted > 0 {
-            let docs: Vec<Document> = self
-                .c()
-                .await?
-                .jobs
-                .find(doc! {
-                    group_field(): node_group,
-                    "state": state_bson(JobState::Pending),
-                    "trigger_at_ms": { "$lte": now_ms },
-                    // Cron and repeat templates never run themselves.
-                    "template": { "$ne": true },
-                })
-                .sort(doc! { "spec.priority": 1, "trigger_at_ms": 1, "seq": 1 })
-                .limit(wanted as i64)
-                .await
-                .map_err(store_err("reading the queue"))?
-                .try_collect()
-                .await
-                .map_err(store_err("reading the queue"))?;
-            candidates = docs
-                .into_iter()
-                .filter_map(|d| decode::<Job>("job", d))
-                .collect();
-        }
-        // Each job goes to the grant with the most room left, so work
-        // spreads over the idlest TaskTrackers first.
-        let mut remaining: Vec<usize> = grants.iter().map(|(_, n)| *n).collect();
-        let mut assigned: Vec<(usize, Job)> = Vec::with_capacity(candidates.len());
-        for job in candidates {
-            let Some((i, _)) = remaining
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| **r > 0)
-                .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
-            else {
-                break;
-            };
-            remaining[i] -= 1;
-            assigned.push((i, job));
-        }
-        let token = self.op_token();
-        let lease_until = now_ms + self.options.lease.as_millis() as i64;
-        let statements = assigned
-            .iter()
-            .map(|(i, j)| {
-                (
-                    // Still the job we read: nobody claimed or changed it.
-                    doc! {
-                        "_id": &j.job_id,
-                        "state": state_bson(JobState::Pending),
-                        "attempt": j.attempt as i64,
-                        "updated_at_ms": j.updated_at_ms,
-                    },
-                    doc! {
-                        "$set": {
-                            "state": state_bson(JobState::Running),
-                            "worker": &grants[*i].0,
-                            "updated_at_ms": now_ms,
-                            "lease_owner": &self.options.instance,
-                            "lease_until_ms": lease_until,
-                            "op_token": &token,
-                        },
-                        "$inc": { "attempt": 1 },
-                    },
-                )
-            })
-            .collect();
-        let counts = self.update_each(statements).await?;
-        if counts.modified as usize != assigned.len() {
-            // Another tracker took some first: keep what is ours.
-            let ours: HashSet<String> = self
-                .find_jobs(doc! { "op_token": &token })
-                .await?
-                .into_iter()
-                .map(|j| j.job_id)
-                .collect();
-            assigned.retain(|(_, j)| ours.contains(&j.job_id));
-        }
-        let mut logs = Vec::with_capacity(assigned.len());
-        for (i, mut job) in assigned {
-            let worker = &grants[i].0;
-            job.state = JobState::Running;
-            job.attempt += 1;
-            job.worker.clone_from(worker);
-            job.updated_at_ms = now_ms;
-            logs.push(
-                LogEntry::new(
-                    &job.job_id,
-                    LogKind::Dispatched,
-                    job.attempt,
-                    format!("to {worker}"),
-                )
-                .with_worker(worker),
-            );
-            claimed.per_grant[i].push(job);
-        }
-        self.insert_logs(&logs).await?;
-        if logs.len() < wanted {
-            // The ready queue ran dry: say when the next delayed job is due.
-            let next = self
-                .c()
-                .await?
-                .jobs
-                .find_one(doc! {
-                    group_field(): node_group,
-                    "state": state_bson(JobState::Pending),
-                    "trigger_at_ms": { "$gt": now_ms },
-                    "template": { "$ne": true },
-                })
-                .sort(doc! { "trigger_at_ms": 1 })
-                .projection(doc! { "trigger_at_ms": 1 })
-                .await
-                .map_err(store_err("reading the next trigger time"))?;
-            claimed.next_ready_at_ms = next.and_then(|d| d.get_i64("trigger_at_ms").ok());
-        }
-        Ok(claimed)
+        self.claim_from(node_group, grants, now_ms, None).await
     }
 
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()> {
@@ -1097,6 +1136,7 @@ impl JobStore for MongoStore {
             .group_counts(doc! {
                 "state": state_bson(JobState::Pending),
                 "trigger_at_ms": { "$lte": now_ms },
+                "template": { "$ne": true },
             })
             .await?;
         let mut seen = self.seen_groups.lock().unwrap_or_else(|p| p.into_inner());
@@ -1139,17 +1179,13 @@ impl JobStore for MongoStore {
 
     async fn claim_ahead(
         &self,
-        _node_group: &str,
+        node_group: &str,
         grants: &[(String, usize)],
-        _now_ms: i64,
-        _until_ms: i64,
+        now_ms: i64,
+        until_ms: i64,
     ) -> Result<Claimed> {
-        // Jobs are not sent ahead from this store yet: they are claimed by
-        // `claim` once due, which the contract allows.
-        Ok(Claimed {
-            per_grant: vec![Vec::new(); grants.len()],
-            next_ready_at_ms: None,
-        })
+        self.claim_from(node_group, grants, now_ms, Some(until_ms))
+            .await
     }
 
     async fn query_logs(
@@ -1166,7 +1202,7 @@ impl JobStore for MongoStore {
     }
 
     fn operator(&self) -> Option<&dyn OperatorStore> {
-        None
+        Some(self)
     }
 
     async fn close(&self) -> Result<()> {
