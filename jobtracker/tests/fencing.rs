@@ -24,19 +24,6 @@ impl Election for Flip {
     }
 }
 
-fn mongo_uri() -> Option<String> {
-    match std::env::var("LTS_TEST_MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server (see .ci/run) for the Mongo store tests");
-            }
-            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; fencing on MongoDB is NOT tested ***\n");
-            None
-        }
-    }
-}
-
 async fn cycles(store: &MongoStore) -> usize {
     let filter = ListFilter {
         task_id_prefix: Some("tick@".into()),
@@ -54,7 +41,9 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_master_stops_firing_until_it_leads_a_newer_term() {
-    let Some(uri) = mongo_uri() else { return };
+    let Some(uri) = support::mongo_uri("fencing on MongoDB") else {
+        return;
+    };
     let database = format!("lts_test_{}", uuid::Uuid::now_v7().simple());
     let options = |instance: &str| MongoOptions {
         uri: uri.clone(),

@@ -216,24 +216,11 @@ async fn a_client_that_does_not_read_its_feedback_is_dropped_and_gets_it_all_on_
     t.stop().await;
 }
 
-/// The MongoDB server of `LTS_TEST_MONGODB_URI`; without it the test skips
-/// loudly, or fails under `CI=true`.
-fn mongo_uri() -> Option<String> {
-    match std::env::var("LTS_TEST_MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server");
-            }
-            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; the tracker over MongoDB is NOT tested ***\n");
-            None
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_tracker_over_mongodb_runs_a_job_and_stops_with_every_task_ended() {
-    let Some(uri) = mongo_uri() else { return };
+    let Some(uri) = support::mongo_uri("the tracker over MongoDB") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(dir.path());
     config.store = lts_jobtracker::StoreConfig::Mongo {

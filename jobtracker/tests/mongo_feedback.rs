@@ -16,19 +16,6 @@ use support::{eventually, hello, job, open_work, submit, test_config, TestTracke
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-fn mongo_uri() -> Option<String> {
-    match std::env::var("LTS_TEST_MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server");
-            }
-            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; feedback across trackers over MongoDB is NOT tested ***\n");
-            None
-        }
-    }
-}
-
 async fn tracker(
     uri: &str,
     database: &str,
@@ -50,7 +37,9 @@ async fn tracker(
 
 #[tokio::test]
 async fn feedback_stored_by_one_tracker_reaches_a_client_of_another_and_is_then_forgotten() {
-    let Some(uri) = mongo_uri() else { return };
+    let Some(uri) = support::mongo_uri("feedback across trackers over MongoDB") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let database = format!("lts_feedback_{}", lts_jobtracker::store::new_job_id());
     let a = tracker(&uri, &database, "tracker-a", dir.path()).await;

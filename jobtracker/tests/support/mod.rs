@@ -247,3 +247,21 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The MongoDB server of `LTS_TEST_MONGODB_URI` (`.ci/run` starts one);
+/// without it the test skips loudly, naming `what` goes untested, or fails
+/// under `CI=true`.
+pub fn mongo_uri(what: &str) -> Option<String> {
+    match std::env::var("LTS_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "LTS_TEST_MONGODB_URI is not set: CI must start a MongoDB server (see .ci/run)"
+                );
+            }
+            eprintln!("\n*** skipping: LTS_TEST_MONGODB_URI not set; {what} is NOT tested ***\n");
+            None
+        }
+    }
+}
