@@ -402,8 +402,13 @@ async fn serve_until_stopped(
                 let tracker = tracker.clone();
                 async move {
                     let sweep = async {
-                        if let Some((store, lease)) = &tracker.leases {
-                            sweep_expired_leases(&tracker, store, *lease).await;
+                        match &tracker.leases {
+                            Some((store, lease)) => {
+                                sweep_expired_leases(&tracker, store, *lease).await
+                            }
+                            // No leases to sweep (the embedded store): this
+                            // arm must not end the scheduler's term.
+                            None => std::future::pending::<()>().await,
                         }
                     };
                     let scheduler = async {
