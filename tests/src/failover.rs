@@ -301,6 +301,8 @@ pub struct FailoverCluster {
     /// Every TaskTracker started, killed or not.
     task_trackers: Vec<String>,
     ledger: Ledger,
+    /// `--jobtracker` flags the CLI uses instead of ZooKeeper, once set.
+    static_flags: Option<Vec<String>>,
 }
 
 impl FailoverCluster {
@@ -318,6 +320,7 @@ impl FailoverCluster {
             trackers: Vec::new(),
             task_trackers: Vec::new(),
             ledger,
+            static_flags: None,
         };
         let names: Vec<String> = (1..=trackers).map(|i| format!("jt-{i}")).collect();
         // Spawned together, then waited for: they start in parallel.
@@ -492,9 +495,25 @@ impl FailoverCluster {
     }
 
     /// Runs the jobclient CLI in this cluster (it finds the JobTrackers
-    /// through ZooKeeper); returns stdout.
+    /// through ZooKeeper, unless [`FailoverCluster::use_static_addresses`]
+    /// was called); returns stdout.
     pub fn jobclient(&self, args: &[&str]) -> Result<String> {
-        run_jobclient(&self.cluster_flags(), args)
+        match &self.static_flags {
+            Some(flags) => run_jobclient(flags, args),
+            None => run_jobclient(&self.cluster_flags(), args),
+        }
+    }
+
+    /// From now on the CLI names the live JobTrackers' addresses
+    /// (`--jobtracker`) instead of finding them through ZooKeeper, as an
+    /// operator does while ZooKeeper is down.
+    pub fn use_static_addresses(&mut self) -> Result<()> {
+        let mut urls = Vec::new();
+        for t in self.live_trackers() {
+            urls.push(self.cluster.tracker_url_of(&t)?);
+        }
+        self.static_flags = Some(vec!["--jobtracker".to_string(), urls.join(",")]);
+        Ok(())
     }
 
     /// What `jobclient nodes --json` shows.
@@ -544,6 +563,21 @@ impl FailoverCluster {
         }
     }
 
+    /// Waits until no live JobTracker's metrics say it is the master.
+    pub async fn wait_no_master(&mut self) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let masters = self.masters();
+            if masters.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{masters:?} still master after {WAIT:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether the JobTracker `name` logged, in this life, that it leads.
     fn leads(&mut self, name: &str) -> Result<bool> {
         Ok(self
@@ -579,6 +613,19 @@ impl FailoverCluster {
         count: usize,
         seconds: Option<&str>,
     ) -> Result<Vec<String>> {
+        self.submit_batch_with(group, prefix, count, seconds, &[])
+    }
+
+    /// As [`FailoverCluster::submit_batch`], with more `submit` flags
+    /// (e.g. `--in 3s`).
+    pub fn submit_batch_with(
+        &self,
+        group: &str,
+        prefix: &str,
+        count: usize,
+        seconds: Option<&str>,
+        flags: &[&str],
+    ) -> Result<Vec<String>> {
         let count = count.to_string();
         let mut args = vec![
             "--json",
@@ -589,8 +636,10 @@ impl FailoverCluster {
             prefix,
             "--count",
             &count,
-            "--shell",
         ];
+        args.extend(flags);
+        // --shell takes the rest of the line.
+        args.push("--shell");
         let command = self.ledger.command(seconds);
         args.extend(command.iter().map(String::as_str));
         let out = self.jobclient(&args)?;

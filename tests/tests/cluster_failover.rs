@@ -484,3 +484,53 @@ async fn the_registry_lists_trackers_master_and_task_trackers_by_group() -> Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_quorum_lost_queued_jobs_still_run() -> Result<()> {
+    const BATCH: usize = 20;
+    let Some(servers) = Servers::from_env("zookeeper_quorum_lost") else {
+        return Ok(());
+    };
+    let Some(jars) = lts_tests::zk::jar_dir("zookeeper_quorum_lost") else {
+        return Ok(());
+    };
+    // A ZooKeeper of this test's own: the shared one stays up for the
+    // other tests.
+    let zk_dir = tempfile::tempdir()?;
+    let mut zookeeper = lts_tests::zk::ZooKeeperServer::start(&jars, zk_dir.path())?;
+    let servers = Servers {
+        zookeeper: zookeeper.address(),
+        ..servers
+    };
+    let mut c = FailoverCluster::start(servers, "quorum-lost", 2)?;
+    c.start_task_tracker("tt-1", GROUP, 4)?;
+    c.start_task_tracker("tt-2", GROUP, 4)?;
+    c.wait_master(None).await?;
+
+    // Queued now, due once ZooKeeper is gone.
+    let ids = c.submit_batch_with(GROUP, "queued-", BATCH, None, &["--in", "4s"])?;
+    assert_eq!(ids.len(), BATCH);
+    let runs_before = c.ledger().started().len();
+    zookeeper.kill();
+    let killed = Instant::now();
+    c.use_static_addresses()?;
+    assert_eq!(
+        runs_before, 0,
+        "the queued jobs were not due before the kill"
+    );
+
+    c.wait_succeeded(GROUP, "queued-", BATCH).await?;
+    eprintln!(
+        "failover: ZooKeeper killed; {BATCH} queued jobs done {:?} after",
+        killed.elapsed()
+    );
+    let runs = c.ledger().finished_by_task();
+    assert_eq!(
+        runs.keys().filter(|t| t.starts_with("queued-")).count(),
+        BATCH,
+        "every queued job ran"
+    );
+    // Without a quorum nobody may act as master.
+    c.wait_no_master().await?;
+    Ok(())
+}
