@@ -298,8 +298,6 @@ pub struct FailoverCluster {
     database: String,
     /// Every JobTracker started, killed or not, in start order.
     trackers: Vec<String>,
-    /// Every TaskTracker started, killed or not.
-    task_trackers: Vec<String>,
     ledger: Ledger,
     /// `--jobtracker` flags the CLI uses instead of ZooKeeper, once set.
     static_flags: Option<Vec<String>>,
@@ -318,7 +316,6 @@ impl FailoverCluster {
             name: format!("{test}-{suffix}"),
             database: format!("lts_{}_{suffix}", test.replace('-', "_")),
             trackers: Vec::new(),
-            task_trackers: Vec::new(),
             ledger,
             static_flags: None,
         };
@@ -439,7 +436,6 @@ impl FailoverCluster {
         ];
         args.extend(self.cluster_flags());
         self.cluster.spawn(name, "tasktracker", &args)?;
-        self.task_trackers.push(name.to_string());
         self.wait_joined_any(name, &HashMap::new())
     }
 

@@ -45,8 +45,10 @@ async fn master_killed_another_leads_and_no_cycle_or_job_is_lost() -> Result<()>
         return Ok(());
     };
     let mut c = FailoverCluster::start(servers, "master-kill", 3)?;
-    c.start_task_tracker("tt-1", GROUP, 8)?;
-    c.start_task_tracker("tt-2", GROUP, 8)?;
+    let mut on = HashMap::new();
+    for tt in ["tt-1", "tt-2"] {
+        on.insert(tt, c.start_task_tracker(tt, GROUP, 8)?);
+    }
     let old = c.wait_master(None).await?;
 
     c.submit_repeat(GROUP, "tick", &format!("{EVERY_MS}ms"))?;
@@ -81,12 +83,30 @@ async fn master_killed_another_leads_and_no_cycle_or_job_is_lost() -> Result<()>
     })
     .await?;
 
+    // The TaskTrackers the master served move to the other trackers.
+    let movers: Vec<&str> = on
+        .iter()
+        .filter(|(_, t)| **t == old)
+        .map(|(tt, _)| *tt)
+        .collect();
+    let before: HashMap<&str, HashMap<String, usize>> =
+        movers.iter().map(|tt| (*tt, c.joins_of(tt))).collect();
+
+    let done_at_kill = c.ledger().finished().len();
     let killed = Instant::now();
     c.kill9(&old)?;
+    // TaskTrackers move at once; the election waits for the session.
+    for tt in movers {
+        let now_on = c.wait_joined_any(tt, &before[tt])?;
+        eprintln!(
+            "failover: {tt} moved from {old} to {now_on} {:?} after the kill",
+            killed.elapsed()
+        );
+    }
     let new = c.wait_master(Some(&old)).await?;
     let led_at_ms = lts_common::now_ms();
     eprintln!(
-        "failover: master {old} killed; {new} leads after {:?}",
+        "failover: master {old} killed ({done_at_kill} runs done); {new} leads after {:?}",
         killed.elapsed()
     );
 
@@ -116,6 +136,10 @@ async fn master_killed_another_leads_and_no_cycle_or_job_is_lost() -> Result<()>
     );
 
     let batch = c.wait_succeeded(GROUP, "batch-", BATCH).await?;
+    eprintln!(
+        "failover: the batch done {:?} after the kill",
+        killed.elapsed()
+    );
     let listed: HashSet<&str> = batch.iter().map(|j| j.job_id.as_str()).collect();
     for id in &ids {
         assert!(listed.contains(id.as_str()), "acked job {id} was lost");
