@@ -3,8 +3,9 @@
 //! the others).
 //!
 //! It runs the Java server from the jars in `LTS_TEST_ZOOKEEPER_JAR_DIR`
-//! (Debian's `zookeeper` package puts them in `/usr/share/java`; `.ci/run`
-//! exports the directory) with `tickTime=500`, so 2 s sessions are allowed.
+//! (`.ci/run` exports it), or in `/usr/share/java` where Debian's
+//! `zookeeper` package puts them, with `tickTime=500`, so 2 s sessions are
+//! allowed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,9 +18,18 @@ use anyhow::{bail, Context, Result};
 /// How long a fresh server may take to answer `srvr` with its mode.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The directory of the ZooKeeper jars, from `LTS_TEST_ZOOKEEPER_JAR_DIR`.
-/// Without it the caller's test skips loudly, or fails under `CI=true`.
+/// Where Debian's `zookeeper` package puts its jars.
+const DEBIAN_JARS: &str = "/usr/share/java";
+
+/// The directory of the ZooKeeper jars: `LTS_TEST_ZOOKEEPER_JAR_DIR`, else
+/// Debian's when its `zookeeper.jar` is there. Without either the caller's
+/// test skips loudly, or fails under `CI=true`.
 pub fn jar_dir(test: &str) -> Option<PathBuf> {
+    if std::env::var_os("LTS_TEST_ZOOKEEPER_JAR_DIR").is_none()
+        && Path::new(DEBIAN_JARS).join("zookeeper.jar").exists()
+    {
+        return Some(PathBuf::from(DEBIAN_JARS));
+    }
     crate::failover::required_env(
         "LTS_TEST_ZOOKEEPER_JAR_DIR",
         "the directory of zookeeper.jar (see .ci/run)",

@@ -7,10 +7,10 @@
 //! Needs the MongoDB server named by `LTS_TEST_MONGODB_URI` and the
 //! ZooKeeper server named by `LTS_TEST_ZOOKEEPER` (`.ci/run` starts both);
 //! the quorum-loss test starts a ZooKeeper of its own from the jars in
-//! `LTS_TEST_ZOOKEEPER_JAR_DIR`. Without them the tests skip loudly, or
-//! fail under `CI=true`. Each test has a cluster name and a database of its
-//! own. The failover times are printed (run with `--nocapture`), not
-//! asserted.
+//! `LTS_TEST_ZOOKEEPER_JAR_DIR` (or Debian's `/usr/share/java`). Without
+//! them the tests skip loudly, or fail under `CI=true`. Each test has a
+//! cluster name and a database of its own. The failover times are printed
+//! (run with `--nocapture`), not asserted.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
