@@ -735,7 +735,7 @@ impl FailoverCluster {
         .await
     }
 
-    /// Polls `check` every [`POLL`] until it gives `Ok`, for at most
+    /// Polls `check` every 200 ms until it gives `Ok`, for at most
     /// [`WAIT`]; fails with the last state it described and the logs.
     pub async fn poll<T>(
         &self,

@@ -10,6 +10,12 @@
 //! process that stalls and comes back, and every child is reaped on drop.
 //! The binaries are the ones `cargo build --workspace --bins` puts beside
 //! the test executable.
+//!
+//! [`failover::FailoverCluster`] builds a whole cluster on it: JobTrackers
+//! elected and registered in ZooKeeper over one MongoDB database,
+//! TaskTrackers and the jobclient CLI that find them there, and a ledger of
+//! the runs; [`zk::ZooKeeperServer`] is a ZooKeeper of a test's own, for
+//! tests that stop it.
 #![warn(missing_docs)]
 
 pub mod failover;
