@@ -301,6 +301,8 @@ pub struct FailoverCluster {
     ledger: Ledger,
     /// `--jobtracker` flags the CLI uses instead of ZooKeeper, once set.
     static_flags: Option<Vec<String>>,
+    /// Children stopped with SIGSTOP: they answer nothing until thawed.
+    frozen: std::collections::HashSet<String>,
 }
 
 impl FailoverCluster {
@@ -318,6 +320,7 @@ impl FailoverCluster {
             trackers: Vec::new(),
             ledger,
             static_flags: None,
+            frozen: Default::default(),
         };
         let names: Vec<String> = (1..=trackers).map(|i| format!("jt-{i}")).collect();
         // Spawned together, then waited for: they start in parallel.
@@ -520,10 +523,14 @@ impl FailoverCluster {
         Nodes::from_json(&v)
     }
 
-    /// The live JobTrackers whose metrics say they are the master.
+    /// The live JobTrackers whose metrics say they are the master; a
+    /// frozen one cannot answer and is left out.
     pub fn masters(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         for t in self.live_trackers() {
+            if self.frozen.contains(&t) {
+                continue;
+            }
             let Ok(url) = self.cluster.metrics_url(&t) else {
                 continue;
             };
@@ -586,6 +593,21 @@ impl FailoverCluster {
     /// Kills the child `name` with SIGKILL: a crash.
     pub fn kill9(&mut self, name: &str) -> Result<()> {
         self.cluster.proc(name)?.kill9();
+        Ok(())
+    }
+
+    /// Stops the child `name` with SIGSTOP: alive but silent, as a process
+    /// stalled by a long pause, until [`FailoverCluster::thaw`].
+    pub fn freeze(&mut self, name: &str) -> Result<()> {
+        self.cluster.proc(name)?.freeze()?;
+        self.frozen.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Lets a child stopped by [`FailoverCluster::freeze`] go on.
+    pub fn thaw(&mut self, name: &str) -> Result<()> {
+        self.cluster.proc(name)?.thaw()?;
+        self.frozen.remove(name);
         Ok(())
     }
 
@@ -756,6 +778,11 @@ impl FailoverCluster {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The whole log of the child `name`, of every life.
+    pub fn processes_log(&self, name: &str) -> String {
+        self.cluster.procs_log(name)
     }
 
     /// Log tails of every child, for failure messages.

@@ -558,3 +558,93 @@ async fn zookeeper_quorum_lost_queued_jobs_still_run() -> Result<()> {
     c.wait_no_master().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_paused_past_its_session_rejoins_as_a_follower_and_fires_nothing_twice() -> Result<()>
+{
+    const EVERY_MS: i64 = 300;
+    let Some(servers) = Servers::from_env("master_paused") else {
+        return Ok(());
+    };
+    let mut c = FailoverCluster::start(servers, "master-pause", 3)?;
+    c.start_task_tracker("tt-1", GROUP, 4)?;
+    c.start_task_tracker("tt-2", GROUP, 4)?;
+    let old = c.wait_master(None).await?;
+    c.submit_repeat(GROUP, "tick", &format!("{EVERY_MS}ms"))?;
+    c.poll("three cycles to run", || {
+        let n = c
+            .ledger()
+            .finished()
+            .iter()
+            .filter(|r| r.task_id.starts_with("tick@"))
+            .count();
+        Ok(if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} cycles ran"))
+        })
+    })
+    .await?;
+
+    // A pause (GC, swap, SIGSTOP) longer than the session: another
+    // tracker leads while the old master does not know it.
+    let paused = Instant::now();
+    c.freeze(&old)?;
+    let new = c.wait_master(Some(&old)).await?;
+    eprintln!(
+        "failover: master {old} paused; {new} leads after {:?}",
+        paused.elapsed()
+    );
+    let old_log_len = c.processes_log(&old).len();
+    c.thaw(&old)?;
+
+    // Back, the old master learns its session is gone and stops its
+    // once-only work; the new one stays the only master.
+    c.poll("the old master to stop its once-only work", || {
+        Ok(
+            if c.processes_log(&old)
+                .get(old_log_len..)
+                .is_some_and(|l| l.contains("once-only work stopped"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{old} has not said so"))
+            },
+        )
+    })
+    .await?;
+    assert_eq!(
+        c.wait_master(Some(&old)).await?,
+        new,
+        "the new master stays"
+    );
+
+    let since_ms = lts_common::now_ms();
+    c.poll("three more cycles to succeed", || {
+        let cycles = match cycles(&c, "tick") {
+            Ok(c) => c,
+            Err(state) => return Ok(Err(state)),
+        };
+        let n = cycles
+            .iter()
+            .filter(|j| j.trigger_at_ms > since_ms && j.state == "succeeded")
+            .count();
+        Ok(if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} cycles since"))
+        })
+    })
+    .await?;
+    let mut cycles = cycles(&c, "tick").map_err(anyhow::Error::msg)?;
+    cycles.sort_by_key(|j| j.trigger_at_ms);
+    let points: Vec<i64> = cycles.iter().map(point).collect::<Result<_>>()?;
+    for pair in points.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= EVERY_MS,
+            "cycles {} ms apart, closer than the interval: {points:?}",
+            pair[1] - pair[0]
+        );
+    }
+    Ok(())
+}
