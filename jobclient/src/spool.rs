@@ -318,6 +318,10 @@ impl Store {
         db_dir: &Path,
         lock_file: &Path,
     ) -> std::result::Result<Store, OpenError> {
+        // A spool that was written has a format version; sled opens some
+        // damaged files as an empty database, which must not pass for a
+        // fresh spool.
+        let existed = lock_file.exists();
         let config = ::sled::Config::new()
             .path(db_dir)
             .mode(::sled::Mode::HighThroughput)
@@ -360,9 +364,15 @@ impl Store {
                     )));
                 }
             }
+            Ok(None) if existed => {
+                return Err(damaged(
+                    "its format version is missing: the files were overwritten or cut short".into(),
+                ))
+            }
             Ok(None) => {
                 tree.insert(VERSION_KEY, &VERSION.to_be_bytes())
                     .map_err(|e| damaged(e.to_string()))?;
+                tree.flush().map_err(|e| damaged(e.to_string()))?;
             }
             Err(e) => return Err(damaged(e.to_string())),
         }
