@@ -445,3 +445,99 @@ async fn a_second_client_on_one_directory_is_refused() {
         .expect("free once the first is closed");
     third.close().await.expect("close");
 }
+
+/// Runs the `jobclient` binary; returns (exit code, stdout, stderr).
+fn jobclient(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobclient"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("JOBCLIENT_SPOOL")
+        .output()
+        .expect("run jobclient");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// The binary runs while this test waits for it: the tracker serves from
+// the other worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_spool_commands_of_the_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool");
+    let spool = spool.to_str().expect("utf-8 path");
+    let submit = |tracker: &str, prefix: &str| {
+        jobclient(&[
+            "--jobtracker",
+            tracker,
+            "submit",
+            "--spool",
+            spool,
+            "-g",
+            "spool-workers",
+            "--task-id-prefix",
+            prefix,
+            "--count",
+            "3",
+            "--payload",
+            "x",
+        ])
+    };
+    let (code, out, err) = submit(DEAD_ADDRESS, "cli-");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("spooled task cli-"))
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(err.contains("the spool holds 3"), "{err}");
+
+    let (code, out, err) = jobclient(&["spool", "status", "--spool", spool]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("entries: 3") && out.contains("size on disk"),
+        "{out}"
+    );
+
+    // Without a terminal and without --yes, purge refuses and names the
+    // directory.
+    let (code, _, err) = jobclient(&["spool", "purge", "--spool", spool]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(spool) && err.contains("--yes"), "{err}");
+
+    let tracker = Tracker::start().await;
+    let (code, out, err) = jobclient(&[
+        "--jobtracker",
+        &tracker.address,
+        "spool",
+        "replay",
+        "--spool",
+        spool,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replay done: 3 replayed"), "{out}");
+    let (_, out, _) = jobclient(&["spool", "status", "--spool", spool, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status["entries"], 0, "{status}");
+
+    // A tracker up: submit --spool stores the jobs directly.
+    let (code, out, err) = submit(&tracker.address, "live-");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("accepted ")).count(),
+        3,
+        "{out}"
+    );
+
+    // Spool again while down, then purge with --yes.
+    let (code, _, err) = submit(DEAD_ADDRESS, "gone-");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = jobclient(&["spool", "purge", "--spool", spool, "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged 3 jobs"), "{out}");
+    tracker.stop().await;
+}
