@@ -720,7 +720,8 @@ impl JobClient {
     /// (unless [`SpoolOptions::background_replay`] is off). Fails with
     /// [`Error::SpoolInUse`] when another client holds `dir`. A damaged
     /// spool is moved aside (see [`SpoolStatus::moved_aside`]) and a fresh
-    /// one used. Must be called within a Tokio runtime.
+    /// one used. Must be called within a Tokio runtime, where the
+    /// background replay runs.
     pub fn with_spool(
         self,
         dir: impl AsRef<Path>,
@@ -732,6 +733,8 @@ impl JobClient {
 
 impl SpoolingClient {
     fn open(client: JobClient, dir: &Path, options: SpoolOptions) -> Result<SpoolingClient> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| spool_error(dir, "opening the spool needs a Tokio runtime", e))?;
         let store = Store::open(dir)?;
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -744,7 +747,7 @@ impl SpoolingClient {
             replayer: Mutex::new(None),
         });
         if shared.options.background_replay {
-            let task = tokio::spawn(background_replay(
+            let task = runtime.spawn(background_replay(
                 Arc::downgrade(&shared),
                 shared.wake.clone(),
                 shared.options.replay_interval,
