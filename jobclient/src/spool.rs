@@ -189,11 +189,21 @@ struct Store {
 #[derive(Default)]
 struct State {
     next_seq: u64,
-    /// Spooled jobs in order: (sequence, bytes, spooled at).
-    queue: VecDeque<(u64, u64, i64)>,
+    /// Spooled batches in order.
+    queue: VecDeque<Spooled>,
+    /// Jobs in `queue`.
+    jobs: u64,
     bytes: u64,
     set_aside: u64,
     progress: ReplayProgress,
+}
+
+/// One spooled batch: a key of the spool.
+struct Spooled {
+    seq: u64,
+    jobs: u64,
+    bytes: u64,
+    at_ms: i64,
 }
 
 /// Why a spool could not be opened: damaged (move it aside) or not.
@@ -208,9 +218,11 @@ fn queue_key(seq: u64) -> [u8; 9] {
     k
 }
 
-fn aside_key(seq: u64) -> [u8; 9] {
-    let mut k = [ASIDE; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
+/// A set-aside job: `x` + its batch's sequence + its place in the batch.
+fn aside_key(seq: u64, pos: u32) -> [u8; 13] {
+    let mut k = [ASIDE; 13];
+    k[1..9].copy_from_slice(&seq.to_be_bytes());
+    k[9..].copy_from_slice(&pos.to_be_bytes());
     k
 }
 
@@ -218,22 +230,35 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
-/// A queue value: spooled-at (8 bytes, big endian) + the encoded spec.
-fn encode_entry(at_ms: i64, spec: &pb::JobSpec) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + spec.encoded_len());
-    v.extend_from_slice(&at_ms.to_be_bytes());
-    spec.encode(&mut v)
-        .expect("a Vec grows to fit the encoding");
+/// A queue value, one submitted batch: spooled-at (8 bytes, big endian),
+/// then each spec, length-delimited. One key per batch: a batch of 1,000
+/// is one sled write, not 1,000.
+fn encode_batch<'a>(at_ms: i64, specs: impl IntoIterator<Item = &'a pb::JobSpec>) -> Vec<u8> {
+    let mut v = at_ms.to_be_bytes().to_vec();
+    for spec in specs {
+        spec.encode_length_delimited(&mut v)
+            .expect("a Vec grows to fit the encoding");
+    }
     v
 }
 
-fn decode_entry(v: &[u8]) -> std::result::Result<(i64, pb::JobSpec), String> {
+fn decode_batch(v: &[u8]) -> std::result::Result<(i64, Vec<pb::JobSpec>), String> {
     let at: [u8; 8] = v
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| format!("an entry of {} bytes", v.len()))?;
-    let spec = pb::JobSpec::decode(&v[8..]).map_err(|e| format!("an unreadable job: {e}"))?;
-    Ok((i64::from_be_bytes(at), spec))
+    let mut rest = &v[8..];
+    let mut specs = Vec::new();
+    while !rest.is_empty() {
+        specs.push(
+            pb::JobSpec::decode_length_delimited(&mut rest)
+                .map_err(|e| format!("an unreadable job: {e}"))?,
+        );
+    }
+    if specs.is_empty() {
+        return Err("an empty entry".into());
+    }
+    Ok((i64::from_be_bytes(at), specs))
 }
 
 fn spool_error(dir: &Path, context: impl Into<String>, e: impl std::fmt::Display) -> Error {
@@ -382,8 +407,14 @@ impl Store {
         for item in tree.scan_prefix([QUEUE]) {
             let (k, v) = item.map_err(|e| damaged(e.to_string()))?;
             let seq = seq_of(&k).ok_or_else(|| damaged("a malformed key".into()))?;
-            let (at, _) = decode_entry(&v).map_err(damaged)?;
-            state.queue.push_back((seq, v.len() as u64, at));
+            let (at_ms, specs) = decode_batch(&v).map_err(damaged)?;
+            state.queue.push_back(Spooled {
+                seq,
+                jobs: specs.len() as u64,
+                bytes: v.len() as u64,
+                at_ms,
+            });
+            state.jobs += specs.len() as u64;
             state.bytes += v.len() as u64;
             state.next_seq = state.next_seq.max(seq + 1);
         }
@@ -393,7 +424,7 @@ impl Store {
             state.set_aside += 1;
             state.next_seq = state.next_seq.max(seq + 1);
         }
-        state.progress.remaining = state.queue.len() as u64;
+        state.progress.remaining = state.jobs;
         let engine = Engine::start(db, tree.clone())
             .map_err(|e| OpenError::Other(engine_error(dir, "starting the spool's writer", e)))?;
         Ok(Store {
@@ -419,23 +450,26 @@ impl Store {
     }
 
     fn depth(&self) -> u64 {
-        self.state().queue.len() as u64
+        self.state().jobs
     }
 
     /// Appends `specs` in order and returns once they are on disk. Refuses
     /// the whole batch when it would pass a limit.
     async fn append(&self, specs: &[pb::JobSpec], options: &SpoolOptions) -> Result<()> {
+        if specs.is_empty() {
+            return Ok(());
+        }
         let now = lts_common::now_ms();
-        let values: Vec<Vec<u8>> = specs.iter().map(|s| encode_entry(now, s)).collect();
-        let added: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let value = encode_batch(now, specs);
+        let added = value.len() as u64;
         {
             let mut state = self.state();
-            let entries = state.queue.len() as u64;
-            if entries + specs.len() as u64 > options.max_entries {
+            let jobs = state.jobs;
+            if jobs + specs.len() as u64 > options.max_entries {
                 return Err(Error::SpoolFull {
                     dir: self.dir.clone(),
                     limit: format!(
-                        "{} entries; it holds {entries}, {} more asked",
+                        "{} entries; it holds {jobs}, {} more asked",
                         options.max_entries,
                         specs.len()
                     ),
@@ -450,23 +484,23 @@ impl Store {
                     ),
                 });
             }
+            let seq = state.next_seq;
             let mut writes = Writes::default();
-            let first = state.next_seq;
-            for (i, v) in values.into_iter().enumerate() {
-                let seq = first + i as u64;
-                state.queue.push_back((seq, v.len() as u64, now));
-                writes.insert(&queue_key(seq)[..], v);
-            }
+            writes.insert(&queue_key(seq)[..], value);
             // Committed under the state lock: sequence order is disk order.
-            if let Err(e) = self.engine.commit(writes) {
-                for _ in specs {
-                    state.queue.pop_back();
-                }
-                return Err(engine_error(&self.dir, "writing to the spool", e));
-            }
-            state.next_seq += specs.len() as u64;
+            self.engine
+                .commit(writes)
+                .map_err(|e| engine_error(&self.dir, "writing to the spool", e))?;
+            state.queue.push_back(Spooled {
+                seq,
+                jobs: specs.len() as u64,
+                bytes: added,
+                at_ms: now,
+            });
+            state.next_seq += 1;
+            state.jobs += specs.len() as u64;
             state.bytes += added;
-            state.progress.remaining = state.queue.len() as u64;
+            state.progress.remaining = state.jobs;
         }
         self.engine.wake_writer();
         self.engine
@@ -475,57 +509,106 @@ impl Store {
             .map_err(|e| engine_error(&self.dir, "flushing the spool", e))
     }
 
-    /// The oldest `n` spooled jobs, with their sequences.
-    async fn head(&self, n: usize) -> Result<Vec<(u64, i64, pb::JobSpec)>> {
+    /// The oldest spooled batches, at least one, until they hold `n` jobs.
+    async fn head(&self, n: usize) -> Result<Vec<(u64, i64, Vec<pb::JobSpec>)>> {
         self.engine.settled().await;
         let tree = self.tree()?;
         let mut out = Vec::new();
-        for item in tree.scan_prefix([QUEUE]).take(n) {
+        let mut jobs = 0;
+        for item in tree.scan_prefix([QUEUE]) {
             let (k, v) = item.map_err(|e| spool_error(&self.dir, "reading the spool", e))?;
             let seq = seq_of(&k)
                 .ok_or_else(|| spool_error(&self.dir, "reading the spool", "a malformed key"))?;
-            let (at, spec) =
-                decode_entry(&v).map_err(|e| spool_error(&self.dir, "reading the spool", e))?;
-            out.push((seq, at, spec));
+            let (at, specs) =
+                decode_batch(&v).map_err(|e| spool_error(&self.dir, "reading the spool", e))?;
+            jobs += specs.len();
+            out.push((seq, at, specs));
+            if jobs >= n {
+                break;
+            }
         }
         Ok(out)
     }
 
-    /// Removes the oldest `done.len()` jobs, keeping those set aside.
-    async fn settle(&self, done: Vec<(u64, Option<(SetAside, pb::JobSpec)>)>) -> Result<()> {
-        if done.is_empty() {
+    /// Removes the first `done` jobs of `head` (the batches [`Store::head`]
+    /// returned), keeping those set aside (by their place in `head`).
+    async fn settle(
+        &self,
+        head: &[(u64, i64, Vec<pb::JobSpec>)],
+        done: usize,
+        aside: Vec<(usize, SetAside)>,
+    ) -> Result<()> {
+        if done == 0 {
             return Ok(());
         }
         {
             let mut state = self.state();
             let mut writes = Writes::default();
-            for (seq, aside) in &done {
-                writes.remove(&queue_key(*seq)[..]);
-                if let Some((record, spec)) = aside {
-                    let record = serde_json::to_vec(record)
-                        .map_err(|e| spool_error(&self.dir, "recording a set-aside job", e))?;
-                    let mut v = Vec::with_capacity(4 + record.len() + spec.encoded_len());
-                    v.extend_from_slice(&(record.len() as u32).to_be_bytes());
-                    v.extend_from_slice(&record);
-                    spec.encode(&mut v)
-                        .expect("a Vec grows to fit the encoding");
-                    writes.insert(&aside_key(*seq)[..], v);
+            // Set-aside jobs first: a crash between keeps them queued, and
+            // the replay sets them aside again.
+            let mut place = Vec::new();
+            for (seq, _, specs) in head {
+                for (pos, spec) in specs.iter().enumerate() {
+                    place.push((*seq, pos, spec));
+                }
+            }
+            let set_aside = aside.len() as u64;
+            for (i, record) in aside {
+                let Some((seq, pos, spec)) = place.get(i) else {
+                    continue;
+                };
+                let record = serde_json::to_vec(&record)
+                    .map_err(|e| spool_error(&self.dir, "recording a set-aside job", e))?;
+                let mut v = Vec::with_capacity(4 + record.len() + spec.encoded_len());
+                v.extend_from_slice(&(record.len() as u32).to_be_bytes());
+                v.extend_from_slice(&record);
+                spec.encode(&mut v)
+                    .expect("a Vec grows to fit the encoding");
+                writes.insert(&aside_key(*seq, *pos as u32)[..], v);
+            }
+            let mut left = done;
+            let mut removed = Vec::new();
+            let mut rest = None;
+            for (seq, at, specs) in head {
+                if left == 0 {
+                    break;
+                }
+                if left >= specs.len() {
+                    writes.remove(&queue_key(*seq)[..]);
+                    removed.push(*seq);
+                    left -= specs.len();
+                } else {
+                    // Part of a batch went: the rest stays under its key.
+                    let value = encode_batch(*at, &specs[left..]);
+                    rest = Some((*seq, (specs.len() - left) as u64, value.len() as u64));
+                    writes.insert(&queue_key(*seq)[..], value);
+                    left = 0;
                 }
             }
             self.engine
                 .commit(writes)
                 .map_err(|e| engine_error(&self.dir, "writing to the spool", e))?;
-            for (seq, aside) in &done {
-                if state.queue.front().is_some_and(|(s, _, _)| s == seq) {
-                    if let Some((_, bytes, _)) = state.queue.pop_front() {
-                        state.bytes -= bytes;
+            for seq in removed {
+                if state.queue.front().is_some_and(|b| b.seq == seq) {
+                    if let Some(b) = state.queue.pop_front() {
+                        state.jobs -= b.jobs;
+                        state.bytes -= b.bytes;
                     }
                 }
-                if aside.is_some() {
-                    state.set_aside += 1;
-                }
             }
-            state.progress.remaining = state.queue.len() as u64;
+            if let Some((seq, jobs, bytes)) = rest {
+                let (mut dj, mut db) = (0, 0);
+                if let Some(b) = state.queue.front_mut().filter(|b| b.seq == seq) {
+                    dj = b.jobs - jobs;
+                    db = b.bytes - bytes;
+                    b.jobs = jobs;
+                    b.bytes = bytes;
+                }
+                state.jobs -= dj;
+                state.bytes -= db;
+            }
+            state.set_aside += set_aside;
+            state.progress.remaining = state.jobs;
         }
         self.engine.wake_writer();
         // A removal lost in a crash only sends the job again, which the
@@ -556,9 +639,9 @@ impl Store {
         let state = self.state();
         SpoolStatus {
             dir: self.dir.clone(),
-            entries: state.queue.len() as u64,
+            entries: state.jobs,
             bytes: state.bytes,
-            oldest_ms: state.queue.front().map(|(_, _, at)| *at),
+            oldest_ms: state.queue.front().map(|b| b.at_ms),
             set_aside: state.set_aside,
             disk_bytes: disk_usage(&self.dir),
             progress: state.progress.clone(),
@@ -566,7 +649,7 @@ impl Store {
         }
     }
 
-    /// Drops every spooled and set-aside job. Returns how many.
+    /// Drops every spooled and set-aside job. Returns how many jobs.
     async fn purge(&self) -> Result<u64> {
         self.engine.settled().await;
         let tree = self.tree()?;
@@ -583,13 +666,14 @@ impl Store {
                 keys.extend(self.engine.unapplied_keys(&[prefix]));
                 for k in keys {
                     writes.remove(k);
-                    n += 1;
                 }
             }
+            n += state.jobs + state.set_aside;
             self.engine
                 .commit(writes)
                 .map_err(|e| engine_error(&self.dir, "writing to the spool", e))?;
             state.queue.clear();
+            state.jobs = 0;
             state.bytes = 0;
             state.set_aside = 0;
             state.progress.remaining = 0;
@@ -930,7 +1014,11 @@ async fn replay_batch(shared: &Shared) -> Result<bool> {
     if head.is_empty() {
         return Ok(false);
     }
-    let specs: Vec<pb::JobSpec> = head.iter().map(|(_, _, s)| s.clone()).collect();
+    let jobs: Vec<(i64, &pb::JobSpec)> = head
+        .iter()
+        .flat_map(|(_, at, specs)| specs.iter().map(move |s| (*at, s)))
+        .collect();
+    let specs: Vec<pb::JobSpec> = jobs.iter().map(|(_, s)| (*s).clone()).collect();
     let (outcomes, failure) = match shared.client.submit_wire(specs).await {
         Ok(o) => (o, None),
         Err(Error::PartialSubmit { submitted, source }) => (submitted, Some(*source)),
@@ -965,10 +1053,11 @@ async fn replay_batch(shared: &Shared) -> Result<bool> {
         // A failed lookup ends the batch there: the rest is sent again later.
         .map_while(|r: Result<Option<lts_common::Job>>| r.ok())
         .collect();
-    let mut done = Vec::new();
+    let mut done = 0;
+    let mut set_aside = Vec::new();
     let mut events = Vec::new();
-    let (mut replayed, mut already, mut aside_count) = (0u64, 0u64, 0u64);
-    for (((seq, at, spec), outcome), lookup) in head.into_iter().zip(outcomes).zip(lookups) {
+    let (mut replayed, mut already) = (0u64, 0u64);
+    for (((at, spec), outcome), lookup) in jobs.iter().copied().zip(outcomes).zip(lookups) {
         let aside = |reason: AsideReason| SetAside {
             task_id: spec.task_id.clone(),
             node_group: spec.task_tracker_node_group.clone(),
@@ -979,16 +1068,14 @@ async fn replay_batch(shared: &Shared) -> Result<bool> {
             (SubmitOutcome::Accepted { task_id, job_id }, _) => {
                 replayed += 1;
                 events.push(SpoolEvent::Replayed { task_id, job_id });
-                done.push((seq, None));
             }
             (SubmitOutcome::Refused(r), Some(stored)) => {
-                if same_job(&stored.spec, &spec) {
+                if same_job(&stored.spec, spec) {
                     already += 1;
                     events.push(SpoolEvent::AlreadyStored {
                         task_id: r.task_id,
                         job_id: stored.job_id,
                     });
-                    done.push((seq, None));
                 } else {
                     let record = aside(AsideReason::Conflict {
                         existing_job_id: stored.job_id,
@@ -997,9 +1084,8 @@ async fn replay_batch(shared: &Shared) -> Result<bool> {
                         task = %record.task_id,
                         "a spooled job's task id belongs to another job; it is set aside in the spool"
                     );
-                    aside_count += 1;
                     events.push(SpoolEvent::SetAside(record.clone()));
-                    done.push((seq, Some((record, spec))));
+                    set_aside.push((done, record));
                 }
             }
             (SubmitOutcome::Refused(r), None) if r.code == "ALREADY_EXISTS" => break,
@@ -1013,15 +1099,16 @@ async fn replay_batch(shared: &Shared) -> Result<bool> {
                     task = %record.task_id,
                     "a tracker refused a spooled job; it is set aside in the spool"
                 );
-                aside_count += 1;
                 events.push(SpoolEvent::SetAside(record.clone()));
-                done.push((seq, Some((record, spec))));
+                set_aside.push((done, record));
             }
             (SubmitOutcome::Spooled { .. }, _) => break,
         }
+        done += 1;
     }
-    let progressed = !done.is_empty();
-    shared.store.settle(done).await?;
+    let progressed = done > 0;
+    let aside_count = set_aside.len() as u64;
+    shared.store.settle(&head, done, set_aside).await?;
     {
         let mut state = shared.store.state();
         state.progress.replayed += replayed;
