@@ -35,6 +35,9 @@ struct Args {
     /// Jobs per batch.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
+    /// Jobs per replay request; default: the spool's default.
+    #[arg(long)]
+    replay_batch: Option<usize>,
     /// Concurrent callers for the second single-submit figure.
     #[arg(long, default_value_t = 64)]
     callers: usize,
@@ -56,12 +59,13 @@ fn rate(jobs: usize, took: Duration) -> f64 {
     jobs as f64 / took.as_secs_f64()
 }
 
-fn spool_options() -> SpoolOptions {
+fn spool_options(replay_batch: Option<usize>) -> SpoolOptions {
+    let defaults = SpoolOptions::default();
     SpoolOptions {
         submit_attempts: 1,
         background_replay: false,
-        replay_batch: 1000,
-        ..SpoolOptions::default()
+        replay_batch: replay_batch.unwrap_or(defaults.replay_batch),
+        ..defaults
     }
 }
 
@@ -120,7 +124,7 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let spool_dir = dir.path().join("spool");
     let dead = JobClient::new(vec![DEAD_ADDRESS.into()], options.clone())?;
-    let spooling = dead.with_spool(&spool_dir, spool_options())?;
+    let spooling = dead.with_spool(&spool_dir, spool_options(args.replay_batch))?;
 
     // Single submits, one caller: each returns once its job is on disk.
     let start = Instant::now();
@@ -173,7 +177,7 @@ async fn main() -> Result<()> {
     // Replay to the live tracker.
     let replayer = JobClient::connect_with(vec![tracker.url.clone()], options)
         .await?
-        .with_spool(&spool_dir, spool_options())?;
+        .with_spool(&spool_dir, spool_options(args.replay_batch))?;
     let held = replayer.depth() as usize;
     let start = Instant::now();
     let progress = replayer.replay().await?;
@@ -183,8 +187,10 @@ async fn main() -> Result<()> {
         "replay left jobs behind: {progress:?}"
     );
     println!(
-        "replay to the live tracker: {:>9.0} jobs/s ({} jobs)",
-        replay_rate, held
+        "replay to the live tracker, {} jobs a request: {:>9.0} jobs/s ({} jobs)",
+        spool_options(args.replay_batch).replay_batch,
+        replay_rate,
+        held
     );
     replayer.close().await?;
 
