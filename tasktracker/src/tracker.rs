@@ -390,6 +390,9 @@ struct Driver {
 
 impl Driver {
     async fn drive(&mut self) -> Result<()> {
+        // A spool on disk may hold outcomes from before a restart.
+        self.recorder.set_unacked(self.spool.len());
+        self.recorder.notify();
         let mut link = self.connect();
         let mut backoff = Backoff::new(
             self.config.reconnect_backoff_min,
