@@ -145,7 +145,7 @@ impl DiskSpool {
                 let aside = Self::move_aside(dir, &why)?;
                 tracing::error!(
                     "the outcome spool {} cannot be read ({why}); moved it to {} and \
-                     started with an empty spool: outcomes in it are not delivered",
+                     started with an empty spool: what it held is not delivered (the JobTracker runs those jobs again)",
                     dir.display(),
                     aside.display()
                 );

@@ -233,6 +233,10 @@ impl TaskTracker {
         if let Err(e) = driver.spool.close().await {
             tracing::error!("{e}");
         }
+        // Letting go of a spool on disk waits for its files to be
+        // released: off the runtime's threads.
+        let spool = std::mem::replace(&mut driver.spool, Box::new(MemorySpool::new()));
+        let _ = tokio::task::spawn_blocking(move || drop(spool)).await;
         result
     }
 }
