@@ -595,6 +595,8 @@ impl Driver {
         let free = self
             .slots
             .saturating_sub(self.running.len() + self.waiting.len());
+        // A full spool takes no new work; a hello offers one slot at least.
+        let free = if self.spool.is_full() { 0 } else { free };
         let hello = pb::Hello {
             identity: self.config.identity.clone(),
             node_group: self.config.node_group.clone(),

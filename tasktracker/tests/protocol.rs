@@ -1620,9 +1620,21 @@ async fn a_full_spool_takes_no_new_work_until_acknowledgements_make_room() {
     s.welcome(10_000);
     s.assign(ids("f", 2, "noop"));
     // Two outcomes fill the spool: no slot is offered again for them.
-    let got = s.outcomes(2).await;
-    assert_eq!(got.credits, 0, "{got:?}");
-    s.ack(&[("f0", 1), ("f1", 1)]);
+    let mut got = s.outcomes(2).await;
+    // A job that cannot be read is reported at once: whatever was queued
+    // before its outcome has arrived once it has.
+    let mut unreadable = assignment("marker", "noop");
+    if let Some(job) = unreadable.job.as_mut() {
+        job.spec = None;
+    }
+    s.send(ToWorker::Assignments(pb::Assignments {
+        assignments: vec![unreadable],
+    }));
+    while !got.reports.iter().any(|r| r.job_id == "marker") {
+        got.add(s.next().await);
+    }
+    assert_eq!(got.credits, 0, "no slot offered while full: {got:?}");
+    s.ack(&[("f0", 1), ("f1", 1), ("marker", 1)]);
     s.credit(2).await;
     tt.finish().await.unwrap();
 }
