@@ -83,6 +83,8 @@ pub struct DiskSpool {
     bytes: u64,
     next_seq: u64,
     closed: bool,
+    /// A write failed (logged once).
+    write_failed: bool,
 }
 
 impl std::fmt::Debug for DiskSpool {
@@ -238,6 +240,7 @@ impl DiskSpool {
             bytes: 0,
             next_seq: loaded.next_seq,
             closed: false,
+            write_failed: false,
         };
         spool.bytes = spool.sizes.values().sum();
         for (&seq, report) in &spool.outcomes {
@@ -289,11 +292,17 @@ impl DiskSpool {
             return;
         }
         if let Err(e) = self.engine.commit(writes) {
-            tracing::error!(
-                "cannot write to the outcome spool {}: {}",
-                self.dir.display(),
-                sled_message(&e)
-            );
+            // Once is enough: the engine refuses every write after the
+            // first failure.
+            if !self.write_failed {
+                self.write_failed = true;
+                tracing::error!(
+                    "cannot write to the outcome spool {}: {}; what is spooled from now on \
+                     is kept in memory only",
+                    self.dir.display(),
+                    sled_message(&e)
+                );
+            }
             return;
         }
         self.engine.wake_writer();

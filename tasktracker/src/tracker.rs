@@ -713,6 +713,11 @@ impl Driver {
             "run finished"
         );
         self.recorder.run_finished(report.outcome.as_ref());
+        if let Some(conn) = conn {
+            // A run's start goes out (and into the spool) before its
+            // outcome, so the outcome's acknowledgement covers it.
+            self.send_started(conn);
+        }
         if let Err(e) = self.spool.put(&report) {
             tracing::error!(
                 "cannot spool the outcome of job {} attempt {}: {e}; \
@@ -722,8 +727,6 @@ impl Driver {
             );
         }
         if let Some(conn) = conn {
-            // A run's start goes out before its outcome.
-            self.send_started(conn);
             let _ = conn.out.send(Outgoing::Outcome(report));
         }
     }
