@@ -340,3 +340,56 @@ async fn jobs_sent_ahead_of_one_instant_start_at_it() {
         .unwrap()
         .unwrap();
 }
+
+/// Outcomes per second a spool on disk takes (put, then made durable) and
+/// lets go (acknowledged, then made durable), without a TaskTracker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_spool_outcomes_per_second() {
+    let total: usize = std::env::var("LTS_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool =
+        tokio::task::spawn_blocking(move || DiskSpool::open(&path, SpoolLimits::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let reports: Vec<pb::OutcomeReport> = (0..total)
+        .map(|i| pb::OutcomeReport {
+            job_id: format!("{i:032x}"),
+            attempt: 1,
+            outcome: Some(Outcome::Success("exit status 0".into()).into()),
+            started_at_unix_ms: now_ms(),
+            finished_at_unix_ms: now_ms(),
+        })
+        .collect();
+    let start = Instant::now();
+    for report in &reports {
+        spool.put(report).unwrap();
+    }
+    let queued = start.elapsed();
+    spool.sync().await.unwrap();
+    let put = start.elapsed();
+    let start = Instant::now();
+    for report in &reports {
+        spool.ack(&report.job_id, report.attempt).unwrap();
+    }
+    spool.sync().await.unwrap();
+    let acked = start.elapsed();
+    println!(
+        "disk spool: {total} outcomes queued in {} ms, put and flushed in {} ms ({:.0}/s), \
+         acknowledged and flushed in {} ms ({:.0}/s)",
+        queued.as_millis(),
+        put.as_millis(),
+        total as f64 / put.as_secs_f64(),
+        acked.as_millis(),
+        total as f64 / acked.as_secs_f64()
+    );
+    assert!(spool.is_empty());
+    spool.close().await.unwrap();
+    tokio::task::spawn_blocking(move || drop(spool))
+        .await
+        .unwrap();
+}
