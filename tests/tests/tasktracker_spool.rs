@@ -288,3 +288,84 @@ async fn a_spooled_outcome_of_an_attempt_run_again_elsewhere_is_refused_logged_a
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tasktracker_on_one_spool_is_refused_and_a_damaged_spool_is_moved_aside(
+) -> Result<()> {
+    let mut s = Setup::start()?;
+    // A second process on tt-a's spool directory exits with an error
+    // naming it; tt-a goes on.
+    let mut args = vec![
+        "--node-group".to_string(),
+        GROUP.to_string(),
+        "--jobtracker".to_string(),
+        s.cluster.tracker_url()?,
+        "--identity".to_string(),
+        "tt-second".to_string(),
+    ];
+    args.extend(s.spool_args());
+    s.cluster.spawn("tt-second", "tasktracker", &args)?;
+    let status = wait_until(WAIT, "the second TaskTracker exiting", || {
+        let exited = s.cluster.proc("tt-second").map(|p| p.exited());
+        async move {
+            Ok(match exited? {
+                Some(status) => Ok(status),
+                None => Err("still running".to_string()),
+            })
+        }
+    })
+    .await?;
+    assert!(!status.success(), "{status}");
+    let said = s.cluster.procs_log("tt-second");
+    assert!(
+        said.contains("is in use") && said.contains(&s.spool.display().to_string()),
+        "{said}"
+    );
+    assert!(s.cluster.proc("tt-a")?.exited().is_none());
+
+    // Garbage over the spool's data: tt-a starts again with a fresh spool
+    // and says where the damaged one went.
+    s.cluster.proc("tt-a")?.kill9();
+    let data = s.spool.join("spool.sled").join("db");
+    let len = std::fs::metadata(&data)?.len().max(4096) as usize;
+    std::fs::write(
+        &data,
+        (0..len).map(|i| (i * 7 + 13) as u8).collect::<Vec<u8>>(),
+    )?;
+    s.restart_tt_a()?;
+    // The JobTracker saw tt-a join before: its own log says when it is back.
+    let said = wait_until(WAIT, "tt-a connecting again", || {
+        let log = s.cluster.proc("tt-a").map(|p| p.current_log());
+        async move {
+            let log = log?;
+            Ok(if log.contains("connected to JobTracker") {
+                Ok(log)
+            } else {
+                Err(log)
+            })
+        }
+    })
+    .await?;
+    assert!(said.contains("cannot be read"), "{said}");
+    let aside: Vec<_> = std::fs::read_dir(s.cluster.dir())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tt-a-spool.damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged spool is kept aside once");
+    // It works with the fresh spool.
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let mut spec = s.spec("after-the-damage");
+    spec.payload = serde_json::json!({
+        "program": s.program.display().to_string(),
+        "args": [s.started.display().to_string(), s.ended.display().to_string(), "0"],
+    })
+    .to_string()
+    .into_bytes();
+    client.submit(vec![spec]).await?;
+    wait_all_succeeded(&client, GROUP, 1, WAIT).await?;
+    Ok(())
+}
