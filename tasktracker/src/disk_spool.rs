@@ -774,6 +774,25 @@ mod tests {
         close(spool).await;
     }
 
+    #[tokio::test]
+    async fn an_entry_that_does_not_decode_moves_the_spool_aside() {
+        let (spool, aside) = reopen_damaged(|db| {
+            let data = db.parent().expect("the data directory");
+            let sled = ::sled::Config::new().path(data).open().expect("open sled");
+            let tree = sled.open_tree("spool").expect("tree");
+            tree.insert(key(b'o', 1), &[0xff, 0xff, 0xff, 0xff][..])
+                .expect("insert");
+            sled.flush().expect("flush");
+            drop(tree);
+            drop(sled);
+            wait_for_release(db).expect("sled lets go of the directory");
+        })
+        .await;
+        assert_eq!(aside.len(), 1, "moved aside: {aside:?}");
+        assert!(spool.is_empty());
+        close(spool).await;
+    }
+
     #[test]
     fn limits_of_zero_are_refused() {
         let tmp = tempfile::tempdir().expect("temporary directory");
