@@ -90,27 +90,25 @@ async fn jobs_spooled_while_the_tracker_is_down_exist_once_and_run_after_a_clien
         spool_arg.clone(),
     ];
     cluster.spawn("replayer", "jobclient", &replayer_args)?;
-    // A second process on the same spool is refused, naming it. (When the
-    // probe opens the spool first, the replayer is the one refused: it is
-    // started again.)
-    let mut refusal = None;
-    for _ in 0..200 {
-        if cluster.proc("replayer")?.exited().is_some() {
-            cluster.spawn("replayer", "jobclient", &replayer_args)?;
-        }
-        let (ok, _, err) = jobclient(&tracker, &["spool", "status", "--spool", &spool_arg])?;
-        if !ok && err.contains("in use") {
-            refusal = Some(err);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let refusal = refusal.with_context(|| {
-        format!(
+    // Once the replayer says what the spool holds it holds the spool (it
+    // opened it first); a second process on the same spool is refused,
+    // naming it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.procs_log("replayer").contains("jobs in the spool") {
+        anyhow::ensure!(
+            cluster.proc("replayer")?.exited().is_none(),
+            "the replayer exited before it held the spool; its log:\n{}",
+            cluster.procs_log("replayer")
+        );
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
             "the replayer never held the spool; its log:\n{}",
             cluster.procs_log("replayer")
-        )
-    })?;
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, _, refusal) = jobclient(&tracker, &["spool", "status", "--spool", &spool_arg])?;
+    assert!(!ok && refusal.contains("in use"), "{refusal}");
     assert!(refusal.contains(&spool_arg), "{refusal}");
     cluster.proc("replayer")?.kill9();
     cluster.proc(TRACKER)?.thaw()?;

@@ -443,6 +443,7 @@ async fn replay_spool(spooling: &SpoolingClient, quiet: bool) -> Result<bool, Cl
             println!("{line}");
         }
     };
+    say(format!("replay: {before} jobs in the spool"));
     let result = spooling
         .replay_with(|p| {
             say(format!(
