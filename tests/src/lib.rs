@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod failover;
+pub mod proxy;
 pub mod zk;
 
 use std::collections::HashMap;
