@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use lts_common::{JobSpec, JobState, LogKind, Outcome};
 use lts_jobclient::JobClient;
 use lts_tests::proxy::Proxy;
-use lts_tests::{wait_all_succeeded, wait_until, Cluster, TRACKER};
+use lts_tests::{departures, joins, wait_all_succeeded, wait_until, Cluster, TRACKER};
 
 /// The TaskTracker behind the proxy, and the one connected directly.
 const CUT: &str = "tt-cut";
@@ -249,6 +249,25 @@ async fn a_task_tracker_cut_off_has_its_runs_taken_over_and_its_late_outcomes_re
             .collect();
         assert_eq!(counted, vec![(now.attempt, DIRECT)], "{task}: {log:?}");
     }
+    // The JobTracker gave the cut-off TaskTracker up because it went
+    // silent (the proxy closed nothing during the cut), and took it back
+    // once the network was healed.
+    let tracker_log = cluster.procs_log(TRACKER);
+    let field = format!("worker={CUT}");
+    let left: Vec<&str> = tracker_log
+        .lines()
+        .filter(|l| l.contains("TaskTracker left"))
+        .filter(|l| l.split_whitespace().any(|w| w == field))
+        .collect();
+    assert!(
+        left.first().is_some_and(|l| l.contains("silent for")),
+        "the JobTracker did not give {CUT} up for its silence: {left:?}"
+    );
+    assert_eq!(departures(&tracker_log, DIRECT), 0, "{DIRECT} was given up");
+    assert!(
+        joins(&tracker_log, CUT) >= 2,
+        "{CUT} did not join again after the network was healed"
+    );
     eprintln!(
         "{} of {JOBS} jobs were running behind the proxy when it was cut: {cut_runs:?}; \
          the proxy accepted {} connections",
