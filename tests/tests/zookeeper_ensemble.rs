@@ -62,6 +62,18 @@ async fn zookeeper_leader_killed_jobs_run_on_and_one_master_remains() -> Result<
     ensemble.kill9(zk_leader)?;
     let killed = Instant::now();
     let since_ms = lts_common::now_ms();
+    // The batch needs three rounds of half a second on eight slots, so
+    // it was under way, not done, when the leader went.
+    let done_at_kill = c
+        .ledger()
+        .finished()
+        .iter()
+        .filter(|r| r.task_id.starts_with("batch-"))
+        .count();
+    assert!(
+        done_at_kill < BATCH,
+        "the batch was done before the leader was killed"
+    );
 
     let new_leader = ensemble.wait_leader(WAIT)?;
     assert_ne!(new_leader, zk_leader, "a killed server does not lead");
@@ -88,6 +100,31 @@ async fn zookeeper_leader_killed_jobs_run_on_and_one_master_remains() -> Result<
         "ensemble: {master} is the master {:?} after the kill",
         killed.elapsed()
     );
+
+    // The registry, read by a new client through the surviving servers,
+    // still lists every node and names the master.
+    c.poll("the registry to list every node with the master", || {
+        let nodes = match c.nodes() {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(format!("nodes failed: {e}"))),
+        };
+        let trackers = nodes.of_role("jobtracker");
+        let task_trackers = nodes.of_role("tasktracker");
+        Ok(
+            if trackers == ["jt-1", "jt-2"]
+                && task_trackers == ["tt-1"]
+                && nodes.master.as_deref() == Some(master.as_str())
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "jobtrackers {trackers:?}, tasktrackers {task_trackers:?}, master {:?}",
+                    nodes.master
+                ))
+            },
+        )
+    })
+    .await?;
 
     c.poll("three cycles after the kill to succeed", || {
         let cycles = match c.list(GROUP, "tick@") {
