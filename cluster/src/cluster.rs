@@ -169,8 +169,8 @@ impl Cluster {
 
     /// Takes part in the master election as `identity`: the receiver holds
     /// `Some(term)` while this node leads, `None` otherwise. The term is
-    /// the sequence number of this node's election znode, so a later master
-    /// always has a larger term. Leadership ends as soon as the session is
+    /// the sequence number of this node's election znode plus one, so a
+    /// later master always has a larger term, and the first is 1. Leadership ends as soon as the session is
     /// disconnected, before it can expire; after an expiry this node
     /// rejoins with a new znode and a new, larger term.
     pub fn elect(&self, identity: &str) -> watch::Receiver<Option<u64>> {
@@ -518,7 +518,9 @@ async fn contend(client: Client, base: String, contender: Arc<Contender>) {
             Err(_) => continue,
         };
         if position == 0 && is_connected(state.state()) {
-            lead(Some(term));
+            // Terms start at 1: ZooKeeper numbers the first znode 0, and 0
+            // is below every term a store may have recorded.
+            lead(Some(term + 1));
         } else {
             lead(None);
         }

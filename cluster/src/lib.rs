@@ -13,8 +13,8 @@
 //! `jobtrackers/<identity>`, `tasktrackers/<node group>/<identity>`,
 //! `jobclients/<node group>/<identity>` (each holding [`NodeInfo`] as JSON)
 //! and `election/n_<sequence>` (holding the contender's identity). The
-//! contender with the lowest sequence number leads, and that number is its
-//! term.
+//! contender with the lowest sequence number leads, and that number plus
+//! one is its term.
 #![warn(missing_docs)]
 
 mod cluster;

@@ -13,9 +13,13 @@ pub enum LogFormat {
 }
 
 /// Installs the global tracing subscriber, filtered by `RUST_LOG` (default
-/// `info`). Logs go to stderr.
+/// `info`, the ZooKeeper client's session steps at `warn`). Logs go to
+/// stderr.
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The ZooKeeper client reports each session step at info; the cluster
+    // code logs what matters to an operator (joined, lost, leading).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,zookeeper_client=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -217,6 +217,9 @@ struct Inner {
     // std Mutex: only held to read or swap the sticky connection, never
     // across an await.
     current: Mutex<Option<Connected>>,
+    // In cluster mode, the ZooKeeper session that keeps the resolver's
+    // list current; it closes with the last clone of the client.
+    cluster: Option<Arc<lts_cluster::Cluster>>,
 }
 
 #[derive(Clone, Debug)]
@@ -253,6 +256,24 @@ impl JobClient {
     /// trackers that changes while the client runs. It connects on its
     /// first call.
     pub fn with_resolver(resolver: Arc<dyn Resolver>, options: ClientOptions) -> Self {
+        Self::build(resolver, options, None)
+    }
+
+    /// A client over `resolver` that holds `cluster` (the session feeding
+    /// the resolver) for as long as it lives.
+    pub(crate) fn in_cluster(
+        resolver: Arc<dyn Resolver>,
+        options: ClientOptions,
+        cluster: Arc<lts_cluster::Cluster>,
+    ) -> Self {
+        Self::build(resolver, options, Some(cluster))
+    }
+
+    fn build(
+        resolver: Arc<dyn Resolver>,
+        options: ClientOptions,
+        cluster: Option<Arc<lts_cluster::Cluster>>,
+    ) -> Self {
         let endpoint_options = EndpointOptions::default()
             .with_connect_timeout(options.connect_timeout)
             .with_request_timeout(options.request_timeout);
@@ -261,6 +282,7 @@ impl JobClient {
                 resolver,
                 endpoint_options,
                 current: Mutex::new(None),
+                cluster,
             }),
         }
     }
@@ -286,6 +308,13 @@ impl JobClient {
     /// Longest wait for the answer to one call.
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.endpoint_options.request_timeout
+    }
+
+    /// In cluster mode ([`JobClient::connect_cluster`]), every node
+    /// registered in the cluster and the master, kept current; `None` for
+    /// a client given addresses.
+    pub fn cluster_nodes(&self) -> Option<tokio::sync::watch::Receiver<lts_cluster::ClusterView>> {
+        self.inner.cluster.as_ref().map(|c| c.view())
     }
 
     /// The tracker this client sticks to now, if it has connected.

@@ -12,6 +12,11 @@ pub enum Error {
     #[error("no JobTracker address given")]
     NoAddresses,
 
+    /// The cluster's ZooKeeper could not be used (unreachable, a bad
+    /// connect string or cluster name, a refused registration).
+    #[error("cluster: {0}")]
+    Cluster(#[from] lts_cluster::ClusterError),
+
     /// No JobTracker could be reached. Nothing was done; the call may be
     /// retried later (a spooling client keeps the submission meanwhile).
     #[error("no JobTracker reachable (tried {}): {last_error}", .tried.join(", "))]

@@ -63,6 +63,7 @@
 mod admin;
 pub mod cli;
 mod client;
+mod cluster;
 mod error;
 mod feedback;
 
@@ -71,5 +72,7 @@ pub use client::{
     normalize_address, ClientOptions, Feedback, JobClient, JobFilter, JobPage, LogPage, LogQuery,
     SubmitOutcome, SubmitRefusal, DEFAULT_JOBTRACKER,
 };
+pub use cluster::{cluster_view, ClusterOptions};
 pub use error::{Error, Result};
 pub use feedback::FeedbackSubscription;
+pub use lts_cluster::{ClusterView, NodeInfo, Role};

@@ -22,6 +22,10 @@ pub enum Error {
     /// The metrics could not be registered (a name is taken in the registry).
     #[error("cannot register TaskTracker metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The cluster could not be joined (ZooKeeper unreachable, a bad
+    /// name, the registration refused).
+    #[error("cluster: {0}")]
+    Cluster(#[from] lts_cluster::ClusterError),
     /// The outcome spool failed.
     #[error("outcome spool: {0}")]
     Spool(String),

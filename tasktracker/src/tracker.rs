@@ -138,6 +138,28 @@ impl TaskTracker {
         self
     }
 
+    /// Joins `cluster` (cluster mode): the JobTrackers are found through
+    /// its registry instead of the config's fixed list, and this
+    /// TaskTracker registers under its node group with its identity and
+    /// slots, so JobTrackers and `jobclient nodes` see it. The caller
+    /// closes the cluster after [`run`](Self::run) returns, which removes
+    /// the registration at once.
+    pub async fn join_cluster(mut self, cluster: &lts_cluster::Cluster) -> Result<Self> {
+        cluster
+            .register(lts_cluster::NodeInfo {
+                role: lts_cluster::Role::TaskTracker,
+                node_group: self.config.node_group.clone(),
+                identity: self.config.identity.clone(),
+                address: String::new(),
+                slots: self.config.slots,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at_ms: lts_common::now_ms(),
+            })
+            .await?;
+        self.resolver = cluster.resolver();
+        Ok(self)
+    }
+
     /// Keeps unacknowledged outcomes in `spool` instead of memory.
     pub fn with_spool(mut self, spool: Box<dyn OutcomeSpool>) -> Self {
         self.spool = spool;

@@ -31,6 +31,25 @@ pub struct Cli {
     )]
     pub jobtrackers: Vec<String>,
 
+    /// Cluster mode: find the JobTrackers through this ZooKeeper
+    /// (`host:port[,host:port...][/chroot]`) instead of --jobtracker.
+    #[arg(long, value_name = "HOSTS", global = true, env = "JOBCLIENT_ZOOKEEPER")]
+    pub zookeeper: Option<String>,
+
+    /// Name of the cluster in ZooKeeper (with --zookeeper).
+    #[arg(
+        long,
+        value_name = "NAME",
+        global = true,
+        env = "JOBCLIENT_CLUSTER",
+        default_value = "default"
+    )]
+    pub cluster: String,
+
+    /// ZooKeeper session timeout (with --zookeeper), 1s to 60s.
+    #[arg(long, value_name = "DURATION", global = true, default_value = "4s", value_parser = parse_duration)]
+    pub zk_session_timeout: Duration,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -86,6 +105,9 @@ pub enum Command {
     /// Cron expressions, checked locally: the next fire times, or what an
     /// expression means. Needs no JobTracker.
     Cron(CronArgs),
+    /// The nodes of the cluster, by role and node group, the master marked,
+    /// as ZooKeeper shows them (needs --zookeeper).
+    Nodes,
 }
 
 /// Flags of `submit`.

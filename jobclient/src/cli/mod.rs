@@ -29,8 +29,8 @@ pub use jobs::{retry_plan_for, shell_payload, JobLine};
 pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
     cron_next_json, cron_next_text, decision_text, feedback_json, feedback_text, fire_time,
-    job_json, job_text, jobs_text, log_json, log_text, misfire_name, plan_check_json,
-    plan_check_text, schedule_text, submit_json, submit_text, table,
+    job_json, job_text, jobs_text, log_json, log_text, misfire_name, nodes_json, nodes_text,
+    plan_check_json, plan_check_text, schedule_text, submit_json, submit_text, table,
 };
 pub use parse::{
     check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
@@ -39,6 +39,7 @@ pub use parse::{
 
 use crate::admin::{AdminClient, JobUpdate};
 use crate::client::{ClientOptions, JobClient, JobFilter};
+use crate::cluster::{cluster_view, ClusterOptions};
 use crate::error::Error;
 use crate::feedback::FeedbackSubscription;
 
@@ -86,6 +87,31 @@ impl CliError {
     }
 }
 
+/// A bad --zookeeper or cluster name is a usage error; the rest is a
+/// cluster that cannot be reached.
+fn cluster_error(e: Error) -> CliError {
+    match e {
+        Error::Cluster(
+            c @ (lts_cluster::ClusterError::BadConnectString { .. }
+            | lts_cluster::ClusterError::BadName { .. }
+            | lts_cluster::ClusterError::BadSessionTimeout(_)),
+        ) => CliError::Usage(format!("--zookeeper: {c}")),
+        other => CliError::Client(other),
+    }
+}
+
+/// `nodes`: the cluster's registry, read once.
+async fn nodes(cluster: &ClusterOptions, wait: Duration, json: bool) -> Result<u8, CliError> {
+    let view = cluster_view(cluster, wait).await.map_err(cluster_error)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", nodes_json(&view))?;
+    } else {
+        write!(out, "{}", nodes_text(&view))?;
+    }
+    Ok(EXIT_OK)
+}
+
 /// Runs a parsed command, printing to stdout (and errors to stderr), and
 /// returns the exit code.
 pub async fn run(cli: Cli) -> u8 {
@@ -110,16 +136,34 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         }) => return plan_check(a, json),
         _ => {}
     }
+    let cluster = cli.zookeeper.as_ref().map(|zookeeper| {
+        let mut options = ClusterOptions::new(zookeeper.clone(), cli.cluster.clone());
+        options.session_timeout = cli.zk_session_timeout;
+        options
+    });
+    if let Command::Nodes = &cli.command {
+        let Some(cluster) = &cluster else {
+            return Err(CliError::Usage(
+                "nodes: needs --zookeeper (the cluster's registry lives there)".into(),
+            ));
+        };
+        return nodes(cluster, cli.connect_timeout, json).await;
+    }
     let options = ClientOptions {
         connect_timeout: cli.connect_timeout,
         ..ClientOptions::default()
     };
-    let client = JobClient::new(cli.jobtrackers.clone(), options).map_err(|e| match e {
-        Error::InvalidAddress(_) | Error::NoAddresses => {
-            CliError::Usage(format!("--jobtracker: {e}"))
-        }
-        other => CliError::Client(other),
-    })?;
+    let client = match cluster {
+        Some(cluster) => JobClient::connect_cluster(cluster, options)
+            .await
+            .map_err(cluster_error)?,
+        None => JobClient::new(cli.jobtrackers.clone(), options).map_err(|e| match e {
+            Error::InvalidAddress(_) | Error::NoAddresses => {
+                CliError::Usage(format!("--jobtracker: {e}"))
+            }
+            other => CliError::Client(other),
+        })?,
+    };
     let admin = client.admin();
     match cli.command {
         Command::Submit(a) => submit(&client, *a, json).await,
@@ -186,6 +230,8 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
             command: PlanCommand::Check(a),
         }) => plan_check(&a, json),
         Command::Cron(a) => cron(&a, json),
+        // Answered above, before any tracker is needed.
+        Command::Nodes => Ok(EXIT_OK),
     }
 }
 

@@ -383,6 +383,84 @@ fn dash(s: &str) -> String {
     }
 }
 
+/// The cluster's nodes as JSON: the master's identity and one object per
+/// node, `master` true on the master.
+pub fn nodes_json(view: &lts_cluster::ClusterView) -> Value {
+    let nodes: Vec<Value> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "role": n.role.to_string(),
+                "node_group": n.node_group,
+                "identity": n.identity,
+                "address": n.address,
+                "slots": n.slots,
+                "version": n.version,
+                "started_at_ms": n.started_at_ms,
+                "master": n.role == lts_cluster::Role::JobTracker
+                    && view.master.as_deref() == Some(n.identity.as_str()),
+            })
+        })
+        .collect();
+    json!({ "master": view.master, "nodes": nodes })
+}
+
+/// The cluster's nodes as a table, by role and node group, the master
+/// marked; a line says when there is no master.
+pub fn nodes_text(view: &lts_cluster::ClusterView) -> String {
+    let rows = view
+        .nodes
+        .iter()
+        .map(|n| {
+            let master = n.role == lts_cluster::Role::JobTracker
+                && view.master.as_deref() == Some(n.identity.as_str());
+            let started = format_ms(n.started_at_ms);
+            vec![
+                n.role.to_string(),
+                if n.node_group.is_empty() {
+                    "-".into()
+                } else {
+                    n.node_group.clone()
+                },
+                if master {
+                    format!("{} (master)", n.identity)
+                } else {
+                    n.identity.clone()
+                },
+                if n.address.is_empty() {
+                    "-".into()
+                } else {
+                    n.address.clone()
+                },
+                if n.role == lts_cluster::Role::TaskTracker {
+                    n.slots.to_string()
+                } else {
+                    "-".into()
+                },
+                n.version.clone(),
+                started,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ROLE",
+            "NODE GROUP",
+            "IDENTITY",
+            "ADDRESS",
+            "SLOTS",
+            "VERSION",
+            "STARTED",
+        ],
+        rows,
+    );
+    if view.master.is_none() {
+        out.push_str("no master is elected\n");
+    }
+    out
+}
+
 /// Left-aligned columns two spaces apart; the last column is not padded so
 /// long messages do not drag trailing spaces.
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {

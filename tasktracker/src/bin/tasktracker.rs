@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
 use lts_tasktracker::runners::{AllowList, NoopRunner, ShellRunner};
 use lts_tasktracker::{JobRunner, TaskTracker, TaskTrackerConfig};
@@ -40,6 +41,24 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     jobtracker: Vec<String>,
+    /// Cluster mode: find the JobTrackers through this ZooKeeper
+    /// (`host:port[,host:port...][/chroot]`) instead of --jobtracker, and
+    /// register this TaskTracker there under its node group.
+    #[arg(
+        long,
+        env = "TASKTRACKER_ZOOKEEPER",
+        value_name = "HOSTS",
+        conflicts_with = "jobtracker"
+    )]
+    zookeeper: Option<String>,
+    /// Name of the cluster in ZooKeeper (with --zookeeper); every node of
+    /// one cluster gives the same name.
+    #[arg(long, env = "TASKTRACKER_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// ZooKeeper session timeout (with --zookeeper): how long after this
+    /// TaskTracker stops answering its registration goes. 1s to 60s.
+    #[arg(long, env = "TASKTRACKER_ZK_SESSION_TIMEOUT", value_parser = humantime::parse_duration, default_value = "4s")]
+    zk_session_timeout: Duration,
     /// Jobs run at the same time (1 to 10000).
     #[arg(long, env = "TASKTRACKER_SLOTS", default_value_t = 4)]
     slots: u32,
@@ -112,13 +131,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.identity = identity.clone();
     }
     config.validate().context("invalid config")?;
+    let zookeeper = match &cli.zookeeper {
+        Some(connect) => Some(
+            ZkConfig::parse(connect, &cli.cluster, cli.zk_session_timeout)
+                .context("invalid config: --zookeeper")?,
+        ),
+        None => None,
+    };
     let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned());
     if cli.check_config {
         println!("config is valid");
-        println!(
-            "  jobtracker: {}",
-            config.jobtracker_addresses()?.join(", ")
-        );
+        match &zookeeper {
+            Some(zk) => println!(
+                "  jobtracker: found through ZooKeeper {} (cluster {})",
+                zk.connect, zk.cluster
+            ),
+            None => println!(
+                "  jobtracker: {}",
+                config.jobtracker_addresses()?.join(", ")
+            ),
+        }
         println!("  node group: {}", config.node_group);
         println!("  slots:      {}", config.slots);
         println!("  ahead:      {}", config.ahead_slots);
@@ -136,7 +168,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         RunnerKind::Noop => Arc::new(NoopRunner),
     };
-    let tracker = TaskTracker::new(config, runner)?;
+    let mut tracker = TaskTracker::new(config, runner)?;
+    let cluster = match zookeeper {
+        Some(zk) => {
+            let name = zk.cluster.clone();
+            let cluster = Cluster::connect(zk)
+                .await
+                .context("cannot join the cluster through --zookeeper")?;
+            tracker = match tracker.join_cluster(&cluster).await {
+                Ok(t) => t,
+                Err(e) => {
+                    cluster.close().await;
+                    return Err(e).context("cannot register in the cluster");
+                }
+            };
+            tracing::info!(cluster = %name, "joined the cluster: JobTrackers are found through ZooKeeper");
+            Some(cluster)
+        }
+        None => None,
+    };
     let stop_metrics = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = cli.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -153,5 +203,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let result = tracker.run(shutdown_signal()).await;
     stop_metrics.cancel();
+    if let Some(cluster) = cluster {
+        // Leaves at once rather than when the session expires.
+        cluster.close().await;
+    }
     result.context("TaskTracker stopped")
 }
