@@ -15,7 +15,8 @@
 #                                     one from the Debian package's jar
 #                                     (apt-get install zookeeper)
 #   LTS_CLUSTER_MONGODB_URI=mongodb://...   use this MongoDB; each run uses a
-#                                     database of its own (lts_local_*)
+#                                     database of its own (lts_local_*), left
+#                                     in place: drop it when done
 #   LTS_CLUSTER_SECANTUSD=PATH        else start this secantusd-py (SecantusDB,
 #                                     pip install secantusdb) in memory
 #   LTS_CLUSTER_BIN_DIR=DIR           the binaries (default target/debug;
@@ -105,6 +106,9 @@ finish() {
     local rc=$?
     trap - EXIT INT TERM
     stop_all
+    if [ -n "${LTS_CLUSTER_MONGODB_URI:-}" ] && [ -n "${mongodb:-}" ]; then
+        log "database $database left on $mongodb"
+    fi
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
         tails >&2
         log "state kept in $state" >&2
