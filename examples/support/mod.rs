@@ -45,6 +45,11 @@ pub fn free_port() -> Result<u16> {
 /// Starts the jobtracker (`bin`, or the one beside this program) with a
 /// fresh data directory and metrics, and waits until it serves.
 pub async fn start_tracker(bin: Option<&Path>) -> Result<TrackerProcess> {
+    start_tracker_with(bin, &[]).await
+}
+
+/// [`start_tracker`] with more flags (a store, a cluster).
+pub async fn start_tracker_with(bin: Option<&Path>, extra: &[String]) -> Result<TrackerProcess> {
     let bin = match bin {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe()?
@@ -68,6 +73,7 @@ pub async fn start_tracker(bin: Option<&Path>) -> Result<TrackerProcess> {
         .args(["--metrics-addr", &format!("127.0.0.1:{mport}")])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stderr(log)
         .spawn()

@@ -10,7 +10,16 @@
 //! process that stalls and comes back, and every child is reaped on drop.
 //! The binaries are the ones `cargo build --workspace --bins` puts beside
 //! the test executable.
+//!
+//! [`failover::FailoverCluster`] builds a whole cluster on it: JobTrackers
+//! elected and registered in ZooKeeper over one MongoDB database,
+//! TaskTrackers and the jobclient CLI that find them there, and a ledger of
+//! the runs; [`zk::ZooKeeperServer`] is a ZooKeeper of a test's own, for
+//! tests that stop it.
 #![warn(missing_docs)]
+
+pub mod failover;
+pub mod zk;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -489,21 +498,8 @@ impl Cluster {
     /// Runs the `jobclient` binary against the JobTracker [`TRACKER`];
     /// returns stdout, or an error with stderr.
     pub fn jobclient(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(binary("jobclient")?)
-            .arg("--jobtracker")
-            .arg(self.tracker_url()?)
-            .args(args)
-            .output()
-            .context("running jobclient")?;
-        if !out.status.success() {
-            bail!(
-                "jobclient {args:?} exited with {}: {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let global = ["--jobtracker".to_string(), self.tracker_url()?];
+        run_jobclient(&global, args)
     }
 
     /// The whole log of the child `name` (empty if there is none).
@@ -519,6 +515,26 @@ impl Cluster {
         }
         s
     }
+}
+
+/// Runs the `jobclient` binary with the `global` flags that say how it
+/// finds JobTrackers, then `args`; returns stdout, or an error with
+/// stderr.
+pub fn run_jobclient(global: &[String], args: &[&str]) -> Result<String> {
+    let out = Command::new(binary("jobclient")?)
+        .args(global)
+        .args(args)
+        .output()
+        .context("running jobclient")?;
+    if !out.status.success() {
+        bail!(
+            "jobclient {args:?} exited with {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with
