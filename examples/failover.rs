@@ -103,6 +103,11 @@ struct Args {
     /// The scenarios to run; all when not given.
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
+    /// Keep the logs of every run slower than this many milliseconds (and
+    /// of failed runs) in a directory under the system's temp directory,
+    /// and print where.
+    #[arg(long, value_name = "MS")]
+    keep_logs_slower_than: Option<i64>,
 }
 
 #[tokio::main]
@@ -172,6 +177,17 @@ async fn measure(scenario: Scenario, args: &Args, name: &str, database: &str) ->
         eprintln!("{}", run.cluster.logs());
     }
     run.stop();
+    let slow = match (&result, args.keep_logs_slower_than) {
+        (Ok(ms), Some(limit)) => *ms > limit,
+        (Err(_), Some(_)) => true,
+        _ => false,
+    };
+    if slow {
+        match keep_logs(run.cluster.dir(), name) {
+            Ok(kept) => println!("  logs of {name} kept in {}", kept.display()),
+            Err(e) => eprintln!("could not keep the logs of {name}: {e}"),
+        }
+    }
     result
 }
 
@@ -536,6 +552,22 @@ async fn wait_ledger(ledger: &Path, n: usize) -> Result<(i64, u32)> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Copies the logs (and the ledger) of a run out of its temporary
+/// directory, which goes when the run ends.
+fn keep_logs(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let kept = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&kept)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log" || e == "txt") {
+            if let Some(file) = path.file_name() {
+                std::fs::copy(&path, kept.join(file))?;
+            }
+        }
+    }
+    Ok(kept)
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) -> Result<()> {
