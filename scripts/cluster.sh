@@ -181,9 +181,11 @@ all_alive() {
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 zk_serving() {
-    local host=${1%:*} port=${1##*:}
-    timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port && echo srvr >&3 && cat <&3" 2>/dev/null |
-        grep -q '^Mode:'
+    local host=${1%:*} port=${1##*:} out
+    # Read whole before matching: an early exit of grep -q would fail the
+    # pipe (pipefail).
+    out=$(timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port && echo srvr >&3 && cat <&3" 2>/dev/null) || true
+    grep -q '^Mode:' <<<"$out"
 }
 
 log "state: $state"
@@ -265,7 +267,7 @@ nodes_hold() {
     jobclient nodes --json 2>/dev/null |
         python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if ('"$1"') else 1)'
 }
-connected_tt() { cat "$state"/jt*.log | grep "TaskTracker connected" | grep -q "worker=$1\b"; }
+connected_tt() { grep -qsE "TaskTracker connected.* worker=$1( |\$)" "$state"/jt*.log; }
 for g in "${groups[@]}"; do
     for n in 1 2; do
         wait_for "TaskTracker tt-$g-$n connecting to a JobTracker" connected_tt "tt-$g-$n"
