@@ -23,14 +23,15 @@
 #                                     build them with cargo build --bins)
 #   LTS_CLUSTER_KEEP=1                keep the state directory on exit
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+cd "$(dirname "$self")/.."
 
 check=false
 case "${1:-}" in
     "") ;;
     --check) check=true ;;
     -h | --help)
-        sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+        sed -n '2,/^set -euo/p' "$self" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
