@@ -189,7 +189,7 @@ zk_serving() {
     grep -q '^Mode:' <<<"$out"
 }
 
-log "state: $state"
+log "state: $state (removed on exit, kept on failure or with LTS_CLUSTER_KEEP=1)"
 
 # --- ZooKeeper ---
 if [ -n "${LTS_CLUSTER_ZOOKEEPER:-}" ]; then
@@ -286,10 +286,20 @@ jobclient nodes
 
 if ! $check; then
     log ""
-    log "logs under $state; Ctrl-C stops everything"
-    # Wait for Ctrl-C, or for a process to end by itself.
+    log "processes (kill -9 or kill one to watch the others take over):"
+    for i in "${!names[@]}"; do
+        log "  ${names[$i]} pid ${pids[$i]}, log $state/${names[$i]}.log"
+    done
+    log "Ctrl-C stops everything"
+    # Runs until Ctrl-C, saying when a process ends.
     while true; do
-        all_alive
+        for i in "${!names[@]}"; do
+            case "$killed" in *" ${names[$i]} "*) continue ;; esac
+            if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+                log "${names[$i]} (pid ${pids[$i]}) has exited"
+                killed+="${names[$i]} "
+            fi
+        done
         sleep 1
     done
 fi
