@@ -51,8 +51,7 @@ impl Default for ClientOptions {
 /// What became of one submitted job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-// A spooling client will add a `Spooled` variant; callers must not assume
-// these two are all there is.
+// Callers must not assume these are all there is.
 #[non_exhaustive]
 pub enum SubmitOutcome {
     /// The tracker stored the job: it survives a crash of that tracker.
@@ -64,6 +63,12 @@ pub enum SubmitOutcome {
     },
     /// The tracker refused the job; nothing was stored for it.
     Refused(SubmitRefusal),
+    /// No tracker accepted the job; a [`crate::SpoolingClient`] keeps it in
+    /// its spool on disk and replays it later.
+    Spooled {
+        /// The caller's key (assigned by the spool when the job had none).
+        task_id: String,
+    },
 }
 
 /// Why a tracker refused a job.
@@ -88,6 +93,7 @@ impl SubmitOutcome {
         match self {
             SubmitOutcome::Accepted { task_id, .. } => task_id,
             SubmitOutcome::Refused(r) => &r.task_id,
+            SubmitOutcome::Spooled { task_id } => task_id,
         }
     }
 
@@ -95,7 +101,7 @@ impl SubmitOutcome {
     pub fn job_id(&self) -> Option<&str> {
         match self {
             SubmitOutcome::Accepted { job_id, .. } => Some(job_id),
-            SubmitOutcome::Refused(_) => None,
+            SubmitOutcome::Refused(_) | SubmitOutcome::Spooled { .. } => None,
         }
     }
 
@@ -329,7 +335,12 @@ impl JobClient {
     /// others. When a later request of a large batch fails, the error is
     /// [`Error::PartialSubmit`] with the outcomes of the jobs sent so far.
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitOutcome>> {
-        let wire: Vec<pb::JobSpec> = jobs.into_iter().map(pb::JobSpec::from).collect();
+        self.submit_wire(jobs.into_iter().map(pb::JobSpec::from).collect())
+            .await
+    }
+
+    /// [`JobClient::submit`] of specs already in their wire form.
+    pub(crate) async fn submit_wire(&self, wire: Vec<pb::JobSpec>) -> Result<Vec<SubmitOutcome>> {
         let mut outcomes = Vec::with_capacity(wire.len());
         for chunk in split_batches(wire) {
             match self.submit_chunk(chunk).await {

@@ -82,6 +82,35 @@ pub enum Error {
         reason: String,
     },
 
+    /// The spool cannot take the batch: it would pass a limit. Nothing of
+    /// the batch was spooled; what the spool holds is kept.
+    #[error("the spool {} is full (limit {limit}); the batch was not spooled, the spooled jobs are kept", .dir.display())]
+    SpoolFull {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// The limit reached, with what the spool holds.
+        limit: String,
+    },
+
+    /// Another client (in this process or another) holds the spool
+    /// directory.
+    #[error("the spool {} is in use by another client", .dir.display())]
+    SpoolInUse {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+    },
+
+    /// The spool could not be read or written.
+    #[error("spool {}: {context}: {reason}", .dir.display())]
+    Spool {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What the spool was doing.
+        context: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// A feedback subscription was used after it was closed.
     #[error("the feedback subscription is closed")]
     SubscriptionClosed,

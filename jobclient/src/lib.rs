@@ -52,12 +52,12 @@
 //!
 //! # Spooling
 //!
-//! A client that keeps submissions in a local store while no tracker is
-//! reachable is planned, not written. It will wrap [`JobClient`]: on an
-//! error for which [`Error::is_unavailable`] holds it stores the batch and
-//! answers with a `Spooled` outcome ([`SubmitOutcome`] is
-//! `#[non_exhaustive]` for this reason), and replays the store in order
-//! later; the trackers' dedup on task id makes the replay safe.
+//! [`JobClient::with_spool`] makes a [`SpoolingClient`]: when no tracker
+//! accepts a batch it writes it to a spool directory, flushes it, and
+//! answers [`SubmitOutcome::Spooled`]; in the background it replays the
+//! spool in submit order once a tracker is reachable. The trackers' dedup
+//! on task id makes each job exist once however often it is replayed. See
+//! `docs/spool.md`.
 #![warn(missing_docs)]
 
 mod admin;
@@ -66,6 +66,7 @@ mod client;
 mod cluster;
 mod error;
 mod feedback;
+mod spool;
 
 pub use admin::{AdminClient, JobUpdate};
 pub use client::{
@@ -76,3 +77,6 @@ pub use cluster::{cluster_view, ClusterOptions};
 pub use error::{Error, Result};
 pub use feedback::FeedbackSubscription;
 pub use lts_cluster::{ClusterView, NodeInfo, Role};
+pub use spool::{
+    AsideReason, ReplayProgress, SetAside, SpoolEvent, SpoolOptions, SpoolStatus, SpoolingClient,
+};

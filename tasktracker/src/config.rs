@@ -49,6 +49,11 @@ pub struct TaskTrackerConfig {
     pub flush_timeout: Duration,
     /// Limit for opening a connection and getting the JobTracker's welcome.
     pub connect_timeout: Duration,
+    /// Stop working: once no JobTracker has been reachable for this long,
+    /// the runs going on are cancelled and hand their jobs back (their
+    /// outcomes are spooled and delivered on reconnecting). `None` (the
+    /// default): runs go on however long the TaskTracker is cut off.
+    pub stop_working_after: Option<Duration>,
 }
 
 impl TaskTrackerConfig {
@@ -68,6 +73,7 @@ impl TaskTrackerConfig {
             cancel_grace: Duration::from_secs(2),
             flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            stop_working_after: None,
         }
     }
 
@@ -99,6 +105,12 @@ impl TaskTrackerConfig {
             });
         }
         self.resolver()?;
+        if self.stop_working_after.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config {
+                field: "--stop-working-after",
+                message: "must be above zero (leave it out to turn it off)".into(),
+            });
+        }
         if self.reconnect_backoff_min.is_zero()
             || self.reconnect_backoff_max < self.reconnect_backoff_min
         {

@@ -47,6 +47,7 @@
 mod backoff;
 pub mod clock;
 mod config;
+mod disk_spool;
 mod error;
 mod execute;
 mod outbound;
@@ -59,10 +60,11 @@ mod tracker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{default_identity, TaskTrackerConfig};
+pub use disk_spool::{DiskSpool, SpoolLimits};
 pub use error::{Error, Result};
 pub use lts_common::endpoint::normalize_address;
 pub use runner::{BizLogger, CapturedLogs, JobContext, JobRunner};
-pub use spool::{MemorySpool, OutcomeSpool};
+pub use spool::{MemorySpool, OutcomeSpool, Spooled};
 pub use stats::{Stats, TaskTrackerHandle};
 pub use tracker::{run, TaskTracker};
 

@@ -3,31 +3,105 @@
 //! A finished run's outcome goes into the spool before it is sent, and
 //! leaves it when the JobTracker acknowledges it. After a reconnect every
 //! outcome still in the spool is sent again (the JobTracker drops
-//! duplicates by attempt number). [`MemorySpool`] survives reconnects but
-//! not a restart of the process; a disk-backed spool implements the same
-//! trait.
+//! duplicates by attempt number, and refuses, acknowledges and logs an
+//! outcome whose attempt is no longer the job's current one, so a refused
+//! outcome leaves the spool too). [`MemorySpool`] survives reconnects but
+//! not a restart of the process; [`DiskSpool`](crate::DiskSpool) keeps
+//! outcomes, log lines and starts on disk.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use lts_proto::v1 as pb;
 
 use crate::error::Result;
 
-/// Where unacknowledged outcomes wait. Called from one task only, never
-/// across an `.await`, so implementations may block briefly (a local disk
-/// write) but should not wait on the network.
-pub trait OutcomeSpool: Send + 'static {
-    /// Keeps `report` until [`ack`](Self::ack) names its run.
+/// A spooled item to send again at the start of a stream, in the order it
+/// was spooled.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Spooled {
+    /// Runs that began at one instant (Unix ms).
+    Started(Vec<pb::RunRef>, i64),
+    /// A line of a run's execution log.
+    Log(pb::BizLog),
+    /// How a run ended.
+    Outcome(pb::OutcomeReport),
+}
+
+/// Where unacknowledged outcomes wait, and, in a spool that keeps them,
+/// the log lines and starts of runs until the JobTracker has them.
+///
+/// Called from the TaskTracker's driver task only, never across an
+/// `.await`: no call may wait on the disk or the network. A write is
+/// queued when the call returns; what is durable then:
+/// - [`MemorySpool`]: nothing survives the process.
+/// - [`DiskSpool`](crate::DiskSpool): every call has queued its change
+///   for the disk and asked for a flush, which ends a few milliseconds
+///   later; once the future of [`sync`](Self::sync) resolves, every change
+///   made before the call is on disk and survives a `kill -9` or a power
+///   loss. Changes reach the disk in the order they were made, so a crash
+///   keeps a prefix of them.
+///
+/// The driver keeps this contract on its side: it sends spooled items in
+/// the order they were spooled, and at the start of each stream it sends
+/// everything [`pending`](Self::pending) returns before anything new. So
+/// when the JobTracker acknowledges an outcome, it has handled every item
+/// spooled before it.
+pub trait OutcomeSpool: Send + Sync + 'static {
+    /// Keeps `report` until [`ack`](Self::ack) names its run. A report for
+    /// a run already spooled replaces it. An outcome is kept even when the
+    /// spool is [full](Self::is_full): it is the last thing of a run that
+    /// already holds a slot.
     fn put(&mut self, report: &pb::OutcomeReport) -> Result<()>;
-    /// Forgets the outcome of one run; unknown runs are ignored.
+    /// Keeps a line of a run's execution log until an outcome spooled
+    /// after it is acknowledged; `false` when it is not kept (the spool
+    /// keeps no log lines, or is full).
+    fn put_log(&mut self, _line: &pb::BizLog) -> Result<bool> {
+        Ok(false)
+    }
+    /// Keeps the start of `runs` at `at_unix_ms` until an outcome spooled
+    /// after it is acknowledged (not kept when the spool is full or keeps
+    /// no starts).
+    fn put_started(&mut self, _runs: &[pb::RunRef], _at_unix_ms: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The JobTracker acknowledged the outcome of one run (stored or
+    /// refused as stale): forgets it, and every log line and start spooled
+    /// before it. Unknown runs are ignored.
     fn ack(&mut self, job_id: &str, attempt: u32) -> Result<()>;
     /// Every outcome not acknowledged yet, oldest first.
     fn unacked(&self) -> Result<Vec<pb::OutcomeReport>>;
+    /// Everything to send again at the start of a stream, in the order it
+    /// was spooled.
+    fn pending(&self) -> Result<Vec<Spooled>> {
+        Ok(self.unacked()?.into_iter().map(Spooled::Outcome).collect())
+    }
     /// Number of outcomes not acknowledged yet.
     fn len(&self) -> usize;
     /// Whether every outcome was acknowledged.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// At or over its limits: the TaskTracker takes no new work until
+    /// acknowledgements make room, and log lines are no longer kept.
+    fn is_full(&self) -> bool {
+        false
+    }
+    /// Whether what it holds survives a restart of the process.
+    fn is_durable(&self) -> bool {
+        false
+    }
+    /// Resolves once every change made before the call is durable (at
+    /// once for a spool in memory). The future borrows nothing, so the
+    /// driver can await it elsewhere.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Makes everything durable and takes no more changes; the TaskTracker
+    /// calls it once as it stops.
+    fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
+        self.sync()
     }
 }
 

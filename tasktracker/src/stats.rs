@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     slots_busy: IntGauge,
     slots_total: IntGauge,
     ahead_held: IntGauge,
+    unacked: IntGauge,
     // Resolved once: a label lookup per finished run would hash every time.
     runs: [IntCounter; 4],
 }
@@ -34,6 +35,10 @@ impl Metrics {
             "lts_tasktracker_ahead_held",
             "Jobs sent ahead of their trigger time, held until it comes.",
         )?;
+        let unacked = IntGauge::new(
+            "lts_tasktracker_outcomes_unacked",
+            "Outcomes kept in the spool until a JobTracker acknowledges them.",
+        )?;
         let runs_total = IntCounterVec::new(
             Opts::new(
                 "lts_tasktracker_runs_total",
@@ -45,11 +50,13 @@ impl Metrics {
         registry.register(Box::new(slots_total.clone()))?;
         registry.register(Box::new(ahead_held.clone()))?;
         registry.register(Box::new(runs_total.clone()))?;
+        registry.register(Box::new(unacked.clone()))?;
         let runs = OUTCOME_KINDS.map(|kind| runs_total.with_label_values(&[kind]));
         Ok(Metrics {
             slots_busy,
             slots_total,
             ahead_held,
+            unacked,
             runs,
         })
     }
@@ -166,6 +173,7 @@ impl Recorder {
         self.counters
             .unacked
             .store(unacked as u64, Ordering::Relaxed);
+        self.metrics.unacked.set(unacked as i64);
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {

@@ -22,7 +22,7 @@
 //! release is a signal each, so the last starts a few milliseconds after the
 //! first rather than after thousands of task spawns.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::execute::execute;
 use crate::outbound::{coalesced, Outgoing};
 use crate::runner::{BizLogger, Event, JobContext, JobRunner};
-use crate::spool::{MemorySpool, OutcomeSpool};
+use crate::spool::{MemorySpool, OutcomeSpool, Spooled};
 use crate::starting::Starting;
 use crate::stats::{Metrics, Recorder, TaskTrackerHandle};
 
@@ -221,11 +221,22 @@ impl TaskTracker {
             starting: Arc::default(),
             stopping: false,
             queued_log_lines: Arc::new(AtomicUsize::new(0)),
+            cut_off_since: Some(Instant::now()),
+            stopped_working: false,
+            stopped_runs: HashSet::new(),
+            spool_full: false,
         };
         let result = driver.drive().await;
         // Runs still going after a refusal would run unobserved.
         driver.cancel_running();
         drop(stopper);
+        if let Err(e) = driver.spool.close().await {
+            tracing::error!("{e}");
+        }
+        // Letting go of a spool on disk waits for its files to be
+        // released: off the runtime's threads.
+        let spool = std::mem::replace(&mut driver.spool, Box::new(MemorySpool::new()));
+        let _ = tokio::task::spawn_blocking(move || drop(spool)).await;
         result
     }
 }
@@ -315,6 +326,8 @@ enum Wake {
     FlushDeadline,
     /// Runs started must now be told to the JobTracker.
     StartedDue,
+    /// Cut off from every JobTracker for the whole stop-working limit.
+    StopWorking,
 }
 
 enum ConnectError {
@@ -368,10 +381,22 @@ struct Driver {
     starting: Arc<Starting>,
     stopping: bool,
     queued_log_lines: Arc<AtomicUsize>,
+    /// Since when no stream has been up; `None` while one is.
+    cut_off_since: Option<Instant>,
+    /// The stop-working limit ran out during the current cut-off.
+    stopped_working: bool,
+    /// Runs cancelled because this TaskTracker was cut off too long: their
+    /// outcomes hand the job back.
+    stopped_runs: HashSet<RunKey>,
+    /// The spool was full at the last look (logged once per episode).
+    spool_full: bool,
 }
 
 impl Driver {
     async fn drive(&mut self) -> Result<()> {
+        // A spool on disk may hold outcomes from before a restart.
+        self.recorder.set_unacked(self.spool.len());
+        self.recorder.notify();
         let mut link = self.connect();
         let mut backoff = Backoff::new(
             self.config.reconnect_backoff_min,
@@ -410,6 +435,7 @@ impl Driver {
                 Some(_) => {}
                 None => lease_wait = None,
             }
+            let stop_working_at = self.stop_working_at();
             let starting = self.starting.clone();
             let holding = starting.holding_until().is_some();
             let wake = tokio::select! {
@@ -438,6 +464,7 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => Wake::FlushDeadline,
                 _ = tokio::time::sleep_until(self.started_due.unwrap_or(far)), if self.started_due.is_some() => Wake::StartedDue,
+                _ = tokio::time::sleep_until(stop_working_at.unwrap_or(far)), if stop_working_at.is_some() => Wake::StopWorking,
             };
             // Whatever woke the driver, the lease is looked at first: a
             // process resumed after a pause must not start what its timers
@@ -452,6 +479,7 @@ impl Driver {
             }
             match wake {
                 Wake::HoldOver | Wake::LeaseCheck | Wake::FlushDeadline => {}
+                Wake::StopWorking => self.stop_working(),
                 Wake::Event(event) => {
                     let mut link_up = as_conn(&mut link);
                     self.on_event(event, &mut link_up);
@@ -467,6 +495,8 @@ impl Driver {
                     LinkEvent::Retry => link = self.connect(),
                     LinkEvent::Connected(Ok(conn)) => {
                         backoff.reset();
+                        self.cut_off_since = None;
+                        self.stopped_working = false;
                         link = Link::Up(conn);
                         self.on_connected(as_conn(&mut link));
                     }
@@ -506,6 +536,7 @@ impl Driver {
                             ),
                         }
                         self.on_stream_end();
+                        self.cut_off_since.get_or_insert_with(Instant::now);
                         self.recorder.set_connected(false);
                         self.recorder.notify();
                         link = Link::Down {
@@ -530,11 +561,19 @@ impl Driver {
             }
         }
         if !self.spool.is_empty() {
-            tracing::warn!(
-                "shutting down with {} outcomes the JobTracker has not acknowledged; \
-                 it will run those jobs again",
-                self.spool.len()
-            );
+            if self.spool.is_durable() {
+                tracing::warn!(
+                    "shutting down with {} outcomes the JobTracker has not acknowledged; \
+                     they stay in the spool and are delivered after the next start",
+                    self.spool.len()
+                );
+            } else {
+                tracing::warn!(
+                    "shutting down with {} outcomes the JobTracker has not acknowledged; \
+                     it will run those jobs again",
+                    self.spool.len()
+                );
+            }
         }
         if let Link::Up(mut conn) = link {
             self.recorder.set_connected(false);
@@ -556,6 +595,8 @@ impl Driver {
         let free = self
             .slots
             .saturating_sub(self.running.len() + self.waiting.len());
+        // A full spool takes no new work; a hello offers one slot at least.
+        let free = if self.spool.is_full() { 0 } else { free };
         let hello = pb::Hello {
             identity: self.config.identity.clone(),
             node_group: self.config.node_group.clone(),
@@ -595,10 +636,20 @@ impl Driver {
             self.spool.len(),
             conn.lease.as_millis()
         );
-        match self.spool.unacked() {
-            Ok(reports) => {
-                for report in reports {
-                    let _ = conn.out.send(Outgoing::Outcome(report));
+        // Everything spooled goes first, in the order it was spooled, so
+        // an acknowledgement covers what was spooled before it.
+        match self.spool.pending() {
+            Ok(items) => {
+                for item in items {
+                    let out = match item {
+                        Spooled::Started(runs, at) => Outgoing::Started(runs, at),
+                        Spooled::Log(line) => {
+                            self.queued_log_lines.fetch_add(1, Ordering::Relaxed);
+                            Outgoing::Log(line)
+                        }
+                        Spooled::Outcome(report) => Outgoing::Outcome(report),
+                    };
+                    let _ = conn.out.send(out);
                 }
             }
             Err(e) => tracing::error!("cannot read the outcome spool: {e}"),
@@ -617,10 +668,17 @@ impl Driver {
                 {
                     // A run's start goes out before its log lines.
                     self.send_started(conn);
+                    self.spool_log(&line);
                     self.queued_log_lines.fetch_add(1, Ordering::Relaxed);
                     let _ = conn.out.send(Outgoing::Log(line));
                 }
-                _ => self.recorder.log_line_dropped(),
+                Some(_) => self.recorder.log_line_dropped(),
+                // Sent with the spool at the start of the next stream.
+                None => {
+                    if !self.spool_log(&line) {
+                        self.recorder.log_line_dropped();
+                    }
+                }
             },
             Event::Stop => self.on_stop(conn),
             Event::GraceOver => self.cancel_running(),
@@ -631,6 +689,9 @@ impl Driver {
         // Borrow the id for the lookup instead of cloning it per run.
         let key = (std::mem::take(&mut report.job_id), report.attempt);
         self.running.remove(&key);
+        if !self.stopped_runs.is_empty() && self.stopped_runs.remove(&key) {
+            hand_back_stopped(&mut report, self.config.stop_working_after);
+        }
         report.job_id = key.0;
         self.report(report, conn);
         while self.running.len() < self.slots {
@@ -652,6 +713,11 @@ impl Driver {
             "run finished"
         );
         self.recorder.run_finished(report.outcome.as_ref());
+        if let Some(conn) = conn {
+            // A run's start goes out (and into the spool) before its
+            // outcome, so the outcome's acknowledgement covers it.
+            self.send_started(conn);
+        }
         if let Err(e) = self.spool.put(&report) {
             tracing::error!(
                 "cannot spool the outcome of job {} attempt {}: {e}; \
@@ -661,8 +727,6 @@ impl Driver {
             );
         }
         if let Some(conn) = conn {
-            // A run's start goes out before its outcome.
-            self.send_started(conn);
             let _ = conn.out.send(Outgoing::Outcome(report));
         }
     }
@@ -857,6 +921,57 @@ impl Driver {
         self.return_ahead_slots(released, conn);
     }
 
+    /// Keeps a log line in the spool; whether it was kept.
+    fn spool_log(&mut self, line: &pb::BizLog) -> bool {
+        match self.spool.put_log(line) {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::error!("cannot spool a log line of job {}: {e}", line.job_id);
+                false
+            }
+        }
+    }
+
+    /// When the stop-working limit runs out, if it is set, runs are going
+    /// and no stream is up.
+    fn stop_working_at(&self) -> Option<Instant> {
+        let limit = self.config.stop_working_after?;
+        let since = self.cut_off_since?;
+        if self.stopped_working || self.running.is_empty() {
+            return None;
+        }
+        Some(since + limit)
+    }
+
+    /// Cut off from every JobTracker for the whole stop-working limit:
+    /// cancels the runs going on. Each hands its job back (an outcome of
+    /// `Later` with no delay, spooled like any other): by now the
+    /// JobTracker has most likely given the run to another TaskTracker,
+    /// and if it has not, the job runs again without spending a retry.
+    fn stop_working(&mut self) {
+        let Some(limit) = self.config.stop_working_after else {
+            return;
+        };
+        if self.cut_off_since.is_none() || self.stopped_working {
+            return;
+        }
+        self.stopped_working = true;
+        if self.running.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "no JobTracker reached for {} ms (--stop-working-after): cancelling the {} runs \
+             going on; each hands its job back",
+            limit.as_millis(),
+            self.running.len()
+        );
+        for (key, token) in &self.running {
+            self.stopped_runs.insert(key.clone());
+            token.cancel();
+        }
+        self.recorder.notify();
+    }
+
     /// Cancels every run still going: the shutdown grace is over, or the
     /// TaskTracker stops for good.
     fn cancel_running(&mut self) {
@@ -939,6 +1054,7 @@ impl Driver {
             self.running.len()
         );
         self.recorder.lease_lapsed();
+        self.cut_off_since.get_or_insert_with(Instant::now);
         self.recorder.set_connected(false);
         self.recorder.notify();
         // Dropping the stream ends it, so a JobTracker that still counted
@@ -1042,6 +1158,16 @@ impl Driver {
             return;
         }
         tracing::debug!(job_id = %run.job_id, attempt = run.attempt, "run started");
+        if conn.is_none() {
+            // Sent with the spool at the start of the next stream.
+            let runs = [pb::RunRef {
+                job_id: run.job_id.clone(),
+                attempt: run.attempt,
+            }];
+            if let Err(e) = self.spool.put_started(&runs, started_at) {
+                tracing::error!("cannot spool the start of job {}: {e}", run.job_id);
+            }
+        }
         if let Some(conn) = conn {
             if !self.started.is_empty()
                 && (self.started_at != started_at || self.started.len() >= STARTED_BATCH)
@@ -1066,6 +1192,9 @@ impl Driver {
         self.started_due = None;
         if !self.started.is_empty() {
             let runs = std::mem::take(&mut self.started);
+            if let Err(e) = self.spool.put_started(&runs, self.started_at) {
+                tracing::error!("cannot spool the start of {} runs: {e}", runs.len());
+            }
             let _ = conn.out.send(Outgoing::Started(runs, self.started_at));
         }
     }
@@ -1073,8 +1202,22 @@ impl Driver {
     /// Grants credit for free slots and publishes the counters; once per
     /// burst of events.
     fn settle(&mut self, conn: Option<&mut Conn>) {
+        let full = self.spool.is_full();
+        if full != self.spool_full {
+            self.spool_full = full;
+            if full {
+                tracing::warn!(
+                    "the outcome spool is full ({} outcomes waiting for the JobTracker's \
+                     acknowledgement): taking no new jobs and keeping no more log lines until \
+                     it has room",
+                    self.spool.len()
+                );
+            } else {
+                tracing::info!("the outcome spool has room again: taking jobs");
+            }
+        }
         if let Some(conn) = conn {
-            if !self.stopping {
+            if !self.stopping && !full {
                 let taken =
                     self.running.len() + self.waiting.len() + self.due_waiting.len() + conn.granted;
                 let free = self.slots.saturating_sub(taken);
@@ -1089,6 +1232,25 @@ impl Driver {
         self.recorder.set_unacked(self.spool.len());
         self.recorder.notify();
     }
+}
+
+/// Turns the outcome of a run cancelled by the stop-working limit into a
+/// hand-back, unless the run succeeded anyway.
+fn hand_back_stopped(report: &mut pb::OutcomeReport, limit: Option<Duration>) {
+    let said = match report.outcome.clone().map(Outcome::try_from) {
+        Some(Ok(Outcome::Success(_))) => return,
+        Some(Ok(outcome)) => outcome.to_string(),
+        _ => "no outcome".to_string(),
+    };
+    let limit_ms = limit.map(|l| l.as_millis()).unwrap_or(0);
+    let outcome = Outcome::Later {
+        delay_ms: 0,
+        message: clip_message(format!(
+            "cancelled: the TaskTracker was cut off from every JobTracker for {limit_ms} ms \
+             (--stop-working-after); handed back ({said})"
+        )),
+    };
+    report.outcome = Some(outcome.into());
 }
 
 fn as_conn(link: &mut Link) -> Option<&mut Conn> {

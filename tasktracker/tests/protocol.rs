@@ -10,8 +10,8 @@ use lts_common::resolver::{Resolver, StaticResolver};
 use lts_common::{JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::{
-    Clock, Error, JobContext, JobRunner, ManualClock, SystemClock, TaskTracker, TaskTrackerConfig,
-    TaskTrackerHandle,
+    Clock, DiskSpool, Error, JobContext, JobRunner, ManualClock, OutcomeSpool, SpoolLimits,
+    SystemClock, TaskTracker, TaskTrackerConfig, TaskTrackerHandle,
 };
 use pb::tracker_message::Kind as ToWorker;
 use pb::work_service_server::{WorkService, WorkServiceServer};
@@ -300,6 +300,25 @@ impl RunningTaskTracker {
         Self::start_on(config, resolver, None, runner)
     }
 
+    /// [`RunningTaskTracker::start`] keeping outcomes in `spool`.
+    fn start_with_spool(
+        config: TaskTrackerConfig,
+        runner: Arc<dyn JobRunner>,
+        spool: Box<dyn OutcomeSpool>,
+    ) -> RunningTaskTracker {
+        let tracker = TaskTracker::new(config, runner).unwrap().with_spool(spool);
+        let handle = tracker.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tracker = tokio::spawn(tracker.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningTaskTracker {
+            handle,
+            stop,
+            tracker,
+        }
+    }
+
     /// [`RunningTaskTracker::start`] on `clock` when one is given.
     fn start_on(
         config: TaskTrackerConfig,
@@ -472,6 +491,11 @@ impl JobRunner for Scripted {
             Some("log") => {
                 ctx.log.info("first line");
                 ctx.log.warn("second line");
+                Outcome::Success(String::new())
+            }
+            Some("gate-then-log") => {
+                self.gate.acquire().await.expect("gate open").forget();
+                ctx.log.info("past the gate");
                 Outcome::Success(String::new())
             }
             Some("log-then-gate") => {
@@ -1437,4 +1461,180 @@ async fn runs_queued_for_a_slot_are_dropped_unrun_when_the_stream_breaks() {
     assert_eq!(got.reports[0].job_id, "n0");
     assert_eq!(runner.ran(), vec!["g0", "n0"], "the queued run never ran");
     h.finish().await.unwrap();
+}
+
+/// Makes every JobTracker at `peer` unreachable (`true`) or reachable again.
+fn cut_off(peer: &ScriptedTracker, unreachable: bool) {
+    *peer.peer.refuse_with.lock().unwrap() =
+        unreachable.then(|| Status::unavailable("the JobTracker is down"));
+}
+
+#[tokio::test]
+async fn cut_off_past_the_stop_working_limit_runs_are_cancelled_and_hand_their_jobs_back() {
+    let (runner, _gate) = Scripted::new();
+    let mut h = Harness::start_with(2, runner, |c| {
+        c.stop_working_after = Some(Duration::from_millis(300));
+    })
+    .await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("long".to_string(), "until-cancelled")]);
+    s.started(1).await;
+    cut_off(&h.peer, true);
+    s.break_stream();
+    // Nothing else cancels the run: only the limit can.
+    let stats = tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.busy == 0 && s.unacked == 1))
+        .await
+        .expect("the run is cancelled once the limit runs out");
+    assert!(!stats.connected);
+    cut_off(&h.peer, false);
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    let got = s.outcomes(1).await;
+    assert_eq!(got.reports[0].job_id, "long");
+    match outcome(&got.reports[0]) {
+        Outcome::Later {
+            delay_ms: 0,
+            message,
+        } => assert!(message.contains("--stop-working-after"), "{message}"),
+        other => panic!("expected the job handed back, got {other:?}"),
+    }
+    s.ack(&[("long", 1)]);
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| s.unacked == 0))
+        .await
+        .unwrap();
+    h.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_the_stop_working_limit_a_run_cut_off_goes_on_and_reports() {
+    let (runner, gate) = Scripted::new();
+    let mut h = Harness::start(2, runner).await;
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    s.assign(vec![("long".to_string(), "gate")]);
+    s.started(1).await;
+    cut_off(&h.peer, true);
+    s.break_stream();
+    tokio::time::timeout(WAIT, h.handle.wait_for(|s| !s.connected))
+        .await
+        .unwrap();
+    gate.add_permits(1);
+    cut_off(&h.peer, false);
+    let mut s = h.session().await;
+    s.welcome(10_000);
+    let got = s.outcomes(1).await;
+    assert_eq!(
+        outcome(&got.reports[0]),
+        Outcome::Success("gate passed".into())
+    );
+    h.finish().await.unwrap();
+}
+
+async fn open_spool(dir: &std::path::Path, limits: SpoolLimits) -> DiskSpool {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
+        .await
+        .unwrap()
+        .expect("open the spool")
+}
+
+#[tokio::test]
+async fn a_disk_spool_delivers_what_runs_did_while_cut_off_after_a_restart_to_another_jobtracker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let (runner, gate) = Scripted::new();
+    let mut first = ScriptedTracker::start(None).await;
+    let spool = open_spool(&dir, SpoolLimits::default()).await;
+    let tt = RunningTaskTracker::start_with_spool(
+        quick_config(&[&first.address]),
+        runner.clone(),
+        Box::new(spool),
+    );
+    let mut s = first.session().await;
+    s.welcome(10_000);
+    s.assign(ids("j", 2, "gate-then-log"));
+    s.started(2).await;
+    cut_off(&first, true);
+    s.break_stream();
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| !s.connected))
+        .await
+        .unwrap();
+    // The runs end and log while no JobTracker is reachable.
+    gate.add_permits(2);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.busy == 0 && s.unacked == 2))
+        .await
+        .unwrap();
+    tt.finish().await.unwrap();
+    drop(first);
+
+    // A new process on the same spool, and another JobTracker.
+    let mut second = ScriptedTracker::start(None).await;
+    let spool = open_spool(&dir, SpoolLimits::default()).await;
+    assert_eq!(spool.len(), 2);
+    let tt = RunningTaskTracker::start_with_spool(
+        quick_config(&[&second.address]),
+        runner,
+        Box::new(spool),
+    );
+    let mut s = second.session().await;
+    s.welcome(10_000);
+    let got = s
+        .read_until(|g| g.reports.len() >= 2 && g.logs.len() >= 2)
+        .await;
+    let mut jobs: Vec<_> = got.reports.iter().map(|r| r.job_id.clone()).collect();
+    jobs.sort();
+    assert_eq!(jobs, vec!["j0", "j1"]);
+    for report in &got.reports {
+        assert_eq!(outcome(report), Outcome::Success(String::new()));
+    }
+    assert_eq!(got.logs, vec!["past the gate", "past the gate"]);
+    assert_eq!(got.started, 2, "the starts are delivered too: {got:?}");
+    s.ack(&[("j0", 1), ("j1", 1)]);
+    tokio::time::timeout(WAIT, tt.handle.wait_for(|s| s.unacked == 0))
+        .await
+        .unwrap();
+    tt.finish().await.unwrap();
+    // Everything acknowledged has left the spool.
+    let spool = open_spool(&dir, SpoolLimits::default()).await;
+    assert_eq!(spool.entries(), 0);
+    tokio::task::spawn_blocking(move || drop(spool))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_spool_takes_no_new_work_until_acknowledgements_make_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = SpoolLimits {
+        max_entries: 2,
+        max_bytes: 1 << 20,
+    };
+    let spool = open_spool(tmp.path(), limits).await;
+    let (runner, _gate) = Scripted::new();
+    let mut peer = ScriptedTracker::start(None).await;
+    let mut config = quick_config(&[&peer.address]);
+    config.slots = 2;
+    let tt = RunningTaskTracker::start_with_spool(config, runner, Box::new(spool));
+    let mut s = peer.session().await;
+    s.welcome(10_000);
+    s.assign(ids("f", 2, "noop"));
+    // Two outcomes fill the spool: no slot is offered again for them.
+    let mut got = s.outcomes(2).await;
+    // A job that cannot be read is reported at once: whatever was queued
+    // before its outcome has arrived once it has.
+    let mut unreadable = assignment("marker", "noop");
+    if let Some(job) = unreadable.job.as_mut() {
+        job.spec = None;
+    }
+    s.send(ToWorker::Assignments(pb::Assignments {
+        assignments: vec![unreadable],
+    }));
+    while !got.reports.iter().any(|r| r.job_id == "marker") {
+        got.add(s.next().await);
+    }
+    assert_eq!(got.credits, 0, "no slot offered while full: {got:?}");
+    s.ack(&[("f0", 1), ("f1", 1), ("marker", 1)]);
+    s.credit(2).await;
+    tt.finish().await.unwrap();
 }

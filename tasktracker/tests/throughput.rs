@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use lts_common::{now_ms, JobSpec, Outcome};
 use lts_proto::v1 as pb;
 use lts_tasktracker::runners::NoopRunner;
-use lts_tasktracker::{JobContext, JobRunner, TaskTracker, TaskTrackerConfig};
+use lts_tasktracker::{
+    DiskSpool, JobContext, JobRunner, OutcomeSpool, SpoolLimits, TaskTracker, TaskTrackerConfig,
+};
 use pb::tracker_message::Kind as ToWorker;
 use pb::work_service_server::{WorkService, WorkServiceServer};
 use pb::worker_message::Kind as FromWorker;
@@ -136,6 +138,23 @@ impl WorkService for Feeder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noop_jobs_per_second() {
+    noop_jobs_per_second_with(None, "in memory").await;
+}
+
+/// The same with every outcome, start and acknowledgement written to a
+/// spool on disk (`--spool-dir`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_jobs_per_second_with_a_disk_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&path, SpoolLimits::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    noop_jobs_per_second_with(Some(Box::new(spool)), "with a spool on disk").await;
+}
+
+async fn noop_jobs_per_second_with(spool: Option<Box<dyn OutcomeSpool>>, what: &str) {
     let total: usize = std::env::var("LTS_BENCH_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -154,7 +173,10 @@ async fn noop_jobs_per_second() {
     );
     let mut config = TaskTrackerConfig::new(addr.to_string(), "bench");
     config.slots = 1_000;
-    let tracker = TaskTracker::new(config, Arc::new(NoopRunner)).unwrap();
+    let mut tracker = TaskTracker::new(config, Arc::new(NoopRunner)).unwrap();
+    if let Some(spool) = spool {
+        tracker = tracker.with_spool(spool);
+    }
     let handle = tracker.handle();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(tracker.run(async move {
@@ -166,7 +188,7 @@ async fn noop_jobs_per_second() {
         .unwrap();
     let rate = total as f64 / took.as_secs_f64();
     println!(
-        "{total} no-op jobs in {} ms: {rate:.0} jobs/s",
+        "{total} no-op jobs {what} in {} ms: {rate:.0} jobs/s",
         took.as_millis()
     );
     assert_eq!(handle.stats().succeeded, total as u64);
@@ -316,5 +338,58 @@ async fn jobs_sent_ahead_of_one_instant_start_at_it() {
         .await
         .unwrap()
         .unwrap()
+        .unwrap();
+}
+
+/// Outcomes per second a spool on disk takes (put, then made durable) and
+/// lets go (acknowledged, then made durable), without a TaskTracker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_spool_outcomes_per_second() {
+    let total: usize = std::env::var("LTS_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool =
+        tokio::task::spawn_blocking(move || DiskSpool::open(&path, SpoolLimits::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let reports: Vec<pb::OutcomeReport> = (0..total)
+        .map(|i| pb::OutcomeReport {
+            job_id: format!("{i:032x}"),
+            attempt: 1,
+            outcome: Some(Outcome::Success("exit status 0".into()).into()),
+            started_at_unix_ms: now_ms(),
+            finished_at_unix_ms: now_ms(),
+        })
+        .collect();
+    let start = Instant::now();
+    for report in &reports {
+        spool.put(report).unwrap();
+    }
+    let queued = start.elapsed();
+    spool.sync().await.unwrap();
+    let put = start.elapsed();
+    let start = Instant::now();
+    for report in &reports {
+        spool.ack(&report.job_id, report.attempt).unwrap();
+    }
+    spool.sync().await.unwrap();
+    let acked = start.elapsed();
+    println!(
+        "disk spool: {total} outcomes queued in {} ms, put and flushed in {} ms ({:.0}/s), \
+         acknowledged and flushed in {} ms ({:.0}/s)",
+        queued.as_millis(),
+        put.as_millis(),
+        total as f64 / put.as_secs_f64(),
+        acked.as_millis(),
+        total as f64 / acked.as_secs_f64()
+    );
+    assert!(spool.is_empty());
+    spool.close().await.unwrap();
+    tokio::task::spawn_blocking(move || drop(spool))
+        .await
         .unwrap();
 }

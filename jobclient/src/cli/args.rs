@@ -108,6 +108,8 @@ pub enum Command {
     /// The nodes of the cluster, by role and node group, the master marked,
     /// as ZooKeeper shows them (needs --zookeeper).
     Nodes,
+    /// A spool directory of `submit --spool`: status, replay now, purge.
+    Spool(SpoolArgs),
 }
 
 /// Flags of `submit`.
@@ -199,6 +201,51 @@ pub struct SubmitArgs {
     /// A cron or repeat cycle waits while the previous one still runs.
     #[arg(long)]
     pub rely_on_prev_cycle: bool,
+
+    /// Spool directory: when no JobTracker accepts the jobs they are kept
+    /// here and `spooled` is printed for each; what the spool holds is
+    /// replayed before the new jobs are submitted.
+    #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
+    pub spool: Option<PathBuf>,
+}
+
+/// Flags of `spool`.
+#[derive(Args, Debug)]
+pub struct SpoolArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SpoolCommand,
+}
+
+/// The subcommands of `spool`.
+#[derive(Subcommand, Debug)]
+pub enum SpoolCommand {
+    /// What the spool holds: jobs waiting, the oldest, size on disk, jobs
+    /// set aside. Needs no JobTracker.
+    Status(SpoolDirArgs),
+    /// Send the spooled jobs to a JobTracker now, oldest first.
+    Replay(SpoolDirArgs),
+    /// Drop every job in the spool (asks first).
+    Purge(SpoolPurgeArgs),
+}
+
+/// The spool directory.
+#[derive(Args, Debug)]
+pub struct SpoolDirArgs {
+    /// The spool directory.
+    #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
+    pub spool: PathBuf,
+}
+
+/// Flags of `spool purge`.
+#[derive(Args, Debug)]
+pub struct SpoolPurgeArgs {
+    /// The spool directory.
+    #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
+    pub spool: PathBuf,
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// When a job runs: the schedule flags of `submit` and `update`.

@@ -23,7 +23,8 @@ use tokio::time::Instant;
 pub use args::{
     CancelArgs, Cli, Command, CronArgs, CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs,
     GetArgs, JobRefArgs, ListArgs, LogsArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs,
-    ScheduleArgs, SubmitArgs, UpdateArgs, WaitArgs,
+    ScheduleArgs, SpoolArgs, SpoolCommand, SpoolDirArgs, SpoolPurgeArgs, SubmitArgs, UpdateArgs,
+    WaitArgs,
 };
 pub use jobs::{retry_plan_for, shell_payload, JobLine};
 pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
@@ -42,6 +43,7 @@ use crate::client::{ClientOptions, JobClient, JobFilter};
 use crate::cluster::{cluster_view, ClusterOptions};
 use crate::error::Error;
 use crate::feedback::FeedbackSubscription;
+use crate::spool::{AsideReason, SetAside, SpoolEvent, SpoolOptions, SpoolingClient};
 
 /// Exit code: everything went well.
 pub const EXIT_OK: u8 = 0;
@@ -166,7 +168,11 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
     };
     let admin = client.admin();
     match cli.command {
-        Command::Submit(a) => submit(&client, *a, json).await,
+        Command::Submit(a) => match a.spool.clone() {
+            Some(dir) => submit_spooled(&client, *a, &dir, json).await,
+            None => submit(&client, *a, json).await,
+        },
+        Command::Spool(a) => spool(&client, a, json).await,
         Command::Get(a) => get(&client, a, json).await,
         Command::List(a) => list(&client, a, json).await,
         Command::Logs(a) => logs(&client, a, json).await,
@@ -326,7 +332,8 @@ fn plan_check(a: &PlanCheckArgs, json: bool) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, CliError> {
+/// The jobs `submit`'s flags describe.
+fn submit_jobs(a: &SubmitArgs) -> Result<Vec<lts_common::JobSpec>, CliError> {
     let payload_file = match &a.payload_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -341,9 +348,12 @@ async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, Cli
         ),
         None => None,
     };
-    let jobs = a
-        .jobs(payload_file, from_file.as_deref(), lts_common::now_ms())
-        .map_err(CliError::Usage)?;
+    a.jobs(payload_file, from_file.as_deref(), lts_common::now_ms())
+        .map_err(CliError::Usage)
+}
+
+async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, CliError> {
+    let jobs = submit_jobs(&a)?;
     let outcomes = match client.submit(jobs).await {
         Ok(outcomes) => outcomes,
         Err(Error::PartialSubmit { submitted, source }) => {
@@ -373,6 +383,227 @@ async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, Cli
         return Ok(EXIT_JOB_FAILED);
     }
     Ok(EXIT_OK)
+}
+
+/// Opens the spool under `dir` for one command (no background replay) and
+/// says so when a damaged spool was moved aside.
+fn open_spool(client: &JobClient, dir: &std::path::Path) -> Result<SpoolingClient, CliError> {
+    let options = SpoolOptions {
+        background_replay: false,
+        ..SpoolOptions::default()
+    };
+    let spooling = client.clone().with_spool(dir, options)?;
+    if let Some(aside) = spooling.status().moved_aside {
+        eprintln!(
+            "jobclient: the spool in {} was damaged; it was moved to {} and a fresh one started",
+            dir.display(),
+            aside.display()
+        );
+    }
+    Ok(spooling)
+}
+
+fn aside_text(a: &SetAside) -> String {
+    match &a.reason {
+        AsideReason::Conflict { existing_job_id } => format!(
+            "set aside task {} (node group {}): the task id belongs to another job, {existing_job_id}",
+            a.task_id, a.node_group
+        ),
+        AsideReason::Refused {
+            code,
+            field,
+            message,
+        } => {
+            let field = if field.is_empty() {
+                String::new()
+            } else {
+                format!(" {field}")
+            };
+            format!(
+                "set aside task {} (node group {}): refused {code}{field}: {message}",
+                a.task_id, a.node_group
+            )
+        }
+    }
+}
+
+/// Replays what the spool holds, printing progress (to stderr when `quiet`
+/// keeps stdout for other output) and the jobs set aside. Returns whether
+/// the spool is empty now.
+async fn replay_spool(spooling: &SpoolingClient, quiet: bool) -> Result<bool, CliError> {
+    let before = spooling.depth();
+    if before == 0 {
+        return Ok(true);
+    }
+    let mut events = spooling.events();
+    let say = move |line: String| {
+        if quiet {
+            eprintln!("jobclient: {line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!("replay: {before} jobs in the spool"));
+    let result = spooling
+        .replay_with(|p| {
+            say(format!(
+                "replay: {} replayed, {} already stored, {} set aside, {} left",
+                p.replayed, p.already_stored, p.set_aside, p.remaining
+            ))
+        })
+        .await;
+    while let Ok(event) = events.try_recv() {
+        if let SpoolEvent::SetAside(a) = event {
+            say(aside_text(&a));
+        }
+    }
+    match result {
+        Ok(p) => {
+            say(format!(
+                "replay done: {} replayed, {} already stored, {} set aside; the spool holds {}",
+                p.replayed, p.already_stored, p.set_aside, p.remaining
+            ));
+            Ok(true)
+        }
+        Err(e) if e.is_unavailable() => {
+            say(format!(
+                "replay stopped, the spool holds {}: {e}",
+                spooling.depth()
+            ));
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `submit --spool DIR`: replays the spool, then submits; jobs no tracker
+/// accepts are spooled.
+async fn submit_spooled(
+    client: &JobClient,
+    a: SubmitArgs,
+    dir: &std::path::Path,
+    json: bool,
+) -> Result<u8, CliError> {
+    let jobs = submit_jobs(&a)?;
+    let spooling = open_spool(client, dir)?;
+    let result = async {
+        replay_spool(&spooling, true).await?;
+        let outcomes = spooling.submit(jobs).await?;
+        if json {
+            print_json(&submit_json(&outcomes))?;
+        } else {
+            print(&submit_text(&outcomes))?;
+        }
+        let spooled = outcomes
+            .iter()
+            .filter(|o| matches!(o, crate::SubmitOutcome::Spooled { .. }))
+            .count();
+        if spooled > 0 {
+            eprintln!(
+                "jobclient: {spooled} jobs spooled in {}; the spool holds {}",
+                dir.display(),
+                spooling.depth()
+            );
+        }
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, crate::SubmitOutcome::Refused(_)))
+            .count();
+        if refused > 0 {
+            eprintln!(
+                "jobclient: {refused} of {} jobs were refused",
+                outcomes.len()
+            );
+            return Ok(EXIT_JOB_FAILED);
+        }
+        Ok(EXIT_OK)
+    }
+    .await;
+    spooling.close().await?;
+    result
+}
+
+/// `spool status|replay|purge`.
+async fn spool(client: &JobClient, a: SpoolArgs, json: bool) -> Result<u8, CliError> {
+    match a.command {
+        SpoolCommand::Status(SpoolDirArgs { spool: dir }) => {
+            let spooling = open_spool(client, &dir)?;
+            let status = spooling.status();
+            let aside = spooling.set_aside()?;
+            spooling.close().await?;
+            if json {
+                let mut v = serde_json::to_value(&status).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut v {
+                    map.insert(
+                        "set_aside_jobs".into(),
+                        serde_json::to_value(&aside).unwrap_or(Value::Null),
+                    );
+                }
+                print_json(&v)?;
+            } else {
+                let oldest = status
+                    .oldest_ms
+                    .map(lts_common::format_ms)
+                    .unwrap_or_else(|| "-".into());
+                let mut out = format!(
+                    "spool {}\nentries: {}\noldest: {oldest}\nsize on disk: {} bytes\nset aside: {}\n",
+                    dir.display(),
+                    status.entries,
+                    status.disk_bytes,
+                    status.set_aside
+                );
+                for a in &aside {
+                    out.push_str(&aside_text(a));
+                    out.push('\n');
+                }
+                print(&out)?;
+            }
+            Ok(EXIT_OK)
+        }
+        SpoolCommand::Replay(SpoolDirArgs { spool: dir }) => {
+            let spooling = open_spool(client, &dir)?;
+            let emptied = replay_spool(&spooling, json).await;
+            let status = spooling.status();
+            spooling.close().await?;
+            let emptied = emptied?;
+            if json {
+                print_json(&serde_json::to_value(&status.progress).unwrap_or(Value::Null))?;
+            }
+            Ok(if emptied { EXIT_OK } else { EXIT_TRACKER })
+        }
+        SpoolCommand::Purge(SpoolPurgeArgs { spool: dir, yes }) => {
+            if !yes {
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    return Err(CliError::Usage(format!(
+                        "spool purge: refusing to purge {} without confirmation; pass --yes",
+                        dir.display()
+                    )));
+                }
+            }
+            let spooling = open_spool(client, &dir)?;
+            if !yes {
+                let status = spooling.status();
+                eprint!(
+                    "purge {} spooled and {} set-aside jobs from {}? [y/N] ",
+                    status.entries,
+                    status.set_aside,
+                    dir.display()
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    spooling.close().await?;
+                    print("nothing purged\n")?;
+                    return Ok(EXIT_OK);
+                }
+            }
+            let purged = spooling.purge().await;
+            spooling.close().await?;
+            print(&format!("purged {} jobs from {}\n", purged?, dir.display()))?;
+            Ok(EXIT_OK)
+        }
+    }
 }
 
 async fn get(client: &JobClient, a: GetArgs, json: bool) -> Result<u8, CliError> {

@@ -29,6 +29,9 @@ pub fn submit_text(outcomes: &[SubmitOutcome]) -> String {
                 }
                 out.push('\n');
             }
+            SubmitOutcome::Spooled { task_id } => {
+                out.push_str(&format!("spooled task {task_id}\n"));
+            }
         }
     }
     out

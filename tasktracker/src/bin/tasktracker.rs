@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
 use lts_tasktracker::runners::{AllowList, NoopRunner, ShellRunner};
-use lts_tasktracker::{JobRunner, TaskTracker, TaskTrackerConfig};
+use lts_tasktracker::{DiskSpool, JobRunner, SpoolLimits, TaskTracker, TaskTrackerConfig};
 
 // Thousands of runs starting at one instant allocate and free their
 // contexts, outcomes and message buffers in a burst; glibc's allocator
@@ -90,12 +90,54 @@ struct Cli {
     /// On SIGTERM/Ctrl-C, how long running jobs may go on before they are cancelled.
     #[arg(long, env = "TASKTRACKER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
+    /// Keep outcomes, log lines and starts of runs in a spool in this
+    /// directory until a JobTracker acknowledges them, so they survive a
+    /// crash or restart of this process and are delivered after it (to
+    /// any JobTracker). Without it they are kept in memory only. One
+    /// directory per TaskTracker.
+    #[arg(long, env = "TASKTRACKER_SPOOL_DIR", value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Entries (outcomes, log lines, starts) the spool holds at most; when
+    /// full, this TaskTracker takes no new jobs until the JobTracker
+    /// acknowledges what it holds.
+    #[arg(long, env = "TASKTRACKER_SPOOL_MAX_ENTRIES", default_value_t = SpoolLimits::default().max_entries)]
+    spool_max_entries: usize,
+    /// Bytes the spool holds at most (a number, or with KiB, MiB or GiB);
+    /// when full, as --spool-max-entries.
+    #[arg(long, env = "TASKTRACKER_SPOOL_MAX_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
+    spool_max_bytes: u64,
+    /// Cancel the runs going on once no JobTracker has been reachable for
+    /// this long (e.g. 5m); each hands its job back. Off when not given.
+    #[arg(long, env = "TASKTRACKER_STOP_WORKING_AFTER", value_parser = humantime::parse_duration)]
+    stop_working_after: Option<Duration>,
     /// Log format on stderr.
     #[arg(long, env = "TASKTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     /// Check the options, print the resulting config and exit.
     #[arg(long)]
     check_config: bool,
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" | "k" => 10,
+        "mib" | "m" => 20,
+        "gib" | "g" => 30,
+        other => return Err(format!("unknown unit `{other}`; say KiB, MiB or GiB")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +169,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.slots = cli.slots;
     config.ahead_slots = cli.ahead_slots;
     config.shutdown_grace = cli.shutdown_grace;
+    config.stop_working_after = cli.stop_working_after;
+    let limits = SpoolLimits {
+        max_entries: cli.spool_max_entries,
+        max_bytes: cli.spool_max_bytes,
+    };
+    if limits.max_entries == 0 {
+        anyhow::bail!("invalid config: --spool-max-entries must be above zero");
+    }
     if let Some(identity) = &cli.identity {
         config.identity = identity.clone();
     }
@@ -157,6 +207,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("  identity:   {}", config.identity);
         println!("  runner:     {:?}", cli.runner);
         println!("  allow:      {}", allow.names().join(", "));
+        match &cli.spool_dir {
+            Some(dir) => println!(
+                "  spool:      {} (at most {} entries, {} bytes)",
+                dir.display(),
+                limits.max_entries,
+                limits.max_bytes
+            ),
+            None => println!("  spool:      in memory (lost when the process ends)"),
+        }
+        match cli.stop_working_after {
+            Some(d) => println!("  stop working after: {}", humantime::format_duration(d)),
+            None => println!("  stop working after: off"),
+        }
         return Ok(());
     }
     let runner: Arc<dyn JobRunner> = match cli.runner {
@@ -169,6 +232,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         RunnerKind::Noop => Arc::new(NoopRunner),
     };
     let mut tracker = TaskTracker::new(config, runner)?;
+    if let Some(dir) = cli.spool_dir.clone() {
+        // Opening reads the whole spool: off the runtime's threads.
+        let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
+            .await
+            .context("opening the spool")??;
+        tracing::info!(
+            "outcome spool at {} ({} outcomes to deliver)",
+            spool.dir().display(),
+            lts_tasktracker::OutcomeSpool::len(&spool)
+        );
+        tracker = tracker.with_spool(Box::new(spool));
+    }
     let cluster = match zookeeper {
         Some(zk) => {
             let name = zk.cluster.clone();

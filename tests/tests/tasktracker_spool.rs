@@ -1,0 +1,371 @@
+//! The TaskTracker's spool on disk (`--spool-dir`), with the real binaries
+//! as separate processes: runs that end while the JobTracker is down, a
+//! TaskTracker killed with SIGKILL before it could deliver them, and what
+//! reaches the JobTracker's execution logs after both come back.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lts_common::{JobSpec, JobState, LogKind};
+use lts_jobclient::JobClient;
+use lts_tests::{sample, scrape, wait_all_succeeded, wait_until, Cluster, TRACKER};
+
+/// Bound on every wait.
+const WAIT: Duration = Duration::from_secs(60);
+/// The runs of these tests take this long: long enough to kill the
+/// JobTracker while every one of them is going.
+const RUN_SECONDS: &str = "1.5";
+const GROUP: &str = "spooled";
+const UNACKED: &str = "lts_tasktracker_outcomes_unacked";
+
+/// A program for the shell runner: records that it began, sleeps, logs a
+/// line (a biz log line of the run) and records that it ended.
+fn program(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("run.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\n# $1 start record, $2 end record, $3 seconds to sleep\n\
+         echo \"$LTS_TASK_ID $LTS_ATTEMPT\" >> \"$1\"\n\
+         sleep \"$3\"\n\
+         echo \"finished $LTS_TASK_ID attempt $LTS_ATTEMPT\"\n\
+         echo \"$LTS_TASK_ID $LTS_ATTEMPT\" >> \"$2\"\n",
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+struct Setup {
+    cluster: Cluster,
+    program: PathBuf,
+    started: PathBuf,
+    ended: PathBuf,
+    spool: PathBuf,
+}
+
+impl Setup {
+    /// A JobTracker and a TaskTracker `tt-a` with a spool on disk.
+    fn start() -> Result<Setup> {
+        let mut cluster = Cluster::new()?;
+        let program = program(cluster.dir())?;
+        let started = cluster.dir().join("started.txt");
+        let ended = cluster.dir().join("ended.txt");
+        let spool = cluster.dir().join("tt-a-spool");
+        cluster.start_tracker(&[])?;
+        let mut setup = Setup {
+            cluster,
+            program,
+            started,
+            ended,
+            spool,
+        };
+        let args = setup.spool_args();
+        let allow = setup.program.display().to_string();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        setup
+            .cluster
+            .start_task_tracker_on(TRACKER, "tt-a", GROUP, 8, &[&allow], &args)?;
+        Ok(setup)
+    }
+
+    fn spool_args(&self) -> Vec<String> {
+        vec![
+            "--spool-dir".into(),
+            self.spool.display().to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ]
+    }
+
+    /// Starts `tt-a` again on its spool, without waiting for a JobTracker.
+    fn restart_tt_a(&mut self) -> Result<()> {
+        let mut args = vec![
+            "--node-group".to_string(),
+            GROUP.to_string(),
+            "--jobtracker".to_string(),
+            self.cluster.tracker_url()?,
+            "--slots".to_string(),
+            "8".to_string(),
+            "--identity".to_string(),
+            "tt-a".to_string(),
+            "--allow".to_string(),
+            self.program.display().to_string(),
+        ];
+        args.extend(self.spool_args());
+        self.cluster.spawn("tt-a", "tasktracker", &args)
+    }
+
+    fn spec(&self, task_id: &str) -> JobSpec {
+        let mut spec = JobSpec::new(task_id, GROUP);
+        spec.payload = serde_json::json!({
+            "program": self.program.display().to_string(),
+            "args": [
+                self.started.display().to_string(),
+                self.ended.display().to_string(),
+                RUN_SECONDS,
+            ],
+        })
+        .to_string()
+        .into_bytes();
+        spec
+    }
+
+    /// Outcomes `tt-a` keeps until a JobTracker acknowledges them.
+    fn unacked(&mut self) -> Result<f64> {
+        let url = self.cluster.metrics_url("tt-a")?;
+        sample(&scrape(&url)?, UNACKED).with_context(|| format!("no {UNACKED} at {url}"))
+    }
+
+    /// Waits until `tt-a` keeps `n` outcomes unacknowledged.
+    async fn wait_unacked(&mut self, n: f64) -> Result<()> {
+        wait_until(WAIT, &format!("tt-a keeping {n} outcomes"), || {
+            let seen = self.unacked();
+            async move {
+                let seen = seen?;
+                Ok(if seen == n {
+                    Ok(())
+                } else {
+                    Err(format!("{seen} unacknowledged"))
+                })
+            }
+        })
+        .await
+    }
+}
+
+/// Lines in `record` (one per run that got there).
+fn lines(record: &Path) -> usize {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+async fn wait_lines(record: &Path, n: usize, what: &str) -> Result<()> {
+    wait_until(WAIT, what, || async {
+        let seen = lines(record);
+        Ok(if seen >= n {
+            Ok(())
+        } else {
+            Err(format!("{seen} of {n}"))
+        })
+    })
+    .await
+}
+
+/// Submits `n` jobs, waits until every run began, kills the JobTracker,
+/// waits until every run ended and `tt-a` spooled its outcome, then kills
+/// `tt-a`. Returns the job ids by task id.
+async fn runs_end_while_the_jobtracker_is_down(
+    s: &mut Setup,
+    n: usize,
+) -> Result<Vec<(String, String)>> {
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let specs: Vec<JobSpec> = (0..n).map(|i| s.spec(&format!("t-{i}"))).collect();
+    let mut jobs = Vec::new();
+    for (r, spec) in client.submit(specs.clone()).await?.iter().zip(&specs) {
+        let id = r
+            .job_id()
+            .with_context(|| format!("submit refused: {r:?}"))?;
+        jobs.push((spec.task_id.clone(), id.to_string()));
+    }
+    wait_lines(&s.started, n, "every run beginning").await?;
+    s.cluster.proc(TRACKER)?.kill9();
+    wait_lines(&s.ended, n, "every run ending while the JobTracker is down").await?;
+    s.wait_unacked(n as f64).await?;
+    s.cluster.proc("tt-a")?.kill9();
+    Ok(jobs)
+}
+
+fn restart_tracker(s: &mut Setup) -> Result<()> {
+    s.cluster.spawn_tracker(TRACKER, &[])?;
+    s.cluster.wait_healthy(TRACKER)
+}
+
+/// Whether `log` holds the biz line of attempt 1 of `task` and the record
+/// of that attempt's outcome (applied, or refused as stale); `Err` says
+/// what is missing.
+fn attempt_one_delivered(task: &str, log: &[lts_common::LogEntry]) -> Result<(), String> {
+    let biz = log.iter().any(|e| {
+        e.kind == LogKind::Biz
+            && e.attempt == 1
+            && e.message.contains(&format!("finished {task} attempt 1"))
+            && e.worker == "tt-a"
+    });
+    let outcome = log
+        .iter()
+        .any(|e| e.attempt == 1 && matches!(e.kind, LogKind::Outcome | LogKind::StaleOutcome));
+    match (biz, outcome) {
+        (true, true) => Ok(()),
+        _ => Err(format!(
+            "{task}: biz line of attempt 1 {biz}, outcome of attempt 1 {outcome}; log: {:?}",
+            log.iter()
+                .map(|e| format!("{}#{} {}", e.kind.name(), e.attempt, e.message))
+                .collect::<Vec<_>>()
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_and_log_lines_of_runs_ended_while_the_jobtracker_was_down_survive_a_kill_9(
+) -> Result<()> {
+    const JOBS: usize = 4;
+    let mut s = Setup::start()?;
+    let jobs = runs_end_while_the_jobtracker_is_down(&mut s, JOBS).await?;
+
+    // The TaskTracker comes back first, then the JobTracker on its data.
+    s.restart_tt_a()?;
+    restart_tracker(&mut s)?;
+    s.cluster.wait_joined(TRACKER, "tt-a")?;
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    wait_until(
+        WAIT,
+        "every run's log line and outcome in its log",
+        || async {
+            for (task, job_id) in &jobs {
+                let log = client.log(job_id).await?;
+                if let Err(missing) = attempt_one_delivered(task, &log) {
+                    return Ok(Err(missing));
+                }
+            }
+            Ok(Ok(()))
+        },
+    )
+    .await
+    .with_context(|| s.cluster.logs())?;
+    // Every job ends succeeded, and the spool is empty.
+    wait_all_succeeded(&client, GROUP, JOBS, WAIT).await?;
+    s.wait_unacked(0.0).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_outcome_of_an_attempt_run_again_elsewhere_is_refused_logged_and_dropped(
+) -> Result<()> {
+    const JOBS: usize = 2;
+    let mut s = Setup::start()?;
+    let jobs = runs_end_while_the_jobtracker_is_down(&mut s, JOBS).await?;
+
+    // The JobTracker comes back and another TaskTracker runs the jobs
+    // again before tt-a returns.
+    restart_tracker(&mut s)?;
+    let allow = s.program.display().to_string();
+    s.cluster
+        .start_task_tracker_on(TRACKER, "tt-b", GROUP, 4, &[&allow], &[])?;
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let done = wait_all_succeeded(&client, GROUP, JOBS, WAIT).await?;
+    for job in &done {
+        assert!(job.attempt > 1, "{job:?}");
+    }
+
+    s.restart_tt_a()?;
+    s.cluster.wait_joined(TRACKER, "tt-a")?;
+    wait_until(WAIT, "the stale outcomes refused and logged", || async {
+        for (task, job_id) in &jobs {
+            let log = client.log(job_id).await?;
+            let refused = log
+                .iter()
+                .any(|e| e.kind == LogKind::StaleOutcome && e.attempt == 1);
+            if !refused {
+                return Ok(Err(format!("{task}: no refused outcome of attempt 1 yet")));
+            }
+            if let Err(missing) = attempt_one_delivered(task, &log) {
+                return Ok(Err(missing));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .await
+    .with_context(|| s.cluster.logs())?;
+    // Refused outcomes leave the spool, and change nothing.
+    s.wait_unacked(0.0).await?;
+    for before in &done {
+        let job = client.get(&before.job_id).await?;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert_eq!(job.attempt, before.attempt, "{job:?}");
+        assert_eq!(job.last_outcome, before.last_outcome, "{job:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tasktracker_on_one_spool_is_refused_and_a_damaged_spool_is_moved_aside(
+) -> Result<()> {
+    let mut s = Setup::start()?;
+    // A second process on tt-a's spool directory exits with an error
+    // naming it; tt-a goes on.
+    let mut args = vec![
+        "--node-group".to_string(),
+        GROUP.to_string(),
+        "--jobtracker".to_string(),
+        s.cluster.tracker_url()?,
+        "--identity".to_string(),
+        "tt-second".to_string(),
+    ];
+    args.extend(s.spool_args());
+    s.cluster.spawn("tt-second", "tasktracker", &args)?;
+    let status = wait_until(WAIT, "the second TaskTracker exiting", || {
+        let exited = s.cluster.proc("tt-second").map(|p| p.exited());
+        async move {
+            Ok(match exited? {
+                Some(status) => Ok(status),
+                None => Err("still running".to_string()),
+            })
+        }
+    })
+    .await?;
+    assert!(!status.success(), "{status}");
+    let said = s.cluster.procs_log("tt-second");
+    assert!(
+        said.contains("is in use") && said.contains(&s.spool.display().to_string()),
+        "{said}"
+    );
+    assert!(s.cluster.proc("tt-a")?.exited().is_none());
+
+    // Garbage over the spool's data: tt-a starts again with a fresh spool
+    // and says where the damaged one went.
+    s.cluster.proc("tt-a")?.kill9();
+    let data = s.spool.join("spool.sled").join("db");
+    let len = std::fs::metadata(&data)?.len().max(4096) as usize;
+    std::fs::write(
+        &data,
+        (0..len).map(|i| (i * 7 + 13) as u8).collect::<Vec<u8>>(),
+    )?;
+    s.restart_tt_a()?;
+    // The JobTracker saw tt-a join before: its own log says when it is back.
+    let said = wait_until(WAIT, "tt-a connecting again", || {
+        let log = s.cluster.proc("tt-a").map(|p| p.current_log());
+        async move {
+            let log = log?;
+            Ok(if log.contains("connected to JobTracker") {
+                Ok(log)
+            } else {
+                Err(log)
+            })
+        }
+    })
+    .await?;
+    assert!(said.contains("cannot be read"), "{said}");
+    let aside: Vec<_> = std::fs::read_dir(s.cluster.dir())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tt-a-spool.damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged spool is kept aside once");
+    // It works with the fresh spool.
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let mut spec = s.spec("after-the-damage");
+    spec.payload = serde_json::json!({
+        "program": s.program.display().to_string(),
+        "args": [s.started.display().to_string(), s.ended.display().to_string(), "0"],
+    })
+    .to_string()
+    .into_bytes();
+    client.submit(vec![spec]).await?;
+    wait_all_succeeded(&client, GROUP, 1, WAIT).await?;
+    Ok(())
+}
