@@ -47,7 +47,14 @@ pub struct Cli {
     pub cluster: String,
 
     /// ZooKeeper session timeout (with --zookeeper), 1s to 60s.
-    #[arg(long, value_name = "DURATION", global = true, default_value = "4s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        global = true,
+        env = "JOBCLIENT_ZK_SESSION_TIMEOUT",
+        default_value = "4s",
+        value_parser = parse_duration
+    )]
     pub zk_session_timeout: Duration,
 
     /// Print machine-readable JSON instead of text.
