@@ -75,6 +75,9 @@ pub struct DiskSpool {
     engine: Arc<Engine>,
     /// Outcomes by sequence, and the sequence of each run's outcome.
     outcomes: BTreeMap<u64, pb::OutcomeReport>,
+    /// The engine's generation that wrote each outcome (by sequence) and is
+    /// not known to be flushed yet; an outcome not here is on disk.
+    outcome_generations: BTreeMap<u64, u64>,
     by_run: HashMap<RunKey, u64>,
     /// Starts and log lines by sequence.
     extras: BTreeMap<u64, Extra>,
@@ -234,6 +237,7 @@ impl DiskSpool {
             limits,
             engine: Arc::new(engine),
             outcomes: loaded.outcomes,
+            outcome_generations: BTreeMap::new(),
             by_run: HashMap::new(),
             extras: loaded.extras,
             sizes: loaded.sizes,
@@ -286,10 +290,11 @@ impl DiskSpool {
         self.limits
     }
 
-    /// Queues `writes` and asks for a flush (see [`OutcomeSpool`]).
-    fn commit(&mut self, writes: Writes) {
+    /// Queues `writes` and asks for a flush (see [`OutcomeSpool`]);
+    /// `false` when they cannot reach the disk (closed, or a write failed).
+    fn commit(&mut self, writes: Writes) -> bool {
         if self.closed {
-            return;
+            return false;
         }
         if let Err(e) = self.engine.commit(writes) {
             // Once is enough: the engine refuses every write after the
@@ -303,10 +308,11 @@ impl DiskSpool {
                     sled_message(&e)
                 );
             }
-            return;
+            return false;
         }
         self.engine.wake_writer();
         self.engine.flush_soon();
+        true
     }
 
     fn next(&mut self) -> u64 {
@@ -314,15 +320,17 @@ impl DiskSpool {
         self.next_seq
     }
 
-    fn add(&mut self, kind: u8, value: Vec<u8>) -> u64 {
+    /// Spools one entry; its sequence, and the engine's generation that
+    /// writes it (`None` when it cannot reach the disk).
+    fn add(&mut self, kind: u8, value: Vec<u8>) -> (u64, Option<u64>) {
         let seq = self.next();
         let size = value.len() as u64 + 9;
         self.bytes += size;
         self.sizes.insert(seq, size);
         let mut w = Writes::default();
         w.insert(key(kind, seq), value);
-        self.commit(w);
-        seq
+        let generation = self.engine.next_generation();
+        (seq, self.commit(w).then_some(generation))
     }
 
     fn forget(&mut self, w: &mut Writes, kind: u8, seq: u64) {
@@ -413,10 +421,14 @@ impl OutcomeSpool for DiskSpool {
         let mut w = Writes::default();
         if let Some(old) = self.by_run.remove(&run) {
             self.outcomes.remove(&old);
+            self.outcome_generations.remove(&old);
             self.forget(&mut w, b'o', old);
             self.commit(w);
         }
-        let seq = self.add(b'o', report.encode_to_vec());
+        let (seq, generation) = self.add(b'o', report.encode_to_vec());
+        // One that cannot reach the disk is never counted as on it.
+        self.outcome_generations
+            .insert(seq, generation.unwrap_or(u64::MAX));
         self.outcomes.insert(seq, report.clone());
         self.by_run.insert(run, seq);
         Ok(())
@@ -426,7 +438,7 @@ impl OutcomeSpool for DiskSpool {
         if self.is_full() {
             return Ok(false);
         }
-        let seq = self.add(b'l', line.encode_to_vec());
+        let (seq, _) = self.add(b'l', line.encode_to_vec());
         self.extras.insert(seq, Extra::Log(line.clone()));
         Ok(true)
     }
@@ -439,7 +451,7 @@ impl OutcomeSpool for DiskSpool {
             runs: runs.to_vec(),
             at_unix_ms,
         };
-        let seq = self.add(b's', started.encode_to_vec());
+        let (seq, _) = self.add(b's', started.encode_to_vec());
         self.extras.insert(seq, Extra::Started(started));
         Ok(())
     }
@@ -450,6 +462,7 @@ impl OutcomeSpool for DiskSpool {
         };
         let mut w = Writes::default();
         self.outcomes.remove(&seq);
+        self.outcome_generations.remove(&seq);
         self.forget(&mut w, b'o', seq);
         // Everything spooled before this outcome was sent before it on the
         // stream that acknowledged it, and handled first.
@@ -511,6 +524,42 @@ impl OutcomeSpool for DiskSpool {
 
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn durable_len(&self) -> usize {
+        let flushed = self.engine.flushed();
+        // Generations grow with sequences: the outcomes not on disk yet are
+        // the newest ones.
+        let waiting = self
+            .outcome_generations
+            .values()
+            .rev()
+            .take_while(|&&g| g > flushed)
+            .count();
+        self.outcomes.len() - waiting
+    }
+
+    fn awaits_flush(&self) -> bool {
+        let flushed = self.engine.flushed();
+        self.outcome_generations
+            .values()
+            .rev()
+            .take_while(|&&g| g > flushed)
+            .any(|&g| g != u64::MAX)
+    }
+
+    fn flushed(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
+        let engine = self.engine.clone();
+        let dir = self.dir.clone();
+        Box::pin(async move {
+            engine.flush(false).await.map_err(|e| {
+                Error::Spool(format!(
+                    "cannot flush the spool {}: {}",
+                    dir.display(),
+                    sled_message(&e)
+                ))
+            })
+        })
     }
 
     fn sync(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
@@ -597,6 +646,39 @@ mod tests {
     /// Closes the spool as the TaskTracker does, then lets it go.
     async fn close(mut spool: DiskSpool) {
         spool.close().await.expect("close");
+        tokio::task::spawn_blocking(move || drop(spool))
+            .await
+            .expect("drop");
+    }
+
+    #[tokio::test]
+    async fn counts_an_outcome_on_disk_only_once_a_flush_wrote_it() {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let mut spool = open(&tmp.path().join("spool"));
+        spool.engine.pause_writes(true);
+        spool.put(&report("a", 1, 10)).expect("put");
+        spool.put(&report("b", 1, 11)).expect("put");
+        assert_eq!((spool.len(), spool.durable_len()), (2, 0));
+        assert!(spool.awaits_flush());
+        spool.engine.pause_writes(false);
+        spool.flushed().await.expect("flush");
+        assert_eq!(spool.durable_len(), 2);
+        // A new outcome is not on disk until the next flush; one
+        // acknowledged leaves both counts.
+        spool.engine.pause_writes(true);
+        spool.put(&report("c", 1, 12)).expect("put");
+        spool.ack("a", 1).expect("ack");
+        assert_eq!((spool.len(), spool.durable_len()), (2, 1));
+        spool.engine.pause_writes(false);
+        spool.flushed().await.expect("flush");
+        assert_eq!(spool.durable_len(), 2);
+        assert!(!spool.awaits_flush());
+        // Once closed, an outcome cannot reach the disk: it is never counted
+        // as on it, and no flush is awaited for it.
+        spool.close().await.expect("close");
+        spool.put(&report("d", 1, 13)).expect("put");
+        assert_eq!((spool.len(), spool.durable_len()), (3, 2));
+        assert!(!spool.awaits_flush());
         tokio::task::spawn_blocking(move || drop(spool))
             .await
             .expect("drop");

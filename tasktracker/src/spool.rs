@@ -92,6 +92,22 @@ pub trait OutcomeSpool: Send + Sync + 'static {
     fn is_durable(&self) -> bool {
         false
     }
+    /// Outcomes among [`len`](Self::len) that are on disk now and survive
+    /// a `kill -9` (none for a spool in memory).
+    fn durable_len(&self) -> usize {
+        0
+    }
+    /// Whether an outcome not on disk yet will be once the spool flushes.
+    fn awaits_flush(&self) -> bool {
+        false
+    }
+    /// Resolves once every change made before the call is durable, riding
+    /// on the next flush rather than asking for one of its own: what the
+    /// driver awaits, while [`awaits_flush`](Self::awaits_flush), to keep
+    /// [`durable_len`](Self::durable_len) current.
+    fn flushed(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Resolves once every change made before the call is durable (at
     /// once for a spool in memory). The future borrows nothing, so the
     /// driver can await it elsewhere.

@@ -17,6 +17,7 @@ pub(crate) struct Metrics {
     slots_total: IntGauge,
     ahead_held: IntGauge,
     unacked: IntGauge,
+    on_disk: IntGauge,
     // Resolved once: a label lookup per finished run would hash every time.
     runs: [IntCounter; 4],
 }
@@ -39,6 +40,11 @@ impl Metrics {
             "lts_tasktracker_outcomes_unacked",
             "Outcomes kept in the spool until a JobTracker acknowledges them.",
         )?;
+        let on_disk = IntGauge::new(
+            "lts_tasktracker_outcomes_on_disk",
+            "Outcomes kept in the spool that are on disk and survive a crash of the \
+             TaskTracker (always 0 without --spool-dir).",
+        )?;
         let runs_total = IntCounterVec::new(
             Opts::new(
                 "lts_tasktracker_runs_total",
@@ -51,12 +57,14 @@ impl Metrics {
         registry.register(Box::new(ahead_held.clone()))?;
         registry.register(Box::new(runs_total.clone()))?;
         registry.register(Box::new(unacked.clone()))?;
+        registry.register(Box::new(on_disk.clone()))?;
         let runs = OUTCOME_KINDS.map(|kind| runs_total.with_label_values(&[kind]));
         Ok(Metrics {
             slots_busy,
             slots_total,
             ahead_held,
             unacked,
+            on_disk,
             runs,
         })
     }
@@ -96,6 +104,9 @@ pub struct Stats {
     pub connections: u64,
     /// Outcomes the JobTracker has not acknowledged yet.
     pub unacked: u64,
+    /// Of those, the outcomes on disk that survive a crash of the process
+    /// (always 0 for a spool in memory).
+    pub on_disk: u64,
     /// Log lines dropped because the JobTracker was unreachable or slow.
     pub dropped_log_lines: u64,
     /// When the TaskTracker last heard from its JobTracker (the hello it
@@ -123,6 +134,7 @@ struct Counters {
     connected: AtomicBool,
     connections: AtomicU64,
     unacked: AtomicU64,
+    on_disk: AtomicU64,
     dropped_log_lines: AtomicU64,
     last_heard_ms: AtomicI64,
     lease_lapses: AtomicU64,
@@ -176,6 +188,13 @@ impl Recorder {
         self.metrics.unacked.set(unacked as i64);
     }
 
+    pub(crate) fn set_on_disk(&self, on_disk: usize) {
+        self.counters
+            .on_disk
+            .store(on_disk as u64, Ordering::Relaxed);
+        self.metrics.on_disk.set(on_disk as i64);
+    }
+
     pub(crate) fn set_connected(&self, connected: bool) {
         if connected {
             self.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +245,7 @@ impl TaskTrackerHandle {
             connected: c.connected.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
             unacked: c.unacked.load(Ordering::Relaxed),
+            on_disk: c.on_disk.load(Ordering::Relaxed),
             dropped_log_lines: c.dropped_log_lines.load(Ordering::Relaxed),
             last_heard_ms: c.last_heard_ms.load(Ordering::Relaxed),
             lease_lapses: c.lease_lapses.load(Ordering::Relaxed),

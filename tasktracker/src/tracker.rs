@@ -314,6 +314,9 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 /// What woke the driver.
+/// A wait on the spool's next flush.
+type SpoolWait = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
+
 enum Wake {
     /// Every run released at an instant has begun, or the hold ran out.
     HoldOver,
@@ -328,6 +331,8 @@ enum Wake {
     StartedDue,
     /// Cut off from every JobTracker for the whole stop-working limit.
     StopWorking,
+    /// The spool flushed what it held when the wait began.
+    SpoolFlushed(Result<()>),
 }
 
 enum ConnectError {
@@ -396,6 +401,7 @@ impl Driver {
     async fn drive(&mut self) -> Result<()> {
         // A spool on disk may hold outcomes from before a restart.
         self.recorder.set_unacked(self.spool.len());
+        self.recorder.set_on_disk(self.spool.durable_len());
         self.recorder.notify();
         let mut link = self.connect();
         let mut backoff = Backoff::new(
@@ -407,7 +413,14 @@ impl Driver {
         // the earliest: a timer is set once per instant, not per event.
         let mut ahead_wait: Option<(i64, ClockSleep)> = None;
         let mut lease_wait: Option<ClockSleep> = None;
+        // The next flush of a spool on disk, awaited while some outcome in
+        // it is not on disk yet, to keep the on-disk count current.
+        let mut spool_flush: Option<SpoolWait> = None;
+        let mut spool_flush_failed = false;
         loop {
+            if spool_flush.is_none() && !spool_flush_failed && self.spool.awaits_flush() {
+                spool_flush = Some(self.spool.flushed());
+            }
             if self.stopping
                 && self.running.is_empty()
                 && self.waiting.is_empty()
@@ -465,6 +478,15 @@ impl Driver {
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or(far)), if flush_deadline.is_some() => Wake::FlushDeadline,
                 _ = tokio::time::sleep_until(self.started_due.unwrap_or(far)), if self.started_due.is_some() => Wake::StartedDue,
                 _ = tokio::time::sleep_until(stop_working_at.unwrap_or(far)), if stop_working_at.is_some() => Wake::StopWorking,
+                flushed = async {
+                    match spool_flush.as_mut() {
+                        Some(flush) => flush.await,
+                        None => std::future::pending().await,
+                    }
+                }, if spool_flush.is_some() => {
+                    spool_flush = None;
+                    Wake::SpoolFlushed(flushed)
+                }
             };
             // Whatever woke the driver, the lease is looked at first: a
             // process resumed after a pause must not start what its timers
@@ -480,6 +502,15 @@ impl Driver {
             match wake {
                 Wake::HoldOver | Wake::LeaseCheck | Wake::FlushDeadline => {}
                 Wake::StopWorking => self.stop_working(),
+                Wake::SpoolFlushed(flushed) => {
+                    if let Err(e) = flushed {
+                        // The spool logged the failure; the count stays.
+                        tracing::debug!("{e}");
+                        spool_flush_failed = true;
+                    }
+                    self.recorder.set_on_disk(self.spool.durable_len());
+                    self.recorder.notify();
+                }
                 Wake::Event(event) => {
                     let mut link_up = as_conn(&mut link);
                     self.on_event(event, &mut link_up);
@@ -1230,6 +1261,7 @@ impl Driver {
         self.recorder.set_busy(self.running.len());
         self.recorder.set_ahead_held(self.ahead.len());
         self.recorder.set_unacked(self.spool.len());
+        self.recorder.set_on_disk(self.spool.durable_len());
         self.recorder.notify();
     }
 }

@@ -19,6 +19,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const RUN_SECONDS: &str = "1.5";
 const GROUP: &str = "spooled";
 const UNACKED: &str = "lts_tasktracker_outcomes_unacked";
+const ON_DISK: &str = "lts_tasktracker_outcomes_on_disk";
 
 /// A program for the shell runner: records that it began, sleeps, logs a
 /// line (a biz log line of the run) and records that it ended.
@@ -111,26 +112,31 @@ impl Setup {
         spec
     }
 
-    /// Outcomes `tt-a` keeps until a JobTracker acknowledges them.
-    fn unacked(&mut self) -> Result<f64> {
+    /// A gauge of `tt-a`'s spool.
+    fn gauge(&mut self, name: &str) -> Result<f64> {
         let url = self.cluster.metrics_url("tt-a")?;
-        sample(&scrape(&url)?, UNACKED).with_context(|| format!("no {UNACKED} at {url}"))
+        sample(&scrape(&url)?, name).with_context(|| format!("no {name} at {url}"))
     }
 
-    /// Waits until `tt-a` keeps `n` outcomes unacknowledged.
-    async fn wait_unacked(&mut self, n: f64) -> Result<()> {
-        wait_until(WAIT, &format!("tt-a keeping {n} outcomes"), || {
-            let seen = self.unacked();
+    /// Waits until `tt-a`'s gauge `name` reads `n`.
+    async fn wait_gauge(&mut self, name: &str, n: f64) -> Result<()> {
+        wait_until(WAIT, &format!("tt-a's {name} at {n}"), || {
+            let seen = self.gauge(name);
             async move {
                 let seen = seen?;
                 Ok(if seen == n {
                     Ok(())
                 } else {
-                    Err(format!("{seen} unacknowledged"))
+                    Err(format!("{name} {seen}"))
                 })
             }
         })
         .await
+    }
+
+    /// Waits until `tt-a` keeps `n` outcomes unacknowledged.
+    async fn wait_unacked(&mut self, n: f64) -> Result<()> {
+        self.wait_gauge(UNACKED, n).await
     }
 }
 
@@ -155,8 +161,8 @@ async fn wait_lines(record: &Path, n: usize, what: &str) -> Result<()> {
 }
 
 /// Submits `n` jobs, waits until every run began, kills the JobTracker,
-/// waits until every run ended and `tt-a` spooled its outcome, then kills
-/// `tt-a`. Returns the job ids by task id.
+/// waits until every run ended and `tt-a` has its outcome on disk, then
+/// kills `tt-a`. Returns the job ids by task id.
 async fn runs_end_while_the_jobtracker_is_down(
     s: &mut Setup,
     n: usize,
@@ -174,6 +180,9 @@ async fn runs_end_while_the_jobtracker_is_down(
     s.cluster.proc(TRACKER)?.kill9();
     wait_lines(&s.ended, n, "every run ending while the JobTracker is down").await?;
     s.wait_unacked(n as f64).await?;
+    // An outcome is spooled at once and on disk a flush later: only what
+    // is on disk survives the kill.
+    s.wait_gauge(ON_DISK, n as f64).await?;
     s.cluster.proc("tt-a")?.kill9();
     Ok(jobs)
 }
