@@ -93,6 +93,13 @@ pub struct Cli {
     #[arg(long, env = "JOBTRACKER_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Embedded store: after a restart, how long jobs that may have been
+    /// running before it wait for their TaskTrackers to reconnect and
+    /// deliver what they ran meanwhile, before they are handed out again.
+    /// 0s hands them out at once. At most 10m.
+    #[arg(long, env = "JOBTRACKER_RECOVERY_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub recovery_grace: Duration,
+
     /// How long shutdown waits for open streams.
     #[arg(long, env = "JOBTRACKER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -116,6 +123,12 @@ impl TryFrom<&Cli> for TrackerConfig {
             return Err(Error::Config(format!(
                 "--heartbeat-interval: {} is outside 100ms..=60s",
                 humantime::format_duration(cli.heartbeat_interval)
+            )));
+        }
+        if cli.recovery_grace > Duration::from_secs(600) {
+            return Err(Error::Config(format!(
+                "--recovery-grace: {} is over 10m",
+                humantime::format_duration(cli.recovery_grace)
             )));
         }
         if cli.data_dir.as_os_str().is_empty() {
@@ -166,6 +179,7 @@ impl TryFrom<&Cli> for TrackerConfig {
             heartbeat_interval: cli.heartbeat_interval,
             metrics_addr: cli.metrics_addr,
             shutdown_timeout: cli.shutdown_timeout,
+            recovery_grace: cli.recovery_grace,
         })
     }
 }

@@ -457,6 +457,20 @@ impl Dispatcher {
         unknown
     }
 
+    /// Runs the store took back on this stream (see
+    /// [`JobStore::adopt`](crate::store::JobStore::adopt)): they are put
+    /// back if the stream is lost, like runs assigned on it.
+    pub fn adopt(&self, node_group: &str, conn: u64, runs: &[(String, u32)]) {
+        if let Some(group) = lock(&self.groups).get(node_group).cloned() {
+            if let Some(w) = lock(&group.workers).get_mut(&conn) {
+                let now = lts_common::now_ms();
+                for run in runs {
+                    w.running.insert(run.clone(), now);
+                }
+            }
+        }
+    }
+
     /// Runs that ended on a TaskTracker.
     pub fn finished(&self, node_group: &str, conn: u64, runs: &[(String, u32)]) {
         if let Some(group) = lock(&self.groups).get(node_group).cloned() {

@@ -82,6 +82,11 @@ pub struct ClusterSettings {
     pub identity: String,
 }
 
+/// How long, by default, jobs that may have been running before a restart
+/// wait for their TaskTrackers (which retry a connection at least every
+/// second) to come back and report.
+pub const DEFAULT_RECOVERY_GRACE: Duration = Duration::from_secs(3);
+
 /// What a JobTracker needs to run.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
@@ -96,6 +101,10 @@ pub struct TrackerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How long shutdown waits for open streams.
     pub shutdown_timeout: Duration,
+    /// Embedded store: after a restart, how long jobs that may have been
+    /// running before it wait for their TaskTrackers to reconnect and
+    /// report, before they are handed out again.
+    pub recovery_grace: Duration,
 }
 
 impl TrackerConfig {
@@ -109,6 +118,7 @@ impl TrackerConfig {
             heartbeat_interval: Duration::from_secs(2),
             metrics_addr: None,
             shutdown_timeout: Duration::from_secs(10),
+            recovery_grace: DEFAULT_RECOVERY_GRACE,
         }
     }
 }
@@ -171,7 +181,7 @@ impl Tracker {
 /// maintenance task (a tracker built by [`create_tracker`] runs that work
 /// itself instead, the sweep only while it leads).
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
-    let (store, mongo) = open_store_parts(config).await?;
+    let (store, mongo) = open_store_parts(config, Duration::ZERO).await?;
     if let Some(m) = mongo {
         m.spawn_maintenance();
     }
@@ -181,15 +191,18 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn JobStore>> {
 /// The MongoDB store of a cluster, beside the same store as a `JobStore`.
 type SharedStore = Option<Arc<store::mongo::MongoStore>>;
 
-async fn open_store_parts(config: &StoreConfig) -> Result<(Arc<dyn JobStore>, SharedStore)> {
+async fn open_store_parts(
+    config: &StoreConfig,
+    recovery_grace: Duration,
+) -> Result<(Arc<dyn JobStore>, SharedStore)> {
     Ok(match config {
         StoreConfig::Sled { data_dir } => {
             let dir = data_dir.clone();
-            let store: Arc<dyn JobStore> = Arc::new(
-                tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
-                    .await
-                    .map_err(|e| Error::internal("opening the store", e))??,
-            );
+            let sled = tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
+                .await
+                .map_err(|e| Error::internal("opening the store", e))??;
+            sled.set_recovery_grace(recovery_grace);
+            let store: Arc<dyn JobStore> = Arc::new(sled);
             (store, None)
         }
         StoreConfig::Mongo {
@@ -250,7 +263,7 @@ pub async fn create_tracker_with_election(
     config: TrackerConfig,
     election: Arc<dyn Election>,
 ) -> Result<Arc<Tracker>> {
-    let (store, shared) = open_store_parts(&config.store).await?;
+    let (store, shared) = open_store_parts(&config.store, config.recovery_grace).await?;
     let leases = match (&config.store, shared) {
         (StoreConfig::Mongo { lease, .. }, Some(m)) => Some((m, *lease)),
         _ => None,
@@ -259,6 +272,7 @@ pub async fn create_tracker_with_election(
     tracing::info!(
         pending = recovery.pending,
         requeued = recovery.requeued,
+        held = recovery.held,
         feedback = recovery.feedback,
         corrupt = recovery.corrupt,
         "job store recovered"

@@ -193,22 +193,30 @@ fn restart_tracker(s: &mut Setup) -> Result<()> {
 }
 
 /// Whether `log` holds the biz line of attempt 1 of `task` and the record
-/// of that attempt's outcome (applied, or refused as stale); `Err` says
-/// what is missing.
-fn attempt_one_delivered(task: &str, log: &[lts_common::LogEntry]) -> Result<(), String> {
+/// of that attempt's outcome: applied when `applied`, refused as stale
+/// otherwise; `Err` says what is missing.
+fn attempt_one_delivered(
+    task: &str,
+    log: &[lts_common::LogEntry],
+    applied: bool,
+) -> Result<(), String> {
     let biz = log.iter().any(|e| {
         e.kind == LogKind::Biz
             && e.attempt == 1
             && e.message.contains(&format!("finished {task} attempt 1"))
             && e.worker == "tt-a"
     });
-    let outcome = log
-        .iter()
-        .any(|e| e.attempt == 1 && matches!(e.kind, LogKind::Outcome | LogKind::StaleOutcome));
+    let kind = if applied {
+        LogKind::Outcome
+    } else {
+        LogKind::StaleOutcome
+    };
+    let outcome = log.iter().any(|e| e.attempt == 1 && e.kind == kind);
     match (biz, outcome) {
         (true, true) => Ok(()),
         _ => Err(format!(
-            "{task}: biz line of attempt 1 {biz}, outcome of attempt 1 {outcome}; log: {:?}",
+            "{task}: biz line of attempt 1 {biz}, {} of attempt 1 {outcome}; log: {:?}",
+            kind.name(),
             log.iter()
                 .map(|e| format!("{}#{} {}", e.kind.name(), e.attempt, e.message))
                 .collect::<Vec<_>>()
@@ -234,7 +242,7 @@ async fn outcomes_and_log_lines_of_runs_ended_while_the_jobtracker_was_down_surv
         || async {
             for (task, job_id) in &jobs {
                 let log = client.log(job_id).await?;
-                if let Err(missing) = attempt_one_delivered(task, &log) {
+                if let Err(missing) = attempt_one_delivered(task, &log, true) {
                     return Ok(Err(missing));
                 }
             }
@@ -243,9 +251,19 @@ async fn outcomes_and_log_lines_of_runs_ended_while_the_jobtracker_was_down_surv
     )
     .await
     .with_context(|| s.cluster.logs())?;
-    // Every job ends succeeded, and the spool is empty.
+    // Every job ends succeeded by the run that ended while the JobTracker
+    // was down: none ran again, and the spool is empty.
     wait_all_succeeded(&client, GROUP, JOBS, WAIT).await?;
     s.wait_unacked(0.0).await?;
+    assert_eq!(lines(&s.started), JOBS, "a job ran again");
+    for (_, job_id) in &jobs {
+        let log = client.log(job_id).await?;
+        assert!(
+            !log.iter()
+                .any(|e| e.kind == LogKind::Dispatched && e.attempt > 1),
+            "{job_id} was handed out again: {log:?}"
+        );
+    }
     Ok(())
 }
 
@@ -279,7 +297,7 @@ async fn a_spooled_outcome_of_an_attempt_run_again_elsewhere_is_refused_logged_a
             if !refused {
                 return Ok(Err(format!("{task}: no refused outcome of attempt 1 yet")));
             }
-            if let Err(missing) = attempt_one_delivered(task, &log) {
+            if let Err(missing) = attempt_one_delivered(task, &log, false) {
                 return Ok(Err(missing));
             }
         }

@@ -246,7 +246,19 @@ impl Session {
                         lts_common::now_ms()
                     }
                 };
-                let unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
+                let mut unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
+                if !unknown.is_empty() {
+                    // Runs going since before a restart of this tracker
+                    // are taken back rather than cancelled.
+                    let adopted = t
+                        .store
+                        .adopt(&unknown, &self.identity, lts_common::now_ms())
+                        .await?;
+                    if !adopted.is_empty() {
+                        t.dispatcher.adopt(&self.group, self.conn, &adopted);
+                        unknown.retain(|run| !adopted.contains(run));
+                    }
+                }
                 t.store.started(&runs, &self.identity, at).await?;
                 self.cancel_superseded(unknown).await?;
             }

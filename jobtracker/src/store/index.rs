@@ -3,7 +3,7 @@
 //! cron and repeat jobs, and the task ids taken. A claim works on this
 //! alone; the disk only hears of the changes (see [`lts_common::durable`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lts_common::{Job, JobState, LogEntry};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,17 @@ pub(super) struct Record {
     /// The attempt and write generation of a write not yet known flushed.
     #[serde(skip)]
     pub(super) unflushed: Option<(u32, u64)>,
+    /// Set at a restart for a job that may have been running before it:
+    /// the lowest and highest attempt such a run can have. While the job
+    /// is pending and not handed out again, the outcome of such a run is
+    /// applied (a TaskTracker's spool delivers it late), not refused.
+    #[serde(skip)]
+    pub(super) recovered: Option<(u32, u32)>,
+    /// A run from before a restart that a TaskTracker reported going, and
+    /// that the job took back as its current run: its attempt, which may be
+    /// below the job's (numbers skipped at the restart stay skipped).
+    #[serde(skip)]
+    pub(super) adopted: Option<u32>,
 }
 
 /// [`Record`] for writing, without cloning.
@@ -65,6 +76,8 @@ impl Record {
             last_child: None,
             floor: 0,
             unflushed: None,
+            recovered: None,
+            adopted: None,
         }
     }
 
@@ -80,6 +93,21 @@ impl Record {
             }
         }
         self.job.attempt > self.floor
+    }
+
+    /// Whether `attempt` is the job's current run.
+    pub(super) fn runs(&self, attempt: u32) -> bool {
+        self.job.state == JobState::Running
+            && (self.job.attempt == attempt || self.adopted == Some(attempt))
+    }
+
+    /// Whether `attempt` is a run that may have been going before a
+    /// restart, the job pending since and not handed out again.
+    pub(super) fn ran_before_the_restart(&self, attempt: u32) -> bool {
+        self.job.state == JobState::Pending
+            && self
+                .recovered
+                .is_some_and(|(low, high)| (low..=high).contains(&attempt))
     }
 
     /// Appends a transition line at `at_ms` (the store's clock, so that
@@ -107,12 +135,21 @@ pub(super) struct Index {
     pub(super) tasks: super::task_index::TaskIndex,
     /// The submit order of the next job.
     pub(super) next_seq: u64,
+    /// Jobs that may have been running before a restart, kept out of the
+    /// queues until `hold_until_ms` so that TaskTrackers reconnecting can
+    /// deliver their outcomes before the jobs are handed out again.
+    pub(super) held: HashSet<String>,
+    pub(super) hold_until_ms: i64,
 }
 
 impl Index {
     /// Puts a pending job in its queue (or a cron or repeat job among the
     /// timers); any other job is left out.
     pub(super) fn enqueue(&mut self, job: &Job, now_ms: i64) {
+        // An operator's verb on a held job ends its hold.
+        if !self.held.is_empty() {
+            self.held.remove(&job.job_id);
+        }
         if job.state != JobState::Pending {
             return;
         }
@@ -138,12 +175,39 @@ impl Index {
 
     /// Takes a job out of whichever queue holds it.
     pub(super) fn dequeue(&mut self, job: &Job) {
+        if !self.held.is_empty() {
+            self.held.remove(&job.job_id);
+        }
         self.timers.remove(&(job.trigger_at_ms, job.seq));
         if let Some(q) = self.queues.get_mut(&job.spec.task_tracker_node_group) {
             q.ready
                 .remove(&(job.spec.priority, job.trigger_at_ms, job.seq));
             q.delayed.remove(&(job.trigger_at_ms, job.seq));
         }
+    }
+
+    /// Keeps a job that may have been running before a restart out of the
+    /// queues until [`release_held`](Self::release_held).
+    pub(super) fn hold(&mut self, job_id: &str) {
+        self.held.insert(job_id.to_string());
+    }
+
+    /// Queues the held jobs once their hold is over.
+    pub(super) fn release_held(&mut self, now_ms: i64) {
+        if self.held.is_empty() || now_ms < self.hold_until_ms {
+            return;
+        }
+        for job_id in std::mem::take(&mut self.held) {
+            if let Some(r) = self.live.get(&job_id) {
+                let job = r.job.clone();
+                self.enqueue(&job, now_ms);
+            }
+        }
+    }
+
+    /// When held jobs join the queues, if any are held.
+    pub(super) fn held_until(&self) -> Option<i64> {
+        (!self.held.is_empty()).then_some(self.hold_until_ms)
     }
 
     /// Moves jobs whose time has come from delayed to ready.

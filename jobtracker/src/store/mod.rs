@@ -260,6 +260,9 @@ pub struct Recovery {
     /// Jobs that were running and are pending again, with a new attempt to
     /// come.
     pub requeued: usize,
+    /// Of the pending and requeued jobs, those that may have been running
+    /// before the restart, held for the recovery grace.
+    pub held: usize,
     /// Feedback not yet acked.
     pub feedback: usize,
     /// Records that could not be decoded and were skipped.
@@ -350,6 +353,20 @@ pub trait JobStore: Send + Sync + 'static {
     /// Notes that runs started (execution log only). May be lost in a
     /// crash; durable after the job's next transition has been synced.
     async fn started(&self, runs: &[(String, u32)], worker: &str, at_ms: i64) -> Result<()>;
+
+    /// Of `runs` a TaskTracker reports started that no stream of this
+    /// tracker was given, takes back those that were going before a restart
+    /// of the tracker and whose job was not handed out since: the job is
+    /// running them again, on `worker`. Returns the runs taken back. A store
+    /// whose claims outlive a restart (leases) has nothing to take back.
+    async fn adopt(
+        &self,
+        _runs: &[(String, u32)],
+        _worker: &str,
+        _now_ms: i64,
+    ) -> Result<Vec<(String, u32)>> {
+        Ok(Vec::new())
+    }
 
     /// Applies outcomes whose attempt is current; refuses the others.
     /// Durable after the next `sync`: the caller acknowledges the outcomes

@@ -51,7 +51,7 @@
 //! requeued and logged as such).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -93,6 +93,9 @@ pub struct SledStore {
     lock_file: PathBuf,
     index: Mutex<Index>,
     log_seq: AtomicU64,
+    /// How long [`JobStore::recover`] holds jobs that may have been
+    /// running before the restart (ms; 0: not at all).
+    recovery_grace_ms: AtomicI64,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -211,7 +214,19 @@ impl SledStore {
             lock_file,
             index: Mutex::new(Index::default()),
             log_seq: AtomicU64::new(start),
+            recovery_grace_ms: AtomicI64::new(0),
         })
+    }
+
+    /// After a restart, jobs that may have been running before it wait
+    /// `grace` before they are handed out again, so that TaskTrackers
+    /// reconnecting deliver their outcomes first (an outcome such a run
+    /// reports is applied whenever it comes, as long as the job was not
+    /// handed out again). Set before [`JobStore::recover`]; zero (the
+    /// default) hands them out at once.
+    pub fn set_recovery_grace(&self, grace: std::time::Duration) {
+        let ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.recovery_grace_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The tree, while the store is open.
@@ -305,6 +320,7 @@ impl SledStore {
         let flushed = self.engine.flushed();
         {
             let mut index = self.lock();
+            index.release_held(now_ms);
             index.promote(node_group, now_ms);
             let mut batch = Writes::default();
             claimed.per_grant = grants.iter().map(|(_, n)| Vec::with_capacity(*n)).collect();
@@ -340,6 +356,8 @@ impl SledStore {
                 };
                 let worker = &grants[i].0;
                 let must_write = r.claim_needs_flush(flushed);
+                r.recovered = None;
+                r.adopted = None;
                 r.job.state = JobState::Running;
                 r.job.attempt += 1;
                 r.job.worker.clone_from(worker);
@@ -363,11 +381,16 @@ impl SledStore {
                 claimed.per_grant[i].push(r.job.clone());
                 remaining[i] -= 1;
             }
-            claimed.next_ready_at_ms = index
+            let next_delayed = index
                 .queues
                 .get(node_group)
                 .and_then(|q| q.delayed.first_key_value())
                 .map(|((at, _), _)| *at);
+            // Held jobs join the queues when their hold ends.
+            claimed.next_ready_at_ms = match (next_delayed, index.held_until()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if write {
                 self.commit(index, batch)?;
             }
@@ -404,8 +427,10 @@ impl JobStore for SledStore {
     async fn recover(&self, now_ms: i64) -> Result<Recovery> {
         let mut rec = Recovery::default();
         let mut batch = Writes::default();
+        let grace_ms = self.recovery_grace_ms.load(Ordering::Relaxed);
         {
             let mut index = self.lock();
+            index.hold_until_ms = now_ms.saturating_add(grace_ms);
             let mut max_seq = 0;
             for item in self.tree()?.scan_prefix(b"j") {
                 let (key, bytes) = item.map_err(sled_err("reading job records"))?;
@@ -447,15 +472,30 @@ impl JobStore for SledStore {
                     r.log(entry, now_ms);
                     self.put_record(&mut batch, &mut r)?;
                     rec.requeued += 1;
+                    // The run that was going, or one handed out after it.
+                    r.recovered = Some((r.job.attempt.max(1), r.job.attempt + 1));
                 } else {
                     rec.pending += 1;
+                    // A pending job that was due may have been handed out
+                    // by a claim that did not reach the disk.
+                    if r.job.state == JobState::Pending
+                        && !r.job.spec.schedule.is_recurring()
+                        && r.job.trigger_at_ms <= now_ms
+                    {
+                        r.recovered = Some((r.job.attempt + 1, r.job.attempt + 1));
+                    }
                 }
                 // A claim before the restart may have handed out the next
                 // attempt without writing it: that number is skipped.
                 r.floor = r.job.attempt;
                 r.unflushed = None;
                 r.job.attempt += 1;
-                index.enqueue(&r.job, now_ms);
+                if r.recovered.is_some() && grace_ms > 0 {
+                    index.hold(&r.job.job_id);
+                    rec.held += 1;
+                } else {
+                    index.enqueue(&r.job, now_ms);
+                }
                 index.live.insert(r.job.job_id.clone(), Box::new(r));
             }
             index.next_seq = max_seq + 1;
@@ -585,13 +625,55 @@ impl JobStore for SledStore {
         let mut index = self.lock();
         for (job_id, attempt) in runs {
             if let Some(r) = index.live.get_mut(job_id) {
-                if r.job.attempt == *attempt && r.job.state == JobState::Running {
+                if r.runs(*attempt) {
                     let e = LogEntry::new("", LogKind::Started, *attempt, "").with_worker(worker);
                     r.log(e, at_ms);
                 }
             }
         }
         Ok(())
+    }
+
+    async fn adopt(
+        &self,
+        runs: &[(String, u32)],
+        worker: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, u32)>> {
+        let mut adopted = Vec::new();
+        let mut index = self.lock();
+        let mut batch = Writes::default();
+        for (job_id, attempt) in runs {
+            let Some(r) = index.live.get(job_id) else {
+                continue;
+            };
+            if !r.ran_before_the_restart(*attempt) {
+                continue;
+            }
+            let job = r.job.clone();
+            index.dequeue(&job);
+            let Some(r) = index.live.get_mut(job_id) else {
+                continue;
+            };
+            r.recovered = None;
+            r.adopted = Some(*attempt);
+            r.job.state = JobState::Running;
+            r.job.worker = worker.to_string();
+            r.job.updated_at_ms = now_ms;
+            let e = LogEntry::new(
+                "",
+                LogKind::Dispatched,
+                *attempt,
+                format!("taken back from {worker}: it ran the job across the JobTracker's restart"),
+            )
+            .with_worker(worker);
+            r.log(e, now_ms);
+            self.put_record(&mut batch, r)?;
+            adopted.push((job_id.clone(), *attempt));
+        }
+        self.commit(index, batch)?;
+        self.engine.flush_soon();
+        Ok(adopted)
     }
 
     async fn complete(&self, reports: Vec<RunReport>, now_ms: i64) -> Result<Vec<CompleteResult>> {
@@ -604,12 +686,34 @@ impl JobStore for SledStore {
             let mut batch = Writes::default();
             let mut loose_logs = Vec::new();
             for report in reports.by_ref().take(COMPLETE_CHUNK) {
+                let runs_it = index
+                    .live
+                    .get(&report.job_id)
+                    .is_some_and(|r| r.runs(report.attempt));
                 let current = index
                     .live
                     .get(&report.job_id)
                     .map(|r| (r.job.attempt, r.job.state));
+                let late_but_current = index
+                    .live
+                    .get(&report.job_id)
+                    .is_some_and(|r| r.ran_before_the_restart(report.attempt));
                 match current {
-                    Some((attempt, JobState::Running)) if attempt == report.attempt => {}
+                    _ if runs_it => {}
+                    _ if late_but_current => {
+                        // Its run ended while the JobTracker was down and
+                        // the job was not handed out since: the outcome is
+                        // the job's latest.
+                        if let Some(r) = index.live.get(&report.job_id) {
+                            let job = r.job.clone();
+                            index.dequeue(&job);
+                        }
+                        if let Some(r) = index.live.get_mut(&report.job_id) {
+                            r.recovered = None;
+                            r.adopted = None;
+                            r.job.state = JobState::Running;
+                        }
+                    }
                     other => {
                         let other = match other {
                             Some(live) => Some(live),
@@ -686,9 +790,10 @@ impl JobStore for SledStore {
                 let Some(r) = index.live.get_mut(job_id) else {
                     continue;
                 };
-                if r.job.state != JobState::Running || r.job.attempt != *attempt {
+                if !r.runs(*attempt) {
                     continue;
                 }
+                r.adopted = None;
                 let entry = LogEntry::new("", LogKind::Requeued, *attempt, reason)
                     .with_worker(&r.job.worker);
                 r.log(entry, now_ms);
@@ -1174,6 +1279,190 @@ mod tests {
             "acked feedback {acked} came back: {left:?}"
         );
         assert_eq!(recovery.feedback, 0);
+    }
+
+    fn report(job_id: &str, attempt: u32, worker: &str, at: i64) -> RunReport {
+        RunReport {
+            job_id: job_id.into(),
+            attempt,
+            outcome: lts_common::Outcome::Success("ok".into()),
+            started_at_ms: at - 1,
+            finished_at_ms: at,
+            worker: worker.into(),
+        }
+    }
+
+    /// Submits jobs `t0..tn` and hands them all to `w` (attempt 1), then
+    /// lets the store go as a crash would find it (what reached the disk).
+    async fn runs_going_when_the_tracker_stops(dir: &Path, n: usize) -> Vec<String> {
+        let store = SledStore::open(dir).expect("open");
+        store.recover(NOW).await.expect("recover");
+        let specs = (0..n).map(|i| JobSpec::new(format!("t{i}"), "g")).collect();
+        store.submit(specs, NOW).await.expect("submit");
+        let claimed = store
+            .claim("g", &[("w".to_string(), n)], NOW)
+            .await
+            .expect("claim");
+        let ids: Vec<String> = claimed.per_grant[0]
+            .iter()
+            .map(|j| j.job_id.clone())
+            .collect();
+        assert_eq!(ids.len(), n);
+        assert!(claimed.per_grant[0].iter().all(|j| j.attempt == 1));
+        tokio::task::spawn_blocking(move || drop(store))
+            .await
+            .expect("drop");
+        ids
+    }
+
+    async fn reopen_with_grace(dir: &Path, at: i64) -> (SledStore, Recovery) {
+        let store = SledStore::open(dir).expect("reopen");
+        store.set_recovery_grace(std::time::Duration::from_secs(3));
+        let recovery = store.recover(at).await.expect("recover");
+        (store, recovery)
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_runs_from_before_it_report_before_their_jobs_go_out_again() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ids = runs_going_when_the_tracker_stops(dir.path(), 3).await;
+        let restart = NOW + 10;
+        let (store, recovery) = reopen_with_grace(dir.path(), restart).await;
+        assert_eq!(recovery.held, 3, "{recovery:?}");
+        // Held through the grace: nothing is handed out, and the dispatcher
+        // is told when to look again.
+        let claimed = store
+            .claim("g", &[("w2".to_string(), 3)], restart + 1)
+            .await
+            .expect("claim");
+        assert!(claimed.per_grant[0].is_empty());
+        assert_eq!(claimed.next_ready_at_ms, Some(restart + 3000));
+
+        // The outcome of one run arrives late: it is the job's outcome.
+        let results = store
+            .complete(vec![report(&ids[0], 1, "w", restart + 2)], restart + 2)
+            .await
+            .expect("complete");
+        assert!(
+            matches!(results[0], CompleteResult::Applied { .. }),
+            "{results:?}"
+        );
+        let job = store.get(&ids[0]).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Succeeded);
+
+        // Another run is still going on a TaskTracker that reconnected:
+        // the job takes it back instead of cancelling it.
+        let adopted = store
+            .adopt(&[(ids[1].clone(), 1)], "w", restart + 3)
+            .await
+            .expect("adopt");
+        assert_eq!(adopted, vec![(ids[1].clone(), 1)]);
+        let job = store.get(&ids[1]).await.expect("get").expect("job");
+        assert_eq!((job.state, job.worker.as_str()), (JobState::Running, "w"));
+
+        // After the grace only the job nobody reported goes out, with a
+        // new attempt.
+        let claimed = store
+            .claim("g", &[("w2".to_string(), 3)], restart + 3000)
+            .await
+            .expect("claim");
+        let out: Vec<(String, u32)> = claimed.per_grant[0]
+            .iter()
+            .map(|j| (j.job_id.clone(), j.attempt))
+            .collect();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, ids[2]);
+        assert!(out[0].1 > 1, "{out:?}");
+
+        // The taken-back run ends: its outcome applies. The first attempt
+        // of the job handed out again is stale now, and stays refused.
+        let results = store
+            .complete(
+                vec![
+                    report(&ids[1], 1, "w", restart + 3001),
+                    report(&ids[2], 1, "w", restart + 3001),
+                ],
+                restart + 3001,
+            )
+            .await
+            .expect("complete");
+        assert!(
+            matches!(results[0], CompleteResult::Applied { .. }),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[1], CompleteResult::Stale { .. }),
+            "{results:?}"
+        );
+        let job = store.get(&ids[1]).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Succeeded);
+        let job = store.get(&ids[2]).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Running);
+    }
+
+    #[tokio::test]
+    async fn a_taken_back_run_whose_stream_is_lost_is_put_back_with_a_new_attempt() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ids = runs_going_when_the_tracker_stops(dir.path(), 1).await;
+        let restart = NOW + 10;
+        let (store, _) = reopen_with_grace(dir.path(), restart).await;
+        let run = (ids[0].clone(), 1);
+        let adopted = store
+            .adopt(std::slice::from_ref(&run), "w", restart)
+            .await
+            .expect("adopt");
+        assert_eq!(adopted, vec![run.clone()]);
+        // Taken back once only.
+        let again = store
+            .adopt(std::slice::from_ref(&run), "w", restart)
+            .await
+            .expect("adopt");
+        assert!(again.is_empty());
+        let n = store
+            .requeue(std::slice::from_ref(&run), "stream lost", restart + 1)
+            .await
+            .expect("requeue");
+        assert_eq!(n, 1);
+        let claimed = store
+            .claim("g", &[("w2".to_string(), 1)], restart + 3000)
+            .await
+            .expect("claim");
+        let job = &claimed.per_grant[0][0];
+        assert!(job.attempt > 1, "{job:?}");
+        let results = store
+            .complete(
+                vec![report(&ids[0], 1, "w", restart + 3001)],
+                restart + 3001,
+            )
+            .await
+            .expect("complete");
+        assert!(
+            matches!(results[0], CompleteResult::Stale { .. }),
+            "{results:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_grace_the_jobs_go_out_at_once_and_late_outcomes_still_apply_until_then() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ids = runs_going_when_the_tracker_stops(dir.path(), 2).await;
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let recovery = store.recover(NOW + 10).await.expect("recover");
+        assert_eq!(recovery.held, 0);
+        let results = store
+            .complete(vec![report(&ids[0], 1, "w", NOW + 11)], NOW + 11)
+            .await
+            .expect("complete");
+        assert!(
+            matches!(results[0], CompleteResult::Applied { .. }),
+            "{results:?}"
+        );
+        let claimed = store
+            .claim("g", &[("w2".to_string(), 2)], NOW + 12)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.per_grant[0].len(), 1);
+        assert_eq!(claimed.per_grant[0][0].job_id, ids[1]);
     }
 
     #[tokio::test]

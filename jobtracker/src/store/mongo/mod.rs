@@ -690,6 +690,7 @@ impl JobStore for MongoStore {
         Ok(Recovery {
             pending,
             requeued,
+            held: 0,
             feedback,
             corrupt: 0,
         })
