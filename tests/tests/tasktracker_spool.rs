@@ -114,7 +114,12 @@ impl Setup {
 
     /// A gauge of `tt-a`'s spool.
     fn gauge(&mut self, name: &str) -> Result<f64> {
-        let url = self.cluster.metrics_url("tt-a")?;
+        self.gauge_of("tt-a", name)
+    }
+
+    /// A gauge of TaskTracker `tt`.
+    fn gauge_of(&mut self, tt: &str, name: &str) -> Result<f64> {
+        let url = self.cluster.metrics_url(tt)?;
         sample(&scrape(&url)?, name).with_context(|| format!("no {name} at {url}"))
     }
 
@@ -394,5 +399,104 @@ async fn a_second_tasktracker_on_one_spool_is_refused_and_a_damaged_spool_is_mov
     .into_bytes();
     client.submit(vec![spec]).await?;
     wait_all_succeeded(&client, GROUP, 1, WAIT).await?;
+    Ok(())
+}
+
+/// Two TaskTrackers with spools finish their runs while the JobTracker is
+/// down; one is killed with SIGKILL and started again before the
+/// JobTracker returns. Every run counts once, its log lines reach the
+/// job's log, and the feedback of every job reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_spooling_tasktrackers_one_killed_deliver_every_outcome_log_line_and_feedback(
+) -> Result<()> {
+    const JOBS: usize = 8;
+    const CLIENTS: &str = "spool-clients";
+    let mut s = Setup::start()?;
+    let allow = s.program.display().to_string();
+    let spool_b = s.cluster.dir().join("tt-b-spool").display().to_string();
+    s.cluster.start_task_tracker_on(
+        TRACKER,
+        "tt-b",
+        GROUP,
+        4,
+        &[&allow],
+        &["--spool-dir", &spool_b, "--metrics-addr", "127.0.0.1:0"],
+    )?;
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let specs: Vec<JobSpec> = (0..JOBS)
+        .map(|i| {
+            let mut spec = s.spec(&format!("fb-{i}"));
+            spec.need_feedback = true;
+            spec.submit_node_group = CLIENTS.into();
+            spec
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for (r, spec) in client.submit(specs.clone()).await?.iter().zip(&specs) {
+        let id = r
+            .job_id()
+            .with_context(|| format!("submit refused: {r:?}"))?;
+        jobs.push((spec.task_id.clone(), id.to_string()));
+    }
+    wait_lines(&s.started, JOBS, "every run beginning").await?;
+    s.cluster.proc(TRACKER)?.kill9();
+    wait_lines(
+        &s.ended,
+        JOBS,
+        "every run ending while the JobTracker is down",
+    )
+    .await?;
+    wait_until(WAIT, "every outcome on disk in the two spools", || {
+        let a = s.gauge_of("tt-a", ON_DISK);
+        let b = s.gauge_of("tt-b", ON_DISK);
+        async move {
+            let on_disk = a? + b?;
+            Ok(if on_disk == JOBS as f64 {
+                Ok(())
+            } else {
+                Err(format!("{on_disk} on disk"))
+            })
+        }
+    })
+    .await?;
+    s.cluster.proc("tt-a")?.kill9();
+    s.restart_tt_a()?;
+    restart_tracker(&mut s)?;
+    let client = JobClient::connect(vec![s.cluster.tracker_url()?]).await?;
+    let mut feedback = client.feedback(CLIENTS, "spool-test").await?;
+    let mut succeeded = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while succeeded.len() < JOBS {
+        let batch = tokio::time::timeout_at(deadline, feedback.next())
+            .await
+            .with_context(|| {
+                format!(
+                    "feedback of {} of {JOBS} jobs within {WAIT:?}\n{}",
+                    succeeded.len(),
+                    s.cluster.logs()
+                )
+            })??;
+        for f in batch {
+            assert_eq!(f.state, Some(JobState::Succeeded), "{f:?}");
+            succeeded.insert(f.job_id);
+        }
+    }
+    for (task, job_id) in &jobs {
+        assert!(succeeded.contains(job_id), "no feedback for {task}");
+        let log = client.log(job_id).await?;
+        let biz = log.iter().any(|e| {
+            e.kind == LogKind::Biz
+                && e.attempt == 1
+                && e.message.contains(&format!("finished {task} attempt 1"))
+        });
+        let applied = log
+            .iter()
+            .any(|e| e.kind == LogKind::Outcome && e.attempt == 1);
+        assert!(
+            biz && applied,
+            "{task}: biz {biz}, outcome {applied}: {log:?}"
+        );
+    }
+    assert_eq!(lines(&s.started), JOBS, "a job ran again");
     Ok(())
 }
