@@ -648,3 +648,159 @@ async fn master_paused_past_its_session_rejoins_as_a_follower_and_fires_nothing_
     }
     Ok(())
 }
+
+/// Integral seconds (Unix ms) in `(from, to)`.
+fn seconds_between(from: i64, to: i64) -> Vec<i64> {
+    let first = from / 1000 + 1;
+    (first..)
+        .map(|s| s * 1000)
+        .take_while(|&p| p < to)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_master_for_seconds_cycles_of_the_gap_follow_each_jobs_misfire_policy() -> Result<()> {
+    // Long enough that the gap holds points more than the 1 s grace late.
+    const GAP_MS: i64 = 4_500;
+    let Some(servers) = Servers::from_env("misfire_gap") else {
+        return Ok(());
+    };
+    let mut c = FailoverCluster::start(servers, "misfire-gap", 2)?;
+    c.start_task_tracker("tt-1", GROUP, 8)?;
+    let old = c.wait_master(None).await?;
+    let other = c
+        .live_trackers()
+        .into_iter()
+        .find(|t| *t != old)
+        .context("a second tracker")?;
+    let policies = [
+        ("cron-skip", "skip"),
+        ("cron-once", "fire-once"),
+        ("cron-all", "fire-all"),
+    ];
+    for (task, policy) in policies {
+        let mut args = vec![
+            "submit",
+            "--node-group",
+            GROUP,
+            "--task-id",
+            task,
+            "--cron",
+            "* * * * * ?",
+            "--misfire",
+            policy,
+            "--shell",
+        ];
+        let command = c.ledger().command(None);
+        args.extend(command.iter().map(String::as_str));
+        c.jobclient(&args)?;
+    }
+    c.poll("two cycles of every cron job to run", || {
+        let runs = c.ledger().finished_by_task();
+        let short: Vec<&str> = policies
+            .iter()
+            .map(|(task, _)| *task)
+            .filter(|task| {
+                runs.keys()
+                    .filter(|k| k.starts_with(&format!("{task}@")))
+                    .count()
+                    < 2
+            })
+            .collect();
+        Ok(if short.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("fewer than two cycles of {short:?}"))
+        })
+    })
+    .await?;
+
+    // No tracker can fire for GAP_MS: the master dies, the other is frozen.
+    c.freeze(&other)?;
+    c.kill9(&old)?;
+    let stopped_at = lts_common::now_ms();
+    c.poll("the gap to pass", || {
+        let left = stopped_at + GAP_MS - lts_common::now_ms();
+        Ok(if left <= 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} ms of the gap left"))
+        })
+    })
+    .await?;
+    let thawed_at = lts_common::now_ms();
+    c.thaw(&other)?;
+    let new = c.wait_master(Some(&old)).await?;
+    anyhow::ensure!(new == other, "{new} leads; only {other} is alive");
+    let led_at = lts_common::now_ms();
+    c.poll(
+        "a cycle of every cron job due after the new master led to run",
+        || {
+            let mut late = Vec::new();
+            for (task, _) in policies {
+                let cycles = match cycles(&c, task) {
+                    Ok(c) => c,
+                    Err(state) => return Ok(Err(state)),
+                };
+                if !cycles
+                    .iter()
+                    .any(|j| j.trigger_at_ms > led_at + 1000 && j.state == "succeeded")
+                {
+                    late.push(task);
+                }
+            }
+            Ok(if late.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no cycle since of {late:?}"))
+            })
+        },
+    )
+    .await?;
+
+    // The points of the gap: after the old master's last firing, before
+    // any tracker could fire again. Those more than the grace before the
+    // thaw were misfires whenever the new master looked at them.
+    let gap = seconds_between(stopped_at + 500, thawed_at);
+    let misfired = seconds_between(stopped_at + 500, thawed_at - 1000);
+    anyhow::ensure!(misfired.len() >= 2, "a gap too short: {misfired:?}");
+    let runs = c.ledger().finished_by_task();
+    for (task, policy) in policies {
+        let cycles = cycles(&c, task).map_err(anyhow::Error::msg)?;
+        let points: Vec<i64> = cycles.iter().map(point).collect::<Result<_>>()?;
+        let distinct: HashSet<i64> = points.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            points.len(),
+            "{task}: a point fired twice: {points:?}"
+        );
+        for cycle in &cycles {
+            let n = runs.get(&cycle.task_id).map_or(0, Vec::len);
+            assert!(n <= 1, "cycle {} ran {n} times", cycle.task_id);
+        }
+        let in_gap = |range: &[i64]| range.iter().filter(|p| distinct.contains(p)).count();
+        match policy {
+            "skip" => assert_eq!(
+                in_gap(&misfired),
+                0,
+                "{task}: misfired points {misfired:?} ran: {points:?}"
+            ),
+            "fire-all" => assert_eq!(
+                in_gap(&misfired),
+                misfired.len(),
+                "{task}: not every misfired point {misfired:?} ran: {points:?}"
+            ),
+            _ => {
+                // One catch-up cycle stands for every misfire (it takes the
+                // latest misfired point); a point still within the grace
+                // at the new master's first look fires as usual.
+                let n = in_gap(&gap);
+                assert!(
+                    (1..=2).contains(&n) && in_gap(&misfired) <= 1,
+                    "{task}: {n} cycles for the gap {gap:?} (misfires {misfired:?}): {points:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
