@@ -181,3 +181,78 @@ async fn the_tracker_rides_out_a_database_outage_and_loses_nothing_acked() -> Re
     assert!(done.len() >= 21);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_does_not_cost_a_tasktracker_its_stream() -> Result<()> {
+    let Some(program) = secantusd() else {
+        return Ok(());
+    };
+    let mut cluster = Cluster::new()?;
+    let port = unused_port()?;
+    let uri = format!("mongodb://127.0.0.1:{port}/");
+    let storage = cluster.dir().join("db");
+    let db_log = cluster.dir().join("secantusd.log");
+    let server = Server::start(&program, port, &storage, &db_log)?;
+    // Heartbeats every 500 ms: the TaskTracker gives up a stream it has
+    // heard nothing on for 1 s.
+    cluster.spawn_tracker(TRACKER, &["--mongodb", &uri, "--mongodb-database", "stall"])?;
+    cluster.wait_healthy(TRACKER)?;
+    cluster.start_task_tracker_on(TRACKER, "tt", "g", 2, &["/bin/sh"], &[])?;
+    let client = JobClient::connect(vec![cluster.tracker_url()?]).await?;
+    let mut spec = JobSpec::new("sleeper", "g");
+    spec.payload = serde_json::json!({"program": "/bin/sh", "args": ["-c", "sleep 1"]})
+        .to_string()
+        .into_bytes();
+    let job_id = client.submit(vec![spec]).await?[0]
+        .job_id()
+        .context("the job was refused")?
+        .to_string();
+    wait_until(Duration::from_secs(30), "the job running", || async {
+        let job = client.get(&job_id).await?;
+        Ok(if job.state == JobState::Running {
+            Ok(())
+        } else {
+            Err(job.state.name().to_string())
+        })
+    })
+    .await?;
+
+    // The database stalls (SIGSTOP) while the run ends: storing its
+    // outcome waits on the database for seconds, several leases long.
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let stalled_at = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "a stall of 3 s", || async {
+        Ok(if stalled_at.elapsed() >= Duration::from_secs(3) {
+            Ok(())
+        } else {
+            Err("stalling".to_string())
+        })
+    })
+    .await?;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let client = JobClient::connect_with(vec![cluster.tracker_url()?], options).await?;
+    let job = wait_until(Duration::from_secs(60), "the job succeeding", || async {
+        let job = client.get(&job_id).await?;
+        Ok(if job.state == JobState::Succeeded {
+            Ok(job)
+        } else {
+            Err(job.state.name().to_string())
+        })
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+    // The tracker kept its stream alive: the run counted, nothing ran again.
+    assert_eq!(job.attempt, 1, "{job:?}");
+    let said = cluster.procs_log("tt");
+    assert!(
+        !said.contains("no message from the JobTracker"),
+        "the TaskTracker gave its stream up during the stall:\n{said}"
+    );
+    Ok(())
+}

@@ -189,6 +189,31 @@ impl Session {
         let mut last_heard = tokio::time::Instant::now();
         let shutdown = self.tracker.shutdown.clone();
         let t = self.tracker.clone();
+        // Heartbeats go out from a task of their own: handling a message
+        // waits on the store, which under load can take longer than the
+        // TaskTracker's lease, and a TaskTracker must not give up a stream
+        // whose tracker is alive and holds its runs.
+        let heartbeats = tokio::spawn({
+            let tx = self.tx.clone();
+            let metrics = t.metrics.clone();
+            async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    if tx.is_closed() {
+                        break;
+                    }
+                    send_to_worker(
+                        &tx,
+                        &metrics,
+                        msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
+                            at_unix_ms: lts_common::now_ms(),
+                        })),
+                    );
+                }
+            }
+        });
         let reason = loop {
             tokio::select! {
                 m = inbound.message() => match m {
@@ -216,14 +241,12 @@ impl Session {
                         )));
                         break format!("silent for {} ms", silence_limit.as_millis());
                     }
-                    send_to_worker(&self.tx, &t.metrics, msg(pb::tracker_message::Kind::Heartbeat(pb::Heartbeat {
-                        at_unix_ms: lts_common::now_ms(),
-                    })));
                 }
                 _ = self.tx.closed() => break "its stream was closed".to_string(),
                 _ = shutdown.cancelled() => break "the JobTracker is shutting down".to_string(),
             }
         };
+        heartbeats.abort();
         registration.reason = reason;
     }
 
