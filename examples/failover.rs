@@ -38,6 +38,7 @@ use clap::{Parser, ValueEnum};
 use lts_common::shell_job::ShellJob;
 use lts_common::{JobSpec, MisfirePolicy, Schedule};
 use lts_jobclient::{ClientOptions, JobClient};
+use lts_jobtracker::store::FIRE_AHEAD_MS;
 use lts_tests::{joins, Cluster, READY_TIMEOUT};
 
 /// The shell that runs the long job; the TaskTrackers allow it.
@@ -67,6 +68,10 @@ enum Scenario {
     /// SIGKILL a JobTracker that is not master: time until its
     /// TaskTrackers are connected to another tracker.
     TrackerKill,
+    /// SIGKILL the master while cron jobs fire and jobs run (the
+    /// `--load-*` options; run only when named): every acked job runs, no
+    /// cycle runs twice.
+    MasterKillUnderLoad,
 }
 
 impl Scenario {
@@ -76,6 +81,9 @@ impl Scenario {
             Scenario::MasterTerm => "SIGTERM master -> another tracker leads",
             Scenario::TaskTrackerKill => "kill -9 TaskTracker -> its job starts elsewhere",
             Scenario::TrackerKill => "kill -9 non-master JobTracker -> its TaskTracker reconnected",
+            Scenario::MasterKillUnderLoad => {
+                "kill -9 master under load -> every acked job ran, cycles fire again"
+            }
         }
     }
 }
@@ -108,6 +116,18 @@ struct Args {
     /// and print where.
     #[arg(long, value_name = "MS")]
     keep_logs_slower_than: Option<i64>,
+    /// master-kill-under-load: cron jobs firing every second.
+    #[arg(long, default_value_t = 1000)]
+    load_cron_jobs: usize,
+    /// master-kill-under-load: jobs submitted and running when the master
+    /// is killed (each runs --load-job-seconds).
+    #[arg(long, default_value_t = 5000)]
+    load_jobs: usize,
+    #[arg(long, default_value = "0.5")]
+    load_job_seconds: String,
+    /// master-kill-under-load: slots of each of its two TaskTrackers.
+    #[arg(long, default_value_t = 256)]
+    load_slots: u32,
 }
 
 #[tokio::main]
@@ -202,6 +222,7 @@ async fn measure(
         Scenario::TrackerKill => tracker_loss(&mut run)
             .await
             .map(|ms| vec![(scenario.title(), ms)]),
+        Scenario::MasterKillUnderLoad => master_loss_under_load(&mut run, args).await,
     };
     if result.is_err() {
         eprintln!("{}", run.cluster.logs());
@@ -311,11 +332,16 @@ impl Run {
     /// finds a JobTracker through ZooKeeper; returns the JobTracker it
     /// connected to.
     async fn start_task_tracker(&mut self, name: &str) -> Result<String> {
+        self.start_task_tracker_with(name, 1).await
+    }
+
+    /// Starts a TaskTracker of `slots` slots; returns the tracker it joined.
+    async fn start_task_tracker_with(&mut self, name: &str, slots: u32) -> Result<String> {
         let mut args: Vec<String> = vec![
             "--node-group".into(),
             GROUP.into(),
             "--slots".into(),
-            "1".into(),
+            slots.to_string(),
             "--identity".into(),
             name.into(),
             "--allow".into(),
@@ -467,9 +493,9 @@ impl Run {
 /// Scenarios 1 and 2: the master gets SIGKILL (or SIGTERM) while a cron
 /// job fires every second. Returns the time from the signal to another
 /// tracker's lead, and to the start of the first cycle the new master
-/// fired (the first cycle whose point is after the signal: the old master
-/// fired every cycle due before it), and how late that cycle started
-/// after its point.
+/// fired (the first cycle whose point is more than the firing horizon
+/// after the signal: the old master made cycles up to that far ahead, never
+/// further), and how late that cycle started after its point.
 async fn master_loss(run: &mut Run, graceful: bool) -> Result<(i64, i64, i64)> {
     run.start_trackers(&["jt1", "jt2", "jt3"]).await?;
     run.start_task_tracker("tt-1").await?;
@@ -504,7 +530,7 @@ async fn master_loss(run: &mut Run, graceful: bool) -> Result<(i64, i64, i64)> {
     let led_at = run
         .wait_any_line_since(&survivors, LEADING, &before)
         .await?;
-    let (fired_at, point) = wait_cycle_after(&ledger, killed_at).await?;
+    let (fired_at, point) = wait_cycle_after(&ledger, killed_at + FIRE_AHEAD_MS).await?;
     Ok((led_at - killed_at, fired_at - killed_at, fired_at - point))
 }
 
@@ -543,6 +569,137 @@ async fn wait_cycle_after(ledger: &Path, after_ms: i64) -> Result<(i64, i64)> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The issue-scale check, at the scale given: cron jobs firing every
+/// second and realtime jobs running when the master gets SIGKILL. Fails
+/// when an acked job never runs or a cycle runs twice; returns the time to
+/// a new master, to the first cycle it fired, and to the last acked job's
+/// run.
+async fn master_loss_under_load(run: &mut Run, args: &Args) -> Result<Vec<(&'static str, i64)>> {
+    run.start_trackers(&["jt1", "jt2", "jt3"]).await?;
+    run.start_task_tracker_with("tt-1", args.load_slots).await?;
+    run.start_task_tracker_with("tt-2", args.load_slots).await?;
+    let ledger = run.cluster.dir().join("ledger.txt");
+    let client = run.client()?;
+    let cron: Vec<JobSpec> = (0..args.load_cron_jobs)
+        .map(|i| {
+            let mut spec = JobSpec::new(format!("cron-{i}"), GROUP);
+            spec.schedule = Schedule::Cron {
+                expression: "* * * * * ?".into(),
+                time_zone: String::new(),
+                misfire: MisfirePolicy::FireOnce,
+            };
+            spec.payload = cycle_payload(&ledger)?;
+            Ok(spec)
+        })
+        .collect::<Result<_>>()?;
+    for chunk in cron.chunks(1000) {
+        let done = client.submit(chunk.to_vec()).await?;
+        anyhow::ensure!(done.iter().all(|s| s.is_accepted()), "cron jobs refused");
+    }
+    // Cycles run before the kill.
+    wait_ledger(&ledger, args.load_cron_jobs.max(1)).await?;
+    let job = ShellJob::new(
+        SHELL,
+        vec![
+            "-c".to_string(),
+            r#"echo "$LTS_TASK_ID $(date +%s%3N) $PPID" >> "$1"; sleep "$2""#.to_string(),
+            "sh".to_string(),
+            ledger.display().to_string(),
+            args.load_job_seconds.clone(),
+        ],
+    );
+    let payload = serde_json::to_vec(&job)?;
+    let mut acked = Vec::new();
+    let specs: Vec<JobSpec> = (0..args.load_jobs)
+        .map(|i| {
+            let mut spec = JobSpec::new(format!("job-{i}"), GROUP);
+            spec.payload = payload.clone();
+            spec
+        })
+        .collect();
+    for chunk in specs.chunks(1000) {
+        for (r, spec) in client.submit(chunk.to_vec()).await?.iter().zip(chunk) {
+            if r.is_accepted() {
+                acked.push(spec.task_id.clone());
+            }
+        }
+    }
+    let survivors = vec!["jt2".to_string(), "jt3".to_string()];
+    let mut before = HashMap::new();
+    for n in &survivors {
+        before.insert(n.clone(), run.count_lines(n, LEADING)?);
+    }
+    let killed_at = now_ms();
+    run.cluster.proc("jt1")?.kill9();
+    let led_at = run
+        .wait_any_line_since(&survivors, LEADING, &before)
+        .await?;
+    let (fired_at, _) = wait_cycle_after(&ledger, killed_at + FIRE_AHEAD_MS).await?;
+    // Every acked job runs; then the ledger is read for doubles.
+    let deadline = Instant::now() + READY_TIMEOUT * 10;
+    let last_job_at = loop {
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        let mut starts: HashMap<&str, i64> = HashMap::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some(task), Some(at)) = (words.next(), words.next()) {
+                if let Ok(at) = at.parse::<i64>() {
+                    starts.entry(task).or_insert(at);
+                }
+            }
+        }
+        let missing = acked
+            .iter()
+            .filter(|t| !starts.contains_key(t.as_str()))
+            .count();
+        if missing == 0 {
+            break acked
+                .iter()
+                .filter_map(|t| starts.get(t.as_str()))
+                .max()
+                .copied();
+        }
+        if Instant::now() > deadline {
+            bail!("{missing} of {} acked jobs never ran", acked.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        if let Some(task) = line.split_whitespace().next() {
+            *runs.entry(task).or_default() += 1;
+        }
+    }
+    let twice: Vec<&&str> = runs
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, _)| t)
+        .collect();
+    let cycles = runs.keys().filter(|t| t.contains('@')).count();
+    println!(
+        "  under load: {} cron jobs, {} jobs acked, {cycles} cycles run, runs twice: {}",
+        args.load_cron_jobs,
+        acked.len(),
+        twice.len()
+    );
+    anyhow::ensure!(twice.is_empty(), "ran more than once: {twice:?}");
+    Ok(vec![
+        (
+            "under load: kill -9 master -> another tracker leads",
+            led_at - killed_at,
+        ),
+        (
+            "under load: kill -9 master -> first cycle of the new master starts",
+            fired_at - killed_at,
+        ),
+        (
+            "under load: kill -9 master -> the last acked job starts",
+            last_job_at.unwrap_or(killed_at) - killed_at,
+        ),
+    ])
 }
 
 /// Scenario 3: the TaskTracker running a long job gets SIGKILL.

@@ -23,7 +23,8 @@ use crate::election::Term;
 use crate::error::Result;
 
 pub use cycles::{
-    check_recurring, cycle_step, CycleStep, Missed, MAX_COUNTED_MISSES, MISFIRE_GRACE_MS,
+    check_recurring, cycle_step, CycleStep, Missed, FIRE_AHEAD_MS, MAX_COUNTED_MISSES,
+    MISFIRE_GRACE_MS,
 };
 
 /// Why a job of a submitted batch was not stored.
