@@ -646,25 +646,11 @@ async fn update_queue_depths(tracker: Arc<Tracker>) {
             _ = tracker.shutdown.cancelled() => return,
         }
         match tracker.store.queue_depths(lts_common::now_ms()).await {
-            Ok(depths) => {
-                let mut now_shown = std::collections::HashSet::new();
-                for (group, n) in depths {
-                    tracker
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[group.as_str()])
-                        .set(n as i64);
-                    now_shown.insert(group);
-                }
-                for gone in shown.difference(&now_shown) {
-                    tracker
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[gone.as_str()])
-                        .set(0);
-                }
-                shown.extend(now_shown);
-            }
+            Ok(depths) => tracker.metrics.set_per_group(
+                &tracker.metrics.queue_depth,
+                &mut shown,
+                depths.into_iter().map(|(g, n)| (g, n as i64)),
+            ),
             Err(e) => tracing::warn!("cannot read queue depths: {e}"),
         }
     }

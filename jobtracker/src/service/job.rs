@@ -313,11 +313,23 @@ impl JobService for JobApi {
             .map_err(|m| ValidationError::new("subscribe.submit_node_group", m))?;
         let (tx, rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
         let router = self.tracker.feedback.clone();
+        lts_common::limits::check_len(
+            "subscribe.client_id",
+            &subscribe.client_id,
+            lts_common::limits::MAX_IDENTITY_LEN,
+        )
+        .map_err(|m| {
+            self.tracker.metrics.limit_hit("field_length");
+            Status::invalid_argument(m)
+        })?;
         let subscription = router.subscribe(&group, tx.clone());
+        let sub = subscription.id();
         let client = subscribe.client_id;
+        let metrics = self.tracker.metrics.clone();
         tracing::debug!(%group, %client, "feedback subscriber joined");
         let shutdown = self.tracker.shutdown.clone();
         self.tracker.tasks.spawn(async move {
+            let mut warned_foreign_acks = false;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -334,8 +346,21 @@ impl JobService for JobApi {
                     Ok(Some(pb::FeedbackClientMessage {
                         kind: Some(pb::feedback_client_message::Kind::Ack(ack)),
                     })) => {
-                        if let Err(e) = router.ack(&group, ack.feedback_ids).await {
-                            tracing::warn!(%group, "cannot store a feedback ack: {e}");
+                        if let Err(why) = check_ack(&ack) {
+                            metrics.limit_hit("field_length");
+                            tracing::warn!(%group, %client, "refused a feedback ack: {why}");
+                            tx.close(Status::invalid_argument(why));
+                            break;
+                        }
+                        match router.ack(&group, sub, ack.feedback_ids).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                if !warned_foreign_acks {
+                                    warned_foreign_acks = true;
+                                    tracing::warn!(%group, %client, "ignored acks of {n} feedback items this stream was not sent (logged once per stream)");
+                                }
+                            }
+                            Err(e) => tracing::warn!(%group, "cannot store a feedback ack: {e}"),
                         }
                     }
                     Ok(Some(_)) => {
@@ -352,6 +377,20 @@ impl JobService for JobApi {
         });
         Ok(Response::new(Box::pin(rx)))
     }
+}
+
+/// Checks the ids of a feedback ack before any is looked at.
+fn check_ack(ack: &pb::FeedbackAck) -> Result<(), String> {
+    use lts_common::limits::{check_count, check_len, MAX_ITEMS_PER_MESSAGE, MAX_JOB_ID_LEN};
+    check_count(
+        "ack.feedback_ids",
+        ack.feedback_ids.len(),
+        MAX_ITEMS_PER_MESSAGE,
+    )?;
+    for (i, id) in ack.feedback_ids.iter().enumerate() {
+        check_len(&format!("ack.feedback_ids[{i}]"), id, MAX_JOB_ID_LEN)?;
+    }
+    Ok(())
 }
 
 /// Lists jobs by the filters of a request; shared by the job and admin

@@ -5,8 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
-use lts_common::{LogEntry, LogKind, Outcome};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use lts_common::limits::{
+    check_count, check_len, check_node_group, MAX_AHEAD_SLOTS, MAX_IDENTITY_LEN,
+    MAX_ITEMS_PER_MESSAGE, MAX_JOB_ID_LEN, MAX_SLOTS,
+};
+use lts_common::{Job, JobState, LogEntry, LogKind, Outcome};
 use lts_proto::v1 as pb;
 use lts_proto::PROTOCOL_VERSION;
 use pb::work_service_server::WorkService;
@@ -42,10 +48,10 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
             h.protocol_version
         )));
     }
-    if h.identity.is_empty() || h.identity.len() > 256 {
-        return Err(Status::invalid_argument(
-            "hello.identity: must be 1 to 256 bytes",
-        ));
+    if h.identity.is_empty() || h.identity.len() > MAX_IDENTITY_LEN {
+        return Err(Status::invalid_argument(format!(
+            "hello.identity: must be 1 to {MAX_IDENTITY_LEN} bytes"
+        )));
     }
     check_node_group(&h.node_group)
         .map_err(|m| Status::invalid_argument(format!("hello.node_group: {m}")))?;
@@ -55,6 +61,12 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
             h.slots
         )));
     }
+    if h.total_slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "hello.total_slots: {} is above {MAX_SLOTS}",
+            h.total_slots
+        )));
+    }
     if h.ahead_slots > MAX_AHEAD_SLOTS {
         return Err(Status::invalid_argument(format!(
             "hello.ahead_slots: {} is above {MAX_AHEAD_SLOTS}",
@@ -62,6 +74,117 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Checks the lengths and counts of a message from a TaskTracker before
+/// anything of it is looked at or stored. A message that fails ends the
+/// stream with `INVALID_ARGUMENT` naming the field and the limit: the
+/// reference TaskTracker never sends one (it only echoes the tracker's
+/// ids).
+pub fn check_worker_message(m: &pb::WorkerMessage) -> Result<(), Status> {
+    let refuse = |why: String| Err(Status::invalid_argument(why));
+    match &m.kind {
+        Some(Kind::Started(s)) => {
+            if let Err(why) = check_count("started.runs", s.runs.len(), MAX_ITEMS_PER_MESSAGE) {
+                return refuse(why);
+            }
+            for (i, r) in s.runs.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("started.runs[{i}].job_id"),
+                    &r.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        Some(Kind::Outcomes(o)) => {
+            if let Err(why) =
+                check_count("outcomes.reports", o.reports.len(), MAX_ITEMS_PER_MESSAGE)
+            {
+                return refuse(why);
+            }
+            for (i, r) in o.reports.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("outcomes.reports[{i}].job_id"),
+                    &r.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        Some(Kind::BizLogs(b)) => {
+            if let Err(why) = check_count("biz_logs.lines", b.lines.len(), MAX_ITEMS_PER_MESSAGE) {
+                return refuse(why);
+            }
+            for (i, l) in b.lines.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("biz_logs.lines[{i}].job_id"),
+                    &l.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whose a run is, for a report about it on a stream that was not given
+/// it (see [`classify_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOwner {
+    /// The job runs this attempt on this TaskTracker (same identity and
+    /// node group), handed out on an earlier stream or by another tracker
+    /// of the cluster: its reports are applied.
+    Earlier,
+    /// A run of this node group whose attempt is not the job's running
+    /// one: its outcome is stale (the store refuses and logs it), its start
+    /// is answered with a cancel, its log lines are refused.
+    Superseded,
+    /// Not this stream's to report: an unknown job, a job of another node
+    /// group, or a run another TaskTracker holds. Refused and counted.
+    Foreign(&'static str),
+}
+
+/// Decides whose the run `(job, attempt)` is, for a stream of `identity`
+/// in `node_group` that was not given it. The identity is the one the
+/// stream is allowed to use (see [`stream_identity`]).
+pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt: u32) -> RunOwner {
+    let Some(job) = job else {
+        return RunOwner::Foreign("the job is not known");
+    };
+    if job.spec.task_tracker_node_group != node_group {
+        return RunOwner::Foreign("the job belongs to another node group");
+    }
+    if job.state == JobState::Running && job.attempt == attempt {
+        if job.worker == identity {
+            return RunOwner::Earlier;
+        }
+        return RunOwner::Foreign("the run is assigned to another TaskTracker");
+    }
+    RunOwner::Superseded
+}
+
+/// The identity and node group a stream may act as. Today they are the
+/// ones its hello names; this is the one place where credentials will be
+/// checked against them.
+pub fn stream_identity(h: &pb::Hello) -> Result<(String, String), Status> {
+    Ok((h.identity.clone(), h.node_group.clone()))
+}
+
+/// How often refusals of a stream are logged at most; the others in
+/// between are counted and told with the next line.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs refused reports of one stream once per burst.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    quiet: u64,
 }
 
 /// The latest instant a TaskTracker may report: the end of the year 9999
@@ -127,6 +250,8 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
+        let (identity, group) = stream_identity(&hello)?;
+        self.tracker.dispatcher.admit_identity(&identity)?;
         let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
         send_to_worker(
@@ -139,25 +264,27 @@ impl WorkService for WorkApi {
             })),
         );
         let registration = self.tracker.dispatcher.register(
-            &hello.node_group,
-            &hello.identity,
+            &group,
+            &identity,
             hello.slots,
+            hello.total_slots,
             hello.ahead_slots,
             tx.clone(),
         );
         tracing::info!(
-            worker = %hello.identity,
-            node_group = %hello.node_group,
+            worker = %identity,
+            node_group = %group,
             slots = hello.slots,
             ahead_slots = hello.ahead_slots,
             "TaskTracker connected"
         );
         let session = Session {
             tracker: self.tracker.clone(),
-            group: hello.node_group,
-            identity: hello.identity,
+            group,
+            identity,
             conn: registration.conn(),
             tx,
+            refusals: Mutex::new(RefusalLog::default()),
         };
         self.tracker
             .tasks
@@ -172,6 +299,7 @@ struct Session {
     identity: String,
     conn: u64,
     tx: Outbound,
+    refusals: Mutex<RefusalLog>,
 }
 
 impl Session {
@@ -193,6 +321,13 @@ impl Session {
             tokio::select! {
                 m = inbound.message() => match m {
                     Ok(Some(m)) => {
+                        if let Err(status) = check_worker_message(&m) {
+                            t.metrics.limit_hit("field_length");
+                            tracing::warn!(worker = %self.identity, node_group = %self.group, "refused a message: {}", status.message());
+                            let reason = format!("refused a message: {}", status.message());
+                            self.tx.close(status);
+                            break reason;
+                        }
                         if let Err(e) = self.handle(m).await {
                             // Store trouble: end the stream so the TaskTracker
                             // reconnects and resends what was not acked.
@@ -231,8 +366,11 @@ impl Session {
         let t = &self.tracker;
         match m.kind {
             Some(Kind::Credit(c)) => {
-                t.dispatcher
+                if t.dispatcher
                     .add_credits(&self.group, self.conn, c.credits, c.ahead_credits)
+                {
+                    self.refused_credit(c.credits, c.ahead_credits);
+                }
             }
             Some(Kind::Started(s)) => {
                 let runs: Vec<(String, u32)> =
@@ -247,14 +385,66 @@ impl Session {
                     }
                 };
                 let unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
-                t.store.started(&runs, &self.identity, at).await?;
-                self.cancel_superseded(unknown).await?;
+                let owners = self.owners(&unknown).await?;
+                let mut superseded = Vec::new();
+                let mut refused = 0;
+                let accepted: Vec<(String, u32)> = runs
+                    .into_iter()
+                    .filter(|run| match owners.get(run) {
+                        None | Some(RunOwner::Earlier) => true,
+                        Some(RunOwner::Superseded) => {
+                            superseded.push(run.clone());
+                            false
+                        }
+                        Some(RunOwner::Foreign(why)) => {
+                            refused += 1;
+                            self.refused("started", run, why);
+                            // A job it runs that is not known here must stop.
+                            if *why == "the job is not known" {
+                                superseded.push(run.clone());
+                            }
+                            false
+                        }
+                    })
+                    .collect();
+                self.count_refused("started", refused);
+                if !accepted.is_empty() {
+                    t.store.started(&accepted, &self.identity, at).await?;
+                }
+                self.cancel_superseded(superseded).await?;
             }
             Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
             Some(Kind::BizLogs(b)) => {
-                let entries = b
+                let runs: Vec<(String, u32)> = b
+                    .lines
+                    .iter()
+                    .map(|l| (l.job_id.clone(), l.attempt))
+                    .collect();
+                let (_, others) = t
+                    .dispatcher
+                    .partition_assigned(&self.group, self.conn, runs);
+                let owners = self.owners(&others).await?;
+                let mut refused = 0;
+                let entries: Vec<LogEntry> = b
                     .lines
                     .into_iter()
+                    .filter(|l| match owners.get(&(l.job_id.clone(), l.attempt)) {
+                        None | Some(RunOwner::Earlier) => true,
+                        Some(RunOwner::Superseded) => {
+                            refused += 1;
+                            self.refused(
+                                "biz_log",
+                                &(l.job_id.clone(), l.attempt),
+                                "the attempt is not the job's running one",
+                            );
+                            false
+                        }
+                        Some(RunOwner::Foreign(why)) => {
+                            refused += 1;
+                            self.refused("biz_log", &(l.job_id.clone(), l.attempt), why);
+                            false
+                        }
+                    })
                     .map(|l| LogEntry {
                         job_id: l.job_id,
                         at_ms: l.at_unix_ms,
@@ -265,7 +455,10 @@ impl Session {
                         worker: self.identity.clone(),
                     })
                     .collect();
-                t.store.append_logs(entries).await?;
+                self.count_refused("biz_log", refused);
+                if !entries.is_empty() {
+                    t.store.append_logs(entries).await?;
+                }
             }
             Some(Kind::Heartbeat(_)) => {}
             Some(Kind::Hello(_)) => {
@@ -276,6 +469,87 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whose each of `runs` is: runs not assigned on this stream, looked up
+    /// in the store once each.
+    async fn owners(
+        &self,
+        runs: &[(String, u32)],
+    ) -> crate::error::Result<HashMap<(String, u32), RunOwner>> {
+        let mut owners = HashMap::new();
+        let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
+        for (job_id, attempt) in runs {
+            if owners.contains_key(&(job_id.clone(), *attempt)) {
+                continue;
+            }
+            if !jobs.contains_key(job_id) {
+                let job = self.tracker.store.get(job_id).await?;
+                jobs.insert(job_id.clone(), job);
+            }
+            let job = jobs.get(job_id).and_then(Option::as_ref);
+            owners.insert(
+                (job_id.clone(), *attempt),
+                classify_run(job, &self.group, &self.identity, *attempt),
+            );
+        }
+        Ok(owners)
+    }
+
+    /// Logs a refused report, at most once per [`REFUSAL_LOG_EVERY`] per
+    /// stream; the ones in between are told as a count with the next line.
+    fn refused(&self, message: &str, run: &(String, u32), why: &str) {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            log.quiet += 1;
+            return;
+        }
+        let quiet = std::mem::take(&mut log.quiet);
+        log.last = Some(now);
+        tracing::warn!(
+            worker = %self.identity,
+            node_group = %self.group,
+            job_id = %run.0,
+            attempt = run.1,
+            refused_since_last_line = quiet,
+            "refused a {message} report for a run this stream was not given: {why}"
+        );
+    }
+
+    /// Logs credit beyond the stream's slots, once per burst like refused
+    /// reports.
+    fn refused_credit(&self, credits: u32, ahead_credits: u32) {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            log.quiet += 1;
+            return;
+        }
+        log.last = Some(now);
+        tracing::warn!(
+            worker = %self.identity,
+            node_group = %self.group,
+            credits,
+            ahead_credits,
+            "credit beyond the slots this stream declared is not kept"
+        );
+    }
+
+    fn count_refused(&self, message: &str, n: u64) {
+        if n > 0 {
+            self.tracker
+                .metrics
+                .refused_runs
+                .with_label_values(&[message])
+                .inc_by(n);
+        }
     }
 
     /// Of runs a TaskTracker started that were not assigned on this
@@ -314,15 +588,30 @@ impl Session {
 
     async fn outcomes(&self, reports: Vec<pb::OutcomeReport>) -> crate::error::Result<()> {
         let t = &self.tracker;
+        let all: Vec<(String, u32)> = reports
+            .iter()
+            .map(|r| (r.job_id.clone(), r.attempt))
+            .collect();
+        let (_, others) = t.dispatcher.partition_assigned(&self.group, self.conn, all);
+        let owners = self.owners(&others).await?;
         let mut acks = Vec::with_capacity(reports.len());
         let mut runs = Vec::with_capacity(reports.len());
         let mut valid = Vec::with_capacity(reports.len());
+        let mut refused = 0;
         for r in reports {
+            // Acknowledged either way: a refused outcome can never be
+            // applied for this stream, so the TaskTracker need not keep it.
             acks.push(pb::RunRef {
                 job_id: r.job_id.clone(),
                 attempt: r.attempt,
             });
-            runs.push((r.job_id.clone(), r.attempt));
+            let run = (r.job_id.clone(), r.attempt);
+            if let Some(RunOwner::Foreign(why)) = owners.get(&run) {
+                refused += 1;
+                self.refused("outcome", &run, why);
+                continue;
+            }
+            runs.push(run);
             let mut outcome = match r.outcome.map(Outcome::try_from) {
                 Some(Ok(o)) => o,
                 Some(Err(e)) => Outcome::Error(format!("the TaskTracker sent a bad outcome: {e}")),
@@ -352,8 +641,13 @@ impl Session {
                 worker: self.identity.clone(),
             });
         }
+        self.count_refused("outcome", refused);
         let kinds: Vec<&'static str> = valid.iter().map(|r| r.outcome.kind()).collect();
-        let results = t.store.complete(valid, lts_common::now_ms()).await?;
+        let results = if valid.is_empty() {
+            Vec::new()
+        } else {
+            t.store.complete(valid, lts_common::now_ms()).await?
+        };
         t.dispatcher.finished(&self.group, self.conn, &runs);
         let mut feedback = Vec::new();
         let mut requeued = false;
