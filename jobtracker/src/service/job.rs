@@ -75,6 +75,16 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobsRequest>,
     ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
+        if let Err(wait) = self.tracker.submit_rate.take(peer) {
+            self.tracker.metrics.limit_hit("submit_rate");
+            return Err(Status::resource_exhausted(format!(
+                "too many submits from {}: at most {} calls per second (--max-submits-per-second); retry in {} ms",
+                peer.map_or_else(|| "this peer".to_string(), |p| p.to_string()),
+                self.tracker.config.limits.max_submits_per_second,
+                wait.as_millis().max(1)
+            )));
+        }
         let jobs = request.into_inner().jobs;
         if jobs.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -86,11 +96,28 @@ impl JobService for JobApi {
         let mut valid: Vec<JobSpec> = Vec::with_capacity(jobs.len());
         let mut valid_at = Vec::with_capacity(jobs.len());
         let now = lts_common::now_ms();
+        let max_groups = self.tracker.config.limits.max_node_groups_per_submit;
+        let mut named: std::collections::HashSet<String> = Default::default();
+        let mut over_groups = 0u64;
         for (i, job) in jobs.into_iter().enumerate() {
             match JobSpec::try_from(job)
                 .and_then(|spec| crate::store::check_recurring(&spec, now).map(|_| spec))
             {
+                Ok(spec)
+                    if !named.contains(&spec.task_tracker_node_group)
+                        && named.len() >= max_groups =>
+                {
+                    over_groups += 1;
+                    results[i] = Some(refused(
+                        "RESOURCE_EXHAUSTED",
+                        "task_tracker_node_group",
+                        format!(
+                            "jobs[{i}].task_tracker_node_group: this submit names more than {max_groups} node groups (--max-node-groups-per-submit); submit the jobs of further groups in other calls"
+                        ),
+                    ));
+                }
                 Ok(spec) => {
+                    named.insert(spec.task_tracker_node_group.clone());
                     valid.push(spec);
                     valid_at.push(i);
                 }
@@ -102,6 +129,13 @@ impl JobService for JobApi {
                     ));
                 }
             }
+        }
+        if over_groups > 0 {
+            self.tracker
+                .metrics
+                .limited
+                .with_label_values(&["node_groups_per_call"])
+                .inc_by(over_groups);
         }
         let groups: Vec<String> = {
             let mut g: Vec<String> = valid

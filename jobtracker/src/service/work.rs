@@ -141,9 +141,15 @@ pub enum RunOwner {
     /// node group), handed out on an earlier stream or by another tracker
     /// of the cluster: its reports are applied.
     Earlier,
-    /// A run of this node group whose attempt is not the job's running
-    /// one: its outcome is stale (the store refuses and logs it), its start
-    /// is answered with a cancel, its log lines are refused.
+    /// A run of this node group whose attempt is an earlier one of the
+    /// job (or its current one, no longer running). Unless the job's
+    /// execution log says that attempt was handed to another TaskTracker
+    /// (then it is [`RunOwner::Foreign`]), its log lines are kept, its
+    /// outcome is refused as stale by the store and its start is answered
+    /// with a cancel: a spooled report, sent again after a reconnect or a
+    /// restart of the tracker. (A tracker killed before its store wrote the
+    /// dispatch line leaves no record of whom the attempt went to: such an
+    /// attempt is taken as this TaskTracker's.)
     Superseded,
     /// Not this stream's to report: an unknown job, a job of another node
     /// group, or a run another TaskTracker holds. Refused and counted.
@@ -159,6 +165,9 @@ pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt
     };
     if job.spec.task_tracker_node_group != node_group {
         return RunOwner::Foreign("the job belongs to another node group");
+    }
+    if attempt == 0 || attempt > job.attempt {
+        return RunOwner::Foreign("the job has no such attempt");
     }
     if job.state == JobState::Running && job.attempt == attempt {
         if job.worker == identity {
@@ -315,6 +324,10 @@ impl Session {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = interval * 3;
         let mut last_heard = tokio::time::Instant::now();
+        // What gRPC had taken from the outbound channel, and since when it
+        // has taken nothing while messages waited there.
+        let mut taken = self.tx.taken();
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         let shutdown = self.tracker.shutdown.clone();
         let t = self.tracker.clone();
         let reason = loop {
@@ -344,6 +357,25 @@ impl Session {
                     Err(e) => break format!("stream error: {e}"),
                 },
                 _ = ticker.tick() => {
+                    // A TaskTracker that stops reading its stream while it
+                    // goes on sending holds its runs: once nothing was taken
+                    // from its channel for three intervals, with messages
+                    // waiting (its HTTP/2 window is full), it is dropped and
+                    // its runs go to others.
+                    let now_taken = self.tx.taken();
+                    if now_taken != taken || self.tx.unread() == 0 {
+                        taken = now_taken;
+                        stalled_since = None;
+                    } else if stalled_since.get_or_insert_with(tokio::time::Instant::now).elapsed() > silence_limit {
+                        t.metrics.limit_hit("work_not_read");
+                        t.metrics.outbound_dropped.with_label_values(&["work", "peer_not_reading"]).inc();
+                        let why = format!(
+                            "the TaskTracker read nothing of its work stream for {} ms while messages waited; its runs go to other TaskTrackers",
+                            silence_limit.as_millis()
+                        );
+                        self.tx.close(Status::resource_exhausted(why.clone()));
+                        break why;
+                    }
                     if last_heard.elapsed() > silence_limit {
                         self.tx.close(Status::deadline_exceeded(format!(
                             "no message from this TaskTracker for {} ms",
@@ -429,16 +461,7 @@ impl Session {
                     .lines
                     .into_iter()
                     .filter(|l| match owners.get(&(l.job_id.clone(), l.attempt)) {
-                        None | Some(RunOwner::Earlier) => true,
-                        Some(RunOwner::Superseded) => {
-                            refused += 1;
-                            self.refused(
-                                "biz_log",
-                                &(l.job_id.clone(), l.attempt),
-                                "the attempt is not the job's running one",
-                            );
-                            false
-                        }
+                        None | Some(RunOwner::Earlier) | Some(RunOwner::Superseded) => true,
                         Some(RunOwner::Foreign(why)) => {
                             refused += 1;
                             self.refused("biz_log", &(l.job_id.clone(), l.attempt), why);
@@ -488,12 +511,43 @@ impl Session {
                 jobs.insert(job_id.clone(), job);
             }
             let job = jobs.get(job_id).and_then(Option::as_ref);
-            owners.insert(
-                (job_id.clone(), *attempt),
-                classify_run(job, &self.group, &self.identity, *attempt),
-            );
+            let mut owner = classify_run(job, &self.group, &self.identity, *attempt);
+            if owner == RunOwner::Superseded && self.handed_to_another(job_id, *attempt).await? {
+                owner = RunOwner::Foreign("the run was handed to another TaskTracker");
+            }
+            owners.insert((job_id.clone(), *attempt), owner);
         }
         Ok(owners)
+    }
+
+    /// Whether the execution log of `job_id` says attempt `attempt` was
+    /// handed to a TaskTracker other than this one.
+    async fn handed_to_another(&self, job_id: &str, attempt: u32) -> crate::error::Result<bool> {
+        /// Pages of a job's log looked through at most.
+        const MAX_PAGES: usize = 20;
+        let filter = crate::store::LogFilter {
+            job_id: Some(job_id.to_string()),
+            ..Default::default()
+        };
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let (lines, next) = self
+                .tracker
+                .store
+                .query_logs(&filter, 1000, token.as_deref())
+                .await?;
+            if let Some(l) = lines
+                .iter()
+                .find(|l| l.kind == LogKind::Dispatched && l.attempt == attempt)
+            {
+                return Ok(l.worker != self.identity);
+            }
+            match next {
+                Some(n) => token = Some(n),
+                None => break,
+            }
+        }
+        Ok(false)
     }
 
     /// Logs a refused report, at most once per [`REFUSAL_LOG_EVERY`] per
@@ -715,6 +769,73 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn running(group: &str, worker: &str, attempt: u32) -> Job {
+        Job {
+            job_id: "j".into(),
+            spec: lts_common::JobSpec::new("t", group),
+            state: JobState::Running,
+            attempt,
+            seq: 1,
+            submitted_at_ms: 0,
+            trigger_at_ms: 0,
+            updated_at_ms: 0,
+            worker: worker.into(),
+            last_outcome: None,
+            failures: 0,
+            cycles: 0,
+        }
+    }
+
+    #[test]
+    fn a_run_is_this_streams_only_when_its_identity_and_group_hold_it() {
+        let job = running("g", "tt-1", 3);
+        assert_eq!(classify_run(Some(&job), "g", "tt-1", 3), RunOwner::Earlier);
+        assert!(matches!(
+            classify_run(Some(&job), "g", "tt-2", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_run(Some(&job), "h", "tt-1", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_run(None, "g", "tt-1", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert_eq!(
+            classify_run(Some(&job), "g", "tt-2", 2),
+            RunOwner::Superseded
+        );
+        for attempt in [0, 4] {
+            assert!(matches!(
+                classify_run(Some(&job), "g", "tt-1", attempt),
+                RunOwner::Foreign(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn oversized_ids_are_refused_naming_the_field_and_the_limit() {
+        let m = pb::WorkerMessage {
+            kind: Some(Kind::Outcomes(pb::Outcomes {
+                reports: vec![
+                    pb::OutcomeReport::default(),
+                    pb::OutcomeReport {
+                        job_id: "x".repeat(MAX_JOB_ID_LEN + 1),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let e = check_worker_message(&m).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("outcomes.reports[1].job_id") && e.message().contains("128"),
+            "{}",
+            e.message()
+        );
+    }
 
     #[test]
     fn absurd_run_times_are_refused_naming_the_field() {
