@@ -480,4 +480,34 @@ mod tests {
         let m = rx.next().await.expect("open").expect("ok");
         assert_eq!(m.items.len(), total, "everything, in one message");
     }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_no_more_than_its_cap_unacked_and_foreign_acks_are_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::store::sled::SledStore::open(dir.path()).expect("store");
+        let r = FeedbackRouter::with_max_in_flight(Arc::new(store), Metrics::new(), 5);
+        let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
+        let sub = r.subscribe("clients", tx);
+        r.push((0..20).map(item));
+        let m = rx.next().await.expect("open").expect("ok");
+        assert_eq!(m.items.len(), 5, "only the cap is in flight");
+        let ids: Vec<String> = m.items.into_iter().map(|i| i.feedback_id).collect();
+        // An ack from another subscriber, or of another group, removes
+        // nothing and sends nothing more.
+        assert_eq!(
+            r.ack("clients", sub.id() + 1, ids.clone())
+                .await
+                .expect("ack"),
+            5
+        );
+        assert_eq!(
+            r.ack("others", sub.id(), ids.clone()).await.expect("ack"),
+            5
+        );
+        assert_eq!(r.unacked(), 20);
+        assert_eq!(r.ack("clients", sub.id(), ids).await.expect("ack"), 0);
+        assert_eq!(r.unacked(), 15);
+        let m = rx.next().await.expect("open").expect("ok");
+        assert_eq!(m.items.len(), 5, "acks make room for as many more");
+    }
 }
