@@ -207,8 +207,42 @@ async fn a_job_gets_through(t: &TestTracker, task: &str) {
     .await;
 }
 
+/// Reads `peer`'s stream and sends heartbeats, so it stays connected,
+/// until the returned task is aborted.
+fn keep_alive(mut peer: Peer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                m = peer.rx.message() => if !matches!(m, Ok(Some(_))) { return },
+                _ = beat.tick() => {
+                    let beat = pb::Heartbeat { at_unix_ms: lts_common::now_ms() };
+                    if peer.tx.send(pb::WorkerMessage {
+                        kind: Some(pb::worker_message::Kind::Heartbeat(beat)),
+                    }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// This process's resident set size in KiB, from /proc (0 elsewhere).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_preface_only_connections_are_closed_and_capped_while_others_are_served() {
+async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker() {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let (t, tracker) = tracker_with(ServerLimits {
         max_connections_per_peer: 150,
@@ -217,12 +251,47 @@ async fn idle_and_preface_only_connections_are_closed_and_capped_while_others_ar
         ..ServerLimits::default()
     })
     .await;
+    let rss_before = rss_kib();
     // 500 connections from one hostile address: half idle, half sending
     // only the HTTP/2 preface; 150 are let in, the rest closed at once.
     let mut idle = hostile_connections(&t.addr, "127.0.0.2", 250, b"").await;
     let mut preface = hostile_connections(&t.addr, "127.0.0.2", 250, PREFACE).await;
     // Garbage bytes on a connection of their own.
     let mut garbage = hostile_connections(&t.addr, "127.0.0.3", 1, &[0xff; 4096]).await;
+    // 50 feedback streams that never read.
+    let mut deaf_feedback = Vec::new();
+    for i in 0..50 {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(pb::FeedbackClientMessage {
+            kind: Some(pb::feedback_client_message::Kind::Subscribe(
+                pb::Subscribe {
+                    submit_node_group: "clients".into(),
+                    client_id: format!("deaf-{i}"),
+                },
+            )),
+        })
+        .await
+        .expect("queue");
+        let mut c = t.jobs().await;
+        let stream = c.feedback(ReceiverStream::new(rx)).await.expect("feedback");
+        deaf_feedback.push((tx, stream));
+    }
+    // A TaskTracker of another group crediting far beyond its one slot.
+    let greedy = open_work(&t.addr, hello("greedy", "g2", 1))
+        .await
+        .expect("work stream");
+    greedy
+        .send(pb::worker_message::Kind::Credit(pb::Credit {
+            credits: 100_000,
+            ahead_credits: 100_000,
+        }))
+        .await;
+    let greedy = keep_alive(greedy);
+    let mut c = t.jobs().await;
+    let flood = (0..1000)
+        .map(|i| job(&format!("flood-{i}"), "g2"))
+        .collect();
+    submit(&mut c, flood).await;
 
     a_job_gets_through(&t, "while-hostile").await;
 
@@ -234,10 +303,39 @@ async fn idle_and_preface_only_connections_are_closed_and_capped_while_others_ar
         closed_by_tracker(conn).await;
     }
     assert!(limited(&tracker, "connections_per_peer") >= 350);
+    eventually("the greedy credit to be cut", || async {
+        (limited(&tracker, "credit") >= 1).then_some(())
+    })
+    .await;
+    let running_on_greedy = eventually("a run on the greedy TaskTracker", || {
+        let mut c = c.clone();
+        async move {
+            let n = c
+                .list_jobs(pb::ListJobsRequest {
+                    state: pb::JobState::Running as i32,
+                    task_tracker_node_group: "g2".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .jobs
+                .len();
+            (n > 0).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(running_on_greedy, 1, "one slot, one run in flight");
     // The hostile address may connect again once its connections closed.
     let mut again = hostile_connections(&t.addr, "127.0.0.2", 1, PREFACE).await;
     closed_by_tracker(&mut again[0]).await;
     a_job_gets_through(&t, "after-hostile").await;
+    eprintln!(
+        "hostile peers: RSS of the test process (tracker and peers) {rss_before} KiB before, {} KiB after",
+        rss_kib()
+    );
+    greedy.abort();
+    drop(deaf_feedback);
     t.stop().await;
 }
 

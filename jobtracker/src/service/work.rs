@@ -151,6 +151,10 @@ pub enum RunOwner {
     /// dispatch line leaves no record of whom the attempt went to: such an
     /// attempt is taken as this TaskTracker's.)
     Superseded,
+    /// An attempt the job never had (0, or beyond its current one): an
+    /// outcome is refused as stale by the store (and logged there), a
+    /// start is answered with a cancel, log lines are refused.
+    NeverRun,
     /// Not this stream's to report: an unknown job, a job of another node
     /// group, or a run another TaskTracker holds. Refused and counted.
     Foreign(&'static str),
@@ -167,7 +171,7 @@ pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt
         return RunOwner::Foreign("the job belongs to another node group");
     }
     if attempt == 0 || attempt > job.attempt {
-        return RunOwner::Foreign("the job has no such attempt");
+        return RunOwner::NeverRun;
     }
     if job.state == JobState::Running && job.attempt == attempt {
         if job.worker == identity {
@@ -178,10 +182,16 @@ pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt
     RunOwner::Superseded
 }
 
-/// The identity and node group a stream may act as. Today they are the
-/// ones its hello names; this is the one place where credentials will be
-/// checked against them.
-pub fn stream_identity(h: &pb::Hello) -> Result<(String, String), Status> {
+/// The identity and node group a stream may act as, from its hello and
+/// the call's metadata and extensions (where a bearer token or the peer's
+/// certificate are found). Today they are the ones its hello names; this
+/// is the one place where credentials are to be checked against them, and
+/// every check of what a stream may report goes by its answer.
+pub fn stream_identity(
+    h: &pb::Hello,
+    _metadata: &tonic::metadata::MetadataMap,
+    _extensions: &tonic::Extensions,
+) -> Result<(String, String), Status> {
     Ok((h.identity.clone(), h.node_group.clone()))
 }
 
@@ -242,7 +252,7 @@ impl WorkService for WorkApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
@@ -259,7 +269,7 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
-        let (identity, group) = stream_identity(&hello)?;
+        let (identity, group) = stream_identity(&hello, &metadata, &extensions)?;
         self.tracker.dispatcher.admit_identity(&identity)?;
         let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
@@ -424,7 +434,7 @@ impl Session {
                     .into_iter()
                     .filter(|run| match owners.get(run) {
                         None | Some(RunOwner::Earlier) => true,
-                        Some(RunOwner::Superseded) => {
+                        Some(RunOwner::Superseded) | Some(RunOwner::NeverRun) => {
                             superseded.push(run.clone());
                             false
                         }
@@ -462,6 +472,15 @@ impl Session {
                     .into_iter()
                     .filter(|l| match owners.get(&(l.job_id.clone(), l.attempt)) {
                         None | Some(RunOwner::Earlier) | Some(RunOwner::Superseded) => true,
+                        Some(RunOwner::NeverRun) => {
+                            refused += 1;
+                            self.refused(
+                                "biz_log",
+                                &(l.job_id.clone(), l.attempt),
+                                "the job never had this attempt",
+                            );
+                            false
+                        }
                         Some(RunOwner::Foreign(why)) => {
                             refused += 1;
                             self.refused("biz_log", &(l.job_id.clone(), l.attempt), why);
@@ -808,10 +827,10 @@ mod tests {
             RunOwner::Superseded
         );
         for attempt in [0, 4] {
-            assert!(matches!(
+            assert_eq!(
                 classify_run(Some(&job), "g", "tt-1", attempt),
-                RunOwner::Foreign(_)
-            ));
+                RunOwner::NeverRun
+            );
         }
     }
 
