@@ -856,6 +856,63 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any mix of job id lengths: a message passes exactly when every
+        /// id is within the limit, and a refusal names the first long one.
+        #[test]
+        fn message_checks_accept_exactly_the_messages_within_the_limits(
+            lens in proptest::collection::vec(0usize..300, 0..20),
+            kind in 0u8..3,
+        ) {
+            let ids: Vec<String> = lens.iter().map(|n| "x".repeat(*n)).collect();
+            let m = pb::WorkerMessage {
+                kind: Some(match kind {
+                    0 => Kind::Started(pb::Started {
+                        runs: ids.iter().map(|id| pb::RunRef { job_id: id.clone(), attempt: 1 }).collect(),
+                        at_unix_ms: 0,
+                    }),
+                    1 => Kind::Outcomes(pb::Outcomes {
+                        reports: ids.iter().map(|id| pb::OutcomeReport { job_id: id.clone(), ..Default::default() }).collect(),
+                    }),
+                    _ => Kind::BizLogs(pb::BizLogs {
+                        lines: ids.iter().map(|id| pb::BizLog { job_id: id.clone(), ..Default::default() }).collect(),
+                    }),
+                }),
+            };
+            match lens.iter().position(|n| *n > MAX_JOB_ID_LEN) {
+                None => proptest::prop_assert!(check_worker_message(&m).is_ok()),
+                Some(i) => {
+                    let e = check_worker_message(&m).expect_err("refused");
+                    proptest::prop_assert!(e.message().contains(&format!("[{i}].job_id")), "{}", e.message());
+                }
+            }
+        }
+
+        /// A report is the stream's own (`Earlier`) only for the running
+        /// attempt of a job of its group held by its identity.
+        #[test]
+        fn only_the_holder_of_a_running_attempt_owns_it(
+            same_group in proptest::bool::ANY,
+            same_worker in proptest::bool::ANY,
+            is_running in proptest::bool::ANY,
+            job_attempt in 0u32..4,
+            attempt in 0u32..5,
+        ) {
+            let mut job = running(if same_group { "g" } else { "h" }, if same_worker { "me" } else { "other" }, job_attempt);
+            if !is_running {
+                job.state = JobState::Pending;
+            }
+            let owner = classify_run(Some(&job), "g", "me", attempt);
+            let own = same_group && same_worker && is_running && attempt == job_attempt && attempt > 0;
+            proptest::prop_assert_eq!(owner == RunOwner::Earlier, own);
+            if !same_group {
+                proptest::prop_assert!(matches!(owner, RunOwner::Foreign(_)));
+            }
+        }
+    }
+
     #[test]
     fn absurd_run_times_are_refused_naming_the_field() {
         let now = 1_700_000_000_000;
