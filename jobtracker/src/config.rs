@@ -135,7 +135,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "JOBTRACKER_MAX_SUBMITS_PER_SECOND",
-        default_value_t = 5000
+        default_value_t = 100_000
     )]
     pub max_submits_per_second: u32,
 

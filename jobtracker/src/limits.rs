@@ -61,7 +61,7 @@ impl Default for ServerLimits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_streams_per_connection: 1024,
-            max_submits_per_second: 5000,
+            max_submits_per_second: 100_000,
             max_node_groups_per_submit: 100,
             max_feedback_in_flight: crate::feedback::DEFAULT_MAX_IN_FLIGHT,
         }
