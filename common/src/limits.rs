@@ -30,6 +30,35 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// ones are cut.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
 
+/// Longest job id or feedback id a peer may send, in bytes (the tracker's
+/// own ids are 32).
+pub const MAX_JOB_ID_LEN: usize = 128;
+/// Longest TaskTracker identity or JobClient id, in bytes.
+pub const MAX_IDENTITY_LEN: usize = 256;
+/// Most runs, outcome reports or log lines in one message from a
+/// TaskTracker, and most ids in one feedback ack.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 10_000;
+
+/// Checks the length of an id a peer sent: at most `limit` bytes. The
+/// error names the field and the limit, and never repeats the value.
+pub fn check_len(field: &str, value: &str, limit: usize) -> Result<(), String> {
+    if value.len() > limit {
+        return Err(format!(
+            "{field}: is {} bytes long, the limit is {limit}",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks how many items one message carries.
+pub fn check_count(field: &str, n: usize, limit: usize) -> Result<(), String> {
+    if n > limit {
+        return Err(format!("{field}: holds {n} items, the limit is {limit}"));
+    }
+    Ok(())
+}
+
 /// Checks a node group name: 1..=64 characters from `[A-Za-z0-9_.-]`.
 pub fn check_node_group(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -96,6 +125,16 @@ mod tests {
         assert!(check_node_group(&"x".repeat(65))
             .unwrap_err()
             .contains("65"));
+    }
+
+    #[test]
+    fn lengths_name_the_field_and_the_limit_not_the_value() {
+        assert!(check_len("lines[0].job_id", "abc", MAX_JOB_ID_LEN).is_ok());
+        let long = "x".repeat(50 * 1024 * 1024);
+        let e = check_len("lines[0].job_id", &long, MAX_JOB_ID_LEN).unwrap_err();
+        assert!(e.starts_with("lines[0].job_id"), "{e}");
+        assert!(e.contains("128") && e.len() < 200, "{e}");
+        assert!(check_count("reports", 10_001, MAX_ITEMS_PER_MESSAGE).is_err());
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn follow_view(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut shown: std::collections::BTreeSet<String> = Default::default();
+    let mut shown: std::collections::HashSet<String> = Default::default();
     loop {
         {
             let v = view.borrow_and_update();
@@ -172,19 +172,11 @@ async fn follow_view(
                 .cluster_job_trackers
                 .set(v.job_trackers().len() as i64);
             let groups = v.task_tracker_groups();
-            for gone in shown.iter().filter(|g| !groups.contains_key(*g)) {
-                metrics
-                    .cluster_task_trackers
-                    .with_label_values(&[gone.as_str()])
-                    .set(0);
-            }
-            for (group, n) in &groups {
-                metrics
-                    .cluster_task_trackers
-                    .with_label_values(&[group.as_str()])
-                    .set(*n as i64);
-            }
-            shown = groups.into_keys().collect();
+            metrics.set_per_group(
+                &metrics.cluster_task_trackers,
+                &mut shown,
+                groups.into_iter().map(|(g, n)| (g, n as i64)),
+            );
         }
         tokio::select! {
             r = view.changed() => if r.is_err() { return },

@@ -104,6 +104,67 @@ pub struct Cli {
     #[arg(long, env = "JOBTRACKER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Most open connections in total; more are closed as soon as they
+    /// are accepted. Keep it below the process's file-descriptor limit.
+    #[arg(long, env = "JOBTRACKER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most open connections from one IP address; more are closed as soon
+    /// as they are accepted.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    pub max_connections_per_peer: usize,
+
+    /// A connection that has not begun to speak HTTP/2 (preface and first
+    /// frame) within this is closed. 100ms..=5m.
+    #[arg(long, env = "JOBTRACKER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection that sent nothing for this long is closed; the tracker
+    /// pings quiet peers every third of it, and live ones answer. At least
+    /// 1s, and more than three heartbeat intervals.
+    #[arg(long, env = "JOBTRACKER_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Most `SubmitJobs` calls per second from one IP address, with a burst
+    /// of as many; more get RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_SUBMITS_PER_SECOND",
+        default_value_t = 100_000
+    )]
+    pub max_submits_per_second: u32,
+
+    /// Most distinct node groups the jobs of one submit may name; the jobs
+    /// naming further groups are refused (RESOURCE_EXHAUSTED), the others
+    /// stored.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_NODE_GROUPS_PER_SUBMIT",
+        default_value_t = 100
+    )]
+    pub max_node_groups_per_submit: usize,
+
+    /// Most feedback items sent to one subscriber and not yet acked; past
+    /// them it is sent more only as it acks.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_FEEDBACK_IN_FLIGHT",
+        default_value_t = 10_000
+    )]
+    pub max_feedback_in_flight: usize,
+
     /// Log format.
     #[arg(long, env = "JOBTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -180,8 +241,55 @@ impl TryFrom<&Cli> for TrackerConfig {
             metrics_addr: cli.metrics_addr,
             shutdown_timeout: cli.shutdown_timeout,
             recovery_grace: cli.recovery_grace,
+            limits: server_limits(cli)?,
         })
     }
+}
+
+fn server_limits(cli: &Cli) -> Result<crate::limits::ServerLimits, Error> {
+    let at_least_one = [
+        ("--max-connections", cli.max_connections),
+        ("--max-connections-per-peer", cli.max_connections_per_peer),
+        (
+            "--max-streams-per-connection",
+            cli.max_streams_per_connection as usize,
+        ),
+        (
+            "--max-node-groups-per-submit",
+            cli.max_node_groups_per_submit,
+        ),
+        ("--max-feedback-in-flight", cli.max_feedback_in_flight),
+    ];
+    for (flag, v) in at_least_one {
+        if v == 0 {
+            return Err(Error::Config(format!("{flag}: must be at least 1")));
+        }
+    }
+    if cli.handshake_timeout < Duration::from_millis(100)
+        || cli.handshake_timeout > Duration::from_secs(300)
+    {
+        return Err(Error::Config(format!(
+            "--handshake-timeout: {} is outside 100ms..=5m",
+            humantime::format_duration(cli.handshake_timeout)
+        )));
+    }
+    if cli.idle_timeout < Duration::from_secs(1) || cli.idle_timeout <= cli.heartbeat_interval * 3 {
+        return Err(Error::Config(format!(
+            "--idle-timeout: {} must be at least 1s and more than three --heartbeat-interval ({})",
+            humantime::format_duration(cli.idle_timeout),
+            humantime::format_duration(cli.heartbeat_interval * 3)
+        )));
+    }
+    Ok(crate::limits::ServerLimits {
+        max_connections: cli.max_connections,
+        max_connections_per_peer: cli.max_connections_per_peer,
+        handshake_timeout: cli.handshake_timeout,
+        idle_timeout: cli.idle_timeout,
+        max_streams_per_connection: cli.max_streams_per_connection,
+        max_submits_per_second: cli.max_submits_per_second,
+        max_node_groups_per_submit: cli.max_node_groups_per_submit,
+        max_feedback_in_flight: cli.max_feedback_in_flight,
+    })
 }
 
 fn mongo_store(cli: &Cli, uri: &str) -> Result<StoreConfig, Error> {
@@ -254,6 +362,32 @@ mod tests {
         assert_eq!(cli.listen.ip().to_string(), "127.0.0.1");
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert!(matches!(config.store, StoreConfig::Sled { .. }));
+        assert_eq!(config.limits, crate::limits::ServerLimits::default());
+    }
+
+    #[test]
+    fn limits_are_set_by_flags_and_bad_ones_name_the_flag() {
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--max-connections-per-peer",
+            "8",
+            "--idle-timeout",
+            "1m",
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        assert_eq!(config.limits.max_connections_per_peer, 8);
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+        for (args, flag) in [
+            (vec!["--max-connections", "0"], "--max-connections"),
+            (vec!["--idle-timeout", "3s"], "--idle-timeout"),
+            (vec!["--handshake-timeout", "1h"], "--handshake-timeout"),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args)).expect("parse");
+            let e = TrackerConfig::try_from(&cli).unwrap_err();
+            assert!(e.to_string().contains(flag), "{e}");
+        }
     }
 
     #[test]

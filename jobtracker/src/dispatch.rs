@@ -61,6 +61,9 @@ const MAX_LOST_RUNS: usize = 100_000;
 /// return.
 const LOST_RUNS_TTL: Duration = Duration::from_secs(600);
 
+/// A run: a job id and its attempt.
+pub type Run = (String, u32);
+
 /// Runs of a TaskTracker's lost streams, with when the last was lost.
 type LostRuns = (Instant, Vec<(String, u32)>);
 
@@ -105,6 +108,11 @@ pub fn send_to_worker(tx: &Outbound, metrics: &Metrics, msg: pb::TrackerMessage)
 struct Worker {
     identity: String,
     tx: Outbound,
+    /// Most due runs it holds at once: the larger of its hello's `slots`
+    /// and `total_slots`.
+    slots: usize,
+    /// Most runs ahead of their time it holds at once (`ahead_slots`).
+    ahead_slots: usize,
     credits: usize,
     /// Assignments it can still hold ahead of their time.
     ahead_credits: usize,
@@ -319,13 +327,47 @@ impl Dispatcher {
             .unwrap_or_default()
     }
 
-    /// Adds a TaskTracker with `slots` credits; it stays until the
-    /// returned registration is dropped.
+    /// Whether a new stream may be opened under `identity`: refused while
+    /// another stream under it (in any node group) was heard from within
+    /// [`quiet_after`]. One silent for longer may be a half-dead
+    /// connection of the same TaskTracker, reconnecting after it lost
+    /// contact: that stream is given up (closed, its runs put back) so the
+    /// TaskTracker is not locked out by its own old stream.
+    pub fn admit_identity(&self, identity: &str) -> Result<(), tonic::Status> {
+        let groups: Vec<Arc<Group>> = lock(&self.groups).values().cloned().collect();
+        let now = self.now_ms();
+        for g in groups {
+            for w in lock(&g.workers).values().filter(|w| w.identity == identity) {
+                if w.tx.is_closed() {
+                    continue;
+                }
+                if !self.is_quiet(w, now) {
+                    self.metrics.limit_hit("duplicate_identity");
+                    return Err(tonic::Status::already_exists(format!(
+                        "a TaskTracker with the identity {identity:?} is connected (node group {}) and was heard from within the last {} ms; give each TaskTracker its own identity, or retry once the other stream is gone",
+                        g.name,
+                        self.quiet_after.as_millis()
+                    )));
+                }
+                tracing::info!(worker = %identity, node_group = %g.name, "a new stream under this identity replaces its silent one");
+                w.tx.close(tonic::Status::aborted(
+                    "a new stream of this TaskTracker replaced this silent one",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a TaskTracker with `slots` credits (and room for the larger of
+    /// `slots` and `total_slots` due runs); it stays until the returned
+    /// registration is dropped.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         self: &Arc<Self>,
         node_group: &str,
         identity: &str,
         slots: u32,
+        total_slots: u32,
         ahead_slots: u32,
         tx: Outbound,
     ) -> Registration {
@@ -342,7 +384,7 @@ impl Dispatcher {
         let conn = self.add(
             node_group,
             identity,
-            slots,
+            (slots, total_slots.max(slots)),
             ahead_slots,
             tx,
             last_heard.clone(),
@@ -361,7 +403,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         node_group: &str,
         identity: &str,
-        slots: u32,
+        (slots, max_slots): (u32, u32),
         ahead_slots: u32,
         tx: Outbound,
         last_heard: Arc<AtomicU64>,
@@ -388,6 +430,8 @@ impl Dispatcher {
             Worker {
                 identity: identity.to_string(),
                 tx,
+                slots: max_slots as usize,
+                ahead_slots: ahead_slots as usize,
                 credits: slots as usize,
                 ahead_credits: ahead_slots as usize,
                 running: HashMap::new(),
@@ -396,7 +440,7 @@ impl Dispatcher {
         );
         self.metrics
             .task_trackers
-            .with_label_values(&[node_group])
+            .with_label_values(&[self.metrics.node_group_label(node_group)])
             .inc();
         group.wake.notify_one();
         conn
@@ -412,7 +456,7 @@ impl Dispatcher {
             Some(w) => {
                 self.metrics
                     .task_trackers
-                    .with_label_values(&[node_group])
+                    .with_label_values(&[self.metrics.node_group_label(node_group)])
                     .dec();
                 w.running.into_keys().collect()
             }
@@ -420,15 +464,25 @@ impl Dispatcher {
         }
     }
 
-    /// A TaskTracker freed `n` slots and `ahead` ahead slots.
-    pub fn add_credits(&self, node_group: &str, conn: u64, n: u32, ahead: u32) {
+    /// A TaskTracker freed `n` slots and `ahead` ahead slots. Credit
+    /// beyond its slots (and ahead slots) is not kept; returns whether some
+    /// was cut.
+    pub fn add_credits(&self, node_group: &str, conn: u64, n: u32, ahead: u32) -> bool {
+        let mut cut = false;
         if let Some(group) = lock(&self.groups).get(node_group).cloned() {
             if let Some(w) = lock(&group.workers).get_mut(&conn) {
-                w.credits = w.credits.saturating_add(n as usize);
-                w.ahead_credits = w.ahead_credits.saturating_add(ahead as usize);
+                let credits = w.credits.saturating_add(n as usize);
+                let ahead_credits = w.ahead_credits.saturating_add(ahead as usize);
+                w.credits = credits.min(w.slots);
+                w.ahead_credits = ahead_credits.min(w.ahead_slots);
+                cut = w.credits < credits || w.ahead_credits < ahead_credits;
             }
             group.wake.notify_one();
         }
+        if cut {
+            self.metrics.limit_hit("credit");
+        }
+        cut
     }
 
     /// Runs started on a TaskTracker: observes submit-to-start. Returns
@@ -469,6 +523,21 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Splits `runs` into those assigned on stream `conn` (still in flight
+    /// there) and the others.
+    pub fn partition_assigned(
+        &self,
+        node_group: &str,
+        conn: u64,
+        runs: Vec<(String, u32)>,
+    ) -> (Vec<Run>, Vec<Run>) {
+        let group = lock(&self.groups).get(node_group).cloned();
+        let workers = group.as_ref().map(|g| lock(&g.workers));
+        let worker = workers.as_ref().and_then(|ws| ws.get(&conn));
+        runs.into_iter()
+            .partition(|run| worker.is_some_and(|w| w.running.contains_key(run)))
     }
 
     /// Runs that ended on a TaskTracker.
@@ -552,17 +621,29 @@ impl Dispatcher {
                 passed_over = workers
                     .values()
                     .any(|w| !eligible(w) && (w.credits > 0 || w.ahead_credits > 0));
-                let grants_of = |credits: fn(&Worker) -> usize| {
-                    let mut grants: Vec<(u64, String, usize)> = workers
-                        .iter()
-                        .filter(|(_, w)| credits(w) > 0 && eligible(w))
-                        .map(|(conn, w)| (*conn, w.identity.clone(), credits(w).min(MAX_CLAIM)))
-                        .collect();
-                    // Stable order so ties go the same way.
-                    grants.sort_by_key(|g| g.0);
-                    grants
-                };
-                (grants_of(|w| w.credits), grants_of(|w| w.ahead_credits))
+                // Runs in flight never exceed its slots plus ahead slots,
+                // whatever credit it granted.
+                let mut grants = Vec::new();
+                let mut ahead_grants = Vec::new();
+                let mut conns: Vec<&u64> = workers.keys().collect();
+                // Stable order so ties go the same way.
+                conns.sort();
+                for conn in conns {
+                    let w = &workers[conn];
+                    if !eligible(w) {
+                        continue;
+                    }
+                    let room = (w.slots + w.ahead_slots).saturating_sub(w.running.len());
+                    let due = w.credits.min(room).min(MAX_CLAIM);
+                    let ahead = w.ahead_credits.min(room - due).min(MAX_CLAIM);
+                    if due > 0 {
+                        grants.push((*conn, w.identity.clone(), due));
+                    }
+                    if ahead > 0 {
+                        ahead_grants.push((*conn, w.identity.clone(), ahead));
+                    }
+                }
+                (grants, ahead_grants)
             };
             let recheck = if passed_over {
                 self.quiet_after

@@ -27,9 +27,18 @@ pub const FEEDBACK_STREAM_CAPACITY: usize = 16;
 /// Most items in one feedback message.
 const MAX_ITEMS_PER_MESSAGE: usize = 1000;
 
+/// Most items sent to one subscriber and not yet acked: past them it is
+/// sent nothing more until it acks, and the group's other subscribers get
+/// the rest. A client that reads and never acks holds at most this many.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
 struct Subscriber {
     id: u64,
     tx: FeedbackOutbound,
+    /// Items sent to it and not acked.
+    in_flight: usize,
+    /// Whether it was last found at its cap of unacked items.
+    capped: bool,
     /// What gRPC had taken from the stream when it was last found full.
     full_at: Option<u64>,
 }
@@ -59,6 +68,8 @@ pub struct FeedbackRouter {
     metrics: Metrics,
     groups: Mutex<HashMap<String, GroupFeedback>>,
     next_sub: AtomicU64,
+    /// See [`DEFAULT_MAX_IN_FLIGHT`].
+    max_in_flight: usize,
 }
 
 /// A client's place among its group's subscribers; dropping it
@@ -67,6 +78,13 @@ pub struct Subscription {
     router: Arc<FeedbackRouter>,
     group: String,
     id: u64,
+}
+
+impl Subscription {
+    /// The subscriber's id, for its acks.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for Subscription {
@@ -94,8 +112,9 @@ fn to_wire(f: &Feedback) -> pb::FeedbackItem {
 
 impl GroupFeedback {
     /// Sends waiting items to subscribers, spread evenly, in messages
-    /// bounded by count and bytes, as far as their streams have room.
-    fn pump(&mut self, metrics: &Metrics) {
+    /// bounded by count and bytes, as far as their streams have room and
+    /// they are under `max_in_flight` unacked items.
+    fn pump(&mut self, metrics: &Metrics, max_in_flight: usize) {
         // Found full in this call: gRPC had no chance to take anything
         // since, so they are not looked at again until the next call.
         let mut full: Vec<u64> = Vec::new();
@@ -117,6 +136,18 @@ impl GroupFeedback {
                 if full.contains(&sub.id) {
                     continue;
                 }
+                let room = max_in_flight.saturating_sub(sub.in_flight);
+                if room == 0 {
+                    if !sub.capped {
+                        sub.capped = true;
+                        metrics
+                            .limited
+                            .with_label_values(&["feedback_in_flight"])
+                            .inc();
+                    }
+                    continue;
+                }
+                sub.capped = false;
                 if sub.tx.is_closed() {
                     dead.push(sub.id);
                     continue;
@@ -141,7 +172,7 @@ impl GroupFeedback {
                 let mut items = Vec::new();
                 let mut wire = Vec::new();
                 let mut bytes = 0usize;
-                while items.len() < share {
+                while items.len() < share.min(room) {
                     let Some(item) = self.waiting.pop_front() else {
                         break;
                     };
@@ -158,6 +189,7 @@ impl GroupFeedback {
                 match sub.tx.try_send(pb::FeedbackServerMessage { items: wire }) {
                     Ok(()) => {
                         sent = true;
+                        sub.in_flight += items.len();
                         for item in items {
                             self.in_flight
                                 .insert(item.feedback_id.clone(), (sub.id, item));
@@ -199,18 +231,30 @@ impl GroupFeedback {
 }
 
 impl FeedbackRouter {
-    /// A router that deletes acked feedback from `store`.
+    /// A router that deletes acked feedback from `store`, with at most
+    /// [`DEFAULT_MAX_IN_FLIGHT`] unacked items per subscriber.
     pub fn new(store: Arc<dyn JobStore>, metrics: Metrics) -> Arc<Self> {
+        Self::with_max_in_flight(store, metrics, DEFAULT_MAX_IN_FLIGHT)
+    }
+
+    /// A router with at most `max_in_flight` unacked items per subscriber.
+    pub fn with_max_in_flight(
+        store: Arc<dyn JobStore>,
+        metrics: Metrics,
+        max_in_flight: usize,
+    ) -> Arc<Self> {
         Arc::new(FeedbackRouter {
             store,
             metrics,
             groups: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(1),
+            max_in_flight: max_in_flight.max(1),
         })
     }
 
     /// Queues stored feedback for delivery.
     pub fn push(&self, items: impl IntoIterator<Item = Feedback>) {
+        let max = self.max_in_flight;
         let mut groups = lock(&self.groups);
         let mut touched = Vec::new();
         for item in items {
@@ -221,7 +265,7 @@ impl FeedbackRouter {
         touched.dedup();
         for g in touched {
             if let Some(group) = groups.get_mut(&g) {
-                group.pump(&self.metrics);
+                group.pump(&self.metrics, max);
             }
         }
     }
@@ -287,9 +331,11 @@ impl FeedbackRouter {
         g.subscribers.push(Subscriber {
             id,
             tx,
+            in_flight: 0,
+            capped: false,
             full_at: None,
         });
-        g.pump(&self.metrics);
+        g.pump(&self.metrics, self.max_in_flight);
         Subscription {
             router: self.clone(),
             group: group.to_string(),
@@ -302,23 +348,44 @@ impl FeedbackRouter {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get_mut(group) {
             g.remove(sub);
-            g.pump(&self.metrics);
+            g.pump(&self.metrics, self.max_in_flight);
         }
     }
 
-    /// A client acked items: they are deleted from the store.
-    pub async fn ack(&self, group: &str, ids: Vec<String>) -> crate::error::Result<()> {
-        {
+    /// Subscriber `sub` of `group` acked items: those in flight to it are
+    /// deleted from the store. Ids of items it was not sent (another
+    /// subscriber's, another group's, unknown ones) are ignored; returns
+    /// how many of them there were.
+    pub async fn ack(
+        &self,
+        group: &str,
+        sub: u64,
+        ids: Vec<String>,
+    ) -> crate::error::Result<usize> {
+        let (acked, ignored) = {
             let mut groups = lock(&self.groups);
-            if let Some(g) = groups.get_mut(group) {
-                for id in &ids {
+            let Some(g) = groups.get_mut(group) else {
+                return Ok(ids.len());
+            };
+            let mut acked = Vec::with_capacity(ids.len());
+            for id in ids.iter() {
+                if g.in_flight.get(id).is_some_and(|(s, _)| *s == sub) {
                     g.in_flight.remove(id);
+                    acked.push(id.clone());
                 }
-                // Room may have come free on a stream that was full.
-                g.pump(&self.metrics);
             }
+            if let Some(s) = g.subscribers.iter_mut().find(|s| s.id == sub) {
+                s.in_flight = s.in_flight.saturating_sub(acked.len());
+            }
+            // Room may have come free on a stream that was full.
+            g.pump(&self.metrics, self.max_in_flight);
+            let ignored = ids.len() - acked.len();
+            (acked, ignored)
+        };
+        if !acked.is_empty() {
+            self.store.ack_feedback(&acked).await?;
         }
-        self.store.ack_feedback(&ids).await
+        Ok(ignored)
     }
 
     /// Items waiting or in flight, for tests and metrics.
@@ -367,7 +434,7 @@ mod tests {
     async fn a_client_that_reads_slowly_keeps_its_stream_and_gets_everything() {
         let (r, _dir) = router();
         let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
-        let _sub = r.subscribe("clients", tx);
+        let sub = r.subscribe("clients", tx);
         let total = FEEDBACK_STREAM_CAPACITY * 3;
         let mut got = 0;
         for n in 0..total {
@@ -383,7 +450,7 @@ mod tests {
             let m = rx.next().await.expect("open").expect("ok");
             got += m.items.len();
             let ids = m.items.into_iter().map(|i| i.feedback_id).collect();
-            r.ack("clients", ids).await.expect("ack");
+            r.ack("clients", sub.id(), ids).await.expect("ack");
         }
         assert_eq!(got, total);
     }
@@ -412,5 +479,35 @@ mod tests {
         let _sub = r.subscribe("clients", tx);
         let m = rx.next().await.expect("open").expect("ok");
         assert_eq!(m.items.len(), total, "everything, in one message");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_no_more_than_its_cap_unacked_and_foreign_acks_are_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::store::sled::SledStore::open(dir.path()).expect("store");
+        let r = FeedbackRouter::with_max_in_flight(Arc::new(store), Metrics::new(), 5);
+        let (tx, mut rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
+        let sub = r.subscribe("clients", tx);
+        r.push((0..20).map(item));
+        let m = rx.next().await.expect("open").expect("ok");
+        assert_eq!(m.items.len(), 5, "only the cap is in flight");
+        let ids: Vec<String> = m.items.into_iter().map(|i| i.feedback_id).collect();
+        // An ack from another subscriber, or of another group, removes
+        // nothing and sends nothing more.
+        assert_eq!(
+            r.ack("clients", sub.id() + 1, ids.clone())
+                .await
+                .expect("ack"),
+            5
+        );
+        assert_eq!(
+            r.ack("others", sub.id(), ids.clone()).await.expect("ack"),
+            5
+        );
+        assert_eq!(r.unacked(), 20);
+        assert_eq!(r.ack("clients", sub.id(), ids).await.expect("ack"), 0);
+        assert_eq!(r.unacked(), 15);
+        let m = rx.next().await.expect("open").expect("ok");
+        assert_eq!(m.items.len(), 5, "acks make room for as many more");
     }
 }

@@ -11,6 +11,7 @@
 //!   the trackers of a cluster tell each other of new work;
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
+//! - [`limits`]: connection, timeout and rate limits on peers;
 //! - [`config`]: flags, env vars and the config file.
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod dispatch;
 pub mod election;
 pub mod error;
 pub mod feedback;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod peers;
@@ -105,6 +107,8 @@ pub struct TrackerConfig {
     /// running before it wait for their TaskTrackers to reconnect and
     /// report, before they are handed out again.
     pub recovery_grace: Duration,
+    /// Limits on peers (connections, timeouts, rates).
+    pub limits: limits::ServerLimits,
 }
 
 impl TrackerConfig {
@@ -119,6 +123,7 @@ impl TrackerConfig {
             metrics_addr: None,
             shutdown_timeout: Duration::from_secs(10),
             recovery_grace: DEFAULT_RECOVERY_GRACE,
+            limits: limits::ServerLimits::default(),
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Tracker {
     /// The term the once-only work (cycle scheduler, sweep of expired
     /// leases) runs in now; `None` while it does not run.
     pub leader_work: tokio::sync::watch::Sender<Option<Term>>,
+    /// Submits per second per peer.
+    pub submit_rate: limits::SubmitRate,
     /// The shared store whose run leases this tracker keeps, if any.
     leases: Option<(Arc<store::mongo::MongoStore>, Duration)>,
 }
@@ -298,7 +305,12 @@ pub async fn create_tracker_with_election(
             d.wake_local(group);
         }
     }));
-    let feedback = FeedbackRouter::new(store.clone(), metrics.clone());
+    let submit_rate = limits::SubmitRate::new(config.limits.max_submits_per_second);
+    let feedback = FeedbackRouter::with_max_in_flight(
+        store.clone(),
+        metrics.clone(),
+        config.limits.max_feedback_in_flight,
+    );
     feedback.push(store.pending_feedback().await?);
     Ok(Arc::new(Tracker {
         store,
@@ -314,6 +326,7 @@ pub async fn create_tracker_with_election(
         peers: std::sync::OnceLock::new(),
         election,
         leader_work: tokio::sync::watch::Sender::new(None),
+        submit_rate,
         leases,
     }))
 }
@@ -479,20 +492,15 @@ async fn serve_until_stopped(
     );
 
     tracing::info!("jobtracker listening on {}", listener.local_addr()?);
-    // `Server::tcp_nodelay` covers only listeners tonic binds itself: set
-    // it on each accepted connection, or Nagle's algorithm holds small
-    // messages (an assignment, an ack) back for tens of milliseconds.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            })
-        },
-    );
+    let limits = tracker.config.limits.clone();
+    let keepalive = limits.idle_timeout / 3;
+    let incoming = limits::limit_connections(listener, limits.clone(), tracker.metrics.clone());
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        // A quiet peer is pinged well within the idle timeout; one that
+        // does not answer is dropped.
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive.min(Duration::from_secs(20))))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)
@@ -660,25 +668,11 @@ async fn update_queue_depths(tracker: Arc<Tracker>) {
             _ = tracker.shutdown.cancelled() => return,
         }
         match tracker.store.queue_depths(lts_common::now_ms()).await {
-            Ok(depths) => {
-                let mut now_shown = std::collections::HashSet::new();
-                for (group, n) in depths {
-                    tracker
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[group.as_str()])
-                        .set(n as i64);
-                    now_shown.insert(group);
-                }
-                for gone in shown.difference(&now_shown) {
-                    tracker
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[gone.as_str()])
-                        .set(0);
-                }
-                shown.extend(now_shown);
-            }
+            Ok(depths) => tracker.metrics.set_per_group(
+                &tracker.metrics.queue_depth,
+                &mut shown,
+                depths.into_iter().map(|(g, n)| (g, n as i64)),
+            ),
             Err(e) => tracing::warn!("cannot read queue depths: {e}"),
         }
     }

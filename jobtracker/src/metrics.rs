@@ -5,6 +5,9 @@
 //! first success (Prometheus' convention: a rate over a series that
 //! appears late misses its first increments).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry,
@@ -42,7 +45,41 @@ pub struct Metrics {
     pub master: prometheus::IntGauge,
     /// New-work notices between the trackers of a cluster, by direction.
     pub peer_notices: IntCounterVec,
+    /// Node groups shown under their own name; see
+    /// [`Metrics::node_group_label`].
+    node_group_labels: Arc<Mutex<HashSet<String>>>,
+    /// Reports of runs a TaskTracker stream was not given, refused, by
+    /// message (`started`, `outcome`, `biz_log`).
+    pub refused_runs: IntCounterVec,
+    /// Requests, streams, connections or values refused or cut by a limit,
+    /// by limit (see docs/limits.md).
+    pub limited: IntCounterVec,
 }
+
+/// Every value the `message` label of `lts_jobtracker_refused_runs_total`
+/// takes.
+pub const REFUSED_RUN_MESSAGES: [&str; 3] = ["started", "outcome", "biz_log"];
+
+/// Every value the `limit` label of `lts_jobtracker_limited_total` takes.
+pub const LIMITS: [&str; 9] = [
+    "field_length",
+    "duplicate_identity",
+    "credit",
+    "work_not_read",
+    "feedback_in_flight",
+    "node_groups_per_call",
+    "submit_rate",
+    "connections_per_peer",
+    "connections_total",
+];
+
+/// Node-group label values a metric shows at most; the groups beyond show
+/// under [`OTHER_NODE_GROUPS`].
+pub const MAX_NODE_GROUP_LABELS: usize = 200;
+
+/// The label value of the node groups beyond [`MAX_NODE_GROUP_LABELS`].
+/// A node group really named `_other` shares its series with them.
+pub const OTHER_NODE_GROUPS: &str = "_other";
 
 /// How often `lts_jobtracker_queue_depth` is sampled from the store.
 pub const QUEUE_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -134,6 +171,28 @@ impl Metrics {
             &["direction"],
         )
         .expect("valid metric");
+        let refused_runs = IntCounterVec::new(
+            Opts::new(
+                "lts_jobtracker_refused_runs_total",
+                "Reports from a TaskTracker stream about runs it was not given (another stream's, another node group's, or unknown jobs), refused, by message",
+            ),
+            &["message"],
+        )
+        .expect("valid metric");
+        for m in REFUSED_RUN_MESSAGES {
+            refused_runs.with_label_values(&[m]);
+        }
+        let limited = IntCounterVec::new(
+            Opts::new(
+                "lts_jobtracker_limited_total",
+                "Requests, streams, connections or values refused or cut by a limit, by limit (see docs/limits.md)",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for l in LIMITS {
+            limited.with_label_values(&[l]);
+        }
         for direction in ["sent", "received", "failed"] {
             peer_notices.with_label_values(&[direction]);
         }
@@ -170,6 +229,8 @@ impl Metrics {
             Box::new(cluster_job_trackers.clone()),
             Box::new(master.clone()),
             Box::new(peer_notices.clone()),
+            Box::new(refused_runs.clone()),
+            Box::new(limited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -188,7 +249,56 @@ impl Metrics {
             cluster_job_trackers,
             master,
             peer_notices,
+            refused_runs,
+            limited,
+            node_group_labels: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Counts one refusal by `limit` (one of [`LIMITS`]).
+    pub fn limit_hit(&self, limit: &str) {
+        self.limited.with_label_values(&[limit]).inc();
+    }
+
+    /// Sets a per-node-group gauge from a full sample: groups beyond the
+    /// label cap add up under [`OTHER_NODE_GROUPS`], and label values of
+    /// an earlier sample (`shown`) that are not in this one read 0.
+    pub fn set_per_group(
+        &self,
+        gauge: &IntGaugeVec,
+        shown: &mut HashSet<String>,
+        sample: impl IntoIterator<Item = (String, i64)>,
+    ) {
+        let mut sums: std::collections::HashMap<String, i64> = Default::default();
+        for (group, n) in sample {
+            let label = self.node_group_label(&group).to_string();
+            *sums.entry(label).or_default() += n;
+        }
+        for gone in shown.iter().filter(|g| !sums.contains_key(*g)) {
+            gauge.with_label_values(&[gone.as_str()]).set(0);
+        }
+        for (label, n) in &sums {
+            gauge.with_label_values(&[label.as_str()]).set(*n);
+        }
+        shown.extend(sums.into_keys());
+    }
+
+    /// The label value `node_group` shows under: itself for the first
+    /// [`MAX_NODE_GROUP_LABELS`] groups seen, [`OTHER_NODE_GROUPS`] for the
+    /// rest, so a flood of node groups cannot grow a scrape without bound.
+    pub fn node_group_label<'a>(&self, node_group: &'a str) -> &'a str {
+        let mut seen = self
+            .node_group_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(node_group) {
+            return node_group;
+        }
+        if seen.len() < MAX_NODE_GROUP_LABELS {
+            seen.insert(node_group.to_string());
+            return node_group;
+        }
+        OTHER_NODE_GROUPS
     }
 
     /// The metrics in the Prometheus text format, as a scrape sees them.
@@ -244,5 +354,25 @@ mod tests {
             text.contains("queue_depth Jobs ready to run, per node group; sampled from the store every second"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn node_groups_beyond_the_label_cap_add_up_under_one_value() {
+        let metrics = Metrics::new();
+        let mut shown = HashSet::new();
+        let groups = (0..MAX_NODE_GROUP_LABELS + 50).map(|i| (format!("g{i}"), 1));
+        metrics.set_per_group(&metrics.queue_depth, &mut shown, groups);
+        let text = metrics.render();
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("lts_jobtracker_queue_depth{"))
+            .count();
+        assert_eq!(lines, MAX_NODE_GROUP_LABELS + 1, "{text}");
+        assert!(
+            text.contains("lts_jobtracker_queue_depth{node_group=\"_other\"} 50"),
+            "{text}"
+        );
+        // The first groups keep their own series.
+        assert_eq!(metrics.node_group_label("g0"), "g0");
     }
 }

@@ -138,6 +138,11 @@ impl<T> PeerSender<T> {
         self.tx.capacity()
     }
 
+    /// Messages queued and not yet taken by gRPC.
+    pub fn unread(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// How many messages gRPC has taken from the channel so far: it stops
     /// taking them when the peer stops reading.
     pub fn taken(&self) -> u64 {

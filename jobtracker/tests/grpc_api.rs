@@ -108,6 +108,7 @@ fn hello_ahead(group: &str, slots: u32, version: u32, ahead_slots: u32) -> pb::W
             slots,
             protocol_version: version,
             ahead_slots,
+            total_slots: 0,
         })),
     }
 }

@@ -639,6 +639,7 @@ impl Driver {
             // Every ahead slot is free here: jobs held ahead are dropped
             // with the stream they came on.
             ahead_slots: self.config.ahead_slots,
+            total_slots: self.slots as u32,
         };
         Link::Connecting(Box::pin(open_first(
             self.resolver.clone(),

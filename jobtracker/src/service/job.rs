@@ -75,6 +75,16 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobsRequest>,
     ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
+        if let Err(wait) = self.tracker.submit_rate.take(peer) {
+            self.tracker.metrics.limit_hit("submit_rate");
+            return Err(Status::resource_exhausted(format!(
+                "too many submits from {}: at most {} calls per second (--max-submits-per-second); retry in {} ms",
+                peer.map_or_else(|| "this peer".to_string(), |p| p.to_string()),
+                self.tracker.config.limits.max_submits_per_second,
+                wait.as_millis().max(1)
+            )));
+        }
         let jobs = request.into_inner().jobs;
         if jobs.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -86,11 +96,28 @@ impl JobService for JobApi {
         let mut valid: Vec<JobSpec> = Vec::with_capacity(jobs.len());
         let mut valid_at = Vec::with_capacity(jobs.len());
         let now = lts_common::now_ms();
+        let max_groups = self.tracker.config.limits.max_node_groups_per_submit;
+        let mut named: std::collections::HashSet<String> = Default::default();
+        let mut over_groups = 0u64;
         for (i, job) in jobs.into_iter().enumerate() {
             match JobSpec::try_from(job)
                 .and_then(|spec| crate::store::check_recurring(&spec, now).map(|_| spec))
             {
+                Ok(spec)
+                    if !named.contains(&spec.task_tracker_node_group)
+                        && named.len() >= max_groups =>
+                {
+                    over_groups += 1;
+                    results[i] = Some(refused(
+                        "RESOURCE_EXHAUSTED",
+                        "task_tracker_node_group",
+                        format!(
+                            "jobs[{i}].task_tracker_node_group: this submit names more than {max_groups} node groups (--max-node-groups-per-submit); submit the jobs of further groups in other calls"
+                        ),
+                    ));
+                }
                 Ok(spec) => {
+                    named.insert(spec.task_tracker_node_group.clone());
                     valid.push(spec);
                     valid_at.push(i);
                 }
@@ -102,6 +129,13 @@ impl JobService for JobApi {
                     ));
                 }
             }
+        }
+        if over_groups > 0 {
+            self.tracker
+                .metrics
+                .limited
+                .with_label_values(&["node_groups_per_call"])
+                .inc_by(over_groups);
         }
         let groups: Vec<String> = {
             let mut g: Vec<String> = valid
@@ -313,11 +347,23 @@ impl JobService for JobApi {
             .map_err(|m| ValidationError::new("subscribe.submit_node_group", m))?;
         let (tx, rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
         let router = self.tracker.feedback.clone();
+        lts_common::limits::check_len(
+            "subscribe.client_id",
+            &subscribe.client_id,
+            lts_common::limits::MAX_IDENTITY_LEN,
+        )
+        .map_err(|m| {
+            self.tracker.metrics.limit_hit("field_length");
+            Status::invalid_argument(m)
+        })?;
         let subscription = router.subscribe(&group, tx.clone());
+        let sub = subscription.id();
         let client = subscribe.client_id;
+        let metrics = self.tracker.metrics.clone();
         tracing::debug!(%group, %client, "feedback subscriber joined");
         let shutdown = self.tracker.shutdown.clone();
         self.tracker.tasks.spawn(async move {
+            let mut warned_foreign_acks = false;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -334,8 +380,21 @@ impl JobService for JobApi {
                     Ok(Some(pb::FeedbackClientMessage {
                         kind: Some(pb::feedback_client_message::Kind::Ack(ack)),
                     })) => {
-                        if let Err(e) = router.ack(&group, ack.feedback_ids).await {
-                            tracing::warn!(%group, "cannot store a feedback ack: {e}");
+                        if let Err(why) = check_ack(&ack) {
+                            metrics.limit_hit("field_length");
+                            tracing::warn!(%group, %client, "refused a feedback ack: {why}");
+                            tx.close(Status::invalid_argument(why));
+                            break;
+                        }
+                        match router.ack(&group, sub, ack.feedback_ids).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                if !warned_foreign_acks {
+                                    warned_foreign_acks = true;
+                                    tracing::warn!(%group, %client, "ignored acks of {n} feedback items this stream was not sent (logged once per stream)");
+                                }
+                            }
+                            Err(e) => tracing::warn!(%group, "cannot store a feedback ack: {e}"),
                         }
                     }
                     Ok(Some(_)) => {
@@ -352,6 +411,20 @@ impl JobService for JobApi {
         });
         Ok(Response::new(Box::pin(rx)))
     }
+}
+
+/// Checks the ids of a feedback ack before any is looked at.
+fn check_ack(ack: &pb::FeedbackAck) -> Result<(), String> {
+    use lts_common::limits::{check_count, check_len, MAX_ITEMS_PER_MESSAGE, MAX_JOB_ID_LEN};
+    check_count(
+        "ack.feedback_ids",
+        ack.feedback_ids.len(),
+        MAX_ITEMS_PER_MESSAGE,
+    )?;
+    for (i, id) in ack.feedback_ids.iter().enumerate() {
+        check_len(&format!("ack.feedback_ids[{i}]"), id, MAX_JOB_ID_LEN)?;
+    }
+    Ok(())
 }
 
 /// Lists jobs by the filters of a request; shared by the job and admin

@@ -5,8 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
-use lts_common::{LogEntry, LogKind, Outcome};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use lts_common::limits::{
+    check_count, check_len, check_node_group, MAX_AHEAD_SLOTS, MAX_IDENTITY_LEN,
+    MAX_ITEMS_PER_MESSAGE, MAX_JOB_ID_LEN, MAX_SLOTS,
+};
+use lts_common::{Job, JobState, LogEntry, LogKind, Outcome};
 use lts_proto::v1 as pb;
 use lts_proto::PROTOCOL_VERSION;
 use pb::work_service_server::WorkService;
@@ -42,10 +48,10 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
             h.protocol_version
         )));
     }
-    if h.identity.is_empty() || h.identity.len() > 256 {
-        return Err(Status::invalid_argument(
-            "hello.identity: must be 1 to 256 bytes",
-        ));
+    if h.identity.is_empty() || h.identity.len() > MAX_IDENTITY_LEN {
+        return Err(Status::invalid_argument(format!(
+            "hello.identity: must be 1 to {MAX_IDENTITY_LEN} bytes"
+        )));
     }
     check_node_group(&h.node_group)
         .map_err(|m| Status::invalid_argument(format!("hello.node_group: {m}")))?;
@@ -55,6 +61,12 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
             h.slots
         )));
     }
+    if h.total_slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "hello.total_slots: {} is above {MAX_SLOTS}",
+            h.total_slots
+        )));
+    }
     if h.ahead_slots > MAX_AHEAD_SLOTS {
         return Err(Status::invalid_argument(format!(
             "hello.ahead_slots: {} is above {MAX_AHEAD_SLOTS}",
@@ -62,6 +74,136 @@ pub fn check_hello(h: &pb::Hello) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Checks the lengths and counts of a message from a TaskTracker before
+/// anything of it is looked at or stored. A message that fails ends the
+/// stream with `INVALID_ARGUMENT` naming the field and the limit: the
+/// reference TaskTracker never sends one (it only echoes the tracker's
+/// ids).
+pub fn check_worker_message(m: &pb::WorkerMessage) -> Result<(), Status> {
+    let refuse = |why: String| Err(Status::invalid_argument(why));
+    match &m.kind {
+        Some(Kind::Started(s)) => {
+            if let Err(why) = check_count("started.runs", s.runs.len(), MAX_ITEMS_PER_MESSAGE) {
+                return refuse(why);
+            }
+            for (i, r) in s.runs.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("started.runs[{i}].job_id"),
+                    &r.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        Some(Kind::Outcomes(o)) => {
+            if let Err(why) =
+                check_count("outcomes.reports", o.reports.len(), MAX_ITEMS_PER_MESSAGE)
+            {
+                return refuse(why);
+            }
+            for (i, r) in o.reports.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("outcomes.reports[{i}].job_id"),
+                    &r.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        Some(Kind::BizLogs(b)) => {
+            if let Err(why) = check_count("biz_logs.lines", b.lines.len(), MAX_ITEMS_PER_MESSAGE) {
+                return refuse(why);
+            }
+            for (i, l) in b.lines.iter().enumerate() {
+                if let Err(why) = check_len(
+                    &format!("biz_logs.lines[{i}].job_id"),
+                    &l.job_id,
+                    MAX_JOB_ID_LEN,
+                ) {
+                    return refuse(why);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whose a run is, for a report about it on a stream that was not given
+/// it (see [`classify_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOwner {
+    /// The job runs this attempt on this TaskTracker (same identity and
+    /// node group), handed out on an earlier stream or by another tracker
+    /// of the cluster: its reports are applied.
+    Earlier,
+    /// A run of this node group whose attempt is an earlier one of the
+    /// job (or its current one, no longer running). Unless the job's
+    /// execution log says that attempt was handed to another TaskTracker
+    /// (then it is [`RunOwner::Foreign`]), its log lines are kept, its
+    /// outcome is refused as stale by the store and its start is answered
+    /// with a cancel: a spooled report, sent again after a reconnect or a
+    /// restart of the tracker. (A tracker killed before its store wrote the
+    /// dispatch line leaves no record of whom the attempt went to: such an
+    /// attempt is taken as this TaskTracker's.)
+    Superseded,
+    /// An attempt the job never had (0, or beyond its current one): an
+    /// outcome is refused as stale by the store (and logged there), a
+    /// start is answered with a cancel, log lines are refused.
+    NeverRun,
+    /// Not this stream's to report: an unknown job, a job of another node
+    /// group, or a run another TaskTracker holds. Refused and counted.
+    Foreign(&'static str),
+}
+
+/// Decides whose the run `(job, attempt)` is, for a stream of `identity`
+/// in `node_group` that was not given it. The identity is the one the
+/// stream is allowed to use (see [`stream_identity`]).
+pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt: u32) -> RunOwner {
+    let Some(job) = job else {
+        return RunOwner::Foreign("the job is not known");
+    };
+    if job.spec.task_tracker_node_group != node_group {
+        return RunOwner::Foreign("the job belongs to another node group");
+    }
+    if attempt == 0 || attempt > job.attempt {
+        return RunOwner::NeverRun;
+    }
+    if job.state == JobState::Running && job.attempt == attempt {
+        if job.worker == identity {
+            return RunOwner::Earlier;
+        }
+        return RunOwner::Foreign("the run is assigned to another TaskTracker");
+    }
+    RunOwner::Superseded
+}
+
+/// The identity and node group a stream may act as, from its hello and
+/// the call's metadata and extensions (where a bearer token or the peer's
+/// certificate are found). Today they are the ones its hello names; this
+/// is the one place where credentials are to be checked against them, and
+/// every check of what a stream may report goes by its answer.
+pub fn stream_identity(
+    h: &pb::Hello,
+    _metadata: &tonic::metadata::MetadataMap,
+    _extensions: &tonic::Extensions,
+) -> Result<(String, String), Status> {
+    Ok((h.identity.clone(), h.node_group.clone()))
+}
+
+/// How often refusals of a stream are logged at most; the others in
+/// between are counted and told with the next line.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs refused reports of one stream once per burst.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    quiet: u64,
 }
 
 /// The latest instant a TaskTracker may report: the end of the year 9999
@@ -110,7 +252,7 @@ impl WorkService for WorkApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
@@ -127,6 +269,8 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
+        let (identity, group) = stream_identity(&hello, &metadata, &extensions)?;
+        self.tracker.dispatcher.admit_identity(&identity)?;
         let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
         send_to_worker(
@@ -139,25 +283,27 @@ impl WorkService for WorkApi {
             })),
         );
         let registration = self.tracker.dispatcher.register(
-            &hello.node_group,
-            &hello.identity,
+            &group,
+            &identity,
             hello.slots,
+            hello.total_slots,
             hello.ahead_slots,
             tx.clone(),
         );
         tracing::info!(
-            worker = %hello.identity,
-            node_group = %hello.node_group,
+            worker = %identity,
+            node_group = %group,
             slots = hello.slots,
             ahead_slots = hello.ahead_slots,
             "TaskTracker connected"
         );
         let session = Session {
             tracker: self.tracker.clone(),
-            group: hello.node_group,
-            identity: hello.identity,
+            group,
+            identity,
             conn: registration.conn(),
             tx,
+            refusals: Mutex::new(RefusalLog::default()),
         };
         self.tracker
             .tasks
@@ -172,6 +318,7 @@ struct Session {
     identity: String,
     conn: u64,
     tx: Outbound,
+    refusals: Mutex<RefusalLog>,
 }
 
 impl Session {
@@ -187,6 +334,10 @@ impl Session {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = interval * 3;
         let mut last_heard = tokio::time::Instant::now();
+        // What gRPC had taken from the outbound channel, and since when it
+        // has taken nothing while messages waited there.
+        let mut taken = self.tx.taken();
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         let shutdown = self.tracker.shutdown.clone();
         let t = self.tracker.clone();
         // Heartbeats go out from a task of their own: handling a message
@@ -218,6 +369,13 @@ impl Session {
             tokio::select! {
                 m = inbound.message() => match m {
                     Ok(Some(m)) => {
+                        if let Err(status) = check_worker_message(&m) {
+                            t.metrics.limit_hit("field_length");
+                            tracing::warn!(worker = %self.identity, node_group = %self.group, "refused a message: {}", status.message());
+                            let reason = format!("refused a message: {}", status.message());
+                            self.tx.close(status);
+                            break reason;
+                        }
                         if let Err(e) = self.handle(m).await {
                             // Store trouble: end the stream so the TaskTracker
                             // reconnects and resends what was not acked.
@@ -234,6 +392,25 @@ impl Session {
                     Err(e) => break format!("stream error: {e}"),
                 },
                 _ = ticker.tick() => {
+                    // A TaskTracker that stops reading its stream while it
+                    // goes on sending holds its runs: once nothing was taken
+                    // from its channel for three intervals, with messages
+                    // waiting (its HTTP/2 window is full), it is dropped and
+                    // its runs go to others.
+                    let now_taken = self.tx.taken();
+                    if now_taken != taken || self.tx.unread() == 0 {
+                        taken = now_taken;
+                        stalled_since = None;
+                    } else if stalled_since.get_or_insert_with(tokio::time::Instant::now).elapsed() > silence_limit {
+                        t.metrics.limit_hit("work_not_read");
+                        t.metrics.outbound_dropped.with_label_values(&["work", "peer_not_reading"]).inc();
+                        let why = format!(
+                            "the TaskTracker read nothing of its work stream for {} ms while messages waited; its runs go to other TaskTrackers",
+                            silence_limit.as_millis()
+                        );
+                        self.tx.close(Status::resource_exhausted(why.clone()));
+                        break why;
+                    }
                     if last_heard.elapsed() > silence_limit {
                         self.tx.close(Status::deadline_exceeded(format!(
                             "no message from this TaskTracker for {} ms",
@@ -254,8 +431,11 @@ impl Session {
         let t = &self.tracker;
         match m.kind {
             Some(Kind::Credit(c)) => {
-                t.dispatcher
+                if t.dispatcher
                     .add_credits(&self.group, self.conn, c.credits, c.ahead_credits)
+                {
+                    self.refused_credit(c.credits, c.ahead_credits);
+                }
             }
             Some(Kind::Started(s)) => {
                 let runs: Vec<(String, u32)> =
@@ -269,27 +449,81 @@ impl Session {
                         lts_common::now_ms()
                     }
                 };
-                let mut unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
-                if !unknown.is_empty() {
+                let unknown = t.dispatcher.started(&self.group, self.conn, &runs, at);
+                let owners = self.owners(&unknown).await?;
+                let mut superseded = Vec::new();
+                let mut refused = 0;
+                let accepted: Vec<(String, u32)> = runs
+                    .into_iter()
+                    .filter(|run| match owners.get(run) {
+                        None | Some(RunOwner::Earlier) => true,
+                        Some(RunOwner::Superseded) | Some(RunOwner::NeverRun) => {
+                            superseded.push(run.clone());
+                            false
+                        }
+                        Some(RunOwner::Foreign(why)) => {
+                            refused += 1;
+                            self.refused("started", run, why);
+                            // A job it runs that is not known here must stop.
+                            if *why == "the job is not known" {
+                                superseded.push(run.clone());
+                            }
+                            false
+                        }
+                    })
+                    .collect();
+                self.count_refused("started", refused);
+                let mut accepted = accepted;
+                if !superseded.is_empty() {
                     // Runs going since before a restart of this tracker
                     // are taken back rather than cancelled.
                     let adopted = t
                         .store
-                        .adopt(&unknown, &self.identity, lts_common::now_ms())
+                        .adopt(&superseded, &self.identity, lts_common::now_ms())
                         .await?;
                     if !adopted.is_empty() {
                         t.dispatcher.adopt(&self.group, self.conn, &adopted);
-                        unknown.retain(|run| !adopted.contains(run));
+                        superseded.retain(|run| !adopted.contains(run));
+                        accepted.extend(adopted);
                     }
                 }
-                t.store.started(&runs, &self.identity, at).await?;
-                self.cancel_superseded(unknown).await?;
+                if !accepted.is_empty() {
+                    t.store.started(&accepted, &self.identity, at).await?;
+                }
+                self.cancel_superseded(superseded).await?;
             }
             Some(Kind::Outcomes(o)) => self.outcomes(o.reports).await?,
             Some(Kind::BizLogs(b)) => {
-                let entries = b
+                let runs: Vec<(String, u32)> = b
+                    .lines
+                    .iter()
+                    .map(|l| (l.job_id.clone(), l.attempt))
+                    .collect();
+                let (_, others) = t
+                    .dispatcher
+                    .partition_assigned(&self.group, self.conn, runs);
+                let owners = self.owners(&others).await?;
+                let mut refused = 0;
+                let entries: Vec<LogEntry> = b
                     .lines
                     .into_iter()
+                    .filter(|l| match owners.get(&(l.job_id.clone(), l.attempt)) {
+                        None | Some(RunOwner::Earlier) | Some(RunOwner::Superseded) => true,
+                        Some(RunOwner::NeverRun) => {
+                            refused += 1;
+                            self.refused(
+                                "biz_log",
+                                &(l.job_id.clone(), l.attempt),
+                                "the job never had this attempt",
+                            );
+                            false
+                        }
+                        Some(RunOwner::Foreign(why)) => {
+                            refused += 1;
+                            self.refused("biz_log", &(l.job_id.clone(), l.attempt), why);
+                            false
+                        }
+                    })
                     .map(|l| LogEntry {
                         job_id: l.job_id,
                         at_ms: l.at_unix_ms,
@@ -300,7 +534,10 @@ impl Session {
                         worker: self.identity.clone(),
                     })
                     .collect();
-                t.store.append_logs(entries).await?;
+                self.count_refused("biz_log", refused);
+                if !entries.is_empty() {
+                    t.store.append_logs(entries).await?;
+                }
             }
             Some(Kind::Heartbeat(_)) => {}
             Some(Kind::Hello(_)) => {
@@ -311,6 +548,118 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whose each of `runs` is: runs not assigned on this stream, looked up
+    /// in the store once each.
+    async fn owners(
+        &self,
+        runs: &[(String, u32)],
+    ) -> crate::error::Result<HashMap<(String, u32), RunOwner>> {
+        let mut owners = HashMap::new();
+        let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
+        for (job_id, attempt) in runs {
+            if owners.contains_key(&(job_id.clone(), *attempt)) {
+                continue;
+            }
+            if !jobs.contains_key(job_id) {
+                let job = self.tracker.store.get(job_id).await?;
+                jobs.insert(job_id.clone(), job);
+            }
+            let job = jobs.get(job_id).and_then(Option::as_ref);
+            let mut owner = classify_run(job, &self.group, &self.identity, *attempt);
+            if owner == RunOwner::Superseded && self.handed_to_another(job_id, *attempt).await? {
+                owner = RunOwner::Foreign("the run was handed to another TaskTracker");
+            }
+            owners.insert((job_id.clone(), *attempt), owner);
+        }
+        Ok(owners)
+    }
+
+    /// Whether the execution log of `job_id` says attempt `attempt` was
+    /// handed to a TaskTracker other than this one.
+    async fn handed_to_another(&self, job_id: &str, attempt: u32) -> crate::error::Result<bool> {
+        /// Pages of a job's log looked through at most.
+        const MAX_PAGES: usize = 20;
+        let filter = crate::store::LogFilter {
+            job_id: Some(job_id.to_string()),
+            ..Default::default()
+        };
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let (lines, next) = self
+                .tracker
+                .store
+                .query_logs(&filter, 1000, token.as_deref())
+                .await?;
+            if let Some(l) = lines
+                .iter()
+                .find(|l| l.kind == LogKind::Dispatched && l.attempt == attempt)
+            {
+                return Ok(l.worker != self.identity);
+            }
+            match next {
+                Some(n) => token = Some(n),
+                None => break,
+            }
+        }
+        Ok(false)
+    }
+
+    /// Logs a refused report, at most once per [`REFUSAL_LOG_EVERY`] per
+    /// stream; the ones in between are told as a count with the next line.
+    fn refused(&self, message: &str, run: &(String, u32), why: &str) {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            log.quiet += 1;
+            return;
+        }
+        let quiet = std::mem::take(&mut log.quiet);
+        log.last = Some(now);
+        tracing::warn!(
+            worker = %self.identity,
+            node_group = %self.group,
+            job_id = %run.0,
+            attempt = run.1,
+            refused_since_last_line = quiet,
+            "refused a {message} report for a run this stream was not given: {why}"
+        );
+    }
+
+    /// Logs credit beyond the stream's slots, once per burst like refused
+    /// reports.
+    fn refused_credit(&self, credits: u32, ahead_credits: u32) {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            log.quiet += 1;
+            return;
+        }
+        log.last = Some(now);
+        tracing::warn!(
+            worker = %self.identity,
+            node_group = %self.group,
+            credits,
+            ahead_credits,
+            "credit beyond the slots this stream declared is not kept"
+        );
+    }
+
+    fn count_refused(&self, message: &str, n: u64) {
+        if n > 0 {
+            self.tracker
+                .metrics
+                .refused_runs
+                .with_label_values(&[message])
+                .inc_by(n);
+        }
     }
 
     /// Of runs a TaskTracker started that were not assigned on this
@@ -349,15 +698,30 @@ impl Session {
 
     async fn outcomes(&self, reports: Vec<pb::OutcomeReport>) -> crate::error::Result<()> {
         let t = &self.tracker;
+        let all: Vec<(String, u32)> = reports
+            .iter()
+            .map(|r| (r.job_id.clone(), r.attempt))
+            .collect();
+        let (_, others) = t.dispatcher.partition_assigned(&self.group, self.conn, all);
+        let owners = self.owners(&others).await?;
         let mut acks = Vec::with_capacity(reports.len());
         let mut runs = Vec::with_capacity(reports.len());
         let mut valid = Vec::with_capacity(reports.len());
+        let mut refused = 0;
         for r in reports {
+            // Acknowledged either way: a refused outcome can never be
+            // applied for this stream, so the TaskTracker need not keep it.
             acks.push(pb::RunRef {
                 job_id: r.job_id.clone(),
                 attempt: r.attempt,
             });
-            runs.push((r.job_id.clone(), r.attempt));
+            let run = (r.job_id.clone(), r.attempt);
+            if let Some(RunOwner::Foreign(why)) = owners.get(&run) {
+                refused += 1;
+                self.refused("outcome", &run, why);
+                continue;
+            }
+            runs.push(run);
             let mut outcome = match r.outcome.map(Outcome::try_from) {
                 Some(Ok(o)) => o,
                 Some(Err(e)) => Outcome::Error(format!("the TaskTracker sent a bad outcome: {e}")),
@@ -387,8 +751,13 @@ impl Session {
                 worker: self.identity.clone(),
             });
         }
+        self.count_refused("outcome", refused);
         let kinds: Vec<&'static str> = valid.iter().map(|r| r.outcome.kind()).collect();
-        let results = t.store.complete(valid, lts_common::now_ms()).await?;
+        let results = if valid.is_empty() {
+            Vec::new()
+        } else {
+            t.store.complete(valid, lts_common::now_ms()).await?
+        };
         t.dispatcher.finished(&self.group, self.conn, &runs);
         let mut feedback = Vec::new();
         let mut requeued = false;
@@ -456,6 +825,130 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn running(group: &str, worker: &str, attempt: u32) -> Job {
+        Job {
+            job_id: "j".into(),
+            spec: lts_common::JobSpec::new("t", group),
+            state: JobState::Running,
+            attempt,
+            seq: 1,
+            submitted_at_ms: 0,
+            trigger_at_ms: 0,
+            updated_at_ms: 0,
+            worker: worker.into(),
+            last_outcome: None,
+            failures: 0,
+            cycles: 0,
+        }
+    }
+
+    #[test]
+    fn a_run_is_this_streams_only_when_its_identity_and_group_hold_it() {
+        let job = running("g", "tt-1", 3);
+        assert_eq!(classify_run(Some(&job), "g", "tt-1", 3), RunOwner::Earlier);
+        assert!(matches!(
+            classify_run(Some(&job), "g", "tt-2", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_run(Some(&job), "h", "tt-1", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_run(None, "g", "tt-1", 3),
+            RunOwner::Foreign(_)
+        ));
+        assert_eq!(
+            classify_run(Some(&job), "g", "tt-2", 2),
+            RunOwner::Superseded
+        );
+        for attempt in [0, 4] {
+            assert_eq!(
+                classify_run(Some(&job), "g", "tt-1", attempt),
+                RunOwner::NeverRun
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_ids_are_refused_naming_the_field_and_the_limit() {
+        let m = pb::WorkerMessage {
+            kind: Some(Kind::Outcomes(pb::Outcomes {
+                reports: vec![
+                    pb::OutcomeReport::default(),
+                    pb::OutcomeReport {
+                        job_id: "x".repeat(MAX_JOB_ID_LEN + 1),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let e = check_worker_message(&m).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("outcomes.reports[1].job_id") && e.message().contains("128"),
+            "{}",
+            e.message()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any mix of job id lengths: a message passes exactly when every
+        /// id is within the limit, and a refusal names the first long one.
+        #[test]
+        fn message_checks_accept_exactly_the_messages_within_the_limits(
+            lens in proptest::collection::vec(0usize..300, 0..20),
+            kind in 0u8..3,
+        ) {
+            let ids: Vec<String> = lens.iter().map(|n| "x".repeat(*n)).collect();
+            let m = pb::WorkerMessage {
+                kind: Some(match kind {
+                    0 => Kind::Started(pb::Started {
+                        runs: ids.iter().map(|id| pb::RunRef { job_id: id.clone(), attempt: 1 }).collect(),
+                        at_unix_ms: 0,
+                    }),
+                    1 => Kind::Outcomes(pb::Outcomes {
+                        reports: ids.iter().map(|id| pb::OutcomeReport { job_id: id.clone(), ..Default::default() }).collect(),
+                    }),
+                    _ => Kind::BizLogs(pb::BizLogs {
+                        lines: ids.iter().map(|id| pb::BizLog { job_id: id.clone(), ..Default::default() }).collect(),
+                    }),
+                }),
+            };
+            match lens.iter().position(|n| *n > MAX_JOB_ID_LEN) {
+                None => proptest::prop_assert!(check_worker_message(&m).is_ok()),
+                Some(i) => {
+                    let e = check_worker_message(&m).expect_err("refused");
+                    proptest::prop_assert!(e.message().contains(&format!("[{i}].job_id")), "{}", e.message());
+                }
+            }
+        }
+
+        /// A report is the stream's own (`Earlier`) only for the running
+        /// attempt of a job of its group held by its identity.
+        #[test]
+        fn only_the_holder_of_a_running_attempt_owns_it(
+            same_group in proptest::bool::ANY,
+            same_worker in proptest::bool::ANY,
+            is_running in proptest::bool::ANY,
+            job_attempt in 0u32..4,
+            attempt in 0u32..5,
+        ) {
+            let mut job = running(if same_group { "g" } else { "h" }, if same_worker { "me" } else { "other" }, job_attempt);
+            if !is_running {
+                job.state = JobState::Pending;
+            }
+            let owner = classify_run(Some(&job), "g", "me", attempt);
+            let own = same_group && same_worker && is_running && attempt == job_attempt && attempt > 0;
+            proptest::prop_assert_eq!(owner == RunOwner::Earlier, own);
+            if !same_group {
+                proptest::prop_assert!(matches!(owner, RunOwner::Foreign(_)));
+            }
+        }
+    }
 
     #[test]
     fn absurd_run_times_are_refused_naming_the_field() {

@@ -130,6 +130,7 @@ pub fn hello(identity: &str, group: &str, slots: u32) -> pb::WorkerMessage {
             slots,
             protocol_version: lts_proto::PROTOCOL_VERSION,
             ahead_slots: 0,
+            total_slots: 0,
         })),
     }
 }
