@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
-use lts_tasktracker::runners::{AllowList, NoopRunner, ShellRunner};
+use lts_tasktracker::runners::{AllowList, EnvAllowList, NoopRunner, ShellRunner};
 use lts_tasktracker::{DiskSpool, JobRunner, SpoolLimits, TaskTracker, TaskTrackerConfig};
 
 // Thousands of runs starting at one instant allocate and free their
@@ -75,7 +75,9 @@ struct Cli {
     #[arg(long, env = "TASKTRACKER_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// A program the shell runner may run (repeat the flag, or comma-separate
-    /// in the env var). With none, every shell job is refused.
+    /// in the env var): an absolute path, or a bare name looked up in PATH
+    /// at start. Relative paths and programs that do not exist are errors.
+    /// With none, every shell job is refused.
     #[arg(
         long = "allow",
         value_name = "PROGRAM",
@@ -83,6 +85,18 @@ struct Cli {
         value_delimiter = ','
     )]
     allow: Vec<String>,
+    /// A variable a shell job's `env` may set (repeat the flag, or
+    /// comma-separate in the env var): a name, or a prefix ending in `*`.
+    /// A job setting any other variable fails, naming it. Giving the flag
+    /// replaces the default; give it empty to allow none.
+    /// [default: LANG, LANGUAGE, LC_*, TZ]
+    #[arg(
+        long = "allow-env",
+        value_name = "NAME",
+        env = "TASKTRACKER_ALLOW_ENV",
+        value_delimiter = ','
+    )]
+    allow_env: Option<Vec<String>>,
     /// How jobs run: `shell` runs allow-listed programs named in the job's
     /// payload; `noop` succeeds at once (benchmarks).
     #[arg(long, env = "TASKTRACKER_RUNNER", value_enum, default_value_t = RunnerKind::Shell)]
@@ -188,7 +202,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned());
+    let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned())
+        .context("invalid config")?;
+    let allow_env = match &cli.allow_env {
+        None => EnvAllowList::default(),
+        Some(names) => EnvAllowList::new(names.iter().filter(|n| !n.trim().is_empty()).cloned())
+            .context("invalid config")?,
+    };
     if cli.check_config {
         println!("config is valid");
         match &zookeeper {
@@ -206,7 +226,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("  ahead:      {}", config.ahead_slots);
         println!("  identity:   {}", config.identity);
         println!("  runner:     {:?}", cli.runner);
-        println!("  allow:      {}", allow.names().join(", "));
+        let programs: Vec<String> = allow
+            .entries()
+            .map(|(name, file)| {
+                if Some(name) == file.to_str() {
+                    name.to_string()
+                } else {
+                    format!("{name} ({})", file.display())
+                }
+            })
+            .collect();
+        if programs.is_empty() {
+            println!("  allow:      none (every shell job is refused)");
+        } else {
+            println!("  allow:      {}", programs.join(", "));
+        }
+        if allow_env.entries().is_empty() {
+            println!("  allow env:  none");
+        } else {
+            println!("  allow env:  {}", allow_env.entries().join(", "));
+        }
         match &cli.spool_dir {
             Some(dir) => println!(
                 "  spool:      {} (at most {} entries, {} bytes)",
@@ -227,7 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if allow.is_empty() {
                 tracing::warn!("no --allow given: every shell job will fail as not allowed");
             }
-            Arc::new(ShellRunner::new(allow))
+            Arc::new(ShellRunner::new(allow).with_allowed_env(allow_env))
         }
         RunnerKind::Noop => Arc::new(NoopRunner),
     };

@@ -4,8 +4,10 @@
 //!   named in the job's payload.
 //! - [`noop::NoopRunner`] succeeds at once; for benchmarks and smoke tests.
 
+pub mod allow;
 pub mod noop;
 pub mod shell;
 
+pub use allow::{AllowList, EnvAllowList};
 pub use noop::NoopRunner;
-pub use shell::{AllowList, ShellJob, ShellRunner};
+pub use shell::{ShellJob, ShellRunner};
