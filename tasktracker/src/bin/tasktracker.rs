@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
-use lts_tasktracker::runners::{AllowList, EnvAllowList, NoopRunner, ShellRunner};
+use lts_tasktracker::runners::{
+    AllowList, EnvAllowList, JobGuard, NoopRunner, RunningJobs, ShellRunner,
+};
 use lts_tasktracker::{DiskSpool, JobRunner, SpoolLimits, TaskTracker, TaskTrackerConfig};
 
 // Thousands of runs starting at one instant allocate and free their
@@ -160,11 +162,31 @@ enum RunnerKind {
     Noop,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli: Cli = lts_common::config::parse_with_file();
     init_tracing(cli.log_format);
-    match run(cli).await {
+    // Forked while this process has one thread: before the runtime.
+    let guard = match (cli.runner, cli.check_config) {
+        (RunnerKind::Shell, false) => match JobGuard::start() {
+            Ok(guard) => Some(Arc::new(guard)),
+            Err(e) => {
+                tracing::warn!(
+                    "no job guard ({e}): if this TaskTracker is killed, its jobs' processes \
+                     keep running"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, guard)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -173,7 +195,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
     let node_group = cli
         .node_group
         .clone()
@@ -261,26 +283,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Opened before the runner looks at the jobs a previous TaskTracker on
+    // this spool left: the spool's lock says no other one uses it now.
+    let spool = match cli.spool_dir.clone() {
+        Some(dir) => {
+            // Opening reads the whole spool: off the runtime's threads.
+            let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
+                .await
+                .context("opening the spool")??;
+            tracing::info!(
+                "outcome spool at {} ({} outcomes to deliver)",
+                spool.dir().display(),
+                lts_tasktracker::OutcomeSpool::len(&spool)
+            );
+            Some(spool)
+        }
+        None => None,
+    };
     let runner: Arc<dyn JobRunner> = match cli.runner {
         RunnerKind::Shell => {
             if allow.is_empty() {
                 tracing::warn!("no --allow given: every shell job will fail as not allowed");
             }
-            Arc::new(ShellRunner::new(allow).with_allowed_env(allow_env))
+            let mut shell = ShellRunner::new(allow).with_allowed_env(allow_env);
+            if let Some(guard) = guard {
+                guard.watch().context("watching the job guard")?;
+                tracing::info!(
+                    pid = guard.pid(),
+                    "job guard started: jobs' processes end with this TaskTracker"
+                );
+                shell = shell.with_job_guard(guard);
+            }
+            if let Some(dir) = &cli.spool_dir {
+                let running = RunningJobs::open(dir.join("running-jobs"))
+                    .with_context(|| format!("cannot use {}", dir.display()))?;
+                report_left_overs(&running)?;
+                shell = shell.with_running_jobs(running);
+            }
+            Arc::new(shell)
         }
         RunnerKind::Noop => Arc::new(NoopRunner),
     };
     let mut tracker = TaskTracker::new(config, runner)?;
-    if let Some(dir) = cli.spool_dir.clone() {
-        // Opening reads the whole spool: off the runtime's threads.
-        let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
-            .await
-            .context("opening the spool")??;
-        tracing::info!(
-            "outcome spool at {} ({} outcomes to deliver)",
-            spool.dir().display(),
-            lts_tasktracker::OutcomeSpool::len(&spool)
-        );
+    if let Some(spool) = spool {
         tracker = tracker.with_spool(Box::new(spool));
     }
     let cluster = match zookeeper {
@@ -322,4 +367,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cluster.close().await;
     }
     result.context("TaskTracker stopped")
+}
+
+/// Says which jobs of a previous TaskTracker on this spool still run: they
+/// may run beside the new attempts of their jobs.
+fn report_left_overs(running: &RunningJobs) -> anyhow::Result<()> {
+    let left = running
+        .take_left_overs()
+        .with_context(|| format!("cannot read {}", running.dir().display()))?;
+    for job in &left {
+        tracing::warn!(
+            pgid = job.pgid,
+            "a previous TaskTracker on this spool left a job running: {} (process group {}); \
+             it may run beside the job's next attempt. Stop it with `kill -TERM -{}` if it \
+             should not",
+            job.job,
+            job.pgid,
+            job.pgid
+        );
+    }
+    Ok(())
 }

@@ -43,7 +43,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use std::sync::Arc;
+
 use super::allow::{AllowList, EnvAllowList};
+use super::guard::{register_self, JobGuard, RunningJobs};
 use crate::runner::{BizLogger, JobContext, JobRunner};
 
 /// After the program exits, how long to keep reading output that is still
@@ -59,6 +62,8 @@ pub struct ShellRunner {
     /// `HOME`, `USER` and `LOGNAME` of the user programs run as.
     user_env: Vec<(&'static str, String)>,
     kill_grace: Duration,
+    guard: Option<Arc<JobGuard>>,
+    running: Option<RunningJobs>,
 }
 
 impl ShellRunner {
@@ -71,7 +76,23 @@ impl ShellRunner {
             allow_env: EnvAllowList::default(),
             user_env: user_env(nix::unistd::getuid()),
             kill_grace: Duration::from_secs(1),
+            guard: None,
+            running: None,
         }
+    }
+
+    /// Each job's process group is listed with `guard` before its program
+    /// starts, so it is killed when this process ends, however it ends.
+    pub fn with_job_guard(mut self, guard: Arc<JobGuard>) -> ShellRunner {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// A file per running job in `running`, so that a TaskTracker starting
+    /// after this one can tell whether jobs of this one still run.
+    pub fn with_running_jobs(mut self, running: RunningJobs) -> ShellRunner {
+        self.running = Some(running);
+        self
     }
 
     /// The variables a job's `env` may set (`--allow-env`); a job setting
@@ -139,6 +160,18 @@ impl JobRunner for ShellRunner {
         if let Some(cwd) = &shell_job.cwd {
             command.current_dir(cwd);
         }
+        if let Some(guard) = &self.guard {
+            let fd = guard.fd();
+            // SAFETY: `register_self` is async-signal-safe, as code between
+            // fork and exec must be.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(move || {
+                    register_self(fd);
+                    Ok(())
+                });
+            }
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -160,7 +193,15 @@ impl JobRunner for ShellRunner {
         };
         let group = GroupGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
+            guard: self.guard.clone(),
+            running: self.running.clone(),
         };
+        if let (Some(running), Some(pgid)) = (&self.running, group.pgid) {
+            running.add(
+                pgid.as_raw(),
+                &format!("{} {} {}", ctx.job.job_id, ctx.attempt, file.display()),
+            );
+        }
         let mut stdout = LinePump::new(child.stdout.take(), LogLevel::Info);
         let mut stderr = LinePump::new(child.stderr.take(), LogLevel::Warn);
         let log = &ctx.log;
@@ -269,6 +310,8 @@ fn describe(status: ExitStatus) -> String {
 /// its pipes open.
 struct GroupGuard {
     pgid: Option<Pid>,
+    guard: Option<Arc<JobGuard>>,
+    running: Option<RunningJobs>,
 }
 
 impl GroupGuard {
@@ -283,6 +326,14 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
+        if let Some(pgid) = self.pgid {
+            if let Some(guard) = &self.guard {
+                guard.forget(pgid);
+            }
+            if let Some(running) = &self.running {
+                running.remove(pgid.as_raw());
+            }
+        }
     }
 }
 
