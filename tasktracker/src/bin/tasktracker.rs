@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
 use lts_tasktracker::runners::{
-    AllowList, EnvAllowList, JobGuard, NoopRunner, RunningJobs, ShellRunner,
+    AllowList, EnvAllowList, JobGuard, NoopRunner, RunAs, RunningJobs, ShellRunner,
 };
 use lts_tasktracker::{DiskSpool, JobRunner, SpoolLimits, TaskTracker, TaskTrackerConfig};
 
@@ -99,6 +99,11 @@ struct Cli {
         value_delimiter = ','
     )]
     allow_env: Option<Vec<String>>,
+    /// Run shell jobs as this user (a name or a uid): its uid, its primary
+    /// group only, its HOME. Needs the TaskTracker to run as root. Without
+    /// it, jobs run as the TaskTracker's own user.
+    #[arg(long, value_name = "USER", env = "TASKTRACKER_RUN_AS")]
+    run_as: Option<String>,
     /// How jobs run: `shell` runs allow-listed programs named in the job's
     /// payload; `noop` succeeds at once (benchmarks).
     #[arg(long, env = "TASKTRACKER_RUNNER", value_enum, default_value_t = RunnerKind::Shell)]
@@ -231,6 +236,10 @@ async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
         Some(names) => EnvAllowList::new(names.iter().filter(|n| !n.trim().is_empty()).cloned())
             .context("invalid config")?,
     };
+    let run_as = match &cli.run_as {
+        Some(user) => Some(RunAs::lookup(user).context("invalid config")?),
+        None => None,
+    };
     if cli.check_config {
         println!("config is valid");
         match &zookeeper {
@@ -262,6 +271,16 @@ async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
             println!("  allow:      none (every shell job is refused)");
         } else {
             println!("  allow:      {}", programs.join(", "));
+        }
+        match &run_as {
+            Some(user) => {
+                let (uid, gid) = user.ids();
+                println!("  run as:     {} (uid {uid}, gid {gid})", user.name());
+            }
+            None => println!(
+                "  run as:     the TaskTracker's user (uid {})",
+                nix::unistd::geteuid()
+            ),
         }
         if allow_env.entries().is_empty() {
             println!("  allow env:  none");
@@ -305,7 +324,21 @@ async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
             if allow.is_empty() {
                 tracing::warn!("no --allow given: every shell job will fail as not allowed");
             }
+            let allows_some = !allow.is_empty();
             let mut shell = ShellRunner::new(allow).with_allowed_env(allow_env);
+            match run_as {
+                Some(user) => {
+                    tracing::info!("shell jobs run as user {}", user.name());
+                    shell = shell.with_run_as(user);
+                }
+                None if nix::unistd::geteuid().is_root() && allows_some => {
+                    tracing::warn!(
+                        "shell jobs run as root, this TaskTracker's user; give --run-as USER \
+                         to run them as another"
+                    );
+                }
+                None => {}
+            }
             if let Some(guard) = guard {
                 guard.watch().context("watching the job guard")?;
                 tracing::info!(

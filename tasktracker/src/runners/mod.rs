@@ -12,4 +12,4 @@ pub mod shell;
 pub use allow::{AllowList, EnvAllowList};
 pub use guard::{JobGuard, RunningJobs};
 pub use noop::NoopRunner;
-pub use shell::{ShellJob, ShellRunner};
+pub use shell::{RunAs, ShellJob, ShellRunner};

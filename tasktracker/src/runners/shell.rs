@@ -64,6 +64,58 @@ pub struct ShellRunner {
     kill_grace: Duration,
     guard: Option<Arc<JobGuard>>,
     running: Option<RunningJobs>,
+    run_as: Option<RunAs>,
+}
+
+/// The user jobs run as (`--run-as`), looked up when the TaskTracker
+/// starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+impl RunAs {
+    /// Looks `user` (a name, or a numeric uid) up in the user database. An
+    /// unknown user is an error naming it, and so is one other than this
+    /// process's own when this process cannot switch users (it does not run
+    /// as root).
+    pub fn lookup(user: &str) -> crate::Result<RunAs> {
+        let config = |message: String| crate::Error::Config {
+            field: "--run-as",
+            message,
+        };
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
+        }
+        .map_err(|e| config(format!("cannot look `{user}` up: {e}")))?
+        .ok_or_else(|| config(format!("there is no user `{user}` on this host")))?;
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && found.uid != me {
+            return Err(config(format!(
+                "running jobs as `{user}` needs this TaskTracker to run as root; it runs as uid {me}"
+            )));
+        }
+        Ok(RunAs {
+            name: found.name,
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+            home: found.dir.display().to_string(),
+        })
+    }
+
+    /// The user's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The user's id and primary group id.
+    pub fn ids(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
 }
 
 impl ShellRunner {
@@ -78,7 +130,20 @@ impl ShellRunner {
             kill_grace: Duration::from_secs(1),
             guard: None,
             running: None,
+            run_as: None,
         }
+    }
+
+    /// Programs run as `user`: its uid and primary group, no supplementary
+    /// groups, its `HOME`; the job's `cwd` is entered as that user.
+    pub fn with_run_as(mut self, user: RunAs) -> ShellRunner {
+        self.user_env = vec![
+            ("HOME", user.home.clone()),
+            ("USER", user.name.clone()),
+            ("LOGNAME", user.name.clone()),
+        ];
+        self.run_as = Some(user);
+        self
     }
 
     /// Each job's process group is listed with `guard` before its program
@@ -159,6 +224,11 @@ impl JobRunner for ShellRunner {
             .kill_on_drop(true);
         if let Some(cwd) = &shell_job.cwd {
             command.current_dir(cwd);
+        }
+        if let Some(user) = &self.run_as {
+            // Switched between fork and exec, before the `cwd` is entered;
+            // the supplementary groups are dropped with the switch.
+            command.gid(user.gid).uid(user.uid);
         }
         if let Some(guard) = &self.guard {
             let fd = guard.fd();
@@ -644,6 +714,61 @@ mod tests {
         let (outcome, logs) = run(&runner, job).await;
         assert_eq!(outcome, Outcome::Success("exit status 0".into()));
         assert_eq!(logs, vec![(LogLevel::Info, "hi fast".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn run_as_switches_user_and_group_drops_the_others_and_sets_home() {
+        if !nix::unistd::geteuid().is_root() {
+            // Only root may switch: another user is refused naming the flag.
+            let e = RunAs::lookup("nobody").unwrap_err().to_string();
+            assert!(e.starts_with("--run-as:") && e.contains("root"), "{e}");
+            return;
+        }
+        let nobody = RunAs::lookup("nobody").unwrap();
+        let (uid, gid) = nobody.ids();
+        let script = "echo \"$(id -u) $(id -g) $(id -G) $HOME $USER\"";
+        let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", script]}));
+        let runner = runner(&["sh"]).with_run_as(nobody.clone());
+        let (outcome, logs) = run(&runner, job).await;
+        assert_eq!(
+            outcome,
+            Outcome::Success("exit status 0".into()),
+            "{logs:?}"
+        );
+        let home = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .unwrap()
+            .dir
+            .display()
+            .to_string();
+        assert_eq!(
+            logs,
+            vec![(LogLevel::Info, format!("{uid} {gid} {gid} {home} nobody"))]
+        );
+
+        // The job's cwd is entered as that user: a directory only root may
+        // enter is refused.
+        let private = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let job = shell_job(
+            serde_json::json!({"program": "sh", "args": ["-c", "pwd"], "cwd": private.path()}),
+        );
+        let (outcome, logs) = run(&runner, job).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("Permission denied")),
+            "{outcome:?} {logs:?}"
+        );
+    }
+
+    #[test]
+    fn run_as_an_unknown_user_is_an_error_naming_it() {
+        let e = RunAs::lookup("no-such-user-here").unwrap_err().to_string();
+        assert!(e.starts_with("--run-as:"), "{e}");
+        assert!(e.contains("no user `no-such-user-here`"), "{e}");
+        let me = nix::unistd::geteuid();
+        let own = RunAs::lookup(&me.to_string()).unwrap();
+        assert_eq!(own.ids().0, me.as_raw());
     }
 
     #[tokio::test]
