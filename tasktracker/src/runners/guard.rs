@@ -322,6 +322,17 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     #[test]
+    fn the_guard_is_refused_once_the_process_has_threads() {
+        // The test harness runs tests on threads of its own.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let e = JobGuard::start().unwrap_err().to_string();
+                assert!(e.contains("before any thread"), "{e}");
+            });
+        });
+    }
+
+    #[test]
     fn start_time_reads_this_process() {
         let me = std::process::id() as i32;
         assert!(start_time(me).is_some());
