@@ -46,7 +46,7 @@ use nix::unistd::Pid;
 pub struct JobGuard {
     /// The write end of the guard's pipe; close-on-exec, so jobs' programs
     /// do not keep it.
-    pipe: std::fs::File,
+    pipe: std::io::PipeWriter,
     pid: Pid,
     /// Set once this side lets the guard go, so its exit is expected.
     closing: Arc<AtomicBool>,
@@ -77,13 +77,14 @@ impl JobGuard {
                 "the job guard must be started before any thread (this process has {threads})"
             )));
         }
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Both ends are close-on-exec.
+        let (read, write) = std::io::pipe()?;
         // SAFETY: the process has one thread (checked above), so the child
         // is a full copy that may run any code.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
                 drop(write);
-                let code = serve(read);
+                let code = serve(OwnedFd::from(read));
                 // Not `process::exit`: that would flush output the parent
                 // had buffered at the fork a second time.
                 // SAFETY: _exit ends the process at once; nothing runs after.
@@ -92,7 +93,7 @@ impl JobGuard {
             nix::unistd::ForkResult::Parent { child } => {
                 drop(read);
                 Ok(JobGuard {
-                    pipe: std::fs::File::from(write),
+                    pipe: write,
                     pid: child,
                     closing: Arc::new(AtomicBool::new(false)),
                 })
