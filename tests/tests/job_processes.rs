@@ -96,13 +96,14 @@ impl Setup {
             &self.program.display().to_string(),
             &pids.display().to_string(),
         ])?;
-        let logs = self.cluster.logs();
+        let cluster = &self.cluster;
         wait_until(WAIT, "the job to record its pids", || {
             let text = std::fs::read_to_string(&pids).unwrap_or_default();
             let mut words = text.split_whitespace().map(str::parse::<i32>);
             let found = match (words.next(), words.next()) {
                 (Some(Ok(shell)), Some(Ok(sleep))) => Ok((shell, sleep)),
-                _ => Err(format!("{text:?}\n{logs}")),
+                // The processes' logs as they are now, to tell why not.
+                _ => Err(format!("{text:?}\n{}", cluster.logs())),
             };
             async move { Ok(found) }
         })
