@@ -28,7 +28,9 @@ pub struct ShellJob {
     /// Arguments, passed as they are (no shell, no globbing).
     #[serde(default)]
     pub args: Vec<String>,
-    /// Environment of the program, besides PATH.
+    /// Variables for the program. A TaskTracker passes only the names on its
+    /// environment allow-list (`--allow-env`) and refuses a job setting any
+    /// other; it sets `PATH`, `HOME`, `USER`, `LOGNAME` and `LTS_*` itself.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory; the TaskTracker's own when absent.

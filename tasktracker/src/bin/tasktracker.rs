@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use lts_cluster::{Cluster, ZkConfig};
 use lts_common::runtime::{init_tracing, shutdown_signal, LogFormat};
-use lts_tasktracker::runners::{AllowList, NoopRunner, ShellRunner};
+use lts_tasktracker::runners::{
+    AllowList, EnvAllowList, JobGuard, NoopRunner, RunAs, RunningJobs, ShellRunner,
+};
 use lts_tasktracker::{DiskSpool, JobRunner, SpoolLimits, TaskTracker, TaskTrackerConfig};
 
 // Thousands of runs starting at one instant allocate and free their
@@ -75,7 +77,9 @@ struct Cli {
     #[arg(long, env = "TASKTRACKER_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// A program the shell runner may run (repeat the flag, or comma-separate
-    /// in the env var). With none, every shell job is refused.
+    /// in the env var): an absolute path, or a bare name looked up in PATH
+    /// at start. Relative paths and programs that do not exist are errors.
+    /// With none, every shell job is refused.
     #[arg(
         long = "allow",
         value_name = "PROGRAM",
@@ -83,6 +87,23 @@ struct Cli {
         value_delimiter = ','
     )]
     allow: Vec<String>,
+    /// A variable a shell job's `env` may set (repeat the flag, or
+    /// comma-separate in the env var): a name, or a prefix ending in `*`.
+    /// A job setting any other variable fails, naming it. Giving the flag
+    /// replaces the default; give it empty to allow none.
+    /// [default: LANG, LANGUAGE, LC_*, TZ]
+    #[arg(
+        long = "allow-env",
+        value_name = "NAME",
+        env = "TASKTRACKER_ALLOW_ENV",
+        value_delimiter = ','
+    )]
+    allow_env: Option<Vec<String>>,
+    /// Run shell jobs as this user (a name or a uid): its uid, its primary
+    /// group only, its HOME. Needs the TaskTracker to run as root. Without
+    /// it, jobs run as the TaskTracker's own user.
+    #[arg(long, value_name = "USER", env = "TASKTRACKER_RUN_AS")]
+    run_as: Option<String>,
     /// How jobs run: `shell` runs allow-listed programs named in the job's
     /// payload; `noop` succeeds at once (benchmarks).
     #[arg(long, env = "TASKTRACKER_RUNNER", value_enum, default_value_t = RunnerKind::Shell)]
@@ -146,11 +167,31 @@ enum RunnerKind {
     Noop,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli: Cli = lts_common::config::parse_with_file();
     init_tracing(cli.log_format);
-    match run(cli).await {
+    // Forked while this process has one thread: before the runtime.
+    let guard = match (cli.runner, cli.check_config) {
+        (RunnerKind::Shell, false) => match JobGuard::start() {
+            Ok(guard) => Some(Arc::new(guard)),
+            Err(e) => {
+                tracing::warn!(
+                    "no job guard ({e}): if this TaskTracker is killed, its jobs' processes \
+                     keep running"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, guard)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -159,7 +200,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
     let node_group = cli
         .node_group
         .clone()
@@ -188,7 +229,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned());
+    let allow = AllowList::new(cli.allow.iter().filter(|p| !p.trim().is_empty()).cloned())
+        .context("invalid config")?;
+    let allow_env = match &cli.allow_env {
+        None => EnvAllowList::default(),
+        Some(names) => EnvAllowList::new(names.iter().filter(|n| !n.trim().is_empty()).cloned())
+            .context("invalid config")?,
+    };
+    let run_as = match &cli.run_as {
+        Some(user) => Some(RunAs::lookup(user).context("invalid config")?),
+        None => None,
+    };
     if cli.check_config {
         println!("config is valid");
         match &zookeeper {
@@ -206,7 +257,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("  ahead:      {}", config.ahead_slots);
         println!("  identity:   {}", config.identity);
         println!("  runner:     {:?}", cli.runner);
-        println!("  allow:      {}", allow.names().join(", "));
+        let programs: Vec<String> = allow
+            .entries()
+            .map(|(name, file)| {
+                if Some(name) == file.to_str() {
+                    name.to_string()
+                } else {
+                    format!("{name} ({})", file.display())
+                }
+            })
+            .collect();
+        if programs.is_empty() {
+            println!("  allow:      none (every shell job is refused)");
+        } else {
+            println!("  allow:      {}", programs.join(", "));
+        }
+        match &run_as {
+            Some(user) => {
+                let (uid, gid) = user.ids();
+                println!("  run as:     {} (uid {uid}, gid {gid})", user.name());
+            }
+            None => println!(
+                "  run as:     the TaskTracker's user (uid {})",
+                nix::unistd::geteuid()
+            ),
+        }
+        if allow_env.entries().is_empty() {
+            println!("  allow env:  none");
+        } else {
+            println!("  allow env:  {}", allow_env.entries().join(", "));
+        }
         match &cli.spool_dir {
             Some(dir) => println!(
                 "  spool:      {} (at most {} entries, {} bytes)",
@@ -222,26 +302,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Opened before the runner looks at the jobs a previous TaskTracker on
+    // this spool left: the spool's lock says no other one uses it now.
+    let spool = match cli.spool_dir.clone() {
+        Some(dir) => {
+            // Opening reads the whole spool: off the runtime's threads.
+            let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
+                .await
+                .context("opening the spool")??;
+            tracing::info!(
+                "outcome spool at {} ({} outcomes to deliver)",
+                spool.dir().display(),
+                lts_tasktracker::OutcomeSpool::len(&spool)
+            );
+            Some(spool)
+        }
+        None => None,
+    };
     let runner: Arc<dyn JobRunner> = match cli.runner {
         RunnerKind::Shell => {
             if allow.is_empty() {
                 tracing::warn!("no --allow given: every shell job will fail as not allowed");
             }
-            Arc::new(ShellRunner::new(allow))
+            let allows_some = !allow.is_empty();
+            let mut shell = ShellRunner::new(allow).with_allowed_env(allow_env);
+            match run_as {
+                Some(user) => {
+                    tracing::info!("shell jobs run as user {}", user.name());
+                    shell = shell.with_run_as(user);
+                }
+                None if nix::unistd::geteuid().is_root() && allows_some => {
+                    tracing::warn!(
+                        "shell jobs run as root, this TaskTracker's user; give --run-as USER \
+                         to run them as another"
+                    );
+                }
+                None => {}
+            }
+            if let Some(guard) = guard {
+                guard.watch().context("watching the job guard")?;
+                tracing::info!(
+                    pid = guard.pid(),
+                    "job guard started: jobs' processes end with this TaskTracker"
+                );
+                shell = shell.with_job_guard(guard);
+            }
+            if let Some(dir) = &cli.spool_dir {
+                let running = RunningJobs::open(dir.join("running-jobs"))
+                    .with_context(|| format!("cannot use {}", dir.display()))?;
+                report_left_overs(&running)?;
+                shell = shell.with_running_jobs(running);
+            }
+            Arc::new(shell)
         }
         RunnerKind::Noop => Arc::new(NoopRunner),
     };
     let mut tracker = TaskTracker::new(config, runner)?;
-    if let Some(dir) = cli.spool_dir.clone() {
-        // Opening reads the whole spool: off the runtime's threads.
-        let spool = tokio::task::spawn_blocking(move || DiskSpool::open(&dir, limits))
-            .await
-            .context("opening the spool")??;
-        tracing::info!(
-            "outcome spool at {} ({} outcomes to deliver)",
-            spool.dir().display(),
-            lts_tasktracker::OutcomeSpool::len(&spool)
-        );
+    if let Some(spool) = spool {
         tracker = tracker.with_spool(Box::new(spool));
     }
     let cluster = match zookeeper {
@@ -283,4 +400,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cluster.close().await;
     }
     result.context("TaskTracker stopped")
+}
+
+/// Says which jobs of a previous TaskTracker on this spool still run: they
+/// may run beside the new attempts of their jobs.
+fn report_left_overs(running: &RunningJobs) -> anyhow::Result<()> {
+    let left = running
+        .take_left_overs()
+        .with_context(|| format!("cannot read {}", running.dir().display()))?;
+    for job in &left {
+        tracing::warn!(
+            pgid = job.pgid,
+            "a previous TaskTracker on this spool left a job running: {} (process group {}); \
+             it may run beside the job's next attempt. Stop it with `kill -TERM -{}` if it \
+             should not",
+            job.job,
+            job.pgid,
+            job.pgid
+        );
+    }
+    Ok(())
 }

@@ -4,8 +4,12 @@
 //!   named in the job's payload.
 //! - [`noop::NoopRunner`] succeeds at once; for benchmarks and smoke tests.
 
+pub mod allow;
+pub mod guard;
 pub mod noop;
 pub mod shell;
 
+pub use allow::{AllowList, EnvAllowList};
+pub use guard::{JobGuard, RunningJobs};
 pub use noop::NoopRunner;
-pub use shell::{AllowList, ShellJob, ShellRunner};
+pub use shell::{RunAs, ShellJob, ShellRunner};

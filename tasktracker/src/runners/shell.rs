@@ -11,15 +11,18 @@
 //! are read instead. [`ShellJob`] (shared with the CLI, which writes it)
 //! reads both forms.
 //!
-//! The program runs only if it is on the [`AllowList`]: its name as the job
-//! gives it equals an entry, or both resolve to the same file. There is no
-//! shell: the resolved file is executed directly with the given arguments,
-//! in its own process group, stdin from `/dev/null`, and an environment of
-//! the job's `env` plus the TaskTracker's `PATH` and the run's identity
-//! (`LTS_JOB_ID`, `LTS_TASK_ID`, `LTS_ATTEMPT`, `LTS_NODE_GROUP`), and
-//! nothing else. A job may not set `PATH`, `LTS_*` or the loader variables
-//! `LD_*` / `DYLD_*`: those would change which code an allowed name runs,
-//! or what the program is told about its run.
+//! The program runs only if it is on the [`AllowList`] (`--allow`): its
+//! canonical file is the file of an entry, resolved when the TaskTracker
+//! started (a job's `cwd` cannot change what an entry means). There is no
+//! shell: that file is executed directly with the given arguments, in its
+//! own process group, stdin from `/dev/null`, and an environment of:
+//! the TaskTracker's `PATH`; `HOME`, `USER` and `LOGNAME` of the user the
+//! program runs as; the run's identity (`LTS_JOB_ID`, `LTS_TASK_ID`,
+//! `LTS_ATTEMPT`, `LTS_NODE_GROUP`); and the job's `env`, whose every name
+//! must be on the [`EnvAllowList`] (`--allow-env`, by default the locale
+//! and `TZ`). Nothing else. A job setting any other variable fails,
+//! naming it: `BASH_ENV`, `PYTHONPATH` and their kin would make an allowed
+//! program run the job's code.
 //!
 //! Every line on stdout goes to the job's log at info level, every line on
 //! stderr at warn level. Exit status 0 is success; another status is an
@@ -29,8 +32,6 @@
 //! then SIGKILL after the kill grace. A job the runner refuses (a program
 //! not allowed, a malformed payload) fails permanently.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -42,129 +43,133 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use std::sync::Arc;
+
+use super::allow::{AllowList, EnvAllowList};
+use super::guard::{register_self, JobGuard, RunningJobs};
 use crate::runner::{BizLogger, JobContext, JobRunner};
 
-/// PATH for programs when the TaskTracker itself has none.
-const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// After the program exits, how long to keep reading output that is still
 /// in the pipes. A background child that inherited them could hold them
 /// open forever.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
-/// The programs a TaskTracker may run, as the operator named them (`--allow`).
-#[derive(Clone, Debug, Default)]
-pub struct AllowList {
-    names: Vec<String>,
-    files: HashSet<PathBuf>,
-    search_path: String,
-}
-
-impl AllowList {
-    /// Allows `programs`: names looked up in PATH, or paths. Each is also
-    /// resolved to its file now, so a job may name the same file another
-    /// way (`/usr/bin/echo` for `echo`).
-    pub fn new<I, S>(programs: I) -> AllowList
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let search_path = std::env::var("PATH")
-            .ok()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| FALLBACK_PATH.to_string());
-        let names: Vec<String> = programs.into_iter().map(Into::into).collect();
-        let files = names
-            .iter()
-            .filter_map(|name| resolve(name, None, &search_path))
-            .collect();
-        AllowList {
-            names,
-            files,
-            search_path,
-        }
-    }
-
-    /// The programs as given.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// Whether nothing is allowed.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// The file to execute for `program` if it is allowed. `Err` says why
-    /// not, for the job's outcome.
-    fn permit(&self, program: &str, cwd: Option<&Path>) -> Result<PathBuf, Refusal> {
-        let file = resolve(program, cwd, &self.search_path);
-        let by_name = self.names.iter().any(|n| n == program);
-        let by_file = file.as_ref().is_some_and(|f| self.files.contains(f));
-        if !(by_name || by_file) {
-            let allowed = if self.names.is_empty() {
-                "none".to_string()
-            } else {
-                self.names.join(", ")
-            };
-            return Err(Refusal::NotAllowed(format!(
-                "program `{program}` is not on this TaskTracker's allow-list (--allow); \
-                 allowed: {allowed}"
-            )));
-        }
-        file.ok_or_else(|| {
-            Refusal::NotFound(format!(
-                "program `{program}` is allowed but was not found (PATH is {})",
-                self.search_path
-            ))
-        })
-    }
-}
-
-enum Refusal {
-    NotAllowed(String),
-    NotFound(String),
-}
-
-/// The canonical file `program` names: a path (relative to `cwd` when
-/// given), or a name searched in `search_path`.
-fn resolve(program: &str, cwd: Option<&Path>, search_path: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let path = match cwd {
-            Some(cwd) if Path::new(program).is_relative() => cwd.join(program),
-            _ => PathBuf::from(program),
-        };
-        return std::fs::canonicalize(path)
-            .ok()
-            .filter(|p| is_executable(p));
-    }
-    search_path
-        .split(':')
-        .filter(|dir| !dir.is_empty())
-        .map(|dir| Path::new(dir).join(program))
-        .find(|candidate| is_executable(candidate))
-        .and_then(|found| std::fs::canonicalize(found).ok())
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Runs allow-listed programs; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct ShellRunner {
     allow: AllowList,
+    allow_env: EnvAllowList,
+    /// `HOME`, `USER` and `LOGNAME` of the user programs run as.
+    user_env: Vec<(&'static str, String)>,
     kill_grace: Duration,
+    guard: Option<Arc<JobGuard>>,
+    running: Option<RunningJobs>,
+    run_as: Option<RunAs>,
+}
+
+/// The user jobs run as (`--run-as`), looked up when the TaskTracker
+/// starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+impl RunAs {
+    /// Looks `user` (a name, or a numeric uid) up in the user database. An
+    /// unknown user is an error naming it, and so is one other than this
+    /// process's own when this process cannot switch users (it does not run
+    /// as root).
+    pub fn lookup(user: &str) -> crate::Result<RunAs> {
+        let config = |message: String| crate::Error::Config {
+            field: "--run-as",
+            message,
+        };
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
+        }
+        .map_err(|e| config(format!("cannot look `{user}` up: {e}")))?
+        .ok_or_else(|| config(format!("there is no user `{user}` on this host")))?;
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && found.uid != me {
+            return Err(config(format!(
+                "running jobs as `{user}` needs this TaskTracker to run as root; it runs as uid {me}"
+            )));
+        }
+        Ok(RunAs {
+            name: found.name,
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+            home: found.dir.display().to_string(),
+        })
+    }
+
+    /// The user's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The user's id and primary group id.
+    pub fn ids(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
 }
 
 impl ShellRunner {
     /// A runner for the programs in `allow`. With an empty list every job
     /// is refused.
+    /// Jobs may set the variables of [`EnvAllowList::default`].
     pub fn new(allow: AllowList) -> ShellRunner {
         ShellRunner {
             allow,
+            allow_env: EnvAllowList::default(),
+            user_env: user_env(nix::unistd::getuid()),
             kill_grace: Duration::from_secs(1),
+            guard: None,
+            running: None,
+            run_as: None,
         }
+    }
+
+    /// Programs run as `user`: its uid and primary group, no supplementary
+    /// groups, its `HOME`; the job's `cwd` is entered as that user.
+    pub fn with_run_as(mut self, user: RunAs) -> ShellRunner {
+        self.user_env = vec![
+            ("HOME", user.home.clone()),
+            ("USER", user.name.clone()),
+            ("LOGNAME", user.name.clone()),
+        ];
+        self.run_as = Some(user);
+        self
+    }
+
+    /// Each job's process group is listed with `guard` before its program
+    /// starts, so it is killed when this process ends, however it ends.
+    pub fn with_job_guard(mut self, guard: Arc<JobGuard>) -> ShellRunner {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// A file per running job in `running`, so that a TaskTracker starting
+    /// after this one can tell whether jobs of this one still run.
+    pub fn with_running_jobs(mut self, running: RunningJobs) -> ShellRunner {
+        self.running = Some(running);
+        self
+    }
+
+    /// The variables a job's `env` may set (`--allow-env`); a job setting
+    /// another one fails, naming it.
+    pub fn with_allowed_env(mut self, allow_env: EnvAllowList) -> ShellRunner {
+        self.allow_env = allow_env;
+        self
+    }
+
+    /// The environment allow-list.
+    pub fn allowed_env(&self) -> &EnvAllowList {
+        &self.allow_env
     }
 
     /// Time between SIGTERM and SIGKILL when a run is cancelled; default
@@ -194,14 +199,18 @@ impl JobRunner for ShellRunner {
             .permit(&shell_job.program, shell_job.cwd.as_deref())
         {
             Ok(file) => file,
-            Err(Refusal::NotAllowed(why) | Refusal::NotFound(why)) => return Outcome::Failed(why),
+            Err(why) => return Outcome::Failed(why),
         };
+        if let Err(why) = self.allow_env.check(shell_job.env.keys()) {
+            return Outcome::Failed(why);
+        }
         let mut command = tokio::process::Command::new(&file);
         command
             .args(&shell_job.args)
             .env_clear()
+            .envs(self.user_env.iter().map(|(k, v)| (k, v)))
             .envs(&shell_job.env)
-            .env("PATH", &self.allow.search_path)
+            .env("PATH", self.allow.search_path())
             // Who the program runs for, so it can be idempotent per job.
             .env("LTS_JOB_ID", &ctx.job.job_id)
             .env("LTS_TASK_ID", &ctx.job.spec.task_id)
@@ -215,6 +224,23 @@ impl JobRunner for ShellRunner {
             .kill_on_drop(true);
         if let Some(cwd) = &shell_job.cwd {
             command.current_dir(cwd);
+        }
+        if let Some(user) = &self.run_as {
+            // Switched between fork and exec, before the `cwd` is entered;
+            // the supplementary groups are dropped with the switch.
+            command.gid(user.gid).uid(user.uid);
+        }
+        if let Some(guard) = &self.guard {
+            let fd = guard.fd();
+            // SAFETY: `register_self` is async-signal-safe, as code between
+            // fork and exec must be.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(move || {
+                    register_self(fd);
+                    Ok(())
+                });
+            }
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -237,7 +263,15 @@ impl JobRunner for ShellRunner {
         };
         let group = GroupGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
+            guard: self.guard.clone(),
+            running: self.running.clone(),
         };
+        if let (Some(running), Some(pgid)) = (&self.running, group.pgid) {
+            running.add(
+                pgid.as_raw(),
+                &format!("{} {} {}", ctx.job.job_id, ctx.attempt, file.display()),
+            );
+        }
         let mut stdout = LinePump::new(child.stdout.take(), LogLevel::Info);
         let mut stderr = LinePump::new(child.stderr.take(), LogLevel::Warn);
         let log = &ctx.log;
@@ -289,6 +323,19 @@ impl JobRunner for ShellRunner {
     }
 }
 
+/// `HOME`, `USER` and `LOGNAME` of the user `uid`, from the user database;
+/// none when it has no entry there.
+fn user_env(uid: nix::unistd::Uid) -> Vec<(&'static str, String)> {
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => vec![
+            ("HOME", user.dir.display().to_string()),
+            ("USER", user.name.clone()),
+            ("LOGNAME", user.name),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// After SIGTERM: waits up to `grace` for the program, then SIGKILLs its
 /// group. Output keeps flowing meanwhile so a full pipe cannot block it.
 async fn stop(
@@ -333,6 +380,8 @@ fn describe(status: ExitStatus) -> String {
 /// its pipes open.
 struct GroupGuard {
     pgid: Option<Pid>,
+    guard: Option<Arc<JobGuard>>,
+    running: Option<RunningJobs>,
 }
 
 impl GroupGuard {
@@ -347,6 +396,14 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
+        if let Some(pgid) = self.pgid {
+            if let Some(guard) = &self.guard {
+                guard.forget(pgid);
+            }
+            if let Some(running) = &self.running {
+                running.remove(pgid.as_raw());
+            }
+        }
     }
 }
 
@@ -435,7 +492,7 @@ mod tests {
     }
 
     fn runner(allow: &[&str]) -> ShellRunner {
-        ShellRunner::new(AllowList::new(allow.iter().copied()))
+        ShellRunner::new(AllowList::new(allow.iter().copied()).unwrap())
             .with_kill_grace(Duration::from_millis(300))
     }
 
@@ -475,7 +532,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_path_to_an_allowed_file_is_allowed() {
-        let echo = resolve("echo", None, &std::env::var("PATH").unwrap()).unwrap();
+        let echo =
+            crate::runners::allow::resolve("echo", None, &std::env::var("PATH").unwrap()).unwrap();
         let job = shell_job(serde_json::json!({"program": echo, "args": ["by path"]}));
         let (outcome, logs) = run(&runner(&["echo"]), job).await;
         assert_eq!(outcome, Outcome::Success("exit status 0".into()));
@@ -501,9 +559,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_is_the_jobs_plus_path_and_the_run_identity_only() {
-        let job = shell_job(serde_json::json!({"program": "env", "env": {"K": "V"}}));
-        let (outcome, logs) = run(&runner(&["env"]), job).await;
+    async fn env_is_the_allowed_job_env_plus_path_user_and_the_run_identity_only() {
+        let job = shell_job(serde_json::json!({"program": "env", "env": {"K": "V", "LANG": "C"}}));
+        let runner = runner(&["env"]).with_allowed_env(EnvAllowList::new(["K", "LANG"]).unwrap());
+        let (outcome, logs) = run(&runner, job).await;
         assert_eq!(outcome, Outcome::Success("exit status 0".into()));
         let mut names: Vec<_> = logs
             .iter()
@@ -513,16 +572,203 @@ mod tests {
         assert_eq!(
             names,
             vec![
+                "HOME",
                 "K",
+                "LANG",
+                "LOGNAME",
                 "LTS_ATTEMPT",
                 "LTS_JOB_ID",
                 "LTS_NODE_GROUP",
                 "LTS_TASK_ID",
-                "PATH"
+                "PATH",
+                "USER"
             ],
             "{logs:?}"
         );
         assert!(logs.iter().any(|(_, m)| m == "LTS_ATTEMPT=1"), "{logs:?}");
+        assert!(logs.iter().any(|(_, m)| m == "K=V"), "{logs:?}");
+    }
+
+    /// A directory with an allowed program and the attacker's files, and a
+    /// marker the attacker's code would create.
+    struct Attack {
+        dir: tempfile::TempDir,
+    }
+
+    impl Attack {
+        fn new() -> Attack {
+            Attack {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn file(&self, name: &str, text: &str, mode: u32) -> String {
+            use std::os::unix::fs::PermissionsExt;
+            let path = self.dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path.display().to_string()
+        }
+
+        fn marker(&self) -> std::path::PathBuf {
+            self.dir.path().join("attacker-code-ran")
+        }
+
+        /// Runs `program`, allowed, with the job's `env`; checks the job is
+        /// refused naming `refused`, and that no attacker code ran.
+        async fn assert_refused(&self, program: &str, env: serde_json::Value, refused: &[&str]) {
+            let job = shell_job(serde_json::json!({"program": program, "env": env}));
+            let (outcome, _) = run(&runner(&[program]), job).await;
+            match &outcome {
+                Outcome::Failed(m) => {
+                    for name in refused {
+                        assert!(m.contains(name), "{m}");
+                    }
+                    assert!(m.contains("--allow-env"), "{m}");
+                }
+                other => panic!("expected failed, got {other:?}"),
+            }
+            assert!(
+                !self.marker().exists(),
+                "the attacker's code ran through {refused:?}"
+            );
+        }
+    }
+
+    fn python3() -> String {
+        let path = std::env::var("PATH").unwrap();
+        crate::runners::allow::resolve("python3", None, &path)
+            .expect("python3 is needed by this test")
+            .display()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn bash_env_cannot_run_the_jobs_code_in_an_allowed_script() {
+        let attack = Attack::new();
+        let script = attack.file("job.sh", "#!/bin/bash\necho job\n", 0o755);
+        let evil = attack.file(
+            "evil.sh",
+            &format!("touch '{}'\n", attack.marker().display()),
+            0o644,
+        );
+        attack
+            .assert_refused(
+                &script,
+                serde_json::json!({"BASH_ENV": evil}),
+                &["BASH_ENV"],
+            )
+            .await;
+    }
+
+    #[tokio::test]
+    async fn pythonpath_cannot_run_the_jobs_code_in_an_allowed_python_program() {
+        let attack = Attack::new();
+        let program = attack.file(
+            "job.py",
+            &format!("#!{}\nimport json\nprint('job')\n", python3()),
+            0o755,
+        );
+        attack.file(
+            "lib/json.py",
+            &format!("open('{}', 'w')\n", attack.marker().display()),
+            0o644,
+        );
+        let lib = attack.dir.path().join("lib").display().to_string();
+        attack
+            .assert_refused(
+                &program,
+                serde_json::json!({"PYTHONPATH": lib}),
+                &["PYTHONPATH"],
+            )
+            .await;
+    }
+
+    #[tokio::test]
+    async fn pythonwarnings_and_browser_cannot_run_a_command() {
+        // No file of the attacker's on the host: a warning filter naming a
+        // module imports it, and `antigravity` opens BROWSER.
+        let attack = Attack::new();
+        let program = attack.file("job.py", &format!("#!{}\nprint('job')\n", python3()), 0o755);
+        let env = serde_json::json!({
+            "PYTHONWARNINGS": "all:0:antigravity.x:0:0",
+            "BROWSER": format!("touch {} %s", attack.marker().display()),
+        });
+        attack
+            .assert_refused(&program, env, &["PYTHONWARNINGS", "BROWSER"])
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_operator_may_allow_a_variable_and_the_job_gets_it() {
+        let job = shell_job(serde_json::json!({
+            "program": "sh",
+            "args": ["-c", "echo \"$GREETING $APP_MODE\""],
+            "env": {"GREETING": "hi", "APP_MODE": "fast"},
+        }));
+        let runner =
+            runner(&["sh"]).with_allowed_env(EnvAllowList::new(["GREETING", "APP_*"]).unwrap());
+        let (outcome, logs) = run(&runner, job).await;
+        assert_eq!(outcome, Outcome::Success("exit status 0".into()));
+        assert_eq!(logs, vec![(LogLevel::Info, "hi fast".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn run_as_switches_user_and_group_drops_the_others_and_sets_home() {
+        if !nix::unistd::geteuid().is_root() {
+            // Only root may switch: another user is refused naming the flag.
+            let e = RunAs::lookup("nobody").unwrap_err().to_string();
+            assert!(e.starts_with("--run-as:") && e.contains("root"), "{e}");
+            return;
+        }
+        let nobody = RunAs::lookup("nobody").unwrap();
+        let (uid, gid) = nobody.ids();
+        let script = "echo \"$(id -u) $(id -g) $(id -G) $HOME $USER\"";
+        let job = shell_job(serde_json::json!({"program": "sh", "args": ["-c", script]}));
+        let runner = runner(&["sh"]).with_run_as(nobody.clone());
+        let (outcome, logs) = run(&runner, job).await;
+        assert_eq!(
+            outcome,
+            Outcome::Success("exit status 0".into()),
+            "{logs:?}"
+        );
+        let home = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .unwrap()
+            .dir
+            .display()
+            .to_string();
+        assert_eq!(
+            logs,
+            vec![(LogLevel::Info, format!("{uid} {gid} {gid} {home} nobody"))]
+        );
+
+        // The job's cwd is entered as that user: a directory only root may
+        // enter is refused.
+        let private = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let job = shell_job(
+            serde_json::json!({"program": "sh", "args": ["-c", "pwd"], "cwd": private.path()}),
+        );
+        let (outcome, logs) = run(&runner, job).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("Permission denied")),
+            "{outcome:?} {logs:?}"
+        );
+    }
+
+    #[test]
+    fn run_as_an_unknown_user_is_an_error_naming_it() {
+        let e = RunAs::lookup("no-such-user-here").unwrap_err().to_string();
+        assert!(e.starts_with("--run-as:"), "{e}");
+        assert!(e.contains("no user `no-such-user-here`"), "{e}");
+        let me = nix::unistd::geteuid();
+        let own = RunAs::lookup(&me.to_string()).unwrap();
+        assert_eq!(own.ids().0, me.as_raw());
     }
 
     #[tokio::test]
