@@ -7,10 +7,13 @@ use std::time::Duration;
 use clap::Parser;
 use lts_common::runtime::LogFormat;
 
-use crate::{ClusterSettings, Error, StoreConfig, TrackerConfig};
+use crate::{ClusterSettings, Error, Security, ServerTls, StoreConfig, TrackerConfig};
 
 /// Receives, stores and dispatches jobs. With no other store configured it
 /// runs embedded: jobs live in sled under --data-dir.
+///
+/// `jobtracker hash-token` reads a token on stdin and prints the line
+/// hash to put in the --token-file.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "jobtracker", version)]
 pub struct Cli {
@@ -97,6 +100,36 @@ pub struct Cli {
     #[arg(long, env = "JOBTRACKER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// PEM certificate chain the gRPC listener shows: with --tls-key, it
+    /// serves TLS only. Without it the listener is plaintext (a listener
+    /// off loopback then logs a warning at start).
+    #[arg(long, env = "JOBTRACKER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "JOBTRACKER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign client certificates (mutual TLS):
+    /// a client certificate it did not sign fails the handshake, and the
+    /// WorkService (TaskTrackers) requires a certificate it signed.
+    /// JobClients may connect without one and use a token. Needs
+    /// --tls-cert.
+    #[arg(long, env = "JOBTRACKER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA certificate(s) to check the other JobTrackers of a cluster
+    /// with; with it this tracker reaches them over TLS, showing
+    /// --tls-cert as its client certificate. Default: --tls-client-ca.
+    #[arg(long, env = "JOBTRACKER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// File of credentials and their roles, one `HASH ROLE[:GROUPS] NAME`
+    /// a line (see docs/security.md); read again when it changes. With it
+    /// every call needs a credential; without it auth is off.
+    #[arg(long, env = "JOBTRACKER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "JOBTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -166,8 +199,60 @@ impl TryFrom<&Cli> for TrackerConfig {
             heartbeat_interval: cli.heartbeat_interval,
             metrics_addr: cli.metrics_addr,
             shutdown_timeout: cli.shutdown_timeout,
+            security: security(cli)?,
         })
     }
+}
+
+fn security(cli: &Cli) -> Result<Security, Error> {
+    use lts_common::endpoint::{read_pem, ClientTls, EndpointOptions};
+    let pem = |flag, path: &std::path::Path| {
+        read_pem(flag, path).map_err(|e| Error::Config(e.to_string()))
+    };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: pem("--tls-cert", cert)?,
+            key_pem: pem("--tls-key", key)?,
+            client_ca_pem: match &cli.tls_client_ca {
+                Some(ca) => Some(pem("--tls-client-ca", ca)?),
+                None => None,
+            },
+        }),
+        (None, None) => {
+            if cli.tls_client_ca.is_some() {
+                return Err(Error::Config(
+                    "--tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)"
+                        .into(),
+                ));
+            }
+            None
+        }
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "--tls-cert: needs --tls-key (the certificate's private key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "--tls-key: needs --tls-cert (the certificate it belongs to)".into(),
+            ))
+        }
+    };
+    let peers = match cli.tls_ca.as_ref().or(cli.tls_client_ca.as_ref()) {
+        Some(ca) => Some(
+            ClientTls::from_files(ca, cli.tls_cert.as_deref(), cli.tls_key.as_deref())
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &cli.token_file {
+        crate::auth::Auth::load(path).map_err(Error::Config)?;
+    }
+    Ok(Security {
+        tls,
+        token_file: cli.token_file.clone(),
+        peers: EndpointOptions::default().with_tls(peers),
+    })
 }
 
 fn mongo_store(cli: &Cli, uri: &str) -> Result<StoreConfig, Error> {

@@ -11,9 +11,12 @@
 //!   the trackers of a cluster tell each other of new work;
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
+//! - [`auth`]: credentials, roles and the audit log; TLS is set up in
+//!   [`serve_tracker`] from [`ServerTls`];
 //! - [`config`]: flags, env vars and the config file.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
@@ -82,6 +85,41 @@ pub struct ClusterSettings {
     pub identity: String,
 }
 
+/// The listener's TLS settings: its certificate and key, and for mutual
+/// TLS the CA that signs client certificates. PEM text, read once at
+/// start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain the tracker shows.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// With it, clients may show certificates signed by this CA (checked
+    /// in the handshake; a certificate it did not sign fails the
+    /// handshake), and the `WorkService` requires one.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS and credentials of one tracker (see `docs/security.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// TLS on the listener; `None`: plaintext.
+    pub tls: Option<ServerTls>,
+    /// The token file; `None`: auth off, every caller may do everything.
+    pub token_file: Option<PathBuf>,
+    /// How this tracker reaches the other trackers of its cluster (TLS
+    /// with its CA and its own certificate).
+    pub peers: lts_common::endpoint::EndpointOptions,
+}
+
 /// What a JobTracker needs to run.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
@@ -96,6 +134,8 @@ pub struct TrackerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How long shutdown waits for open streams.
     pub shutdown_timeout: Duration,
+    /// TLS and credentials; the default is plaintext with auth off.
+    pub security: Security,
 }
 
 impl TrackerConfig {
@@ -109,6 +149,7 @@ impl TrackerConfig {
             heartbeat_interval: Duration::from_secs(2),
             metrics_addr: None,
             shutdown_timeout: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
 }
@@ -143,11 +184,40 @@ pub struct Tracker {
     /// The term the once-only work (cycle scheduler, sweep of expired
     /// leases) runs in now; `None` while it does not run.
     pub leader_work: tokio::sync::watch::Sender<Option<Term>>,
+    /// The credentials in force; `None`: auth is off.
+    pub auth: Option<Arc<auth::Auth>>,
     /// The shared store whose run leases this tracker keeps, if any.
     leases: Option<(Arc<store::mongo::MongoStore>, Duration)>,
 }
 
 impl Tracker {
+    /// `PERMISSION_DENIED` unless `caller` may do `need` on the job
+    /// `job_id` (which is read for its node groups only when the caller is
+    /// limited to some). The answer is the same whether the job exists or
+    /// not.
+    pub async fn check_job(
+        &self,
+        caller: &auth::Caller,
+        need: auth::Need,
+        job_id: &str,
+        what: &str,
+    ) -> std::result::Result<(), tonic::Status> {
+        if caller.unlimited(need) {
+            return Ok(());
+        }
+        let job = self.store.get(job_id).await?;
+        caller.require_job(need, job.as_ref(), job_id, what)
+    }
+
+    /// Who sent `request` (see [`auth::Caller::of`]).
+    pub fn caller<T>(
+        &self,
+        request: &tonic::Request<T>,
+        what: &str,
+    ) -> std::result::Result<auth::Caller, tonic::Status> {
+        auth::Caller::of(self.auth.as_deref(), request, what)
+    }
+
     /// Cancels a job; a running one's TaskTracker is told to stop it.
     pub async fn cancel_job(&self, job_id: &str) -> Result<lts_common::Job> {
         let c = self.store.cancel(job_id, lts_common::now_ms()).await?;
@@ -250,6 +320,10 @@ pub async fn create_tracker_with_election(
     config: TrackerConfig,
     election: Arc<dyn Election>,
 ) -> Result<Arc<Tracker>> {
+    let auth = match &config.security.token_file {
+        Some(path) => Some(auth::Auth::load(path).map_err(Error::Config)?),
+        None => None,
+    };
     let (store, shared) = open_store_parts(&config.store).await?;
     let leases = match (&config.store, shared) {
         (StoreConfig::Mongo { lease, .. }, Some(m)) => Some((m, *lease)),
@@ -300,6 +374,7 @@ pub async fn create_tracker_with_election(
         peers: std::sync::OnceLock::new(),
         election,
         leader_work: tokio::sync::watch::Sender::new(None),
+        auth,
         leases,
     }))
 }
@@ -386,6 +461,9 @@ async fn serve_until_stopped(
         });
     }
     tracker.tasks.spawn(update_queue_depths(tracker.clone()));
+    if let Some(auth) = &tracker.auth {
+        tracker.tasks.spawn(auth.clone().watch(token.clone()));
+    }
     tracker.tasks.spawn(show_mastership(tracker.clone()));
     if let Some((store, lease)) = &tracker.leases {
         tracker
@@ -464,7 +542,26 @@ async fn serve_until_stopped(
         service::cluster::ClusterApi::new(tracker.clone()),
     );
 
-    tracing::info!("jobtracker listening on {}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    let tls = &tracker.config.security.tls;
+    if tls.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the gRPC listener {bound} is not on loopback and has NO TLS: anyone on the network can read jobs, \
+             tokens and payloads on the wire; give --tls-cert and --tls-key (docs/security.md)"
+        );
+    }
+    if tracker.auth.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the gRPC listener {bound} is not on loopback and has NO AUTH: anyone who reaches it may submit, \
+             cancel and take jobs; give --token-file (docs/security.md)"
+        );
+    }
+    tracing::info!(
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        auth = tracker.auth.is_some(),
+        "jobtracker listening on {bound}"
+    );
     // `Server::tcp_nodelay` covers only listeners tonic binds itself: set
     // it on each accepted connection, or Nagle's algorithm holds small
     // messages (an assignment, an ack) back for tens of milliseconds.
@@ -478,7 +575,28 @@ async fn serve_until_stopped(
             })
         },
     );
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                &tls.key_pem,
+            ))
+            // A handshake that does not finish in time frees its
+            // connection.
+            .timeout(Duration::from_secs(10));
+        if let Some(ca) = &tls.client_ca_pem {
+            // Optional in the handshake so JobClients may come with a
+            // token alone; the WorkService requires a certificate.
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)
