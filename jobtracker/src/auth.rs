@@ -376,6 +376,22 @@ pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
     names
 }
 
+/// An interceptor that authenticates every call (with auth on) and puts
+/// its [`Caller`] in the request's extensions, where a service finds it
+/// with `request.extensions().get::<Caller>()`. The `WorkService` is
+/// served behind one: a worker credential fixes which node groups the
+/// stream may take jobs of, whatever its hello says.
+pub fn caller_interceptor(
+    auth: Option<Arc<Auth>>,
+    what: &'static str,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let caller = Caller::of(auth.as_deref(), &request, what)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
 /// The caller's address, or `-`.
 pub fn peer<T>(request: &Request<T>) -> String {
     request

@@ -425,6 +425,62 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_token_flags_are_checked_naming_the_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let not_pem = dir.path().join("x.txt");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "nonsense admin root\n").expect("write");
+        let pem = pem.display().to_string();
+        let not_pem = not_pem.display().to_string();
+        let tokens = tokens.display().to_string();
+        for (args, says) in [
+            (vec!["--tls-cert", &pem], "--tls-cert: needs --tls-key"),
+            (vec!["--tls-key", &pem], "--tls-key: needs --tls-cert"),
+            (
+                vec!["--tls-client-ca", &pem],
+                "--tls-client-ca: needs --tls-cert",
+            ),
+            (
+                vec!["--tls-cert", &not_pem, "--tls-key", &pem],
+                "--tls-cert",
+            ),
+            (
+                vec!["--tls-cert", &pem, "--tls-key", "/nonexistent"],
+                "--tls-key",
+            ),
+            (vec!["--token-file", &tokens], "line 1"),
+            (vec!["--token-file", "/nonexistent"], "--token-file"),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args)).expect("parse");
+            let e = TrackerConfig::try_from(&cli).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--tls-cert",
+            &pem,
+            "--tls-key",
+            &pem,
+            "--tls-client-ca",
+            &pem,
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        let tls = config.security.tls.expect("TLS on");
+        assert!(tls.client_ca_pem.is_some());
+        assert!(config.security.peers.tls.is_some());
+        assert!(config.security.token_file.is_none());
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let e = Cli::try_parse_from(["jobtracker", "--listen", "nowhere"]).unwrap_err();
         assert!(e.to_string().contains("--listen"), "{e}");

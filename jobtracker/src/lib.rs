@@ -538,6 +538,12 @@ async fn serve_until_stopped(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // The TaskTracker's credential is checked before its stream is opened
+    // and handed to the service in the request's extensions.
+    let work = tonic::service::interceptor::InterceptedService::new(
+        work,
+        auth::caller_interceptor(tracker.auth.clone(), "work"),
+    );
     let cluster = pb::cluster_service_server::ClusterServiceServer::new(
         service::cluster::ClusterApi::new(tracker.clone()),
     );

@@ -110,7 +110,10 @@ impl WorkService for WorkApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
-        let caller = self.tracker.caller(&request, "work")?;
+        let caller = match request.extensions().get::<crate::auth::Caller>() {
+            Some(caller) => caller.clone(),
+            None => self.tracker.caller(&request, "work")?,
+        };
         let mutual_tls =
             (self.tracker.config.security.tls.as_ref()).is_some_and(|t| t.client_ca_pem.is_some());
         if mutual_tls && request.peer_certs().is_none() {
