@@ -132,8 +132,14 @@ struct Table {
 
 /// The SHA-256 of `token` in lower-case hex: what the token file holds.
 pub fn hash_token(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+    hex
 }
 
 fn parse_table(text: &str) -> Result<Table, String> {
