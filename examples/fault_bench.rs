@@ -229,6 +229,7 @@ async fn restarts(args: &Args) -> Result<()> {
     let options = ClientOptions {
         connect_timeout: Duration::from_millis(200),
         request_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
     };
     let client = JobClient::new(vec![url.clone()], options)?;
     let payload = ledger_payload(&ledger)?;

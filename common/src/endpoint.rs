@@ -2,13 +2,20 @@
 //! and the TaskTracker) reaches a JobTracker: one place that reads an
 //! address and sets the connection options.
 //!
-//! An address is `host:port` or `http://host:port`; both mean the same
-//! plaintext connection. A missing port, an unknown scheme or a path is
-//! refused with an [`EndpointError`] naming the address. `https://` is
-//! refused too: TLS is not configured in this build, and running such an
-//! address in plaintext would hide that from the operator. TLS settings and
-//! credentials belong in [`EndpointOptions`] when they exist, so that every
-//! client gets them at once.
+//! An address is `host:port`, `http://host:port` or `https://host:port`. A
+//! missing port, an unknown scheme or a path is refused with an
+//! [`EndpointError`] naming the address.
+//!
+//! TLS and credentials live in [`EndpointOptions`], so every client gets
+//! them at once:
+//! - with [`EndpointOptions::tls`] set (a CA certificate, and a client
+//!   certificate for mutual TLS), every address is reached over TLS, also
+//!   one written `host:port` or `http://host:port` (a JobTracker list from
+//!   ZooKeeper names addresses that way);
+//! - without it, an `https://` address is an error naming the address and
+//!   the missing CA, never a plaintext connection in its place;
+//! - with [`EndpointOptions::token`] set, every call carries it as
+//!   `authorization: Bearer <token>` (see [`TrackerChannel`]).
 //!
 //! Per call: [`JobTrackerEndpoint::request`] sets the default deadline of a
 //! unary call, and a service client built on the channel takes
@@ -23,10 +30,19 @@
 //! # Ok::<(), lts_common::endpoint::EndpointError>(())
 //! ```
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::codegen::http::Uri;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A connection to a JobTracker that adds the client's credentials (if
+/// any) to every call. Service clients are built on it like on a
+/// [`Channel`].
+pub type TrackerChannel = InterceptedService<Channel, Credentials>;
 
 /// Why an address cannot be used to reach a JobTracker. Each variant names
 /// the address as it was given.
@@ -70,14 +86,23 @@ pub enum EndpointError {
         /// The scheme it names.
         scheme: String,
     },
-    /// The address asks for TLS, which is not configured.
+    /// The address asks for TLS, and no CA certificate is configured to
+    /// check the JobTracker's certificate with.
     #[error(
-        "the JobTracker address `{address}` asks for TLS (https://), but TLS is not configured; \
-         refusing to connect in plaintext instead: say http://host:port or host:port"
+        "the JobTracker address `{address}` asks for TLS (https://), but no CA certificate is \
+         configured (--tls-ca); refusing to connect in plaintext instead"
     )]
     TlsNotConfigured {
         /// The address as given.
         address: String,
+    },
+    /// The TLS settings could not be applied to the address.
+    #[error("the JobTracker address `{address}`: TLS settings: {reason}")]
+    Tls {
+        /// The address as given.
+        address: String,
+        /// What tonic said.
+        reason: String,
     },
 }
 
@@ -90,15 +115,201 @@ impl EndpointError {
             | EndpointError::MissingPort { address }
             | EndpointError::HasPath { address }
             | EndpointError::UnknownScheme { address, .. }
-            | EndpointError::TlsNotConfigured { address } => address,
+            | EndpointError::TlsNotConfigured { address }
+            | EndpointError::Tls { address, .. } => address,
         }
+    }
+}
+
+/// How a client checks a JobTracker's certificate, and which certificate
+/// it shows for mutual TLS. Read from PEM files once, by
+/// [`ClientTls::from_files`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TLS file that cannot be read; names the flag and the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{flag} {path}: {reason}")]
+pub struct TlsFileError {
+    /// The option that named the file.
+    pub flag: &'static str,
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Reads a PEM file named by `flag`; it must hold at least one PEM block.
+pub fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    let error = |reason: String| TlsFileError {
+        flag,
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(error("holds no PEM block (-----BEGIN ...)".into()));
+    }
+    Ok(bytes)
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in the PEM file `ca` (flag `--tls-ca`)
+    /// and, for mutual TLS, shows the certificate chain `cert` with its
+    /// private key `key` (flags `--tls-cert` and `--tls-key`). A certificate
+    /// without its key, or the other way round, is an error naming both.
+    pub fn from_files(
+        ca: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, TlsFileError> {
+        let ca_pem = read_pem("--tls-ca", ca)?;
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                Some((read_pem("--tls-cert", cert)?, read_pem("--tls-key", key)?))
+            }
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(TlsFileError {
+                    flag: "--tls-key",
+                    path: cert.display().to_string(),
+                    reason: "--tls-cert needs --tls-key (the certificate's private key)".into(),
+                })
+            }
+            (None, Some(key)) => {
+                return Err(TlsFileError {
+                    flag: "--tls-cert",
+                    path: key.display().to_string(),
+                    reason: "--tls-key needs --tls-cert (the certificate it belongs to)".into(),
+                })
+            }
+        };
+        Ok(ClientTls {
+            ca_pem,
+            identity,
+            domain: None,
+        })
+    }
+
+    /// From PEM text already in memory: the CA, and optionally a
+    /// certificate chain and its key for mutual TLS.
+    pub fn from_pem(ca: impl Into<Vec<u8>>, identity: Option<(Vec<u8>, Vec<u8>)>) -> Self {
+        ClientTls {
+            ca_pem: ca.into(),
+            identity,
+            domain: None,
+        }
+    }
+
+    /// Checks the JobTracker's certificate against this name instead of
+    /// the host of the address (for trackers reached by IP address whose
+    /// certificates name a host).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem.clone()));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert.clone(), key.clone()));
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        config
+    }
+}
+
+/// A bearer token a client sends with every call. Its `Debug` does not
+/// show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    /// A token from its text; surrounding blanks (a file's last newline)
+    /// are dropped. Empty, or with characters a header cannot carry, it is
+    /// refused.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token holds characters other than printable ASCII".into());
+        }
+        Ok(Token(text.into()))
+    }
+
+    /// Reads a token from the file named by `flag`.
+    pub fn from_file(flag: &'static str, path: &Path) -> Result<Self, TlsFileError> {
+        let error = |reason: String| TlsFileError {
+            flag,
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        Token::new(&text).map_err(error)
+    }
+
+    /// The token's text.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Credentials {
+    /// Credentials sending `token`, or none.
+    pub fn new(token: Option<&Token>) -> Self {
+        Credentials(token.and_then(|t| {
+            format!("Bearer {}", t.secret())
+                .parse::<MetadataValue<Ascii>>()
+                .ok()
+        }))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
     }
 }
 
 /// Connection settings shared by every client of a JobTracker. Start from
 /// [`EndpointOptions::default`] and change what matters; fields are added
-/// as the product grows (TLS, credentials), so build it that way rather
-/// than field by field.
+/// as the product grows, so build it that way rather than field by field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointOptions {
@@ -112,6 +323,12 @@ pub struct EndpointOptions {
     pub keep_alive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
     pub keep_alive_timeout: Duration,
+    /// TLS to every JobTracker; `None`: plaintext, and `https://`
+    /// addresses are refused.
+    pub tls: Option<ClientTls>,
+    /// The bearer token sent with every call; `None`: no credential
+    /// beyond a client certificate.
+    pub token: Option<Token>,
 }
 
 impl Default for EndpointOptions {
@@ -124,6 +341,8 @@ impl Default for EndpointOptions {
             // many minutes.
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(20),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -147,6 +366,18 @@ impl EndpointOptions {
         self.keep_alive_timeout = timeout;
         self
     }
+
+    /// These options with TLS to every JobTracker (or none).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// These options with a bearer token on every call (or none).
+    pub fn with_token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
+    }
 }
 
 /// One JobTracker, ready to connect to: its normalised address and the
@@ -156,12 +387,23 @@ pub struct JobTrackerEndpoint {
     address: String,
     endpoint: Endpoint,
     request_timeout: Duration,
+    credentials: Credentials,
 }
 
 impl JobTrackerEndpoint {
     /// Reads `address` (see [`normalize_address`]) and applies `options`.
     pub fn new(address: &str, options: &EndpointOptions) -> Result<Self, EndpointError> {
-        let normalized = normalize_address(address)?;
+        let mut normalized = normalize_address(address)?;
+        let https = normalized.starts_with("https://");
+        if https && options.tls.is_none() {
+            return Err(EndpointError::TlsNotConfigured {
+                address: address.to_string(),
+            });
+        }
+        if !https && options.tls.is_some() {
+            // TLS configured: never plaintext, whatever the address says.
+            normalized = normalized.replacen("http://", "https://", 1);
+        }
         let endpoint =
             Endpoint::from_shared(normalized.clone()).map_err(|e| EndpointError::Invalid {
                 address: address.to_string(),
@@ -173,14 +415,24 @@ impl JobTrackerEndpoint {
             .http2_keep_alive_interval(options.keep_alive_interval)
             .keep_alive_timeout(options.keep_alive_timeout)
             .keep_alive_while_idle(true);
+        let endpoint = match &options.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.config())
+                .map_err(|e| EndpointError::Tls {
+                    address: address.to_string(),
+                    reason: error_chain(&e),
+                })?,
+            None => endpoint,
+        };
         Ok(JobTrackerEndpoint {
             address: normalized,
             endpoint,
             request_timeout: options.request_timeout,
+            credentials: Credentials::new(options.token.as_ref()),
         })
     }
 
-    /// The address as `http://host:port`.
+    /// The address as `http://host:port`, or `https://host:port` over TLS.
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -191,8 +443,14 @@ impl JobTrackerEndpoint {
     }
 
     /// Opens a connection.
-    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        self.endpoint.connect().await
+    pub async fn connect(&self) -> Result<TrackerChannel, tonic::transport::Error> {
+        let channel = self.endpoint.connect().await?;
+        Ok(InterceptedService::new(channel, self.credentials.clone()))
+    }
+
+    /// A connection opened on its first call.
+    pub fn connect_lazy(&self) -> TrackerChannel {
+        InterceptedService::new(self.endpoint.connect_lazy(), self.credentials.clone())
     }
 
     /// A unary request carrying the default deadline of
@@ -205,9 +463,22 @@ impl JobTrackerEndpoint {
     }
 }
 
+/// An error with its sources, `outer: inner: ...`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Turns `host:port` or `http://host:port` (surrounding blanks and a
-/// trailing `/` allowed) into `http://host:port`; refuses everything else,
-/// naming the address and what is wrong.
+/// trailing `/` allowed) into `http://host:port`, and `https://host:port`
+/// into itself; refuses everything else, naming the address and what is
+/// wrong.
 pub fn normalize_address(address: &str) -> Result<String, EndpointError> {
     let trimmed = address.trim();
     if trimmed.is_empty() {
@@ -216,12 +487,8 @@ pub fn normalize_address(address: &str) -> Result<String, EndpointError> {
         });
     }
     let (scheme, rest) = trimmed.split_once("://").unwrap_or(("http", trimmed));
-    if scheme.eq_ignore_ascii_case("https") {
-        return Err(EndpointError::TlsNotConfigured {
-            address: address.to_string(),
-        });
-    }
-    if !scheme.eq_ignore_ascii_case("http") {
+    let https = scheme.eq_ignore_ascii_case("https");
+    if !https && !scheme.eq_ignore_ascii_case("http") {
         return Err(EndpointError::UnknownScheme {
             address: address.to_string(),
             scheme: scheme.to_string(),
@@ -262,7 +529,8 @@ pub fn normalize_address(address: &str) -> Result<String, EndpointError> {
             address: address.to_string(),
         });
     }
-    Ok(format!("http://{authority}"))
+    let scheme = if https { "https" } else { "http" };
+    Ok(format!("{scheme}://{authority}"))
 }
 
 #[cfg(test)]
@@ -302,17 +570,45 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_because_tls_is_not_configured() {
-        let e = normalize_address("https://tracker-1:7070").unwrap_err();
+    fn https_without_a_ca_is_refused_naming_the_address_and_the_flag() {
+        assert_eq!(
+            normalize_address("HTTPS://tracker-1:7070/").as_deref(),
+            Ok("https://tracker-1:7070")
+        );
+        let e = JobTrackerEndpoint::new("https://tracker-1:7070", &EndpointOptions::default())
+            .unwrap_err();
         assert_eq!(e.address(), "https://tracker-1:7070");
         assert!(matches!(e, EndpointError::TlsNotConfigured { .. }), "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("TLS is not configured"), "{text}");
+        assert!(text.contains("no CA certificate"), "{text}");
+        assert!(text.contains("--tls-ca"), "{text}");
         assert!(text.contains("`https://tracker-1:7070`"), "{text}");
-        // Refused when building the endpoint as well: nothing connects.
-        let e = JobTrackerEndpoint::new("https://tracker-1:7070", &EndpointOptions::default())
-            .unwrap_err();
-        assert!(matches!(e, EndpointError::TlsNotConfigured { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn with_tls_configured_every_address_is_reached_over_tls() {
+        let options = EndpointOptions::default().with_tls(Some(ClientTls::from_pem(
+            b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_vec(),
+            None,
+        )));
+        for given in [
+            "tracker-1:7070",
+            "http://tracker-1:7070",
+            "https://tracker-1:7070",
+        ] {
+            let tracker = JobTrackerEndpoint::new(given, &options).expect("endpoint");
+            assert_eq!(tracker.address(), "https://tracker-1:7070", "{given}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_never_shown() {
+        let token = Token::new(" s3cret\n").expect("token");
+        assert_eq!(token.secret(), "s3cret");
+        let shown = format!("{:?}", EndpointOptions::default().with_token(Some(token)));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(Token::new("  ").is_err());
+        assert!(Token::new("a b").is_err());
     }
 
     #[test]

@@ -11,6 +11,12 @@ Feedback is delivered at least once: the tracker pushes an item again until
 some client of the group acks it, so the same item may arrive twice. This
 script counts each job once, whatever the number of deliveries.
 
+With --tls-ca the connection is TLS (the JobTracker runs with --tls-cert
+and --tls-key), and --token-file sends a bearer token with every call (the
+JobTracker runs with --token-file; the token needs the `submit` role for the
+submit node group). gRPC sends tokens over TLS only. --tls-cert and
+--tls-key add a client certificate for mutual TLS.
+
 Run it through run.sh, which generates the `lts.v1` modules it imports.
 """
 
@@ -46,6 +52,15 @@ def parse_args():
                    help="an argument of --program; repeat for several")
     p.add_argument("--task-id-prefix", default=None,
                    help="task ids are PREFIX0, PREFIX1, ... (default: py-<unix time>-)")
+    p.add_argument("--tls-ca", default=None,
+                   help="PEM CA certificate that signs the JobTracker's certificate: connect over TLS")
+    p.add_argument("--tls-cert", default=None,
+                   help="PEM client certificate for mutual TLS (with --tls-key and --tls-ca)")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", default=None,
+                   help="name to check the JobTracker's certificate against, if not the host of --jobtracker")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the bearer token sent with every call (needs --tls-ca)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for all feedback (default %(default)s)")
     args = p.parse_args()
@@ -53,7 +68,46 @@ def parse_args():
         p.error("--count: must be at least 1")
     if args.timeout <= 0:
         p.error("--timeout: must be more than 0")
+    if args.token_file and not args.tls_ca:
+        p.error("--token-file: needs --tls-ca (a token is never sent in plaintext)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    if (args.tls_cert or args.tls_server_name) and not args.tls_ca:
+        p.error("--tls-cert/--tls-server-name: need --tls-ca")
+    args.jobtracker = args.jobtracker.removeprefix("https://").removeprefix("http://").rstrip("/")
     return args
+
+
+def read_file(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        sys.exit(f"{what} {path}: {e.strerror}")
+
+
+def open_channel(args):
+    """A plaintext channel, or TLS with an optional client certificate and
+    token: what the Rust clients do with the same flags."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.jobtracker, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read_file(args.tls_ca, "--tls-ca"),
+        private_key=read_file(args.tls_key, "--tls-key") if args.tls_key else None,
+        certificate_chain=read_file(args.tls_cert, "--tls-cert") if args.tls_cert else None,
+    )
+    if args.token_file:
+        token = read_file(args.token_file, "--token-file").decode().strip()
+        # Sent as `authorization: Bearer <token>` with every call.
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token))
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(args.jobtracker, credentials, options=options)
 
 
 class FeedbackStream:
@@ -131,10 +185,7 @@ def submit(stub, jobs):
 
 def main():
     args = parse_args()
-    channel = grpc.insecure_channel(args.jobtracker, options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ])
+    channel = open_channel(args)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:

@@ -251,11 +251,17 @@ impl ProbeTracker {
     /// Connects to the tracker at `url` for `group` with `slots` slots;
     /// stamps are microseconds since `base`.
     pub fn start(url: &str, group: &str, slots: u32, base: Instant) -> ProbeTracker {
+        let mut config = TaskTrackerConfig::new(url.to_string(), group);
+        config.slots = slots;
+        Self::start_with(config, base)
+    }
+
+    /// [`ProbeTracker::start`] with a config of the caller's (TLS, a
+    /// token).
+    pub fn start_with(config: TaskTrackerConfig, base: Instant) -> ProbeTracker {
         let samples_us = Arc::new(Mutex::new(Vec::new()));
         let slowest = Arc::new(Mutex::new(Slowest::default()));
         let stop = CancellationToken::new();
-        let mut config = TaskTrackerConfig::new(url.to_string(), group);
-        config.slots = slots;
         let runner = Arc::new(Probe {
             base,
             samples_us: samples_us.clone(),

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lts_common::convert::job_state_from_wire;
+use lts_common::endpoint::TrackerChannel as Channel;
+pub use lts_common::endpoint::{ClientTls, Token};
 use lts_common::endpoint::{EndpointOptions, JobTrackerEndpoint};
 use lts_common::limits::{MAX_BATCH, MAX_MESSAGE_BYTES};
 use lts_common::resolver::{Resolver, ResolverError, StaticResolver};
@@ -15,7 +17,6 @@ use lts_proto::v1::admin_service_client::AdminServiceClient;
 use lts_proto::v1::job_service_client::JobServiceClient;
 use prost::Message;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::feedback::FeedbackSubscription;
@@ -37,6 +38,13 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the answer to one call (not the feedback stream).
     pub request_timeout: Duration,
+    /// TLS to the trackers (a CA, and a client certificate for mutual
+    /// TLS); with it every address is reached over TLS. `None`: plaintext,
+    /// and an `https://` address is refused naming it.
+    pub tls: Option<ClientTls>,
+    /// Bearer token sent with every call, for trackers that run with a
+    /// token file.
+    pub token: Option<Token>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +52,8 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -198,6 +208,14 @@ impl From<pb::FeedbackItem> for Feedback {
     }
 }
 
+fn endpoint_options(options: &ClientOptions) -> EndpointOptions {
+    EndpointOptions::default()
+        .with_connect_timeout(options.connect_timeout)
+        .with_request_timeout(options.request_timeout)
+        .with_tls(options.tls.clone())
+        .with_token(options.token.clone())
+}
+
 /// A client of the JobTrackers' `JobService`.
 ///
 /// It holds several tracker addresses, picks one at random, and sticks to it
@@ -248,13 +266,19 @@ pub(crate) enum Retry {
 impl JobClient {
     /// Checks the addresses (`http://host:port` or `host:port`) and makes a
     /// client that connects on its first call. Use it when trackers may be
-    /// down at start-up. An `https://` address is refused: TLS is not
-    /// configured in this build.
+    /// down at start-up. An `https://` address is refused unless
+    /// [`ClientOptions::tls`] is set.
     pub fn new(addrs: Vec<String>, options: ClientOptions) -> Result<Self> {
         let resolver = StaticResolver::new(&addrs).map_err(|e| match e {
             ResolverError::NoAddresses => Error::NoAddresses,
             ResolverError::Address(e) => Error::InvalidAddress(e),
         })?;
+        let endpoint_options = endpoint_options(&options);
+        for address in &addrs {
+            for one in address.split(',').filter(|a| !a.trim().is_empty()) {
+                JobTrackerEndpoint::new(one, &endpoint_options)?;
+            }
+        }
         Ok(Self::with_resolver(Arc::new(resolver), options))
     }
 
@@ -280,9 +304,7 @@ impl JobClient {
         options: ClientOptions,
         cluster: Option<Arc<lts_cluster::Cluster>>,
     ) -> Self {
-        let endpoint_options = EndpointOptions::default()
-            .with_connect_timeout(options.connect_timeout)
-            .with_request_timeout(options.request_timeout);
+        let endpoint_options = endpoint_options(&options);
         JobClient {
             inner: Arc::new(Inner {
                 resolver,
@@ -833,10 +855,20 @@ mod tests {
         assert!(e.contains("`tracker-1`") && e.contains("port"), "{e}");
         let e = normalize_address("ftp://x:1").unwrap_err().to_string();
         assert!(e.contains("http://host:port"), "{e}");
-        let e = normalize_address("https://tracker-1:7070")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("TLS is not configured"), "{e}");
+        assert_eq!(
+            normalize_address("https://tracker-1:7070").expect("valid"),
+            "https://tracker-1:7070"
+        );
+        let e = JobClient::new(
+            vec!["https://tracker-1:7070".into()],
+            ClientOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`https://tracker-1:7070`") && e.contains("no CA certificate"),
+            "{e}"
+        );
         assert!(normalize_address(" ").is_err());
     }
 

@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A JobTracker address cannot be used (the error names it and says
-    /// why; an `https://` address is refused while TLS is not configured).
+    /// why; an `https://` address is refused while no CA is configured).
     #[error(transparent)]
     InvalidAddress(#[from] lts_common::endpoint::EndpointError),
 

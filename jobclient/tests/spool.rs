@@ -97,6 +97,7 @@ fn client(resolver: Arc<Moving>) -> JobClient {
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
     };
     JobClient::with_resolver(resolver, options)
 }

@@ -101,7 +101,11 @@ pub async fn serve_in_cluster(
         "joined the cluster"
     );
 
-    let peers = Peers::new(settings.identity.clone(), tracker.metrics.clone());
+    let peers = Peers::with_options(
+        settings.identity.clone(),
+        tracker.metrics.clone(),
+        tracker.config.security.peers.clone(),
+    );
     tracker.dispatcher.set_peers(peers.clone());
     if tracker.peers.set(peers.clone()).is_err() {
         tracing::warn!("the cluster's trackers were already set; keeping the first");

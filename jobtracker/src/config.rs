@@ -7,10 +7,13 @@ use std::time::Duration;
 use clap::Parser;
 use lts_common::runtime::LogFormat;
 
-use crate::{ClusterSettings, Error, StoreConfig, TrackerConfig};
+use crate::{ClusterSettings, Error, Security, ServerTls, StoreConfig, TrackerConfig};
 
 /// Receives, stores and dispatches jobs. With no other store configured it
 /// runs embedded: jobs live in sled under --data-dir.
+///
+/// `jobtracker hash-token` reads a token on stdin and prints the line
+/// hash to put in the --token-file.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "jobtracker", version)]
 pub struct Cli {
@@ -164,6 +167,35 @@ pub struct Cli {
         default_value_t = 10_000
     )]
     pub max_feedback_in_flight: usize,
+    /// PEM certificate chain the gRPC listener shows: with --tls-key, it
+    /// serves TLS only. Without it the listener is plaintext (a listener
+    /// off loopback then logs a warning at start).
+    #[arg(long, env = "JOBTRACKER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "JOBTRACKER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign client certificates (mutual TLS):
+    /// a client certificate it did not sign fails the handshake, and the
+    /// WorkService (TaskTrackers) requires a certificate it signed.
+    /// JobClients may connect without one and use a token. Needs
+    /// --tls-cert.
+    #[arg(long, env = "JOBTRACKER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA certificate(s) to check the other JobTrackers of a cluster
+    /// with; with it this tracker reaches them over TLS, showing
+    /// --tls-cert as its client certificate. Default: --tls-client-ca.
+    #[arg(long, env = "JOBTRACKER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// File of credentials and their roles, one `HASH ROLE[:GROUPS] NAME`
+    /// a line (see docs/security.md); read again when it changes. With it
+    /// every call needs a credential; without it auth is off.
+    #[arg(long, env = "JOBTRACKER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// Log format.
     #[arg(long, env = "JOBTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -242,6 +274,7 @@ impl TryFrom<&Cli> for TrackerConfig {
             shutdown_timeout: cli.shutdown_timeout,
             recovery_grace: cli.recovery_grace,
             limits: server_limits(cli)?,
+            security: security(cli)?,
         })
     }
 }
@@ -289,6 +322,57 @@ fn server_limits(cli: &Cli) -> Result<crate::limits::ServerLimits, Error> {
         max_submits_per_second: cli.max_submits_per_second,
         max_node_groups_per_submit: cli.max_node_groups_per_submit,
         max_feedback_in_flight: cli.max_feedback_in_flight,
+    })
+}
+
+fn security(cli: &Cli) -> Result<Security, Error> {
+    use lts_common::endpoint::{read_pem, ClientTls, EndpointOptions};
+    let pem = |flag, path: &std::path::Path| {
+        read_pem(flag, path).map_err(|e| Error::Config(e.to_string()))
+    };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: pem("--tls-cert", cert)?,
+            key_pem: pem("--tls-key", key)?,
+            client_ca_pem: match &cli.tls_client_ca {
+                Some(ca) => Some(pem("--tls-client-ca", ca)?),
+                None => None,
+            },
+        }),
+        (None, None) => {
+            if cli.tls_client_ca.is_some() {
+                return Err(Error::Config(
+                    "--tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)"
+                        .into(),
+                ));
+            }
+            None
+        }
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "--tls-cert: needs --tls-key (the certificate's private key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "--tls-key: needs --tls-cert (the certificate it belongs to)".into(),
+            ))
+        }
+    };
+    let peers = match cli.tls_ca.as_ref().or(cli.tls_client_ca.as_ref()) {
+        Some(ca) => Some(
+            ClientTls::from_files(ca, cli.tls_cert.as_deref(), cli.tls_key.as_deref())
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &cli.token_file {
+        crate::auth::Auth::load(path).map_err(Error::Config)?;
+    }
+    Ok(Security {
+        tls,
+        token_file: cli.token_file.clone(),
+        peers: EndpointOptions::default().with_tls(peers),
     })
 }
 
@@ -485,6 +569,62 @@ mod tests {
             let e = TrackerConfig::try_from(&cli).unwrap_err();
             assert!(e.to_string().contains(flag), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_and_token_flags_are_checked_naming_the_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let not_pem = dir.path().join("x.txt");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "nonsense admin root\n").expect("write");
+        let pem = pem.display().to_string();
+        let not_pem = not_pem.display().to_string();
+        let tokens = tokens.display().to_string();
+        for (args, says) in [
+            (vec!["--tls-cert", &pem], "--tls-cert: needs --tls-key"),
+            (vec!["--tls-key", &pem], "--tls-key: needs --tls-cert"),
+            (
+                vec!["--tls-client-ca", &pem],
+                "--tls-client-ca: needs --tls-cert",
+            ),
+            (
+                vec!["--tls-cert", &not_pem, "--tls-key", &pem],
+                "--tls-cert",
+            ),
+            (
+                vec!["--tls-cert", &pem, "--tls-key", "/nonexistent"],
+                "--tls-key",
+            ),
+            (vec!["--token-file", &tokens], "line 1"),
+            (vec!["--token-file", "/nonexistent"], "--token-file"),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args)).expect("parse");
+            let e = TrackerConfig::try_from(&cli).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--tls-cert",
+            &pem,
+            "--tls-key",
+            &pem,
+            "--tls-client-ca",
+            &pem,
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        let tls = config.security.tls.expect("TLS on");
+        assert!(tls.client_ca_pem.is_some());
+        assert!(config.security.peers.tls.is_some());
+        assert!(config.security.token_file.is_none());
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
 //! - [`limits`]: connection, timeout and rate limits on peers;
+//! - [`auth`]: credentials, roles and the audit log; TLS is set up in
+//!   [`serve_tracker`] from [`ServerTls`];
 //! - [`config`]: flags, env vars and the config file.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
@@ -88,6 +91,40 @@ pub struct ClusterSettings {
 /// wait for their TaskTrackers (which retry a connection at least every
 /// second) to come back and report.
 pub const DEFAULT_RECOVERY_GRACE: Duration = Duration::from_secs(3);
+/// The listener's TLS settings: its certificate and key, and for mutual
+/// TLS the CA that signs client certificates. PEM text, read once at
+/// start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain the tracker shows.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// With it, clients may show certificates signed by this CA (checked
+    /// in the handshake; a certificate it did not sign fails the
+    /// handshake), and the `WorkService` requires one.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS and credentials of one tracker (see `docs/security.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// TLS on the listener; `None`: plaintext.
+    pub tls: Option<ServerTls>,
+    /// The token file; `None`: auth off, every caller may do everything.
+    pub token_file: Option<PathBuf>,
+    /// How this tracker reaches the other trackers of its cluster (TLS
+    /// with its CA and its own certificate).
+    pub peers: lts_common::endpoint::EndpointOptions,
+}
 
 /// What a JobTracker needs to run.
 #[derive(Clone, Debug)]
@@ -109,6 +146,8 @@ pub struct TrackerConfig {
     pub recovery_grace: Duration,
     /// Limits on peers (connections, timeouts, rates).
     pub limits: limits::ServerLimits,
+    /// TLS and credentials; the default is plaintext with auth off.
+    pub security: Security,
 }
 
 impl TrackerConfig {
@@ -124,6 +163,7 @@ impl TrackerConfig {
             shutdown_timeout: Duration::from_secs(10),
             recovery_grace: DEFAULT_RECOVERY_GRACE,
             limits: limits::ServerLimits::default(),
+            security: Security::default(),
         }
     }
 }
@@ -160,11 +200,40 @@ pub struct Tracker {
     pub leader_work: tokio::sync::watch::Sender<Option<Term>>,
     /// Submits per second per peer.
     pub submit_rate: limits::SubmitRate,
+    /// The credentials in force; `None`: auth is off.
+    pub auth: Option<Arc<auth::Auth>>,
     /// The shared store whose run leases this tracker keeps, if any.
     leases: Option<(Arc<store::mongo::MongoStore>, Duration)>,
 }
 
 impl Tracker {
+    /// `PERMISSION_DENIED` unless `caller` may do `need` on the job
+    /// `job_id` (which is read for its node groups only when the caller is
+    /// limited to some). The answer is the same whether the job exists or
+    /// not.
+    pub async fn check_job(
+        &self,
+        caller: &auth::Caller,
+        need: auth::Need,
+        job_id: &str,
+        what: &str,
+    ) -> std::result::Result<(), tonic::Status> {
+        if caller.unlimited(need) {
+            return Ok(());
+        }
+        let job = self.store.get(job_id).await?;
+        caller.require_job(need, job.as_ref(), job_id, what)
+    }
+
+    /// Who sent `request` (see [`auth::Caller::of`]).
+    pub fn caller<T>(
+        &self,
+        request: &tonic::Request<T>,
+        what: &str,
+    ) -> std::result::Result<auth::Caller, tonic::Status> {
+        auth::Caller::of(self.auth.as_deref(), request, what)
+    }
+
     /// Cancels a job; a running one's TaskTracker is told to stop it.
     pub async fn cancel_job(&self, job_id: &str) -> Result<lts_common::Job> {
         let c = self.store.cancel(job_id, lts_common::now_ms()).await?;
@@ -270,6 +339,10 @@ pub async fn create_tracker_with_election(
     config: TrackerConfig,
     election: Arc<dyn Election>,
 ) -> Result<Arc<Tracker>> {
+    let auth = match &config.security.token_file {
+        Some(path) => Some(auth::Auth::load(path).map_err(Error::Config)?),
+        None => None,
+    };
     let (store, shared) = open_store_parts(&config.store, config.recovery_grace).await?;
     let leases = match (&config.store, shared) {
         (StoreConfig::Mongo { lease, .. }, Some(m)) => Some((m, *lease)),
@@ -327,6 +400,7 @@ pub async fn create_tracker_with_election(
         election,
         leader_work: tokio::sync::watch::Sender::new(None),
         submit_rate,
+        auth,
         leases,
     }))
 }
@@ -413,6 +487,9 @@ async fn serve_until_stopped(
         });
     }
     tracker.tasks.spawn(update_queue_depths(tracker.clone()));
+    if let Some(auth) = &tracker.auth {
+        tracker.tasks.spawn(auth.clone().watch(token.clone()));
+    }
     tracker.tasks.spawn(show_mastership(tracker.clone()));
     if let Some((store, lease)) = &tracker.leases {
         tracker
@@ -487,20 +564,66 @@ async fn serve_until_stopped(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // The TaskTracker's credential is checked before its stream is opened
+    // and handed to the service in the request's extensions.
+    let work = tonic::service::interceptor::InterceptedService::new(
+        work,
+        auth::caller_interceptor(tracker.auth.clone(), "work"),
+    );
     let cluster = pb::cluster_service_server::ClusterServiceServer::new(
         service::cluster::ClusterApi::new(tracker.clone()),
     );
 
-    tracing::info!("jobtracker listening on {}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    let tls = &tracker.config.security.tls;
+    if tls.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the gRPC listener {bound} is not on loopback and has NO TLS: anyone on the network can read jobs, \
+             tokens and payloads on the wire; give --tls-cert and --tls-key (docs/security.md)"
+        );
+    }
+    if tracker.auth.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the gRPC listener {bound} is not on loopback and has NO AUTH: anyone who reaches it may submit, \
+             cancel and take jobs; give --token-file (docs/security.md)"
+        );
+    }
+    tracing::info!(
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        auth = tracker.auth.is_some(),
+        "jobtracker listening on {bound}"
+    );
     let limits = tracker.config.limits.clone();
     let keepalive = limits.idle_timeout / 3;
     let incoming = limits::limit_connections(listener, limits.clone(), tracker.metrics.clone());
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         // A quiet peer is pinged well within the idle timeout; one that
         // does not answer is dropped.
         .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive.min(Duration::from_secs(20))))
+        .http2_keepalive_timeout(Some(keepalive.min(Duration::from_secs(20))));
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                &tls.key_pem,
+            ))
+            // A handshake that does not finish in time frees its
+            // connection.
+            .timeout(limits.handshake_timeout);
+        if let Some(ca) = &tls.client_ca_pem {
+            // Optional in the handshake so JobClients may come with a
+            // token alone; the WorkService requires a certificate.
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)

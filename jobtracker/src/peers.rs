@@ -17,11 +17,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lts_common::endpoint::{EndpointOptions, TrackerChannel as Channel};
 use lts_proto::v1 as pb;
 use pb::cluster_service_client::ClusterServiceClient;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Node group names sent in one call at most (the API's limit).
 pub const MAX_GROUPS_PER_CALL: usize = 1_024;
@@ -38,16 +38,31 @@ pub struct Peers {
     // std Mutex: held to add or take names, never across an await.
     pending: Mutex<Pending>,
     wake: Notify,
+    /// How the other trackers are reached (TLS, credentials).
+    options: EndpointOptions,
 }
 
 impl Peers {
     /// Peers of the tracker named `identity`, counted in `metrics`.
     pub fn new(identity: impl Into<String>, metrics: crate::metrics::Metrics) -> Arc<Self> {
+        Self::with_options(identity, metrics, EndpointOptions::default())
+    }
+
+    /// [`Peers::new`] reaching the other trackers with `options` (their
+    /// TLS settings and credentials; the timeouts are this module's).
+    pub fn with_options(
+        identity: impl Into<String>,
+        metrics: crate::metrics::Metrics,
+        options: EndpointOptions,
+    ) -> Arc<Self> {
         Arc::new(Peers {
             identity: identity.into(),
             metrics,
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
+            options: options
+                .with_connect_timeout(CALL_TIMEOUT)
+                .with_request_timeout(CALL_TIMEOUT),
         })
     }
 
@@ -99,7 +114,7 @@ impl Peers {
                 for address in &current {
                     let client = match clients.get(address) {
                         Some(c) => c.clone(),
-                        None => match connect_lazy(address) {
+                        None => match connect_lazy(address, &self.options) {
                             Some(c) => {
                                 clients.insert(address.clone(), c.clone());
                                 c
@@ -152,12 +167,9 @@ fn take_some(set: &mut BTreeSet<String>) -> Vec<String> {
     taken
 }
 
-fn connect_lazy(address: &str) -> Option<ClusterServiceClient<Channel>> {
-    let options = lts_common::endpoint::EndpointOptions::default()
-        .with_connect_timeout(CALL_TIMEOUT)
-        .with_request_timeout(CALL_TIMEOUT);
-    match lts_common::endpoint::JobTrackerEndpoint::new(address, &options) {
-        Ok(e) => Some(ClusterServiceClient::new(e.endpoint().connect_lazy())),
+fn connect_lazy(address: &str, options: &EndpointOptions) -> Option<ClusterServiceClient<Channel>> {
+    match lts_common::endpoint::JobTrackerEndpoint::new(address, options) {
+        Ok(e) => Some(ClusterServiceClient::new(e.connect_lazy())),
         Err(e) => {
             tracing::warn!("peer tracker {address}: {e}");
             None

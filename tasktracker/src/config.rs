@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lts_common::endpoint::EndpointOptions;
+use lts_common::endpoint::{ClientTls, EndpointOptions, JobTrackerEndpoint, Token};
 use lts_common::limits::{check_node_group, MAX_AHEAD_SLOTS, MAX_SLOTS};
 use lts_common::resolver::StaticResolver;
 
@@ -54,6 +54,13 @@ pub struct TaskTrackerConfig {
     /// outcomes are spooled and delivered on reconnecting). `None` (the
     /// default): runs go on however long the TaskTracker is cut off.
     pub stop_working_after: Option<Duration>,
+    /// TLS to the JobTrackers: their CA, and this TaskTracker's client
+    /// certificate for mutual TLS. `None`: plaintext, and an `https://`
+    /// address is refused.
+    pub tls: Option<ClientTls>,
+    /// Bearer token (a `worker` credential) sent with the stream, for
+    /// JobTrackers that run with a token file.
+    pub token: Option<Token>,
 }
 
 impl TaskTrackerConfig {
@@ -74,6 +81,8 @@ impl TaskTrackerConfig {
             flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             stop_working_after: None,
+            tls: None,
+            token: None,
         }
     }
 
@@ -104,7 +113,13 @@ impl TaskTrackerConfig {
                 message: "is empty".into(),
             });
         }
-        self.resolver()?;
+        let options = self.endpoint_options();
+        for address in self.jobtracker_addresses()? {
+            JobTrackerEndpoint::new(&address, &options).map_err(|e| Error::Config {
+                field: "--jobtracker",
+                message: e.to_string(),
+            })?;
+        }
         if self.stop_working_after.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 field: "--stop-working-after",
@@ -142,7 +157,10 @@ impl TaskTrackerConfig {
 
     /// How connections to a JobTracker are made.
     pub(crate) fn endpoint_options(&self) -> EndpointOptions {
-        EndpointOptions::default().with_connect_timeout(self.connect_timeout)
+        EndpointOptions::default()
+            .with_connect_timeout(self.connect_timeout)
+            .with_tls(self.tls.clone())
+            .with_token(self.token.clone())
     }
 }
 
@@ -229,12 +247,12 @@ mod tests {
     }
 
     #[test]
-    fn an_https_jobtracker_is_refused_because_tls_is_not_configured() {
+    fn an_https_jobtracker_is_refused_without_a_ca() {
         let mut c = TaskTrackerConfig::new("10.0.0.1:7070", "workers");
         c.jobtrackers.push("https://10.0.0.2:7070".into());
         let message = c.validate().unwrap_err().to_string();
         assert!(message.starts_with("--jobtracker:"), "{message}");
-        assert!(message.contains("TLS is not configured"), "{message}");
+        assert!(message.contains("no CA certificate"), "{message}");
         assert!(message.contains("`https://10.0.0.2:7070`"), "{message}");
     }
 

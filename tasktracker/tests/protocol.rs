@@ -1215,7 +1215,7 @@ async fn an_https_jobtracker_is_refused_before_anything_starts() {
     match &e {
         Error::Config { field, message } => {
             assert_eq!(*field, "--jobtracker");
-            assert!(message.contains("TLS is not configured"), "{message}");
+            assert!(message.contains("no CA certificate"), "{message}");
             assert!(message.contains("https://127.0.0.1:7071"), "{message}");
         }
         other => panic!("expected a config error, got {other:?}"),

@@ -72,6 +72,25 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// PEM CA certificate(s) to check the JobTrackers' certificates with;
+    /// with it every JobTracker is reached over TLS (also one written
+    /// host:port). Without it an https:// address is refused.
+    #[arg(long, value_name = "FILE", global = true, env = "JOBCLIENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --tls-key and --tls-ca).
+    #[arg(long, value_name = "FILE", global = true, env = "JOBCLIENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", global = true, env = "JOBCLIENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// File holding the bearer token sent with every call, for
+    /// JobTrackers that run with a token file.
+    #[arg(long, value_name = "FILE", global = true, env = "JOBCLIENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -151,8 +151,32 @@ pub async fn execute(cli: Cli) -> Result<u8, CliError> {
         };
         return nodes(cluster, cli.connect_timeout, json).await;
     }
+    let tls = match &cli.tls_ca {
+        Some(ca) => Some(
+            lts_common::endpoint::ClientTls::from_files(
+                ca,
+                cli.tls_cert.as_deref(),
+                cli.tls_key.as_deref(),
+            )
+            .map_err(|e| CliError::Usage(e.to_string()))?,
+        ),
+        None if cli.tls_cert.is_some() || cli.tls_key.is_some() => return Err(CliError::Usage(
+            "--tls-cert/--tls-key: need --tls-ca (the CA that signs the JobTrackers' certificates)"
+                .into(),
+        )),
+        None => None,
+    };
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            lts_common::endpoint::Token::from_file("--token-file", path)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     let options = ClientOptions {
         connect_timeout: cli.connect_timeout,
+        tls,
+        token,
         ..ClientOptions::default()
     };
     let client = match cluster {

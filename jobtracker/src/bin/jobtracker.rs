@@ -11,6 +11,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("hash-token") {
+        let mut token = String::new();
+        std::io::stdin().read_line(&mut token)?;
+        if token.trim().is_empty() {
+            eprintln!("error: hash-token: give the token on stdin");
+            std::process::exit(2);
+        }
+        println!("{}", lts_jobtracker::auth::hash_token(&token));
+        return Ok(());
+    }
     let cli: Cli = lts_common::config::parse_with_file();
     let mut config = match TrackerConfig::try_from(&cli) {
         Ok(c) => c,

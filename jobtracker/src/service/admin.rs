@@ -8,6 +8,7 @@ use lts_proto::v1 as pb;
 use pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Need};
 use crate::store::{AdminAction, JobUpdate};
 use crate::Tracker;
 
@@ -25,12 +26,25 @@ impl AdminApi {
 
     async fn act(
         &self,
+        caller: Caller,
         job_id: String,
         action: AdminAction,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
+        let what = match &action {
+            AdminAction::Suspend => "suspend",
+            AdminAction::Resume => "resume",
+            AdminAction::Trigger => "trigger",
+            AdminAction::Delete => "delete",
+            AdminAction::Update(_) => "update",
+        };
+        let need = match &action {
+            AdminAction::Delete => Need::Delete,
+            _ => Need::Operate,
+        };
+        self.tracker.check_job(&caller, need, &job_id, what).await?;
         let done = crate::store::operator(&*self.tracker.store)?
             .admin(&job_id, action, lts_common::now_ms())
             .await?;
@@ -38,6 +52,7 @@ impl AdminApi {
             self.tracker.dispatcher.wake(g);
         }
         self.tracker.scheduler.notify_one();
+        caller.audit(what, &job_id);
         let job = done.after.unwrap_or(done.before);
         Ok(Response::new(pb::AdminJobResponse {
             job: Some(job.into()),
@@ -98,25 +113,34 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        self.act(r.into_inner().job_id, AdminAction::Suspend).await
+        let caller = self.tracker.caller(&r, "suspend")?;
+        self.act(caller, r.into_inner().job_id, AdminAction::Suspend)
+            .await
     }
 
     async fn resume_job(
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        self.act(r.into_inner().job_id, AdminAction::Resume).await
+        let caller = self.tracker.caller(&r, "resume")?;
+        self.act(caller, r.into_inner().job_id, AdminAction::Resume)
+            .await
     }
 
     async fn cancel_job(
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
+        let caller = self.tracker.caller(&r, "cancel")?;
         let job_id = r.into_inner().job_id;
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
+        self.tracker
+            .check_job(&caller, Need::Operate, &job_id, "cancel")
+            .await?;
         let job = self.tracker.cancel_job(&job_id).await?;
+        caller.audit("cancel", &job_id);
         Ok(Response::new(pb::AdminJobResponse {
             job: Some(job.into()),
         }))
@@ -126,14 +150,18 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        self.act(r.into_inner().job_id, AdminAction::Trigger).await
+        let caller = self.tracker.caller(&r, "trigger")?;
+        self.act(caller, r.into_inner().job_id, AdminAction::Trigger)
+            .await
     }
 
     async fn delete_job(
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        self.act(r.into_inner().job_id, AdminAction::Delete).await?;
+        let caller = self.tracker.caller(&r, "delete")?;
+        self.act(caller, r.into_inner().job_id, AdminAction::Delete)
+            .await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
 
@@ -141,18 +169,24 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
+        let caller = self.tracker.caller(&r, "update")?;
         let r = r.into_inner();
         let job_id = r.job_id.clone();
         let update = read_update(r)?;
-        self.act(job_id, AdminAction::Update(update)).await
+        self.act(caller, job_id, AdminAction::Update(update)).await
     }
 
     async fn list_jobs(
         &self,
         r: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = self.tracker.caller(&r, "list-jobs")?;
+        let r = r.into_inner();
+        if !caller.unlimited(Need::Operate) {
+            caller.require(Need::Operate, &r.task_tracker_node_group, "list-jobs")?;
+        }
         Ok(Response::new(
-            super::job::list_jobs(&self.tracker, r.into_inner()).await?,
+            super::job::list_jobs(&self.tracker, r).await?,
         ))
     }
 }

@@ -11,6 +11,7 @@ use lts_proto::v1 as pb;
 use pb::job_service_server::JobService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Need;
 use crate::error::Error;
 use crate::feedback::FEEDBACK_STREAM_CAPACITY;
 use crate::outbound::{entry_len, peer_channel, MESSAGE_BUDGET_BYTES};
@@ -75,6 +76,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobsRequest>,
     ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        let caller = self.tracker.caller(&request, "submit")?;
         let peer = request.remote_addr().map(|a| a.ip());
         if let Err(wait) = self.tracker.submit_rate.take(peer) {
             self.tracker.metrics.limit_hit("submit_rate");
@@ -86,6 +88,15 @@ impl JobService for JobApi {
             )));
         }
         let jobs = request.into_inner().jobs;
+        if !caller.unlimited(Need::Submit) {
+            for (i, job) in jobs.iter().enumerate() {
+                caller.require(
+                    Need::Submit,
+                    &job.submit_node_group,
+                    &format!("submit (jobs[{i}].submit_node_group)"),
+                )?;
+            }
+        }
         if jobs.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "jobs: a batch holds at most {MAX_BATCH} jobs, this one {}",
@@ -213,6 +224,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let caller = self.tracker.caller(&request, "get-job")?;
         let r = request.into_inner();
         let store = &self.tracker.store;
         let job = if !r.job_id.is_empty() {
@@ -228,6 +240,12 @@ impl JobService for JobApi {
                 "job_id: give a job id, or a task id with its node group",
             ));
         };
+        let named = if r.job_id.is_empty() {
+            format!("{}/{}", r.task_tracker_node_group, r.task_id)
+        } else {
+            r.job_id.clone()
+        };
+        caller.require_job(Need::Read, job.as_ref(), &named, "get-job")?;
         match job {
             Some(job) => Ok(Response::new(pb::GetJobResponse {
                 job: Some(job.into()),
@@ -244,20 +262,28 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Ok(Response::new(
-            list_jobs(&self.tracker, request.into_inner()).await?,
-        ))
+        let caller = self.tracker.caller(&request, "list-jobs")?;
+        let r = request.into_inner();
+        if !caller.unlimited(Need::Operate) {
+            caller.require(Need::Operate, &r.task_tracker_node_group, "list-jobs")?;
+        }
+        Ok(Response::new(list_jobs(&self.tracker, r).await?))
     }
 
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = self.tracker.caller(&request, "cancel")?;
         let job_id = request.into_inner().job_id;
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
+        self.tracker
+            .check_job(&caller, Need::Operate, &job_id, "cancel")
+            .await?;
         let job = self.tracker.cancel_job(&job_id).await?;
+        caller.audit("cancel", &job_id);
         Ok(Response::new(pb::CancelJobResponse {
             job: Some(job.into()),
         }))
@@ -267,10 +293,14 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobLogRequest>,
     ) -> Result<Response<pb::GetJobLogResponse>, Status> {
+        let caller = self.tracker.caller(&request, "get-job-log")?;
         let r = request.into_inner();
         if r.job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
         }
+        self.tracker
+            .check_job(&caller, Need::Read, &r.job_id, "get-job-log")
+            .await?;
         let (entries, next) = self
             .tracker
             .store
@@ -293,7 +323,11 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let caller = self.tracker.caller(&request, "list-logs")?;
         let r = request.into_inner();
+        if !caller.unlimited(Need::Operate) {
+            caller.require(Need::Operate, &r.task_tracker_node_group, "list-logs")?;
+        }
         if !r.task_tracker_node_group.is_empty() {
             check_node_group(&r.task_tracker_node_group)
                 .map_err(|m| ValidationError::new("task_tracker_node_group", m))?;
@@ -332,6 +366,7 @@ impl JobService for JobApi {
         &self,
         request: Request<Streaming<pb::FeedbackClientMessage>>,
     ) -> Result<Response<Self::FeedbackStream>, Status> {
+        let caller = self.tracker.caller(&request, "feedback")?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?;
         let subscribe = match first.and_then(|m| m.kind) {
@@ -345,6 +380,7 @@ impl JobService for JobApi {
         let group = subscribe.submit_node_group;
         check_node_group(&group)
             .map_err(|m| ValidationError::new("subscribe.submit_node_group", m))?;
+        caller.require(Need::Feedback, &group, "feedback")?;
         let (tx, rx) = peer_channel(FEEDBACK_STREAM_CAPACITY);
         let router = self.tracker.feedback.clone();
         lts_common::limits::check_len(

@@ -252,6 +252,25 @@ impl WorkService for WorkApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
+        let caller = match request.extensions().get::<crate::auth::Caller>() {
+            Some(caller) => caller.clone(),
+            None => self.tracker.caller(&request, "work")?,
+        };
+        let mutual_tls =
+            (self.tracker.config.security.tls.as_ref()).is_some_and(|t| t.client_ca_pem.is_some());
+        if mutual_tls && request.peer_certs().is_none() {
+            tracing::warn!(
+                target: "audit",
+                who = caller.name(),
+                what = "work",
+                from = %caller.from,
+                outcome = "unauthenticated",
+                "a TaskTracker came without a client certificate"
+            );
+            return Err(Status::unauthenticated(
+                "the WorkService needs a client certificate signed by the JobTracker's --tls-client-ca",
+            ));
+        }
         let (metadata, extensions, mut inbound) = request.into_parts();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -269,6 +288,9 @@ impl WorkService for WorkApi {
             },
         };
         check_hello(&hello)?;
+        // A worker credential names the node groups it may take jobs of;
+        // the hello's node group must be one of them.
+        caller.require(crate::auth::Need::Work, &hello.node_group, "work")?;
         let (identity, group) = stream_identity(&hello, &metadata, &extensions)?;
         self.tracker.dispatcher.admit_identity(&identity)?;
         let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));

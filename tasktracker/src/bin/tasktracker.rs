@@ -131,6 +131,22 @@ struct Cli {
     /// this long (e.g. 5m); each hands its job back. Off when not given.
     #[arg(long, env = "TASKTRACKER_STOP_WORKING_AFTER", value_parser = humantime::parse_duration)]
     stop_working_after: Option<Duration>,
+    /// PEM CA certificate(s) to check the JobTrackers' certificates with;
+    /// with it every JobTracker is reached over TLS. Without it an
+    /// https:// address is refused.
+    #[arg(long, env = "TASKTRACKER_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-key and
+    /// --tls-ca); JobTrackers with --tls-client-ca require one.
+    #[arg(long, env = "TASKTRACKER_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TASKTRACKER_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// File holding the bearer token (a `worker` credential) sent to the
+    /// JobTrackers, for JobTrackers that run with a token file.
+    #[arg(long, env = "TASKTRACKER_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "TASKTRACKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -211,6 +227,27 @@ async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
     config.ahead_slots = cli.ahead_slots;
     config.shutdown_grace = cli.shutdown_grace;
     config.stop_working_after = cli.stop_working_after;
+    config.tls = match &cli.tls_ca {
+        Some(ca) => Some(
+            lts_common::endpoint::ClientTls::from_files(
+                ca,
+                cli.tls_cert.as_deref(),
+                cli.tls_key.as_deref(),
+            )
+            .context("invalid config")?,
+        ),
+        None if cli.tls_cert.is_some() || cli.tls_key.is_some() => anyhow::bail!(
+            "invalid config: --tls-cert/--tls-key need --tls-ca (the CA that signs the JobTrackers' certificates)"
+        ),
+        None => None,
+    };
+    config.token = match &cli.token_file {
+        Some(path) => Some(
+            lts_common::endpoint::Token::from_file("--token-file", path)
+                .context("invalid config")?,
+        ),
+        None => None,
+    };
     let limits = SpoolLimits {
         max_entries: cli.spool_max_entries,
         max_bytes: cli.spool_max_bytes,
