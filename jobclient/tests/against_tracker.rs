@@ -578,6 +578,33 @@ async fn logs_of_many_jobs_by_node_group_task_id_and_time() {
         entries.iter().all(|e| e["job_id"] != ids[2].as_str()),
         "{out}"
     );
+    // Text: one table per job under its job id and task id, a footer of the
+    // same form as `list`'s, and a trailing newline.
+    let (code, out, err) =
+        jobclient(&tracker.address, &["logs", "-g", "workers", "--limit", "1"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with('\n'), "{out:?}");
+    let first_job = out.lines().next().expect("a header");
+    assert!(
+        first_job == format!("job {} (task log-a, node group workers)", ids[0])
+            || first_job == format!("job {} (task log-b, node group workers)", ids[1]),
+        "{out}"
+    );
+    let footer = out.lines().last().expect("a footer");
+    assert!(
+        footer.starts_with("next page: jobclient logs --page-token "),
+        "{out}"
+    );
+    let (code, listed, err) =
+        jobclient(&tracker.address, &["list", "-g", "workers", "--limit", "1"]).await;
+    assert_eq!(code, Some(0), "{listed}{err}");
+    assert!(listed.ends_with('\n'), "{listed:?}");
+    let footer = listed.lines().last().expect("a footer");
+    assert!(
+        footer.starts_with("next page: jobclient list --page-token ")
+            && footer.ends_with(" (with the same filters)"),
+        "{listed}"
+    );
     let (code, _, err) = jobclient(&tracker.address, &["logs", "--since", "yesterday"]).await;
     assert_eq!(code, Some(2), "a bad time is a usage error: {err}");
     assert!(err.contains("--since"), "{err}");

@@ -207,6 +207,30 @@ fn schedules_that_end_print_what_there_is() {
 }
 
 #[test]
+fn schedules_with_no_time_to_come_say_so_and_exit_1() {
+    for format in [&[][..], &["--json"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jobclient"))
+            .args(["--jobtracker", NO_TRACKER])
+            .args(format)
+            .args([
+                "cron",
+                "next",
+                "0 0 0 1 1 ? 2020-2022",
+                "--after",
+                "2026-01-01T00:00:00Z",
+            ])
+            .env_remove("JOBCLIENT_CONFIG")
+            .env_remove("JOBCLIENT_JOBTRACKER")
+            .output()
+            .expect("run jobclient");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("never fires after 2026-01-01"), "{stderr}");
+    }
+}
+
+#[test]
 fn plan_check_shows_each_error_and_bad_plans_exit_2() {
     let lines = stdout_lines(&jobclient(&[
         "plan",
