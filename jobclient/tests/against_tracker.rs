@@ -423,6 +423,53 @@ async fn jobclient(address: &str, args: &[&str]) -> (Option<i32>, String, String
 }
 
 #[tokio::test]
+async fn cli_refusals_name_the_field_and_the_existing_job_once() {
+    let tracker = Tracker::start().await;
+    let addr = tracker.address.as_str();
+    // A valid expression whose times are all past: the tracker refuses it.
+    let (code, out, err) = jobclient(
+        addr,
+        &[
+            "submit",
+            "-g",
+            "workers",
+            "-t",
+            "old",
+            "--cron",
+            "0 0 0 1 1 ? 2020",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.matches("schedule.cron.expression").count(), 1, "{out}");
+    assert!(
+        out.starts_with("refused task old: INVALID_ARGUMENT schedule.cron.expression: "),
+        "{out}"
+    );
+
+    let (code, out, err) = jobclient(
+        addr,
+        &["submit", "-g", "workers", "-t", "dup", "--in", "1h"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let job_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("accepted JOBID")
+        .to_string();
+    let (code, out, err) = jobclient(
+        addr,
+        &["submit", "-g", "workers", "-t", "dup", "--in", "1h"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.matches(&job_id).count(), 1, "{out}");
+    assert_eq!(out.matches("task_id").count(), 1, "{out}");
+    tracker.stop().await;
+}
+
+#[tokio::test]
 async fn cli_admin_verbs_against_a_tracker() {
     let tracker = Tracker::start().await;
     let addr = tracker.address.as_str();

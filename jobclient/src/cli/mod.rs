@@ -32,7 +32,7 @@ pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
     cron_next_json, cron_next_text, decision_text, feedback_json, feedback_text, fire_time,
     job_json, job_text, jobs_text, log_json, log_text, misfire_name, nodes_json, nodes_text,
-    plan_check_json, plan_check_text, schedule_text, submit_json, submit_text, table,
+    plan_check_json, plan_check_text, refusal_text, schedule_text, submit_json, submit_text, table,
 };
 pub use parse::{
     check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
@@ -423,17 +423,12 @@ fn aside_text(a: &SetAside) -> String {
             code,
             field,
             message,
-        } => {
-            let field = if field.is_empty() {
-                String::new()
-            } else {
-                format!(" {field}")
-            };
-            format!(
-                "set aside task {} (node group {}): refused {code}{field}: {message}",
-                a.task_id, a.node_group
-            )
-        }
+        } => format!(
+            "set aside task {} (node group {}): refused {}",
+            a.task_id,
+            a.node_group,
+            refusal_text(code, field, message, None)
+        ),
     }
 }
 

@@ -19,19 +19,54 @@ pub fn submit_text(outcomes: &[SubmitOutcome]) -> String {
                 out.push_str(&format!("accepted {job_id} task {task_id}\n"));
             }
             SubmitOutcome::Refused(r) => {
-                out.push_str(&format!("refused task {}: {}", r.task_id, r.code));
-                if !r.field.is_empty() {
-                    out.push_str(&format!(" {}", r.field));
-                }
-                out.push_str(&format!(": {}", r.message));
-                if let Some(id) = &r.existing_job_id {
-                    out.push_str(&format!(" (existing job {id})"));
-                }
-                out.push('\n');
+                out.push_str(&format!(
+                    "refused task {}: {}\n",
+                    r.task_id,
+                    refusal_text(&r.code, &r.field, &r.message, r.existing_job_id.as_deref())
+                ));
             }
             SubmitOutcome::Spooled { task_id } => {
                 out.push_str(&format!("spooled task {task_id}\n"));
             }
+        }
+    }
+    out
+}
+
+/// Why a tracker refused a job, in one line: `CODE field: message`, with
+/// the field and the existing job's id said once. The tracker's message
+/// is complete on its own (`jobs[3].task_id: ...`), so the part that
+/// repeats the field is left out here.
+pub fn refusal_text(
+    code: &str,
+    field: &str,
+    message: &str,
+    existing_job_id: Option<&str>,
+) -> String {
+    let mut message = message.trim();
+    if let Some(rest) = message.strip_prefix("jobs[") {
+        if let Some((index, rest)) = rest.split_once("].") {
+            if index.bytes().all(|b| b.is_ascii_digit()) {
+                message = rest;
+            }
+        }
+    }
+    if !field.is_empty() {
+        if let Some(rest) = message
+            .strip_prefix(field)
+            .and_then(|m| m.strip_prefix(':'))
+        {
+            message = rest.trim_start();
+        }
+    }
+    let mut out = code.to_string();
+    if !field.is_empty() {
+        out.push_str(&format!(" {field}"));
+    }
+    out.push_str(&format!(": {message}"));
+    if let Some(id) = existing_job_id {
+        if !message.contains(id) {
+            out.push_str(&format!(" (existing job {id})"));
         }
     }
     out
