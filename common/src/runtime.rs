@@ -42,21 +42,6 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-#[cfg(test)]
-mod tests {
-    use super::colours_wanted;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colours_only_on_a_terminal_without_no_color() {
-        assert!(colours_wanted(true, None));
-        assert!(colours_wanted(true, Some(OsStr::new(""))));
-        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
-        assert!(!colours_wanted(false, None));
-        assert!(!colours_wanted(false, Some(OsStr::new("1"))));
-    }
-}
-
 /// Resolves on the first SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -78,5 +63,20 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colours_wanted;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours_wanted(true, None));
+        assert!(colours_wanted(true, Some(OsStr::new(""))));
+        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colours_wanted(false, None));
+        assert!(!colours_wanted(false, Some(OsStr::new("1"))));
     }
 }
