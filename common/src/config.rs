@@ -30,6 +30,16 @@ pub enum ConfigError {
     /// A flag or value is wrong.
     #[error("{0}")]
     Clap(#[from] clap::Error),
+    /// A value from an env var or the config file is wrong: the message
+    /// names where it came from (the variable, or the file and its key) and
+    /// the flag it stands for.
+    #[error("{origin}: {message}")]
+    Value {
+        /// The env var, or the file and key, with the flag.
+        origin: String,
+        /// What is wrong with the value.
+        message: String,
+    },
     /// The file could not be read or parsed.
     #[error("config file {path}: {message}")]
     File {
@@ -49,7 +59,10 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let command = T::command();
-    let matches = command.clone().try_get_matches_from(&args)?;
+    let matches = command
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(|e| value_origin(e, &command, &args, None))?;
     let Some(path) = config_path(&matches) else {
         return Ok(T::from_arg_matches(&matches)?);
     };
@@ -64,7 +77,7 @@ where
             message: e.to_string(),
         })?;
     let mut merged = args.clone();
-    for (key, value) in table {
+    for (key, value) in table.clone() {
         let long = key.replace('_', "-");
         let Some(arg) = command
             .get_arguments()
@@ -109,8 +122,100 @@ where
             merged.push(format!("--{long}={text}").into());
         }
     }
-    let matches = command.try_get_matches_from(&merged)?;
+    let matches = command
+        .clone()
+        .try_get_matches_from(&merged)
+        .map_err(|e| value_origin(e, &command, &args, Some((&path, &table))))?;
     Ok(T::from_arg_matches(&matches)?)
+}
+
+/// Turns clap's error about a bad value into one that names where the value
+/// came from when that was not the command line: the env var, or the config
+/// file and its key (clap itself names only the flag). Other errors are
+/// kept as they are.
+fn value_origin(
+    e: clap::Error,
+    command: &clap::Command,
+    args: &[OsString],
+    file: Option<(&str, &toml::Table)>,
+) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e.into();
+    }
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+        return e.into();
+    };
+    let Some(long) = flag
+        .strip_prefix("--")
+        .and_then(|f| f.split([' ', '=']).next())
+        .map(str::to_string)
+    else {
+        return e.into();
+    };
+    let Some(arg) = find_arg(command, &long) else {
+        return e.into();
+    };
+    let on_command_line = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}")
+            || a.starts_with(&format!("--{long}="))
+            || arg
+                .get_short()
+                .is_some_and(|c| a.starts_with(&format!("-{c}")) && !a.starts_with("--"))
+    });
+    if on_command_line {
+        return e.into();
+    }
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let reason = match (
+        std::error::Error::source(&e),
+        e.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("it must be one of {}", valid.join(", "))
+        }
+        _ => "it is not a valid value".to_string(),
+    };
+    let message = format!("invalid value `{value}`: {reason}");
+    let env = arg
+        .get_env()
+        .filter(|name| std::env::var_os(name).is_some())
+        .map(|name| name.to_string_lossy().into_owned());
+    if let Some(env) = env {
+        return ConfigError::Value {
+            origin: format!("env var {env} (--{long})"),
+            message,
+        };
+    }
+    if let Some((path, table)) = file {
+        if let Some(key) = table.keys().find(|k| k.replace('_', "-") == long) {
+            return ConfigError::Value {
+                origin: format!("config file {path}, key `{key}` (--{long})"),
+                message,
+            };
+        }
+    }
+    e.into()
+}
+
+/// The option with this long name, in the command or its subcommands.
+fn find_arg<'a>(command: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, long))
+        })
 }
 
 fn config_path(matches: &ArgMatches) -> Option<String> {
@@ -160,6 +265,12 @@ mod tests {
         let path = f.path().display().to_string();
         let e = try_parse_with_file::<Opts, _>(["x", "--config", &path]).unwrap_err();
         assert!(e.to_string().contains("--slots"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("config file {path}, key `slots` (--slots)")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("invalid value `many`"), "{e}");
         let f = file("colour = 1\n");
         let path = f.path().display().to_string();
         let e = try_parse_with_file::<Opts, _>(["x", "--config", &path]).unwrap_err();
