@@ -58,14 +58,127 @@ where
     I::Item: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let (matches, _) = merged_matches::<T>(&args)?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+/// One effective setting, as `--check-config` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The long flag, e.g. `--listen`.
+    pub flag: String,
+    /// Its value as given (joined with `,` when several); a password in a
+    /// URI is masked.
+    pub value: String,
+    /// Where it came from: `command line`, `env VAR`, `config file PATH key
+    /// KEY`, or `default`.
+    pub source: String,
+}
+
+/// Every option's effective value and where it came from, for
+/// `--check-config`. Options with no value (unset, no default) are listed
+/// as `-` from `default`.
+pub fn effective_settings<T, I>(args: I) -> Result<Vec<Setting>, ConfigError>
+where
+    T: Parser,
+    I: IntoIterator,
+    I::Item: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let (matches, from_file) = merged_matches::<T>(&args)?;
+    let command = T::command();
+    let mut settings = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let id = arg.get_id().as_str();
+        if matches!(long, "help" | "version" | "check-config") {
+            continue;
+        }
+        let value = match matches.get_raw(id) {
+            Some(values) => values
+                .map(|v| mask_password(&v.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(","),
+            None => "-".to_string(),
+        };
+        let source = if let Some((path, key)) = from_file
+            .iter()
+            .find_map(|(l, path, key)| (l == long).then_some((path, key)))
+        {
+            format!("config file {path} key `{key}`")
+        } else {
+            match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => "command line".to_string(),
+                Some(ValueSource::EnvVariable) => format!(
+                    "env {}",
+                    arg.get_env()
+                        .map(|e| e.to_string_lossy())
+                        .unwrap_or_default()
+                ),
+                _ => "default".to_string(),
+            }
+        };
+        settings.push(Setting {
+            flag: format!("--{long}"),
+            value,
+            source,
+        });
+    }
+    Ok(settings)
+}
+
+/// [`effective_settings`] as aligned lines: `--flag  value  (source)`.
+pub fn settings_text(settings: &[Setting]) -> String {
+    let flag_width = settings.iter().map(|s| s.flag.len()).max().unwrap_or(0);
+    let value_width = settings.iter().map(|s| s.value.len()).max().unwrap_or(0);
+    settings
+        .iter()
+        .map(|s| {
+            format!(
+                "  {:flag_width$}  {:value_width$}  ({})\n",
+                s.flag, s.value, s.source
+            )
+        })
+        .collect()
+}
+
+/// `scheme://user:secret@host` becomes `scheme://user:***@host`.
+fn mask_password(value: &str) -> String {
+    let Some(scheme_end) = value.find("://") else {
+        return value.to_string();
+    };
+    let rest = &value[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return value.to_string();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return value.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &value[..scheme_end + 3],
+        &rest[..colon],
+        &rest[at..]
+    )
+}
+
+/// The arguments' matches with the config file's keys merged in, and which
+/// options the file set: (long flag, file path, key).
+#[allow(clippy::type_complexity)]
+fn merged_matches<T: Parser>(
+    args: &[OsString],
+) -> Result<(ArgMatches, Vec<(String, String, String)>), ConfigError> {
+    let args = args.to_vec();
     let command = T::command();
     let matches = command
         .clone()
         .try_get_matches_from(&args)
         .map_err(|e| value_origin(e, &command, &args, None))?;
     let Some(path) = config_path(&matches) else {
-        return Ok(T::from_arg_matches(&matches)?);
+        return Ok((matches, Vec::new()));
     };
+    let mut from_file = Vec::new();
     let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
         path: path.clone(),
         message: e.to_string(),
@@ -95,6 +208,7 @@ where
         ) {
             continue;
         }
+        from_file.push((long.clone(), path.clone(), key.clone()));
         let takes_value = arg.get_action().takes_values();
         let values = match value {
             toml::Value::Array(items) => items,
@@ -126,7 +240,7 @@ where
         .clone()
         .try_get_matches_from(&merged)
         .map_err(|e| value_origin(e, &command, &args, Some((&path, &table))))?;
-    Ok(T::from_arg_matches(&matches)?)
+    Ok((matches, from_file))
 }
 
 /// Turns clap's error about a bad value into one that names where the value
@@ -257,6 +371,33 @@ mod tests {
         assert_eq!((o.slots, o.group.as_str(), o.verbose), (9, "b", true));
         let o: Opts = try_parse_with_file(["x", "--config", &path, "--slots", "2"]).expect("parse");
         assert_eq!(o.slots, 2);
+    }
+
+    #[test]
+    fn settings_say_where_each_value_came_from() {
+        let f = file("slots = 9\n");
+        let path = f.path().display().to_string();
+        let settings =
+            effective_settings::<Opts, _>(["x", "--config", &path, "--group", "g"]).expect("parse");
+        let find = |flag: &str| {
+            settings
+                .iter()
+                .find(|s| s.flag == flag)
+                .unwrap_or_else(|| panic!("{flag} in {settings:?}"))
+                .clone()
+        };
+        assert_eq!(find("--slots").value, "9");
+        assert_eq!(
+            find("--slots").source,
+            format!("config file {path} key `slots`")
+        );
+        assert_eq!(find("--group").source, "command line");
+        assert_eq!(find("--verbose").source, "default");
+        assert_eq!(
+            mask_password("mongodb://u:secret@h:27017/db"),
+            "mongodb://u:***@h:27017/db"
+        );
+        assert_eq!(mask_password("mongodb://h:27017/"), "mongodb://h:27017/");
     }
 
     #[test]
