@@ -1013,6 +1013,59 @@ async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
 }
 
+/// Listing by schedule kind pages through the matching jobs only: no page
+/// is empty while some are left, and the last page has no token.
+async fn listing_by_kind_never_gives_an_empty_page_before_the_end(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let at = |task: &str| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::At(NOW + 60_000);
+        sp
+    };
+    let repeat = |task: &str| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::Repeat {
+            interval_ms: 60_000,
+            count: 2,
+        };
+        sp
+    };
+    // Jobs of other kinds before, between and after the repeat jobs.
+    for specs in [
+        vec![at("a1"), at("a2"), at("a3"), spec("n1", "g")],
+        vec![repeat("r1")],
+        vec![at("a4"), at("a5"), at("a6")],
+        vec![repeat("r2")],
+        vec![at("a7"), spec("n2", "g")],
+    ] {
+        submit_ids(&*s, specs).await;
+    }
+    for (kind, want) in [
+        (lts_common::ScheduleKind::Repeat, vec!["r1", "r2"]),
+        (lts_common::ScheduleKind::Now, vec!["n1", "n2"]),
+    ] {
+        let filter = ListFilter {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = s.list(&filter, 1, token.as_deref()).await.expect("list");
+            assert!(
+                !page.is_empty() || next.is_none(),
+                "an empty {kind:?} page with a token, after {found:?}"
+            );
+            found.extend(page.into_iter().map(|j| j.spec.task_id));
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(found, want, "{kind:?}");
+    }
+}
+
 /// A repeat job fires its count of cycles, a full interval apart, then
 /// finishes; the template itself is never claimed.
 async fn repeat_jobs_fire_their_count_of_cycles_then_finish(b: &dyn Backend) {
@@ -1423,6 +1476,7 @@ cases!(
     the_point_the_grace_late_fires_after_a_gap_under_every_policy,
     a_cycle_relying_on_the_previous_waits_for_it,
     repeat_jobs_fire_their_count_of_cycles_then_finish,
+    listing_by_kind_never_gives_an_empty_page_before_the_end,
     cron_points_follow_the_time_zone_and_the_five_field_form,
     operator_verbs,
     trigger_and_suspend,
