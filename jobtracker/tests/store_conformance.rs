@@ -1303,7 +1303,7 @@ async fn plan_set(b: &dyn Backend) {
     let op = operator(&*s);
     let mut sp = spec("a", "g");
     sp.retry_plan = Some(RetryPlan {
-        steps: vec![RetryStep::RetryAfter(1_000), RetryStep::GiveUp],
+        steps: vec![RetryStep::RetryAfter(30_000), RetryStep::GiveUp],
         count: 1,
         forever: false,
     });
@@ -1343,23 +1343,27 @@ async fn plan_set(b: &dyn Backend) {
                 && e.message.contains("error counter restarted")),
         "{log:?}"
     );
+    // The job waited 30 s under the old plan; the new plan applies at
+    // once: its retry runs 5 s after the plan was set.
+    assert_eq!(after.trigger_at_ms, NOW + 5_001);
+    assert!(claim_one(&*s, "g", NOW + 5_000).await.is_none());
     // The old plan would give up now; the new one retries after 5 s.
-    let j = claim_one(&*s, "g", NOW + 1_000).await.expect("retried");
+    let j = claim_one(&*s, "g", NOW + 5_001).await.expect("retried");
     s.complete(
         vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
-        NOW + 1_000,
+        NOW + 5_001,
     )
     .await
     .expect("complete");
     let j = s.get(&id).await.expect("get").expect("job");
     assert_eq!(
         (j.state, j.failures, j.trigger_at_ms),
-        (JobState::Pending, 1, NOW + 6_000)
+        (JobState::Pending, 1, NOW + 10_001)
     );
-    let j = claim_one(&*s, "g", NOW + 6_000).await.expect("retried");
+    let j = claim_one(&*s, "g", NOW + 10_001).await.expect("retried");
     s.complete(
         vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
-        NOW + 6_000,
+        NOW + 10_001,
     )
     .await
     .expect("complete");
