@@ -1270,8 +1270,9 @@ async fn trigger_and_suspend(b: &dyn Backend) {
     assert_eq!(cycles.len(), 1, "{cycles:?}");
     let log = s.logs(repeat, 100, None).await.expect("logs").0;
     assert!(
-        log.iter().any(|e| e.kind == LogKind::Dispatched
-            && e.message.contains(&format!("as job {}", cycle.job_id))),
+        log.iter()
+            .any(|e| e.kind == LogKind::Fired
+                && e.message.contains(&format!("as job {}", cycle.job_id))),
         "{log:?}"
     );
 
@@ -1283,6 +1284,13 @@ async fn trigger_and_suspend(b: &dyn Backend) {
         claim_one(&*s, "p", NOW + 100_000).await.is_none(),
         "a suspended job is not claimed"
     );
+    let log = s.logs(&ids[0], 100, None).await.expect("logs").0;
+    assert!(
+        log.iter()
+            .any(|e| e.kind == LogKind::Suspended && e.message == "suspended by an operator"),
+        "a suspend is logged as one: {log:?}"
+    );
+    assert!(!log.iter().any(|e| e.kind == LogKind::Cancelled), "{log:?}");
     let e = op
         .admin(&ids[0], AdminAction::Trigger, NOW)
         .await
@@ -1370,6 +1378,13 @@ async fn plan_set(b: &dyn Backend) {
     assert_eq!(
         s.get(&id).await.expect("get").expect("job").state,
         JobState::Suspended
+    );
+    let log = s.logs(&id, 100, None).await.expect("logs").0;
+    assert_eq!(
+        log.last()
+            .map(|e| (e.kind, e.message.contains("retry plan"))),
+        Some((LogKind::Suspended, true)),
+        "the plan's suspend is logged as one: {log:?}"
     );
 }
 

@@ -66,7 +66,7 @@ pub fn decide(job: &Job, action: &AdminAction, now_ms: i64) -> Result<Decision> 
                     job: next,
                     line: Some(LogEntry::new(
                         "",
-                        LogKind::Cancelled,
+                        LogKind::Suspended,
                         job.attempt,
                         "suspended by an operator",
                     )),
