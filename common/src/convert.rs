@@ -435,6 +435,8 @@ impl From<LogKind> for pb::LogKind {
             LogKind::Replaced => pb::LogKind::Replaced,
             LogKind::StaleOutcome => pb::LogKind::StaleOutcome,
             LogKind::Misfire => pb::LogKind::Misfire,
+            LogKind::Suspended => pb::LogKind::Suspended,
+            LogKind::Fired => pb::LogKind::Fired,
         }
     }
 }
@@ -452,6 +454,8 @@ pub fn log_kind_from_wire(v: i32) -> LogKind {
         Ok(pb::LogKind::Replaced) => LogKind::Replaced,
         Ok(pb::LogKind::StaleOutcome) => LogKind::StaleOutcome,
         Ok(pb::LogKind::Misfire) => LogKind::Misfire,
+        Ok(pb::LogKind::Suspended) => LogKind::Suspended,
+        Ok(pb::LogKind::Fired) => LogKind::Fired,
         _ => LogKind::Biz,
     }
 }
@@ -668,6 +672,8 @@ mod tests {
             LogKind::Replaced,
             LogKind::StaleOutcome,
             LogKind::Misfire,
+            LogKind::Suspended,
+            LogKind::Fired,
         ] {
             assert_eq!(log_kind_from_wire(pb::LogKind::from(kind) as i32), kind);
         }

@@ -445,6 +445,10 @@ pub enum LogKind {
     /// Cycle points of a cron job missed by more than the misfire grace,
     /// and what its misfire policy made of them.
     Misfire,
+    /// Suspended, by an operator or by the retry plan, until resumed.
+    Suspended,
+    /// A cron or repeat job fired a cycle (a job of its own).
+    Fired,
 }
 
 impl LogKind {
@@ -462,6 +466,8 @@ impl LogKind {
             LogKind::Replaced => "replaced",
             LogKind::StaleOutcome => "stale-outcome",
             LogKind::Misfire => "misfire",
+            LogKind::Suspended => "suspended",
+            LogKind::Fired => "fired",
         }
     }
 }

@@ -423,6 +423,53 @@ async fn jobclient(address: &str, args: &[&str]) -> (Option<i32>, String, String
 }
 
 #[tokio::test]
+async fn cli_refusals_name_the_field_and_the_existing_job_once() {
+    let tracker = Tracker::start().await;
+    let addr = tracker.address.as_str();
+    // A valid expression whose times are all past: the tracker refuses it.
+    let (code, out, err) = jobclient(
+        addr,
+        &[
+            "submit",
+            "-g",
+            "workers",
+            "-t",
+            "old",
+            "--cron",
+            "0 0 0 1 1 ? 2020",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.matches("schedule.cron.expression").count(), 1, "{out}");
+    assert!(
+        out.starts_with("refused task old: INVALID_ARGUMENT schedule.cron.expression: "),
+        "{out}"
+    );
+
+    let (code, out, err) = jobclient(
+        addr,
+        &["submit", "-g", "workers", "-t", "dup", "--in", "1h"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let job_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("accepted JOBID")
+        .to_string();
+    let (code, out, err) = jobclient(
+        addr,
+        &["submit", "-g", "workers", "-t", "dup", "--in", "1h"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.matches(&job_id).count(), 1, "{out}");
+    assert_eq!(out.matches("task_id").count(), 1, "{out}");
+    tracker.stop().await;
+}
+
+#[tokio::test]
 async fn cli_admin_verbs_against_a_tracker() {
     let tracker = Tracker::start().await;
     let addr = tracker.address.as_str();
@@ -462,7 +509,9 @@ async fn cli_admin_verbs_against_a_tracker() {
         "{out}"
     );
     assert!(
-        out.contains("retry plan    [backoff 1000ms x2 max 60000ms] x5"),
+        out.lines()
+            .any(|l| l.starts_with("retry plan ")
+                && l.ends_with(" [backoff 1000ms x2 max 60000ms] x5")),
         "{out}"
     );
 
@@ -492,7 +541,11 @@ async fn cli_admin_verbs_against_a_tracker() {
     )
     .await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("priority      5"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("priority ") && l.ends_with(" 5")),
+        "{out}"
+    );
 
     // A bad expression never reaches the tracker: exit 2 naming the field.
     let (code, _, err) = jobclient(addr, &["update", &job_id, "--cron", "0 0 3 * * MOON"]).await;
@@ -577,6 +630,33 @@ async fn logs_of_many_jobs_by_node_group_task_id_and_time() {
     assert!(
         entries.iter().all(|e| e["job_id"] != ids[2].as_str()),
         "{out}"
+    );
+    // Text: one table per job under its job id and task id, a footer of the
+    // same form as `list`'s, and a trailing newline.
+    let (code, out, err) =
+        jobclient(&tracker.address, &["logs", "-g", "workers", "--limit", "1"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with('\n'), "{out:?}");
+    let first_job = out.lines().next().expect("a header");
+    assert!(
+        first_job == format!("job {} (task log-a, node group workers)", ids[0])
+            || first_job == format!("job {} (task log-b, node group workers)", ids[1]),
+        "{out}"
+    );
+    let footer = out.lines().last().expect("a footer");
+    assert!(
+        footer.starts_with("next page: jobclient logs --page-token "),
+        "{out}"
+    );
+    let (code, listed, err) =
+        jobclient(&tracker.address, &["list", "-g", "workers", "--limit", "1"]).await;
+    assert_eq!(code, Some(0), "{listed}{err}");
+    assert!(listed.ends_with('\n'), "{listed:?}");
+    let footer = listed.lines().last().expect("a footer");
+    assert!(
+        footer.starts_with("next page: jobclient list --page-token ")
+            && footer.ends_with(" (with the same filters)"),
+        "{listed}"
     );
     let (code, _, err) = jobclient(&tracker.address, &["logs", "--since", "yesterday"]).await;
     assert_eq!(code, Some(2), "a bad time is a usage error: {err}");

@@ -207,6 +207,30 @@ fn schedules_that_end_print_what_there_is() {
 }
 
 #[test]
+fn schedules_with_no_time_to_come_say_so_and_exit_1() {
+    for format in [&[][..], &["--json"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jobclient"))
+            .args(["--jobtracker", NO_TRACKER])
+            .args(format)
+            .args([
+                "cron",
+                "next",
+                "0 0 0 1 1 ? 2020-2022",
+                "--after",
+                "2026-01-01T00:00:00Z",
+            ])
+            .env_remove("JOBCLIENT_CONFIG")
+            .env_remove("JOBCLIENT_JOBTRACKER")
+            .output()
+            .expect("run jobclient");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("never fires after 2026-01-01"), "{stderr}");
+    }
+}
+
+#[test]
 fn plan_check_shows_each_error_and_bad_plans_exit_2() {
     let lines = stdout_lines(&jobclient(&[
         "plan",
@@ -246,4 +270,154 @@ fn https_addresses_are_refused_until_tls_is_configured() {
         assert!(e.contains("no CA certificate"), "{args:?}: {e}");
         assert!(e.contains("https://127.0.0.1:"), "{args:?}: {e}");
     }
+}
+
+/// The rows of the README's global flag table: (flag, env var, default).
+fn readme_flag_table() -> Vec<(String, Option<String>, String)> {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("| global flag | env | default |")
+        .expect("the README's global flag table");
+    readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+            assert_eq!(cells.len(), 3, "a row of three cells: {row}");
+            let flag = cells[0]
+                .trim()
+                .trim_start_matches('`')
+                .split([' ', '`'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let env = cells[1]
+                .split('`')
+                .find(|w| w.starts_with("JOBCLIENT_"))
+                .map(str::to_string);
+            (flag, env, cells[2].trim().to_string())
+        })
+        .collect()
+}
+
+/// The part of `--help` that documents `flag`: from its line to the next
+/// flag's.
+fn help_of(help: &str, flag: &str) -> String {
+    let lines: Vec<&str> = help.lines().collect();
+    let is_flag_line = |l: &str| {
+        let t = l.trim_start();
+        l.starts_with("  ") && t.starts_with('-') && !l.starts_with("          ")
+    };
+    let names = |l: &str| {
+        let t = l.trim_start();
+        // `-g, --node-group <G>` or `--json`
+        let t = match t.split_once(", ") {
+            Some((short, rest)) if short.len() == 2 => rest,
+            _ => t,
+        };
+        t == flag || t.starts_with(&format!("{flag} "))
+    };
+    let start = lines
+        .iter()
+        .position(|l| is_flag_line(l) && names(l))
+        .unwrap_or_else(|| panic!("{flag} is not in --help:\n{help}"));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| is_flag_line(l))
+        .map_or(lines.len(), |n| start + 1 + n);
+    lines[start..end].join("\n")
+}
+
+#[test]
+fn the_readme_flag_table_matches_help() {
+    let out = jobclient(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows = readme_flag_table();
+    assert!(rows.len() >= 7, "{rows:?}");
+    for (flag, env, default) in rows {
+        let section = help_of(&help, &flag);
+        let env = env.unwrap_or_else(|| panic!("{flag} has no env var in the README"));
+        assert!(
+            section.contains(&format!("[env: {env}")),
+            "--help does not give {env} for {flag}:\n{section}"
+        );
+        let default = default.trim_matches('`');
+        if !matches!(default, "off" | "none") {
+            assert!(
+                section.contains(&format!("[default: {default}]")),
+                "--help does not give the default {default} for {flag}:\n{section}"
+            );
+        }
+    }
+}
+
+#[test]
+fn jobclient_json_in_the_environment_gives_json() {
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_jobclient"))
+            .args([
+                "--jobtracker",
+                NO_TRACKER,
+                "cron",
+                "next",
+                "@daily",
+                "--count",
+                "1",
+            ])
+            .env("JOBCLIENT_JSON", value)
+            .env_remove("JOBCLIENT_CONFIG")
+            .output()
+            .expect("run jobclient")
+    };
+    let out = run("1");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    assert_eq!(v["next"].as_array().map(Vec::len), Some(1), "{v}");
+    let out = run("false");
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
+    assert_eq!(stdout_lines(&out).len(), 1);
+    let e = usage_error(&run("perhaps"));
+    assert!(e.contains("env var JOBCLIENT_JSON (--json)"), "{e}");
+}
+
+#[test]
+fn a_bad_value_names_the_env_var_or_file_key_it_came_from() {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobclient"))
+        .args(["--jobtracker", NO_TRACKER, "list"])
+        .env("JOBCLIENT_CONNECT_TIMEOUT", "soon")
+        .env_remove("JOBCLIENT_CONFIG")
+        .output()
+        .expect("run jobclient");
+    let e = usage_error(&out);
+    assert!(
+        e.contains("env var JOBCLIENT_CONNECT_TIMEOUT (--connect-timeout): invalid value `soon`"),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("jobclient.toml");
+    std::fs::write(&file, "connect_timeout = \"soon\"\n").expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_jobclient"))
+        .args(["--jobtracker", NO_TRACKER, "--config"])
+        .arg(&file)
+        .arg("list")
+        .env_remove("JOBCLIENT_CONNECT_TIMEOUT")
+        .env_remove("JOBCLIENT_CONFIG")
+        .output()
+        .expect("run jobclient");
+    let e = usage_error(&out);
+    assert!(
+        e.contains(&format!(
+            "config file {}, key `connect_timeout` (--connect-timeout)",
+            file.display()
+        )),
+        "{e}"
+    );
+
+    // A bad flag on the command line is still reported under the flag.
+    let e = usage_error(&jobclient(&["--connect-timeout", "soon", "list"]));
+    assert!(
+        e.contains("--connect-timeout") && !e.contains("env var"),
+        "{e}"
+    );
 }

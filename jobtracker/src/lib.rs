@@ -549,6 +549,13 @@ async fn serve_until_stopped(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
+    // The older reflection package, still the only one many tools speak
+    // (grpcio-reflection clients, older grpcurl, Postman).
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("gRPC reflection (v1alpha): {e}")))?;
     let jobs =
         pb::job_service_server::JobServiceServer::new(service::job::JobApi::new(tracker.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -626,6 +633,7 @@ async fn serve_until_stopped(
     let server = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(admin)
         .add_service(work)

@@ -1013,6 +1013,59 @@ async fn a_cycle_relying_on_the_previous_waits_for_it(b: &dyn Backend) {
     assert_eq!(cycles_of(&*s, "relying").await.len(), 2, "then it fires");
 }
 
+/// Listing by schedule kind pages through the matching jobs only: no page
+/// is empty while some are left, and the last page has no token.
+async fn listing_by_kind_never_gives_an_empty_page_before_the_end(b: &dyn Backend) {
+    let s = fresh(b).await;
+    let at = |task: &str| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::At(NOW + 60_000);
+        sp
+    };
+    let repeat = |task: &str| {
+        let mut sp = spec(task, "g");
+        sp.schedule = Schedule::Repeat {
+            interval_ms: 60_000,
+            count: 2,
+        };
+        sp
+    };
+    // Jobs of other kinds before, between and after the repeat jobs.
+    for specs in [
+        vec![at("a1"), at("a2"), at("a3"), spec("n1", "g")],
+        vec![repeat("r1")],
+        vec![at("a4"), at("a5"), at("a6")],
+        vec![repeat("r2")],
+        vec![at("a7"), spec("n2", "g")],
+    ] {
+        submit_ids(&*s, specs).await;
+    }
+    for (kind, want) in [
+        (lts_common::ScheduleKind::Repeat, vec!["r1", "r2"]),
+        (lts_common::ScheduleKind::Now, vec!["n1", "n2"]),
+    ] {
+        let filter = ListFilter {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = s.list(&filter, 1, token.as_deref()).await.expect("list");
+            assert!(
+                !page.is_empty() || next.is_none(),
+                "an empty {kind:?} page with a token, after {found:?}"
+            );
+            found.extend(page.into_iter().map(|j| j.spec.task_id));
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(found, want, "{kind:?}");
+    }
+}
+
 /// A repeat job fires its count of cycles, a full interval apart, then
 /// finishes; the template itself is never claimed.
 async fn repeat_jobs_fire_their_count_of_cycles_then_finish(b: &dyn Backend) {
@@ -1217,8 +1270,9 @@ async fn trigger_and_suspend(b: &dyn Backend) {
     assert_eq!(cycles.len(), 1, "{cycles:?}");
     let log = s.logs(repeat, 100, None).await.expect("logs").0;
     assert!(
-        log.iter().any(|e| e.kind == LogKind::Dispatched
-            && e.message.contains(&format!("as job {}", cycle.job_id))),
+        log.iter()
+            .any(|e| e.kind == LogKind::Fired
+                && e.message.contains(&format!("as job {}", cycle.job_id))),
         "{log:?}"
     );
 
@@ -1230,6 +1284,13 @@ async fn trigger_and_suspend(b: &dyn Backend) {
         claim_one(&*s, "p", NOW + 100_000).await.is_none(),
         "a suspended job is not claimed"
     );
+    let log = s.logs(&ids[0], 100, None).await.expect("logs").0;
+    assert!(
+        log.iter()
+            .any(|e| e.kind == LogKind::Suspended && e.message == "suspended by an operator"),
+        "a suspend is logged as one: {log:?}"
+    );
+    assert!(!log.iter().any(|e| e.kind == LogKind::Cancelled), "{log:?}");
     let e = op
         .admin(&ids[0], AdminAction::Trigger, NOW)
         .await
@@ -1250,7 +1311,7 @@ async fn plan_set(b: &dyn Backend) {
     let op = operator(&*s);
     let mut sp = spec("a", "g");
     sp.retry_plan = Some(RetryPlan {
-        steps: vec![RetryStep::RetryAfter(1_000), RetryStep::GiveUp],
+        steps: vec![RetryStep::RetryAfter(30_000), RetryStep::GiveUp],
         count: 1,
         forever: false,
     });
@@ -1290,29 +1351,40 @@ async fn plan_set(b: &dyn Backend) {
                 && e.message.contains("error counter restarted")),
         "{log:?}"
     );
+    // The job waited 30 s under the old plan; the new plan applies at
+    // once: its retry runs 5 s after the plan was set.
+    assert_eq!(after.trigger_at_ms, NOW + 5_001);
+    assert!(claim_one(&*s, "g", NOW + 5_000).await.is_none());
     // The old plan would give up now; the new one retries after 5 s.
-    let j = claim_one(&*s, "g", NOW + 1_000).await.expect("retried");
+    let j = claim_one(&*s, "g", NOW + 5_001).await.expect("retried");
     s.complete(
         vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
-        NOW + 1_000,
+        NOW + 5_001,
     )
     .await
     .expect("complete");
     let j = s.get(&id).await.expect("get").expect("job");
     assert_eq!(
         (j.state, j.failures, j.trigger_at_ms),
-        (JobState::Pending, 1, NOW + 6_000)
+        (JobState::Pending, 1, NOW + 10_001)
     );
-    let j = claim_one(&*s, "g", NOW + 6_000).await.expect("retried");
+    let j = claim_one(&*s, "g", NOW + 10_001).await.expect("retried");
     s.complete(
         vec![report(&id, j.attempt, Outcome::Error("boom".into()))],
-        NOW + 6_000,
+        NOW + 10_001,
     )
     .await
     .expect("complete");
     assert_eq!(
         s.get(&id).await.expect("get").expect("job").state,
         JobState::Suspended
+    );
+    let log = s.logs(&id, 100, None).await.expect("logs").0;
+    assert_eq!(
+        log.last()
+            .map(|e| (e.kind, e.message.contains("retry plan"))),
+        Some((LogKind::Suspended, true)),
+        "the plan's suspend is logged as one: {log:?}"
     );
 }
 
@@ -1423,6 +1495,7 @@ cases!(
     the_point_the_grace_late_fires_after_a_gap_under_every_policy,
     a_cycle_relying_on_the_previous_waits_for_it,
     repeat_jobs_fire_their_count_of_cycles_then_finish,
+    listing_by_kind_never_gives_an_empty_page_before_the_end,
     cron_points_follow_the_time_zone_and_the_five_field_form,
     operator_verbs,
     trigger_and_suspend,

@@ -57,8 +57,14 @@ pub struct Cli {
     )]
     pub zk_session_timeout: Duration,
 
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
+    /// Print machine-readable JSON instead of text. In the env var: 1, true,
+    /// yes or on; 0, false, no or off.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCLIENT_JSON",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub json: bool,
 
     /// TOML file with defaults for --jobtracker, --json and
@@ -69,7 +75,14 @@ pub struct Cli {
 
     /// How long to wait for a connection to one JobTracker before trying the
     /// next.
-    #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        global = true,
+        env = "JOBCLIENT_CONNECT_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
     pub connect_timeout: Duration,
 
     /// PEM CA certificate(s) to check the JobTrackers' certificates with;

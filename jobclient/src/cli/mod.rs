@@ -2,7 +2,8 @@
 //! carries out a parsed command and returns the process exit code.
 //!
 //! Exit codes: 0 all went well; 1 a job was refused (submit) or finished
-//! without success (wait); 2 bad flags or input; 3 the JobTrackers could not
+//! without success (wait), or a cron expression never fires again (`cron
+//! next`); 2 bad flags or input; 3 the JobTrackers could not
 //! be reached or answered with an error; 4 a wait or feedback timed out.
 
 mod args;
@@ -31,7 +32,7 @@ pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
 pub use output::{
     cron_next_json, cron_next_text, decision_text, feedback_json, feedback_text, fire_time,
     job_json, job_text, jobs_text, log_json, log_text, misfire_name, nodes_json, nodes_text,
-    plan_check_json, plan_check_text, schedule_text, submit_json, submit_text, table,
+    plan_check_json, plan_check_text, refusal_text, schedule_text, submit_json, submit_text, table,
 };
 pub use parse::{
     check_cron, parse_duration, parse_key_value, parse_kind, parse_misfire, parse_plan,
@@ -47,7 +48,8 @@ use crate::spool::{AsideReason, SetAside, SpoolEvent, SpoolOptions, SpoolingClie
 
 /// Exit code: everything went well.
 pub const EXIT_OK: u8 = 0;
-/// Exit code: a job was refused, or finished without success.
+/// Exit code: a job was refused, or finished without success; or `cron
+/// next` found no time to come.
 pub const EXIT_JOB_FAILED: u8 = 1;
 /// Exit code: bad flags or input.
 pub const EXIT_USAGE: u8 = 2;
@@ -310,6 +312,14 @@ fn cron(a: &CronArgs, json: bool) -> Result<u8, CliError> {
             let after = chrono::DateTime::from_timestamp_millis(after_ms)
                 .ok_or_else(|| CliError::Usage("--after: is out of range".into()))?;
             let times = next_fire_times(&schedule, after, n.count as usize);
+            if times.is_empty() {
+                eprintln!(
+                    "jobclient: `{}` never fires after {} (no time up to the year 2400 matches)",
+                    schedule.expression(),
+                    lts_common::format_ms(after_ms)
+                );
+                return Ok(EXIT_JOB_FAILED);
+            }
             if json {
                 print_json(&cron_next_json(
                     schedule.expression(),
@@ -437,17 +447,12 @@ fn aside_text(a: &SetAside) -> String {
             code,
             field,
             message,
-        } => {
-            let field = if field.is_empty() {
-                String::new()
-            } else {
-                format!(" {field}")
-            };
-            format!(
-                "set aside task {} (node group {}): refused {code}{field}: {message}",
-                a.task_id, a.node_group
-            )
-        }
+        } => format!(
+            "set aside task {} (node group {}): refused {}",
+            a.task_id,
+            a.node_group,
+            refusal_text(code, field, message, None)
+        ),
     }
 }
 
@@ -685,17 +690,22 @@ async fn logs(client: &JobClient, a: LogsArgs, json: bool) -> Result<u8, CliErro
             "next_page_token": page.next_page_token,
         }))?;
     } else {
+        let headers = log_headers(client, &page.entries).await;
         let mut text = String::new();
         let mut start = 0;
-        // One table per job, under its id.
+        // One table per job, under its id and task id.
         while start < page.entries.len() {
             let job = &page.entries[start].job_id;
             let end = page.entries[start..]
                 .iter()
                 .position(|e| &e.job_id != job)
                 .map_or(page.entries.len(), |n| start + n);
+            let header = headers
+                .get(job)
+                .cloned()
+                .unwrap_or_else(|| format!("job {job}"));
             text.push_str(&format!(
-                "job {job}\n{}\n",
+                "{header}\n{}\n",
                 log_text(&page.entries[start..end])
             ));
             start = end;
@@ -703,12 +713,44 @@ async fn logs(client: &JobClient, a: LogsArgs, json: bool) -> Result<u8, CliErro
         if page.entries.is_empty() {
             text.push_str("no log lines match\n");
         }
+        let mut text = text.trim_end().to_string();
+        text.push('\n');
         if let Some(t) = &page.next_page_token {
-            text.push_str(&format!("next page: --page-token {t}\n"));
+            text.push_str(&next_page_footer("logs", t));
         }
-        print(text.trim_end())?;
+        print(&text)?;
     }
     Ok(EXIT_OK)
+}
+
+/// The header of each job's table in `logs`: its job id, task id and node
+/// group. A job that cannot be read (deleted since) keeps only its id.
+async fn log_headers(
+    client: &JobClient,
+    entries: &[lts_common::LogEntry],
+) -> HashMap<String, String> {
+    let mut ids: Vec<String> = entries.iter().map(|e| e.job_id.clone()).collect();
+    ids.dedup();
+    stream::iter(ids)
+        .map(|id| async move {
+            let header = match client.get(&id).await {
+                Ok(job) => format!(
+                    "job {id} (task {}, node group {})",
+                    job.spec.task_id, job.spec.task_tracker_node_group
+                ),
+                Err(_) => format!("job {id}"),
+            };
+            (id, header)
+        })
+        .buffer_unordered(POLL_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The line under a page that has a next one; the same form for every
+/// paged command.
+fn next_page_footer(command: &str, token: &str) -> String {
+    format!("next page: jobclient {command} --page-token {token} (with the same filters)\n")
 }
 
 async fn list(client: &JobClient, a: ListArgs, json: bool) -> Result<u8, CliError> {
@@ -730,9 +772,7 @@ async fn list(client: &JobClient, a: ListArgs, json: bool) -> Result<u8, CliErro
     } else {
         print(&jobs_text(&page.jobs))?;
         if let Some(token) = &page.next_page_token {
-            print(&format!(
-                "more: jobclient list --page-token {token} (with the same filters)\n"
-            ))?;
+            print(&next_page_footer("list", token))?;
         }
     }
     Ok(EXIT_OK)

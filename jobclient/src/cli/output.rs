@@ -19,19 +19,54 @@ pub fn submit_text(outcomes: &[SubmitOutcome]) -> String {
                 out.push_str(&format!("accepted {job_id} task {task_id}\n"));
             }
             SubmitOutcome::Refused(r) => {
-                out.push_str(&format!("refused task {}: {}", r.task_id, r.code));
-                if !r.field.is_empty() {
-                    out.push_str(&format!(" {}", r.field));
-                }
-                out.push_str(&format!(": {}", r.message));
-                if let Some(id) = &r.existing_job_id {
-                    out.push_str(&format!(" (existing job {id})"));
-                }
-                out.push('\n');
+                out.push_str(&format!(
+                    "refused task {}: {}\n",
+                    r.task_id,
+                    refusal_text(&r.code, &r.field, &r.message, r.existing_job_id.as_deref())
+                ));
             }
             SubmitOutcome::Spooled { task_id } => {
                 out.push_str(&format!("spooled task {task_id}\n"));
             }
+        }
+    }
+    out
+}
+
+/// Why a tracker refused a job, in one line: `CODE field: message`, with
+/// the field and the existing job's id said once. The tracker's message
+/// is complete on its own (`jobs[3].task_id: ...`), so the part that
+/// repeats the field is left out here.
+pub fn refusal_text(
+    code: &str,
+    field: &str,
+    message: &str,
+    existing_job_id: Option<&str>,
+) -> String {
+    let mut message = message.trim();
+    if let Some(rest) = message.strip_prefix("jobs[") {
+        if let Some((index, rest)) = rest.split_once("].") {
+            if index.bytes().all(|b| b.is_ascii_digit()) {
+                message = rest;
+            }
+        }
+    }
+    if !field.is_empty() {
+        if let Some(rest) = message
+            .strip_prefix(field)
+            .and_then(|m| m.strip_prefix(':'))
+        {
+            message = rest.trim_start();
+        }
+    }
+    let mut out = code.to_string();
+    if !field.is_empty() {
+        out.push_str(&format!(" {field}"));
+    }
+    out.push_str(&format!(": {message}"));
+    if let Some(id) = existing_job_id {
+        if !message.contains(id) {
+            out.push_str(&format!(" (existing job {id})"));
         }
     }
     out
@@ -173,7 +208,7 @@ pub fn job_text(job: &Job) -> String {
                 spec.task_id, spec.task_tracker_node_group
             ),
         ),
-        ("state", job.state.name().to_string()),
+        ("state", state_text(job)),
         (
             "attempt",
             format!("{} ({} errors counted)", job.attempt, job.failures),
@@ -187,13 +222,26 @@ pub fn job_text(job: &Job) -> String {
     if !job.worker.is_empty() {
         rows.push(("worker", job.worker.clone()));
     }
-    rows.push((
-        "last outcome",
-        job.last_outcome
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "-".into()),
-    ));
+    if spec.schedule.is_recurring() {
+        // A template never runs itself: its results are its cycles'.
+        rows.push((
+            "cycles",
+            format!(
+                "{} created; their runs: jobclient list -g {} --task-id-prefix '{}'",
+                job.cycles,
+                spec.task_tracker_node_group,
+                cycle_task_id_prefix(job)
+            ),
+        ));
+    } else {
+        rows.push((
+            "last outcome",
+            job.last_outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
     rows.push(("retry plan", spec.effective_retry_plan().to_string()));
     if spec.timeout_ms > 0 {
         rows.push((
@@ -235,6 +283,25 @@ fn payload_preview(payload: &[u8]) -> String {
     }
 }
 
+/// A job's state as people read it. A cron or repeat job is a template
+/// that creates cycles: `succeeded` there means it is done creating them,
+/// not that a run succeeded (its cycles run, each a job of its own).
+pub fn state_text(job: &Job) -> String {
+    if !job.spec.schedule.is_recurring() {
+        return job.state.name().to_string();
+    }
+    match job.state {
+        lts_common::JobState::Succeeded => "done creating cycles".to_string(),
+        lts_common::JobState::Pending => "creating cycles".to_string(),
+        other => format!("{} (creates cycles)", other.name()),
+    }
+}
+
+/// The task id prefix of a cron or repeat job's cycles (`<task id>@`).
+fn cycle_task_id_prefix(job: &Job) -> String {
+    format!("{}@", job.spec.task_id)
+}
+
 /// A job as a JSON object: times both as Unix milliseconds and RFC 3339.
 pub fn job_json(job: &Job) -> Value {
     let spec = &job.spec;
@@ -243,6 +310,9 @@ pub fn job_json(job: &Job) -> Value {
         "task_id": spec.task_id,
         "node_group": spec.task_tracker_node_group,
         "state": job.state.name(),
+        "state_text": state_text(job),
+        "cycles_created": job.cycles,
+        "cycle_task_id_prefix": job.spec.schedule.is_recurring().then(|| cycle_task_id_prefix(job)),
         "final": job.state.is_final(),
         "attempt": job.attempt,
         "failures": job.failures,
@@ -519,6 +589,38 @@ mod tests {
             failures: 1,
             cycles: 0,
         }
+    }
+
+    #[test]
+    fn a_finished_repeat_template_says_it_is_done_creating_cycles_and_where_they_are() {
+        let mut t = job();
+        t.spec.schedule = lts_common::Schedule::Repeat {
+            interval_ms: 1_000,
+            count: 3,
+        };
+        t.cycles = 3;
+        t.attempt = 0;
+        t.last_outcome = None;
+        let text = job_text(&t);
+        let row = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                .unwrap_or_default()
+        };
+        assert_eq!(row(&text, "state "), "done creating cycles", "{text}");
+        assert!(
+            text.contains(
+                "3 created; their runs: jobclient list -g workers --task-id-prefix 't-1@'"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("last outcome"), "{text}");
+        assert!(!text.contains("succeeded"), "{text}");
+        let v = job_json(&t);
+        assert_eq!(v["state_text"], "done creating cycles");
+        assert_eq!(v["cycle_task_id_prefix"], "t-1@");
+        // A one-off job reads as before.
+        assert_eq!(row(&job_text(&job()), "state "), "succeeded");
     }
 
     #[test]

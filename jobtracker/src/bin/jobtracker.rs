@@ -30,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if cli.check_config {
-        println!("config OK: {config:#?}");
+        let settings = lts_common::config::effective_settings::<Cli, _>(std::env::args_os())?;
+        println!("config OK; effective settings:");
+        print!("{}", lts_common::config::settings_text(&settings));
         return Ok(());
     }
     init_tracing(cli.log_format);

@@ -323,7 +323,7 @@ impl SledStore {
         r.log(
             LogEntry::new(
                 "",
-                LogKind::Dispatched,
+                LogKind::Fired,
                 r.job.attempt,
                 format!(
                     "fired cycle {} due at {} as job {child_id}",

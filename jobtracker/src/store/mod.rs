@@ -747,7 +747,7 @@ pub fn apply_outcome(job: &mut Job, report: &RunReport, now_ms: i64) -> Transiti
                     job.state = JobState::Suspended;
                     t.logs.push(LogEntry::new(
                         &job.job_id,
-                        LogKind::Retry,
+                        LogKind::Suspended,
                         attempt,
                         format!(
                             "error {} of the retry plan; suspended until an operator resumes it",

@@ -66,7 +66,7 @@ pub fn decide(job: &Job, action: &AdminAction, now_ms: i64) -> Result<Decision> 
                     job: next,
                     line: Some(LogEntry::new(
                         "",
-                        LogKind::Cancelled,
+                        LogKind::Suspended,
                         job.attempt,
                         "suspended by an operator",
                     )),
@@ -151,12 +151,33 @@ pub fn decide(job: &Job, action: &AdminAction, now_ms: i64) -> Result<Decision> 
                 next.trigger_at_ms = new_job(String::new(), next.spec.clone(), 0, now_ms).trigger_at_ms;
                 changed.push(format!("schedule {:?}", sch.kind()));
             }
+            let mut retry_moved = false;
             if let Some(plan) = &u.retry_plan {
                 next.spec.retry_plan = Some(plan.clone());
                 next.failures = 0;
                 changed.push(format!("retry plan {plan} (error counter restarted)"));
+                // A job waiting for its retry waits as the new plan says, not
+                // as the old one did: the new plan's delay for an error, from
+                // now. A plan whose first answer is not a retry lets the
+                // waiting run go at once.
+                let waiting_for_retry = state == JobState::Pending
+                    && job.failures > 0
+                    && u.schedule.is_none()
+                    && next.trigger_at_ms > now_ms;
+                if waiting_for_retry {
+                    next.trigger_at_ms = match plan.decide(1) {
+                        lts_common::RetryDecision::RetryAfter(delay) => now_ms
+                            .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
+                        _ => now_ms,
+                    };
+                    retry_moved = true;
+                    changed.push(format!(
+                        "the waiting retry now runs at {}",
+                        lts_common::format_ms(next.trigger_at_ms)
+                    ));
+                }
             }
-            let reschedule = u.schedule.is_some() || u.priority.is_some();
+            let reschedule = u.schedule.is_some() || u.priority.is_some() || retry_moved;
             Ok(Decision {
                 job: next,
                 line: line(format!("updated by an operator: {}", changed.join(", "))),

@@ -337,6 +337,11 @@ async fn run(cli: Cli, guard: Option<Arc<JobGuard>>) -> anyhow::Result<()> {
             Some(d) => println!("  stop working after: {}", humantime::format_duration(d)),
             None => println!("  stop working after: off"),
         }
+        let settings = lts_common::config::effective_settings::<Cli, _>(std::env::args_os())?;
+        print!(
+            "effective settings:\n{}",
+            lts_common::config::settings_text(&settings)
+        );
         return Ok(());
     }
     // Opened before the runner looks at the jobs a previous TaskTracker on

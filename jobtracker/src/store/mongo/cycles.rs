@@ -462,7 +462,7 @@ impl CycleStore for MongoStore {
                         point,
                         child,
                     } => (
-                        LogKind::Dispatched,
+                        LogKind::Fired,
                         format!(
                             "fired cycle {cycle} due at {} as job {}",
                             lts_common::format_ms(*point),

@@ -1023,6 +1023,24 @@ impl JobStore for MongoStore {
                 doc! { "$regex": format!("^{}", regex_escape(p)) },
             );
         }
+        if let Some(kind) = filter.kind {
+            // The schedule is stored externally tagged: `"Now"`, or an
+            // object under `At`, `Cron` or `Repeat`.
+            match kind {
+                lts_common::ScheduleKind::Now => {
+                    q.insert("spec.schedule", "Now");
+                }
+                lts_common::ScheduleKind::At => {
+                    q.insert("spec.schedule.At", doc! { "$exists": true });
+                }
+                lts_common::ScheduleKind::Cron => {
+                    q.insert("spec.schedule.Cron", doc! { "$exists": true });
+                }
+                lts_common::ScheduleKind::Repeat => {
+                    q.insert("spec.schedule.Repeat", doc! { "$exists": true });
+                }
+            }
+        }
         if let Some(t) = page_token {
             q.insert("_id", doc! { "$gt": t });
         }
@@ -1049,8 +1067,8 @@ impl JobStore for MongoStore {
         let jobs: Vec<Job> = page
             .into_iter()
             .filter_map(|d| decode("job", d))
-            // The schedule kind is not indexed; a page filtered by kind may
-            // come back shorter than asked, with a token for the rest.
+            // Every filter is in the query; this only guards against a
+            // document the query matched loosely.
             .filter(|j: &Job| filter.matches(j))
             .collect();
         let token = if more { last_id } else { None };

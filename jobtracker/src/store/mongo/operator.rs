@@ -251,7 +251,7 @@ impl MongoStore {
             line_at(
                 LogEntry::new(
                     "",
-                    LogKind::Dispatched,
+                    LogKind::Fired,
                     template.attempt,
                     format!("fired cycle {count} due at {at} as job {cycle_id}"),
                 ),
