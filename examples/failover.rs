@@ -537,16 +537,7 @@ async fn master_loss(run: &mut Run, graceful: bool) -> Result<(i64, i64, i64)> {
 /// A cycle that appends `<task id> <start, Unix ms> <parent pid>` to
 /// `ledger`, like [`long_job_payload`], and ends.
 fn cycle_payload(ledger: &Path) -> Result<Vec<u8>> {
-    let job = ShellJob::new(
-        SHELL,
-        vec![
-            "-c".to_string(),
-            r#"echo "$LTS_TASK_ID $(date +%s%3N) $PPID" >> "$1""#.to_string(),
-            "sh".to_string(),
-            ledger.display().to_string(),
-        ],
-    );
-    Ok(serde_json::to_vec(&job)?)
+    ledger_payload(ledger, &[])
 }
 
 /// Waits for the start of a cycle whose point (the `@<ms>` of its task id)
@@ -600,17 +591,7 @@ async fn master_loss_under_load(run: &mut Run, args: &Args) -> Result<Vec<(&'sta
     }
     // Cycles run before the kill.
     wait_ledger(&ledger, args.load_cron_jobs.max(1)).await?;
-    let job = ShellJob::new(
-        SHELL,
-        vec![
-            "-c".to_string(),
-            r#"echo "$LTS_TASK_ID $(date +%s%3N) $PPID" >> "$1"; sleep "$2""#.to_string(),
-            "sh".to_string(),
-            ledger.display().to_string(),
-            args.load_job_seconds.clone(),
-        ],
-    );
-    let payload = serde_json::to_vec(&job)?;
+    let payload = ledger_payload(&ledger, &[&args.load_job_seconds])?;
     let mut acked = Vec::new();
     let specs: Vec<JobSpec> = (0..args.load_jobs)
         .map(|i| {
@@ -768,16 +749,21 @@ async fn tracker_loss(run: &mut Run) -> Result<i64> {
 /// `ledger` as it starts (the parent is the TaskTracker), then runs long
 /// enough to be running when its TaskTracker is killed.
 fn long_job_payload(ledger: &Path) -> Result<Vec<u8>> {
-    let job = ShellJob::new(
-        SHELL,
-        vec![
-            "-c".to_string(),
-            r#"echo "$LTS_TASK_ID $(date +%s%3N) $PPID" >> "$1"; exec sleep 20"#.to_string(),
-            "sh".to_string(),
-            ledger.display().to_string(),
-        ],
-    );
-    Ok(serde_json::to_vec(&job)?)
+    ledger_payload(ledger, &["20"])
+}
+
+/// A job that appends `<task id> <start, Unix ms> <parent pid>` to
+/// `ledger` as it starts, then sleeps the seconds `sleep` names, if any.
+fn ledger_payload(ledger: &Path, sleep: &[&str]) -> Result<Vec<u8>> {
+    let mut args = vec![
+        "-c".to_string(),
+        r#"echo "$LTS_TASK_ID $(date +%s%3N) $PPID" >> "$1"; [ -z "$2" ] || exec sleep "$2""#
+            .to_string(),
+        "sh".to_string(),
+        ledger.display().to_string(),
+    ];
+    args.extend(sleep.iter().map(|s| s.to_string()));
+    Ok(serde_json::to_vec(&ShellJob::new(SHELL, args))?)
 }
 
 /// Waits until the ledger holds `n` starts; returns the `n`th start (Unix
