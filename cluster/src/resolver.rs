@@ -147,7 +147,7 @@ mod tests {
         let r = ClusterResolver::new();
         let list = r.watch();
         assert!(r.addresses().is_empty());
-        r.update(["b:2", "a:1", "", "https://bad:3"]);
+        r.update(["b:2", "a:1", "", "ftp://bad:3"]);
         assert_eq!(*list.borrow(), ["http://a:1", "http://b:2"]);
         let first = r.addresses()[0].clone();
         r.connected(&first);
