@@ -340,8 +340,242 @@ fn config_path(matches: &ArgMatches) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// One row of a README table of flags: the flags it names (`--x`), the env
+/// vars (words starting with the binary's prefix), and the default when
+/// the cell is one literal value in backticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagRow {
+    /// Long flags named in the first cell, in order.
+    pub flags: Vec<String>,
+    /// Env vars named in the second cell, in order.
+    pub envs: Vec<String>,
+    /// The default, when the third cell is one value in backticks.
+    pub default: Option<String>,
+}
+
+/// The rows of the markdown table of `readme` whose header line starts
+/// with `header`: the documentation of a binary's flags, checked against
+/// its `--help` by [`readme_table_mismatches`].
+pub fn readme_flag_rows(
+    readme: &str,
+    header: &str,
+    env_prefix: &str,
+) -> Result<Vec<FlagRow>, String> {
+    let start = readme
+        .find(header)
+        .ok_or_else(|| format!("no table starting with `{header}`"))?;
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            // `\|` inside a cell is a literal bar.
+            let cells: Vec<String> = row
+                .trim_matches('|')
+                .replace("\\|", "\u{1}")
+                .split(" | ")
+                .map(|c| c.replace('\u{1}', "|").trim().to_string())
+                .collect();
+            if cells.len() < 3 {
+                return Err(format!("a row with fewer than three cells: {row}"));
+            }
+            // Flags named in a note in parentheses are not the row's own.
+            let own = cells[0].split(" (").next().unwrap_or_default();
+            let flags = ticked(own)
+                .iter()
+                .filter_map(|t| t.split(' ').next())
+                .filter(|t| t.starts_with("--"))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            if flags.is_empty() {
+                return Err(format!("a row naming no flag: {row}"));
+            }
+            let envs = cells[1]
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with(env_prefix))
+                .map(str::to_string)
+                .collect();
+            let values = ticked(&cells[2]);
+            let default = match values.as_slice() {
+                [one] if cells[2] == format!("`{one}`") => Some(one.clone()),
+                _ => None,
+            };
+            Ok(FlagRow {
+                flags,
+                envs,
+                default,
+            })
+        })
+        .collect()
+}
+
+/// Whether `line` of a clap `--help` starts the entry of a flag.
+fn is_flag_line(line: &str) -> bool {
+    line.starts_with("  ") && !line.starts_with("          ") && line.trim_start().starts_with('-')
+}
+
+/// The long flag a `--help` entry line documents (`-g, --node-group <G>`).
+fn flag_of_line(line: &str) -> Option<&str> {
+    line.split([' ', ','])
+        .find(|w| w.starts_with("--"))
+        .map(|w| w.split('=').next().unwrap_or(w))
+}
+
+/// The part of a clap `--help` that documents `flag`: from its line to the
+/// next flag's.
+pub fn help_section(help: &str, flag: &str) -> Option<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| is_flag_line(l) && flag_of_line(l) == Some(flag))?;
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| is_flag_line(l))
+        .map_or(lines.len(), |n| start + 1 + n);
+    Some(lines[start..end].join("\n"))
+}
+
+/// What differs between the README table of flags whose header starts
+/// with `header` and `help` (a binary's `--help`): a flag of the table
+/// missing from the help, an env var or default the help does not give,
+/// and, when the table is meant to be `complete`, a flag of the help
+/// (other than `--help` and `--version`) missing from the table. Empty
+/// when they agree.
+pub fn readme_table_mismatches(
+    readme: &str,
+    header: &str,
+    env_prefix: &str,
+    help: &str,
+    complete: bool,
+) -> Result<Vec<String>, String> {
+    let rows = readme_flag_rows(readme, header, env_prefix)?;
+    let mut out = Vec::new();
+    let mut documented = std::collections::HashSet::new();
+    for row in &rows {
+        let mut sections = Vec::new();
+        for flag in &row.flags {
+            documented.insert(flag.clone());
+            match help_section(help, flag) {
+                Some(s) => sections.push(s),
+                None => out.push(format!("{flag} is in the README but not in --help")),
+            }
+        }
+        if sections.len() != row.flags.len() {
+            continue;
+        }
+        if row.envs.is_empty() {
+            for (flag, s) in row.flags.iter().zip(&sections) {
+                if s.contains("[env: ") {
+                    out.push(format!("the README names no env var for {flag}"));
+                }
+            }
+        } else if row.envs.len() == row.flags.len() {
+            for ((flag, env), s) in row.flags.iter().zip(&row.envs).zip(&sections) {
+                if !s.contains(&format!("[env: {env}")) {
+                    out.push(format!("--help does not give {env} for {flag}:\n{s}"));
+                }
+            }
+        } else {
+            out.push(format!(
+                "the README row of {} names {} env vars for {} flags",
+                row.flags.join(", "),
+                row.envs.len(),
+                row.flags.len()
+            ));
+        }
+        if let (Some(default), Some(s)) = (&row.default, sections.first()) {
+            if !s.contains(&format!("[default: {default}]")) {
+                out.push(format!(
+                    "--help does not give the default {default} for {}:\n{s}",
+                    row.flags[0]
+                ));
+            }
+        }
+    }
+    for line in help.lines().filter(|l| complete && is_flag_line(l)) {
+        if let Some(flag) = flag_of_line(line) {
+            if !matches!(flag, "--help" | "--version") && !documented.contains(flag) {
+                out.push(format!("{flag} is in --help but not in the README"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A size in bytes for a flag: a number, optionally followed by KiB, MiB
+/// or GiB (or K, M, G); zero is refused.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" | "k" => 10,
+        "mib" | "m" => 20,
+        "gib" | "g" => 30,
+        other => return Err(format!("unknown unit `{other}`; say KiB, MiB or GiB")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{text}` is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_readme_table_is_checked_both_ways_against_help() {
+        let help = "\
+Options:
+  -g, --group <G>   The group [env: X_GROUP=] [default: a]
+      --slots <N>   Slots [env: X_SLOTS=] [default: 4]
+      --quiet       Say less
+  -h, --help        Print help
+";
+        let readme = "\
+| flag | env | default |
+|---|---|---|
+| `--group G` (see `--slots`) | `X_GROUP` | `a` |
+| `--slots N` | `X_SLOTS` | `5` |
+| `--gone` | `X_GONE` | off |
+";
+        let rows = super::readme_flag_rows(readme, "| flag |", "X_").expect("rows");
+        assert_eq!(rows[0].flags, vec!["--group"]);
+        assert_eq!(rows[0].envs, vec!["X_GROUP"]);
+        assert_eq!(rows[0].default.as_deref(), Some("a"));
+        let found =
+            super::readme_table_mismatches(readme, "| flag |", "X_", help, true).expect("a table");
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("default 5 for --slots"), "{found:?}");
+        assert!(found[1].contains("--gone is in the README"), "{found:?}");
+        assert!(found[2].contains("--quiet is in --help"), "{found:?}");
+        let partial =
+            super::readme_table_mismatches(readme, "| flag |", "X_", help, false).expect("a table");
+        assert_eq!(partial.len(), 2, "{partial:?}");
+    }
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_zero_and_nonsense() {
+        assert_eq!(super::parse_bytes("512"), Ok(512));
+        assert_eq!(super::parse_bytes("4KiB"), Ok(4096));
+        assert_eq!(super::parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(super::parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(super::parse_bytes("0").is_err());
+        assert!(super::parse_bytes("12 parsecs").is_err());
+        assert!(super::parse_bytes("lots").is_err());
+    }
+
     use super::*;
     use std::io::Write;
 

@@ -272,83 +272,35 @@ fn https_addresses_are_refused_until_tls_is_configured() {
     }
 }
 
-/// The rows of the README's global flag table: (flag, env var, default).
-fn readme_flag_table() -> Vec<(String, Option<String>, String)> {
+/// Checks a table of the README against a `--help`.
+fn check_readme_table(header: &str, help_args: &[&str], complete: bool) {
+    let out = jobclient(help_args);
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
     let readme = include_str!("../README.md");
-    let start = readme
-        .find("| global flag | env | default |")
-        .expect("the README's global flag table");
-    readme[start..]
-        .lines()
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .map(|row| {
-            let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
-            assert_eq!(cells.len(), 3, "a row of three cells: {row}");
-            let flag = cells[0]
-                .trim()
-                .trim_start_matches('`')
-                .split([' ', '`'])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let env = cells[1]
-                .split('`')
-                .find(|w| w.starts_with("JOBCLIENT_"))
-                .map(str::to_string);
-            (flag, env, cells[2].trim().to_string())
-        })
-        .collect()
-}
-
-/// The part of `--help` that documents `flag`: from its line to the next
-/// flag's.
-fn help_of(help: &str, flag: &str) -> String {
-    let lines: Vec<&str> = help.lines().collect();
-    let is_flag_line = |l: &str| {
-        let t = l.trim_start();
-        l.starts_with("  ") && t.starts_with('-') && !l.starts_with("          ")
-    };
-    let names = |l: &str| {
-        let t = l.trim_start();
-        // `-g, --node-group <G>` or `--json`
-        let t = match t.split_once(", ") {
-            Some((short, rest)) if short.len() == 2 => rest,
-            _ => t,
-        };
-        t == flag || t.starts_with(&format!("{flag} "))
-    };
-    let start = lines
-        .iter()
-        .position(|l| is_flag_line(l) && names(l))
-        .unwrap_or_else(|| panic!("{flag} is not in --help:\n{help}"));
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| is_flag_line(l))
-        .map_or(lines.len(), |n| start + 1 + n);
-    lines[start..end].join("\n")
+    let rows = lts_common::config::readme_flag_rows(readme, header, "JOBCLIENT_")
+        .unwrap_or_else(|e| panic!("the README's table `{header}`: {e}"));
+    assert!(rows.len() >= 2, "{rows:?}");
+    let mismatches =
+        lts_common::config::readme_table_mismatches(readme, header, "JOBCLIENT_", &help, complete)
+            .unwrap_or_else(|e| panic!("the README's table `{header}`: {e}"));
+    assert!(
+        mismatches.is_empty(),
+        "the README's table `{header}` and `jobclient {}` differ:\n{}",
+        help_args.join(" "),
+        mismatches.join("\n")
+    );
 }
 
 #[test]
 fn the_readme_flag_table_matches_help() {
-    let out = jobclient(&["--help"]);
-    let help = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rows = readme_flag_table();
-    assert!(rows.len() >= 7, "{rows:?}");
-    for (flag, env, default) in rows {
-        let section = help_of(&help, &flag);
-        let env = env.unwrap_or_else(|| panic!("{flag} has no env var in the README"));
-        assert!(
-            section.contains(&format!("[env: {env}")),
-            "--help does not give {env} for {flag}:\n{section}"
-        );
-        let default = default.trim_matches('`');
-        if !matches!(default, "off" | "none") {
-            assert!(
-                section.contains(&format!("[default: {default}]")),
-                "--help does not give the default {default} for {flag}:\n{section}"
-            );
-        }
+    check_readme_table("| global flag | env | default |", &["--help"], true);
+    for command in [
+        &["submit", "--help"][..],
+        &["spool", "status", "--help"],
+        &["spool", "replay", "--help"],
+        &["spool", "purge", "--help"],
+    ] {
+        check_readme_table("| spool flag | env | default |", command, false);
     }
 }
 
@@ -420,4 +372,46 @@ fn a_bad_value_names_the_env_var_or_file_key_it_came_from() {
         e.contains("--connect-timeout") && !e.contains("env var"),
         "{e}"
     );
+}
+
+#[test]
+fn a_full_spool_refuses_a_submit_naming_its_directory_and_limit_and_keeps_the_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool");
+    let spool_arg = spool.display().to_string();
+    let submit = |task_id: &str| {
+        jobclient(&[
+            "submit",
+            "--spool",
+            &spool_arg,
+            "--spool-max-entries",
+            "2",
+            "-g",
+            "workers",
+            "--task-id",
+            task_id,
+            "--payload",
+            "x",
+        ])
+    };
+    for task_id in ["t-1", "t-2"] {
+        let lines = stdout_lines(&submit(task_id));
+        assert_eq!(lines, vec![format!("spooled task {task_id}")]);
+    }
+    let out = submit("t-3");
+    assert!(!out.status.success(), "the third submit is refused");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("spooled"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&spool_arg), "{e}");
+    assert!(e.contains("full (limit 2 entries"), "{e}");
+    assert!(e.contains("--spool-max-entries"), "{e}");
+
+    let out = jobclient(&["spool", "status", "--spool", &spool_arg, "--json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout_lines(&out).join("\n")).expect("json status");
+    assert_eq!(status["entries"], 2, "{status}");
 }

@@ -60,6 +60,10 @@ pub struct Metrics {
 /// takes.
 pub const REFUSED_RUN_MESSAGES: [&str; 3] = ["started", "outcome", "biz_log"];
 
+/// Every value the `direction` label of `lts_jobtracker_peer_notices_total`
+/// takes.
+pub const PEER_NOTICE_DIRECTIONS: [&str; 3] = ["sent", "received", "failed"];
+
 /// Every value the `limit` label of `lts_jobtracker_limited_total` takes.
 pub const LIMITS: [&str; 9] = [
     "field_length",
@@ -193,7 +197,7 @@ impl Metrics {
         for l in LIMITS {
             limited.with_label_values(&[l]);
         }
-        for direction in ["sent", "received", "failed"] {
+        for direction in PEER_NOTICE_DIRECTIONS {
             peer_notices.with_label_values(&[direction]);
         }
         for kind in OUTCOME_KINDS {
@@ -341,6 +345,20 @@ mod tests {
                 text.lines().any(|l| l == line),
                 "{line} missing in:\n{text}"
             );
+        }
+        let labelled = [
+            ("limited", "limit", &LIMITS[..]),
+            ("refused_runs", "message", &REFUSED_RUN_MESSAGES[..]),
+            ("peer_notices", "direction", &PEER_NOTICE_DIRECTIONS[..]),
+        ];
+        for (name, label, values) in labelled {
+            for value in values {
+                let line = format!("lts_jobtracker_{name}_total{{{label}=\"{value}\"}} 0");
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{line} missing in:\n{text}"
+                );
+            }
         }
         assert!(
             text.contains("lts_jobtracker_jobs_submitted_total 0"),

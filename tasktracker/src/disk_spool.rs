@@ -522,6 +522,31 @@ impl OutcomeSpool for DiskSpool {
         self.entries() >= self.limits.max_entries || self.bytes >= self.limits.max_bytes
     }
 
+    fn full_reason(&self) -> String {
+        let mut reasons = Vec::new();
+        if self.entries() >= self.limits.max_entries {
+            reasons.push(format!(
+                "{} entries, at its limit of {} (raise it with --spool-max-entries or \
+                 TASKTRACKER_SPOOL_MAX_ENTRIES)",
+                self.entries(),
+                self.limits.max_entries
+            ));
+        }
+        if self.bytes >= self.limits.max_bytes {
+            reasons.push(format!(
+                "{} bytes, at its limit of {} bytes (raise it with --spool-max-bytes or \
+                 TASKTRACKER_SPOOL_MAX_BYTES)",
+                self.bytes, self.limits.max_bytes
+            ));
+        }
+        format!(
+            "the spool in {} holds {}; {} outcomes wait for the JobTracker's acknowledgement",
+            self.dir.display(),
+            reasons.join(" and "),
+            self.outcomes.len()
+        )
+    }
+
     fn is_durable(&self) -> bool {
         true
     }
@@ -754,6 +779,11 @@ mod tests {
         spool.put(&report("a", 1, 10)).expect("put");
         assert!(spool.is_full());
         assert!(!spool.put_log(&line("a", "3")).expect("log"));
+        let reason = spool.full_reason();
+        let dir = tmp.path().display().to_string();
+        assert!(reason.contains(&dir), "{reason}");
+        assert!(reason.contains("limit of 3"), "{reason}");
+        assert!(reason.contains("--spool-max-entries"), "{reason}");
         spool.put_started(&[run("c")], 1).expect("started");
         // An outcome is kept past the limit: its run already holds a slot.
         spool.put(&report("b", 1, 11)).expect("put");
@@ -772,6 +802,14 @@ mod tests {
         assert!(spool.put_log(&line("a", &"x".repeat(120))).expect("log"));
         assert!(spool.is_full());
         assert!(!spool.put_log(&line("a", "more")).expect("log"));
+        let reason = spool.full_reason();
+        assert!(
+            reason.contains(&tmp.path().display().to_string()),
+            "{reason}"
+        );
+        assert!(reason.contains("limit of 100 bytes"), "{reason}");
+        assert!(reason.contains("--spool-max-bytes"), "{reason}");
+        assert!(!reason.contains("--spool-max-entries"), "{reason}");
         close(spool).await;
     }
 

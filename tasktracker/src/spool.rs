@@ -88,6 +88,11 @@ pub trait OutcomeSpool: Send + Sync + 'static {
     fn is_full(&self) -> bool {
         false
     }
+    /// Why the spool is [full](Self::is_full), for the operator: where it
+    /// is, what it holds, its limit and the setting that raises it.
+    fn full_reason(&self) -> String {
+        format!("{} outcomes waiting", self.len())
+    }
     /// Whether what it holds survives a restart of the process.
     fn is_durable(&self) -> bool {
         false

@@ -275,3 +275,25 @@ impl std::fmt::Debug for TaskTrackerHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_total_of_every_outcome_starts_at_zero() {
+        let registry = Registry::new();
+        Metrics::register(&registry).expect("register");
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .expect("encode");
+        for kind in OUTCOME_KINDS {
+            let line = format!("lts_tasktracker_runs_total{{outcome=\"{kind}\"}} 0");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
+}

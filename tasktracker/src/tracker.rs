@@ -1239,10 +1239,9 @@ impl Driver {
             self.spool_full = full;
             if full {
                 tracing::warn!(
-                    "the outcome spool is full ({} outcomes waiting for the JobTracker's \
-                     acknowledgement): taking no new jobs and keeping no more log lines until \
-                     it has room",
-                    self.spool.len()
+                    "the outcome spool is full ({}): taking no new jobs and keeping no more \
+                     log lines until it has room",
+                    self.spool.full_reason()
                 );
             } else {
                 tracing::info!("the outcome spool has room again: taking jobs");

@@ -246,6 +246,39 @@ pub struct SubmitArgs {
     /// replayed before the new jobs are submitted.
     #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
     pub spool: Option<PathBuf>,
+
+    /// Limits of the --spool directory.
+    #[command(flatten)]
+    pub spool_limits: SpoolLimitArgs,
+
+    /// With --spool: after printing the answers, keep running until the
+    /// spool is empty, replaying it as soon as a JobTracker is reachable.
+    #[arg(long, requires = "spool")]
+    pub until_empty: bool,
+}
+
+/// How much a spool directory holds at most.
+#[derive(Args, Debug, Clone)]
+pub struct SpoolLimitArgs {
+    /// Jobs the spool holds at most; a submit that would pass it fails,
+    /// naming the spool, and keeps what the spool holds.
+    #[arg(long, value_name = "N", env = "JOBCLIENT_SPOOL_MAX_ENTRIES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max_entries: u64,
+
+    /// Bytes of spooled jobs the spool holds at most (a number, or with
+    /// KiB, MiB or GiB); as --spool-max-entries when passed.
+    #[arg(long, value_name = "SIZE", env = "JOBCLIENT_SPOOL_MAX_BYTES", default_value = "1GiB", value_parser = lts_common::config::parse_bytes)]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for SpoolLimitArgs {
+    fn default() -> Self {
+        let options = crate::spool::SpoolOptions::default();
+        SpoolLimitArgs {
+            spool_max_entries: options.max_entries,
+            spool_max_bytes: options.max_bytes,
+        }
+    }
 }
 
 /// Flags of `spool`.
@@ -263,7 +296,7 @@ pub enum SpoolCommand {
     /// set aside. Needs no JobTracker.
     Status(SpoolDirArgs),
     /// Send the spooled jobs to a JobTracker now, oldest first.
-    Replay(SpoolDirArgs),
+    Replay(SpoolReplayArgs),
     /// Drop every job in the spool (asks first).
     Purge(SpoolPurgeArgs),
 }
@@ -274,6 +307,28 @@ pub struct SpoolDirArgs {
     /// The spool directory.
     #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
     pub spool: PathBuf,
+
+    /// Limits of the spool directory.
+    #[command(flatten)]
+    pub spool_limits: SpoolLimitArgs,
+}
+
+/// Flags of `spool replay`.
+#[derive(Args, Debug)]
+pub struct SpoolReplayArgs {
+    /// The spool directory.
+    #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
+    pub spool: PathBuf,
+
+    /// Limits of the spool directory.
+    #[command(flatten)]
+    pub spool_limits: SpoolLimitArgs,
+
+    /// Keep running until the spool is empty, replaying it as soon as a
+    /// JobTracker is reachable; without it the replay stops (exit 3) when
+    /// none is.
+    #[arg(long)]
+    pub until_empty: bool,
 }
 
 /// Flags of `spool purge`.
@@ -282,6 +337,9 @@ pub struct SpoolPurgeArgs {
     /// The spool directory.
     #[arg(long, value_name = "DIR", env = "JOBCLIENT_SPOOL")]
     pub spool: PathBuf,
+    /// Limits of the spool directory.
+    #[command(flatten)]
+    pub spool_limits: SpoolLimitArgs,
     /// Do not ask for confirmation (needed without a terminal).
     #[arg(long)]
     pub yes: bool,

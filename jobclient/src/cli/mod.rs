@@ -24,8 +24,8 @@ use tokio::time::Instant;
 pub use args::{
     CancelArgs, Cli, Command, CronArgs, CronCommand, CronExplainArgs, CronNextArgs, FeedbackArgs,
     GetArgs, JobRefArgs, ListArgs, LogsArgs, PlanArgs, PlanCheckArgs, PlanCommand, PlanSetArgs,
-    ScheduleArgs, SpoolArgs, SpoolCommand, SpoolDirArgs, SpoolPurgeArgs, SubmitArgs, UpdateArgs,
-    WaitArgs,
+    ScheduleArgs, SpoolArgs, SpoolCommand, SpoolDirArgs, SpoolLimitArgs, SpoolPurgeArgs,
+    SpoolReplayArgs, SubmitArgs, UpdateArgs, WaitArgs,
 };
 pub use jobs::{retry_plan_for, shell_payload, JobLine};
 pub use local::{cron_next, dialect_name, next_fire_times, plan_decisions};
@@ -421,8 +421,14 @@ async fn submit(client: &JobClient, a: SubmitArgs, json: bool) -> Result<u8, Cli
 
 /// Opens the spool under `dir` for one command (no background replay) and
 /// says so when a damaged spool was moved aside.
-fn open_spool(client: &JobClient, dir: &std::path::Path) -> Result<SpoolingClient, CliError> {
+fn open_spool(
+    client: &JobClient,
+    dir: &std::path::Path,
+    limits: &SpoolLimitArgs,
+) -> Result<SpoolingClient, CliError> {
     let options = SpoolOptions {
+        max_entries: limits.spool_max_entries,
+        max_bytes: limits.spool_max_bytes,
         background_replay: false,
         ..SpoolOptions::default()
     };
@@ -505,8 +511,30 @@ async fn replay_spool(spooling: &SpoolingClient, quiet: bool) -> Result<bool, Cl
     }
 }
 
+/// Replays until the spool is empty: again every `interval` while no
+/// JobTracker is reachable.
+async fn replay_until_empty(
+    spooling: &SpoolingClient,
+    quiet: bool,
+    interval: Duration,
+) -> Result<(), CliError> {
+    let mut said = false;
+    while !replay_spool(spooling, quiet).await? {
+        if !said {
+            eprintln!(
+                "jobclient: no JobTracker reachable; replaying again every {} until the spool is empty",
+                humantime::format_duration(interval)
+            );
+            said = true;
+        }
+        tokio::time::sleep(interval).await;
+    }
+    Ok(())
+}
+
 /// `submit --spool DIR`: replays the spool, then submits; jobs no tracker
-/// accepts are spooled.
+/// accepts are spooled. With `--until-empty`, then replays until the spool
+/// is empty.
 async fn submit_spooled(
     client: &JobClient,
     a: SubmitArgs,
@@ -514,10 +542,20 @@ async fn submit_spooled(
     json: bool,
 ) -> Result<u8, CliError> {
     let jobs = submit_jobs(&a)?;
-    let spooling = open_spool(client, dir)?;
+    let spooling = open_spool(client, dir, &a.spool_limits)?;
     let result = async {
         replay_spool(&spooling, true).await?;
-        let outcomes = spooling.submit(jobs).await?;
+        let outcomes = match spooling.submit(jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(e @ Error::SpoolFull { .. }) => {
+                eprintln!(
+                    "jobclient: a larger spool takes --spool-max-entries or --spool-max-bytes \
+                     (JOBCLIENT_SPOOL_MAX_ENTRIES, JOBCLIENT_SPOOL_MAX_BYTES)"
+                );
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if json {
             print_json(&submit_json(&outcomes))?;
         } else {
@@ -545,6 +583,9 @@ async fn submit_spooled(
             );
             return Ok(EXIT_JOB_FAILED);
         }
+        if a.until_empty {
+            replay_until_empty(&spooling, true, SpoolOptions::default().replay_interval).await?;
+        }
         Ok(EXIT_OK)
     }
     .await;
@@ -555,8 +596,11 @@ async fn submit_spooled(
 /// `spool status|replay|purge`.
 async fn spool(client: &JobClient, a: SpoolArgs, json: bool) -> Result<u8, CliError> {
     match a.command {
-        SpoolCommand::Status(SpoolDirArgs { spool: dir }) => {
-            let spooling = open_spool(client, &dir)?;
+        SpoolCommand::Status(SpoolDirArgs {
+            spool: dir,
+            spool_limits,
+        }) => {
+            let spooling = open_spool(client, &dir, &spool_limits)?;
             let status = spooling.status();
             let aside = spooling.set_aside()?;
             spooling.close().await?;
@@ -589,9 +633,19 @@ async fn spool(client: &JobClient, a: SpoolArgs, json: bool) -> Result<u8, CliEr
             }
             Ok(EXIT_OK)
         }
-        SpoolCommand::Replay(SpoolDirArgs { spool: dir }) => {
-            let spooling = open_spool(client, &dir)?;
-            let emptied = replay_spool(&spooling, json).await;
+        SpoolCommand::Replay(SpoolReplayArgs {
+            spool: dir,
+            spool_limits,
+            until_empty,
+        }) => {
+            let spooling = open_spool(client, &dir, &spool_limits)?;
+            let emptied = if until_empty {
+                replay_until_empty(&spooling, json, SpoolOptions::default().replay_interval)
+                    .await
+                    .map(|()| true)
+            } else {
+                replay_spool(&spooling, json).await
+            };
             let status = spooling.status();
             spooling.close().await?;
             let emptied = emptied?;
@@ -600,7 +654,11 @@ async fn spool(client: &JobClient, a: SpoolArgs, json: bool) -> Result<u8, CliEr
             }
             Ok(if emptied { EXIT_OK } else { EXIT_TRACKER })
         }
-        SpoolCommand::Purge(SpoolPurgeArgs { spool: dir, yes }) => {
+        SpoolCommand::Purge(SpoolPurgeArgs {
+            spool: dir,
+            spool_limits,
+            yes,
+        }) => {
             if !yes {
                 use std::io::IsTerminal;
                 if !std::io::stdin().is_terminal() {
@@ -610,7 +668,7 @@ async fn spool(client: &JobClient, a: SpoolArgs, json: bool) -> Result<u8, CliEr
                     )));
                 }
             }
-            let spooling = open_spool(client, &dir)?;
+            let spooling = open_spool(client, &dir, &spool_limits)?;
             if !yes {
                 let status = spooling.status();
                 eprint!(

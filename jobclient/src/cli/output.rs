@@ -311,6 +311,8 @@ pub fn job_json(job: &Job) -> Value {
         "node_group": spec.task_tracker_node_group,
         "state": job.state.name(),
         "state_text": state_text(job),
+        "done_creating_cycles": job.spec.schedule.is_recurring()
+            && job.state == lts_common::JobState::Succeeded,
         "cycles_created": job.cycles,
         "cycle_task_id_prefix": job.spec.schedule.is_recurring().then(|| cycle_task_id_prefix(job)),
         "final": job.state.is_final(),
@@ -387,8 +389,13 @@ pub fn jobs_text(jobs: &[Job]) -> String {
                 j.job_id.clone(),
                 j.spec.task_id.clone(),
                 j.spec.task_tracker_node_group.clone(),
-                j.state.name().to_string(),
-                j.attempt.to_string(),
+                state_text(j),
+                // A template does not run: its cycles do.
+                if j.spec.schedule.is_recurring() {
+                    "-".to_string()
+                } else {
+                    j.attempt.to_string()
+                },
                 j.spec.priority.to_string(),
                 format_ms(j.trigger_at_ms),
                 j.last_outcome
@@ -618,7 +625,22 @@ mod tests {
         assert!(!text.contains("succeeded"), "{text}");
         let v = job_json(&t);
         assert_eq!(v["state_text"], "done creating cycles");
+        assert_eq!(v["done_creating_cycles"], true);
+        assert_eq!(v["state"], "succeeded", "kept for scripts");
         assert_eq!(v["cycle_task_id_prefix"], "t-1@");
+        assert_eq!(job_json(&job())["done_creating_cycles"], false);
+        // `list` shows the template as `get` does.
+        let list = jobs_text(&[t.clone(), job()]);
+        let lines: Vec<&str> = list.lines().collect();
+        assert!(lines[1].contains(" done creating cycles "), "{list}");
+        assert!(!lines[1].contains("succeeded"), "{list}");
+        let attempt = lines[0].find("ATTEMPT").expect("an ATTEMPT column");
+        assert!(
+            lines[1][attempt..].starts_with("- "),
+            "no attempt for a template: {list}"
+        );
+        assert!(lines[2][attempt..].starts_with("2 "), "{list}");
+        assert!(lines[2].contains(" succeeded "), "{list}");
         // A one-off job reads as before.
         assert_eq!(row(&job_text(&job()), "state "), "succeeded");
     }

@@ -91,7 +91,7 @@ struct Cli {
     /// comma-separate in the env var): a name, or a prefix ending in `*`.
     /// A job setting any other variable fails, naming it. Giving the flag
     /// replaces the default; give it empty to allow none.
-    /// [default: LANG, LANGUAGE, LC_*, TZ]
+    /// [default: LANG,LANGUAGE,LC_*,TZ]
     #[arg(
         long = "allow-env",
         value_name = "NAME",
@@ -125,7 +125,7 @@ struct Cli {
     spool_max_entries: usize,
     /// Bytes the spool holds at most (a number, or with KiB, MiB or GiB);
     /// when full, as --spool-max-entries.
-    #[arg(long, env = "TASKTRACKER_SPOOL_MAX_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
+    #[arg(long, env = "TASKTRACKER_SPOOL_MAX_BYTES", value_parser = lts_common::config::parse_bytes, default_value = "256MiB")]
     spool_max_bytes: u64,
     /// Cancel the runs going on once no JobTracker has been reachable for
     /// this long (e.g. 5m); each hands its job back. Off when not given.
@@ -153,28 +153,6 @@ struct Cli {
     /// Check the options, print the resulting config and exit.
     #[arg(long)]
     check_config: bool,
-}
-
-/// A size in bytes: a number, optionally followed by KiB, MiB or GiB.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, ""),
-    };
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "kib" | "k" => 10,
-        "mib" | "m" => 20,
-        "gib" | "g" => 30,
-        other => return Err(format!("unknown unit `{other}`; say KiB, MiB or GiB")),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
-    n.checked_mul(1u64 << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
