@@ -16,7 +16,9 @@
 //!   `:` limit it (submit node groups for `submit`, TaskTracker node
 //!   groups for `operate` and `worker`); without them it covers every
 //!   group;
-//! - `NAME` names the caller in the audit log.
+//! - `NAME` names the caller in the audit log (no `/`). A TaskTracker
+//!   that connects with a credential acts as `NAME/IDENTITY`, where
+//!   `IDENTITY` is the one its hello names.
 //!
 //! Blank lines and lines starting with `#` are skipped. The tracker looks
 //! at the file's modification time every [`RELOAD_INTERVAL`] and reads it
@@ -176,6 +178,12 @@ fn parse_table(text: &str) -> Result<Table, String> {
                 "line {n}: unknown role `{role_text}`; say submit, operate, admin or worker"
             ));
         };
+        if name.contains('/') {
+            return Err(format!(
+                "line {n}: the name `{name}` holds a `/`, which separates a worker credential's \
+                 name from its TaskTrackers' identities"
+            ));
+        }
         let principal = Arc::new(Principal {
             name: name.to_string(),
             role,
@@ -558,6 +566,7 @@ mod tests {
             (&line("t", "boss alice"), "unknown role `boss`"),
             (&line("t", "submit: alice"), "names no group"),
             (&line("t", "submit"), "expected"),
+            (&line("t", "worker ops/a"), "holds a `/`"),
             (
                 &format!("{}{}", line("t", "admin a"), line("t", "admin b")),
                 "line 2",

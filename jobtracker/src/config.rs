@@ -140,8 +140,9 @@ pub struct Cli {
     )]
     pub max_streams_per_connection: u32,
 
-    /// Most `SubmitJobs` calls per second from one IP address, with a burst
-    /// of as many; more get RESOURCE_EXHAUSTED. 0: no limit.
+    /// Most `SubmitJobs` calls per second per credential (with
+    /// --token-file) or from one IP address (without), with a burst of as
+    /// many; more get RESOURCE_EXHAUSTED. 0: no limit.
     #[arg(
         long,
         env = "JOBTRACKER_MAX_SUBMITS_PER_SECOND",

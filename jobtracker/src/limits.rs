@@ -1,6 +1,6 @@
 //! Limits that keep a JobTracker serving well-behaved peers while others
 //! misbehave: connections per peer and in total, the HTTP/2 handshake and
-//! idle timeouts, streams per connection, submits per second per peer and
+//! idle timeouts, streams per connection, submits per second per credential (per peer with auth off) and
 //! node groups per submit. docs/limits.md lists them with their settings.
 //!
 //! Connections are counted by a wrapper around the listener
@@ -43,8 +43,8 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Concurrent streams (calls) on one connection.
     pub max_streams_per_connection: u32,
-    /// `SubmitJobs` calls per second from one IP address (a burst of as
-    /// many is allowed); 0: no limit.
+    /// `SubmitJobs` calls per second per credential with auth on, per IP
+    /// address with auth off (a burst of as many is allowed); 0: no limit.
     pub max_submits_per_second: u32,
     /// Distinct node groups the jobs of one submit may name; jobs naming
     /// more are refused alone.
@@ -313,7 +313,27 @@ pub fn limit_connections(
 /// Submits per second per peer, as a token bucket per IP address.
 pub struct SubmitRate {
     per_second: u32,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<RateKey, (f64, Instant)>>,
+}
+
+/// Whose budget a submit is taken from: the credential's name with auth
+/// on, the peer's IP address with auth off.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// A peer's address (unknown peers share one bucket).
+    Peer(Option<IpAddr>),
+    /// A credential's name in the token file.
+    Credential(String),
+}
+
+impl std::fmt::Display for RateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateKey::Peer(Some(ip)) => write!(f, "{ip}"),
+            RateKey::Peer(None) => f.write_str("this peer"),
+            RateKey::Credential(name) => write!(f, "credential `{name}`"),
+        }
+    }
 }
 
 /// Most peers whose buckets are remembered; full buckets are forgotten
@@ -321,7 +341,7 @@ pub struct SubmitRate {
 const MAX_RATE_PEERS: usize = 10_000;
 
 impl SubmitRate {
-    /// `per_second` calls per second per peer, with a burst of as many; 0:
+    /// `per_second` calls per second per key, with a burst of as many; 0:
     /// no limit.
     pub fn new(per_second: u32) -> Self {
         SubmitRate {
@@ -330,22 +350,21 @@ impl SubmitRate {
         }
     }
 
-    /// Takes one call of `peer` (unknown peers share one bucket); `Err`
-    /// with the time until the next call would be allowed.
-    pub fn take(&self, peer: Option<IpAddr>) -> Result<(), Duration> {
+    /// Takes one call from the budget of `key`; `Err` with the time until
+    /// the next call would be allowed.
+    pub fn take(&self, key: &RateKey) -> Result<(), Duration> {
         if self.per_second == 0 {
             return Ok(());
         }
         let rate = f64::from(self.per_second);
         let now = Instant::now();
-        let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_RATE_PEERS && !buckets.contains_key(&peer) {
+        if buckets.len() >= MAX_RATE_PEERS && !buckets.contains_key(key) {
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
             });
         }
-        let (tokens, at) = buckets.entry(peer).or_insert((rate, now));
+        let (tokens, at) = buckets.entry(key.clone()).or_insert((rate, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
         *at = now;
         if *tokens >= 1.0 {
@@ -364,14 +383,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn submits_beyond_the_rate_wait_for_the_bucket_to_refill() {
         let rate = SubmitRate::new(10);
-        let peer = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let peer = &RateKey::Peer(Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
         for _ in 0..10 {
             rate.take(peer).expect("within the burst");
         }
         let wait = rate.take(peer).expect_err("over the rate");
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        // Another peer has its own bucket.
-        rate.take(Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1))))
+        // Another peer, and a credential, have their own buckets.
+        rate.take(&RateKey::Peer(Some(IpAddr::V4(std::net::Ipv4Addr::new(
+            10, 0, 0, 1,
+        )))))
+        .expect("own bucket");
+        rate.take(&RateKey::Credential("alice".into()))
             .expect("own bucket");
         tokio::time::advance(Duration::from_millis(100)).await;
         rate.take(peer).expect("refilled");

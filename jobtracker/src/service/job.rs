@@ -77,12 +77,16 @@ impl JobService for JobApi {
         request: Request<pb::SubmitJobsRequest>,
     ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
         let caller = self.tracker.caller(&request, "submit")?;
-        let peer = request.remote_addr().map(|a| a.ip());
-        if let Err(wait) = self.tracker.submit_rate.take(peer) {
+        // With auth on the budget is the credential's, wherever its calls
+        // come from; with auth off, the peer address's.
+        let key = match &caller.principal {
+            Some(p) => crate::limits::RateKey::Credential(p.name.clone()),
+            None => crate::limits::RateKey::Peer(request.remote_addr().map(|a| a.ip())),
+        };
+        if let Err(wait) = self.tracker.submit_rate.take(&key) {
             self.tracker.metrics.limit_hit("submit_rate");
             return Err(Status::resource_exhausted(format!(
-                "too many submits from {}: at most {} calls per second (--max-submits-per-second); retry in {} ms",
-                peer.map_or_else(|| "this peer".to_string(), |p| p.to_string()),
+                "too many submits from {key}: at most {} calls per second (--max-submits-per-second); retry in {} ms",
                 self.tracker.config.limits.max_submits_per_second,
                 wait.as_millis().max(1)
             )));
@@ -336,6 +340,20 @@ impl JobService for JobApi {
             return Err(Status::invalid_argument(
                 "until_unix_ms: is not after since_unix_ms",
             ));
+        }
+        if !caller.unlimited(Need::Operate) {
+            // The store reads the log of a job named by `job_id`, or inside
+            // which a page token goes on, without looking at its node
+            // group: such a job must be one of the caller's (the same
+            // answer for another group's job as for none).
+            let inside = r.page_token.split_once('/').map(|(job, _)| job);
+            for job_id in [Some(r.job_id.as_str()), inside].into_iter().flatten() {
+                if !job_id.is_empty() {
+                    self.tracker
+                        .check_job(&caller, Need::Operate, job_id, "list-logs")
+                        .await?;
+                }
+            }
         }
         let filter = crate::store::LogFilter {
             job_id: opt(r.job_id),

@@ -182,17 +182,24 @@ pub fn classify_run(job: Option<&Job>, node_group: &str, identity: &str, attempt
     RunOwner::Superseded
 }
 
-/// The identity and node group a stream may act as, from its hello and
-/// the call's metadata and extensions (where a bearer token or the peer's
-/// certificate are found). Today they are the ones its hello names; this
-/// is the one place where credentials are to be checked against them, and
-/// every check of what a stream may report goes by its answer.
-pub fn stream_identity(
-    h: &pb::Hello,
-    _metadata: &tonic::metadata::MetadataMap,
-    _extensions: &tonic::Extensions,
-) -> Result<(String, String), Status> {
-    Ok((h.identity.clone(), h.node_group.clone()))
+/// The identity and node group a stream may act as. With auth off they
+/// are the ones its hello names. With auth on the identity is the
+/// credential's name (its `NAME` in the token file, for a token or a
+/// client certificate alike), a `/`, and the hello's identity: a
+/// credential can only ever act as identities under its own name, so the
+/// holder of one worker credential cannot connect as, or report the runs
+/// of, a TaskTracker of another credential of the same node group. (Names
+/// in the token file hold no `/`, so no two credentials share a prefix.)
+/// Every check of what a stream may report goes by this answer: the
+/// dispatcher's registration, the refusal of a second stream under a
+/// connected identity, whose runs a report is about, runs taken back after
+/// a restart of the tracker, and the `worker` of jobs and log lines.
+pub fn stream_identity(h: &pb::Hello, caller: &crate::auth::Caller) -> (String, String) {
+    let identity = match &caller.principal {
+        None => h.identity.clone(),
+        Some(p) => format!("{}/{}", p.name, h.identity),
+    };
+    (identity, h.node_group.clone())
 }
 
 /// How often refusals of a stream are logged at most; the others in
@@ -271,7 +278,7 @@ impl WorkService for WorkApi {
                 "the WorkService needs a client certificate signed by the JobTracker's --tls-client-ca",
             ));
         }
-        let (metadata, extensions, mut inbound) = request.into_parts();
+        let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
@@ -291,7 +298,7 @@ impl WorkService for WorkApi {
         // A worker credential names the node groups it may take jobs of;
         // the hello's node group must be one of them.
         caller.require(crate::auth::Need::Work, &hello.node_group, "work")?;
-        let (identity, group) = stream_identity(&hello, &metadata, &extensions)?;
+        let (identity, group) = stream_identity(&hello, &caller);
         self.tracker.dispatcher.admit_identity(&identity)?;
         let (tx, rx) = peer_channel(work_stream_capacity(hello.slots, hello.ahead_slots));
         let interval = self.tracker.config.heartbeat_interval;
