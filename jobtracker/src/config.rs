@@ -167,6 +167,28 @@ pub struct Cli {
         default_value_t = 10_000
     )]
     pub max_feedback_in_flight: usize,
+
+    /// Most unfinished jobs (pending, running, suspended, cron and repeat)
+    /// one TaskTracker node group may hold; a submitted job beyond is
+    /// refused (RESOURCE_EXHAUSTED), the others stored. 0: no quota.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_JOBS_PER_NODE_GROUP",
+        default_value_t = crate::limits::DEFAULT_MAX_JOBS_PER_NODE_GROUP
+    )]
+    pub max_jobs_per_node_group: u64,
+
+    /// Most bytes of payload and params the unfinished jobs of one node
+    /// group may hold (a number, or with KiB, MiB, GiB or TiB); a job that
+    /// would pass it is refused (RESOURCE_EXHAUSTED). 0: no quota.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_BYTES_PER_NODE_GROUP",
+        default_value = "16GiB",
+        value_parser = parse_size
+    )]
+    pub max_bytes_per_node_group: u64,
+
     /// PEM certificate chain the gRPC listener shows: with --tls-key, it
     /// serves TLS only. Without it the listener is plaintext (a listener
     /// off loopback then logs a warning at start).
@@ -322,7 +344,31 @@ fn server_limits(cli: &Cli) -> Result<crate::limits::ServerLimits, Error> {
         max_submits_per_second: cli.max_submits_per_second,
         max_node_groups_per_submit: cli.max_node_groups_per_submit,
         max_feedback_in_flight: cli.max_feedback_in_flight,
+        max_jobs_per_node_group: cli.max_jobs_per_node_group,
+        max_bytes_per_node_group: cli.max_bytes_per_node_group,
     })
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB, GiB or TiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        "tib" => 40,
+        other => return Err(format!("unknown unit `{other}`; say KiB, MiB, GiB or TiB")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 16GiB"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
 fn security(cli: &Cli) -> Result<Security, Error> {
@@ -461,6 +507,21 @@ mod tests {
         .expect("parse");
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert_eq!(config.limits.max_connections_per_peer, 8);
+        assert_eq!(config.limits.max_bytes_per_node_group, 16 << 30);
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--max-jobs-per-node-group",
+            "0",
+            "--max-bytes-per-node-group",
+            "512MiB",
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        assert_eq!(config.limits.max_jobs_per_node_group, 0);
+        assert_eq!(config.limits.max_bytes_per_node_group, 512 << 20);
+        let e = Cli::try_parse_from(["jobtracker", "--max-bytes-per-node-group", "3 parsecs"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-bytes-per-node-group"), "{e}");
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
         for (args, flag) in [
             (vec!["--max-connections", "0"], "--max-connections"),
