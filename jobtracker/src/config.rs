@@ -507,6 +507,7 @@ mod tests {
         .expect("parse");
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert_eq!(config.limits.max_connections_per_peer, 8);
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.limits.max_bytes_per_node_group, 16 << 30);
         let cli = Cli::try_parse_from([
             "jobtracker",
@@ -522,7 +523,6 @@ mod tests {
         let e = Cli::try_parse_from(["jobtracker", "--max-bytes-per-node-group", "3 parsecs"])
             .unwrap_err();
         assert!(e.to_string().contains("--max-bytes-per-node-group"), "{e}");
-        assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
         for (args, flag) in [
             (vec!["--max-connections", "0"], "--max-connections"),
             (vec!["--idle-timeout", "3s"], "--idle-timeout"),
