@@ -512,6 +512,15 @@ pub fn readme_table_mismatches(
 /// A size in bytes for a flag: a number, optionally followed by KiB, MiB
 /// or GiB (or K, M, G); zero is refused.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(format!("`{}` is out of range; say a size above zero", text.trim())),
+        n => Ok(n),
+    }
+}
+
+/// A size in bytes for a flag where zero means "off": a number, optionally
+/// followed by KiB, MiB, GiB or TiB (or K, M, G, T).
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -522,13 +531,13 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "kib" | "k" => 10,
         "mib" | "m" => 20,
         "gib" | "g" => 30,
-        other => return Err(format!("unknown unit `{other}`; say KiB, MiB or GiB")),
+        "tib" | "t" => 40,
+        other => return Err(format!("unknown unit `{other}`; say KiB, MiB, GiB or TiB")),
     };
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
     n.checked_mul(1u64 << shift)
-        .filter(|&b| b > 0)
         .ok_or_else(|| format!("`{text}` is out of range"))
 }
 

@@ -168,6 +168,28 @@ pub struct Cli {
         default_value_t = 10_000
     )]
     pub max_feedback_in_flight: usize,
+
+    /// Most unfinished jobs (pending, running, suspended, cron and repeat)
+    /// one TaskTracker node group may hold; a submitted job beyond is
+    /// refused (RESOURCE_EXHAUSTED), the others stored. 0: no quota.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_JOBS_PER_NODE_GROUP",
+        default_value_t = crate::limits::DEFAULT_MAX_JOBS_PER_NODE_GROUP
+    )]
+    pub max_jobs_per_node_group: u64,
+
+    /// Most bytes of payload and params the unfinished jobs of one node
+    /// group may hold (a number, or with KiB, MiB, GiB or TiB); a job that
+    /// would pass it is refused (RESOURCE_EXHAUSTED). 0: no quota.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MAX_BYTES_PER_NODE_GROUP",
+        default_value = "16GiB",
+        value_parser = lts_common::config::parse_size
+    )]
+    pub max_bytes_per_node_group: u64,
+
     /// PEM certificate chain the gRPC listener shows: with --tls-key, it
     /// serves TLS only. Without it the listener is plaintext (a listener
     /// off loopback then logs a warning at start).
@@ -323,6 +345,8 @@ fn server_limits(cli: &Cli) -> Result<crate::limits::ServerLimits, Error> {
         max_submits_per_second: cli.max_submits_per_second,
         max_node_groups_per_submit: cli.max_node_groups_per_submit,
         max_feedback_in_flight: cli.max_feedback_in_flight,
+        max_jobs_per_node_group: cli.max_jobs_per_node_group,
+        max_bytes_per_node_group: cli.max_bytes_per_node_group,
     })
 }
 
@@ -463,6 +487,21 @@ mod tests {
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert_eq!(config.limits.max_connections_per_peer, 8);
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.max_bytes_per_node_group, 16 << 30);
+        let cli = Cli::try_parse_from([
+            "jobtracker",
+            "--max-jobs-per-node-group",
+            "0",
+            "--max-bytes-per-node-group",
+            "512MiB",
+        ])
+        .expect("parse");
+        let config = TrackerConfig::try_from(&cli).expect("valid");
+        assert_eq!(config.limits.max_jobs_per_node_group, 0);
+        assert_eq!(config.limits.max_bytes_per_node_group, 512 << 20);
+        let e = Cli::try_parse_from(["jobtracker", "--max-bytes-per-node-group", "3 parsecs"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-bytes-per-node-group"), "{e}");
         for (args, flag) in [
             (vec!["--max-connections", "0"], "--max-connections"),
             (vec!["--idle-timeout", "3s"], "--idle-timeout"),

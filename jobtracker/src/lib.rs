@@ -11,7 +11,8 @@
 //!   the trackers of a cluster tell each other of new work;
 //! - [`feedback`]: pushes results to submit node groups until acked;
 //! - [`outbound`]: how messages to peers are bounded;
-//! - [`limits`]: connection, timeout and rate limits on peers;
+//! - [`limits`]: connection, timeout and rate limits on peers; [`quota`]:
+//!   jobs and bytes per node group;
 //! - [`auth`]: credentials, roles and the audit log; TLS is set up in
 //!   [`serve_tracker`] from [`ServerTls`];
 //! - [`config`]: flags, env vars and the config file.
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod peers;
+pub mod quota;
 pub mod service;
 pub mod store;
 
@@ -200,6 +202,8 @@ pub struct Tracker {
     pub leader_work: tokio::sync::watch::Sender<Option<Term>>,
     /// Submits per second per peer.
     pub submit_rate: limits::SubmitRate,
+    /// Unfinished jobs and bytes per node group.
+    pub quotas: Arc<quota::Quotas>,
     /// The credentials in force; `None`: auth is off.
     pub auth: Option<Arc<auth::Auth>>,
     /// The shared store whose run leases this tracker keeps, if any.
@@ -379,6 +383,17 @@ pub async fn create_tracker_with_election(
         }
     }));
     let submit_rate = limits::SubmitRate::new(config.limits.max_submits_per_second);
+    let quotas = quota::Quotas::new(
+        config.limits.max_jobs_per_node_group,
+        config.limits.max_bytes_per_node_group,
+    );
+    if quotas.is_on() {
+        // Before the first submit: the groups' jobs from before a restart
+        // count at once.
+        if let Err(e) = quotas.refresh(&*store).await {
+            tracing::warn!("cannot count the node groups' jobs for their quotas: {e}");
+        }
+    }
     let feedback = FeedbackRouter::with_max_in_flight(
         store.clone(),
         metrics.clone(),
@@ -400,6 +415,7 @@ pub async fn create_tracker_with_election(
         election,
         leader_work: tokio::sync::watch::Sender::new(None),
         submit_rate,
+        quotas,
         auth,
         leases,
     }))
@@ -487,6 +503,9 @@ async fn serve_until_stopped(
         });
     }
     tracker.tasks.spawn(update_queue_depths(tracker.clone()));
+    if tracker.quotas.is_on() {
+        tracker.tasks.spawn(count_for_quotas(tracker.clone()));
+    }
     if let Some(auth) = &tracker.auth {
         tracker.tasks.spawn(auth.clone().watch(token.clone()));
     }
@@ -805,6 +824,22 @@ async fn update_queue_depths(tracker: Arc<Tracker>) {
                 depths.into_iter().map(|(g, n)| (g, n as i64)),
             ),
             Err(e) => tracing::warn!("cannot read queue depths: {e}"),
+        }
+    }
+}
+
+/// Counts the node groups' unfinished jobs for their quotas every
+/// [`quota::refresh_interval`].
+async fn count_for_quotas(tracker: Arc<Tracker>) {
+    let mut tick = tokio::time::interval(quota::refresh_interval(&*tracker.store));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tracker.shutdown.cancelled() => return,
+        }
+        if let Err(e) = tracker.quotas.refresh(&*tracker.store).await {
+            tracing::warn!("cannot count the node groups' jobs for their quotas: {e}");
         }
     }
 }

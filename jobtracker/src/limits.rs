@@ -1,7 +1,9 @@
 //! Limits that keep a JobTracker serving well-behaved peers while others
 //! misbehave: connections per peer and in total, the HTTP/2 handshake and
-//! idle timeouts, streams per connection, submits per second per credential (per peer with auth off) and
-//! node groups per submit. docs/limits.md lists them with their settings.
+//! idle timeouts, streams per connection, submits per second per credential
+//! (per peer with auth off), node groups per submit, and the settings of the
+//! quotas per node group ([`crate::quota`]). docs/limits.md lists them with
+//! their settings.
 //!
 //! Connections are counted by a wrapper around the listener
 //! ([`limit_connections`]): one over a cap is closed as soon as it is
@@ -51,7 +53,18 @@ pub struct ServerLimits {
     pub max_node_groups_per_submit: usize,
     /// Feedback items sent to one subscriber and not acked.
     pub max_feedback_in_flight: usize,
+    /// Unfinished jobs one TaskTracker node group may hold; jobs beyond
+    /// are refused alone (see [`crate::quota`]). 0: no quota.
+    pub max_jobs_per_node_group: u64,
+    /// Bytes of payload and params the unfinished jobs of one node group
+    /// may hold ([`crate::store::quota_bytes`]). 0: no quota.
+    pub max_bytes_per_node_group: u64,
 }
+
+/// Default of [`ServerLimits::max_jobs_per_node_group`].
+pub const DEFAULT_MAX_JOBS_PER_NODE_GROUP: u64 = 10_000_000;
+/// Default of [`ServerLimits::max_bytes_per_node_group`]: 16 GiB.
+pub const DEFAULT_MAX_BYTES_PER_NODE_GROUP: u64 = 16 << 30;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -64,6 +77,8 @@ impl Default for ServerLimits {
             max_submits_per_second: 100_000,
             max_node_groups_per_submit: 100,
             max_feedback_in_flight: crate::feedback::DEFAULT_MAX_IN_FLIGHT,
+            max_jobs_per_node_group: DEFAULT_MAX_JOBS_PER_NODE_GROUP,
+            max_bytes_per_node_group: DEFAULT_MAX_BYTES_PER_NODE_GROUP,
         }
     }
 }

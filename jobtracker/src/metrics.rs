@@ -65,13 +65,15 @@ pub const REFUSED_RUN_MESSAGES: [&str; 3] = ["started", "outcome", "biz_log"];
 pub const PEER_NOTICE_DIRECTIONS: [&str; 3] = ["sent", "received", "failed"];
 
 /// Every value the `limit` label of `lts_jobtracker_limited_total` takes.
-pub const LIMITS: [&str; 9] = [
+pub const LIMITS: [&str; 11] = [
     "field_length",
     "duplicate_identity",
     "credit",
     "work_not_read",
     "feedback_in_flight",
     "node_groups_per_call",
+    "node_group_jobs",
+    "node_group_bytes",
     "submit_rate",
     "connections_per_peer",
     "connections_total",

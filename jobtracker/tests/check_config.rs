@@ -19,6 +19,8 @@ fn check_config_prints_every_setting_and_its_source() {
         .arg(&file)
         .args(["--mongodb", "mongodb://app:s3cret@127.0.0.1:27017/"])
         .env("JOBTRACKER_HEARTBEAT_INTERVAL", "3s")
+        .env("JOBTRACKER_MAX_BYTES_PER_NODE_GROUP", "2GiB")
+        .env_remove("JOBTRACKER_MAX_JOBS_PER_NODE_GROUP")
         .env_remove("JOBTRACKER_LISTEN")
         .env_remove("JOBTRACKER_SHUTDOWN_TIMEOUT")
         .env_remove("JOBTRACKER_CONFIG")
@@ -49,6 +51,16 @@ fn check_config_prints_every_setting_and_its_source() {
     assert!(
         shutdown.contains("10s") && shutdown.ends_with("(default)"),
         "{shutdown}"
+    );
+    let bytes = line_of(&text, "--max-bytes-per-node-group");
+    assert!(
+        bytes.contains("2GiB") && bytes.ends_with("(env JOBTRACKER_MAX_BYTES_PER_NODE_GROUP)"),
+        "{bytes}"
+    );
+    let jobs = line_of(&text, "--max-jobs-per-node-group");
+    assert!(
+        jobs.contains("10000000") && jobs.ends_with("(default)"),
+        "{jobs}"
     );
     for flag in [
         "--metrics-addr",

@@ -1461,6 +1461,92 @@ struct Case {
 }
 
 /// The one list of cases; every backend runs every case.
+/// What a group holds by the store's count; a group it leaves out holds
+/// nothing.
+async fn usage_of(s: &dyn JobStore, group: &str) -> (u64, u64) {
+    s.group_usage()
+        .await
+        .expect("group usage")
+        .into_iter()
+        .find(|(g, _)| g == group)
+        .map_or((0, 0), |(_, u)| (u.jobs, u.bytes))
+}
+
+/// The quotas' figures: unfinished jobs and their payload and params bytes
+/// per node group, following submits, outcomes, cancels, replaces,
+/// updates, deletes and a restart.
+async fn group_usage_counts_unfinished_jobs_and_their_bytes(b: &dyn Backend) {
+    use lts_jobtracker::store::{AdminAction, JobUpdate};
+    let s = fresh(b).await;
+    let with = |task: &str, group: &str, payload: usize| {
+        let mut j = spec(task, group);
+        j.payload = vec![7; payload];
+        j.params.insert("key".into(), "value".into()); // 8 bytes
+        j
+    };
+    let ids = submit_ids(
+        &*s,
+        vec![with("a", "g", 100), with("b", "g", 10), with("c", "h", 0)],
+    )
+    .await;
+    assert_eq!(usage_of(&*s, "g").await, (2, 126));
+    assert_eq!(usage_of(&*s, "h").await, (1, 8));
+    assert_eq!(usage_of(&*s, "nobody").await, (0, 0));
+
+    // A run counts until its outcome ends the job.
+    let j = claim_one(&*s, "g", NOW).await.expect("claimed");
+    assert_eq!(usage_of(&*s, "g").await, (2, 126));
+    s.complete(
+        vec![report(
+            &j.job_id,
+            j.attempt,
+            Outcome::Success(String::new()),
+        )],
+        NOW,
+    )
+    .await
+    .expect("complete");
+    let left = if j.job_id == ids[0] { 18 } else { 108 };
+    assert_eq!(usage_of(&*s, "g").await, (1, left));
+    let other = if j.job_id == ids[0] { &ids[1] } else { &ids[0] };
+    s.cancel(other, NOW).await.expect("cancel");
+    assert_eq!(usage_of(&*s, "g").await, (0, 0));
+
+    // A replace leaves the new job's bytes; an update of the params
+    // changes them; a delete frees the group.
+    let mut again = with("c", "h", 50);
+    again.replace_on_exist = true;
+    let r = s.submit(vec![again], NOW).await.expect("replace");
+    let replacement = match &r[0] {
+        SubmitResult::Replaced { job_id, .. } => job_id.clone(),
+        other => panic!("expected a replace, got {other:?}"),
+    };
+    assert_eq!(usage_of(&*s, "h").await, (1, 58));
+    let update = AdminAction::Update(JobUpdate {
+        params: Some([("k".to_string(), "v".repeat(99))].into_iter().collect()),
+        ..Default::default()
+    });
+    operator(&*s)
+        .admin(&replacement, update, NOW)
+        .await
+        .expect("update");
+    assert_eq!(usage_of(&*s, "h").await, (1, 150));
+    let kept = submit_ids(&*s, vec![with("d", "h", 1)]).await;
+    operator(&*s)
+        .admin(&replacement, AdminAction::Delete, NOW)
+        .await
+        .expect("delete");
+    assert_eq!(usage_of(&*s, "h").await, (1, 9));
+
+    // A restart counts the same.
+    s.close().await.expect("close");
+    drop(s);
+    let s = b.open();
+    s.recover(NOW).await.expect("recover");
+    assert_eq!(usage_of(&*s, "h").await, (1, 9));
+    assert!(s.get(&kept[0]).await.expect("get").is_some());
+}
+
 macro_rules! cases {
     ($($f:ident),* $(,)?) => {
         const CASES: &[Case] = &[$(Case {
@@ -1501,6 +1587,7 @@ cases!(
     trigger_and_suspend,
     plan_set,
     at_time_jobs_are_claimed_ahead,
+    group_usage_counts_unfinished_jobs_and_their_bytes,
 );
 
 /// Runs every case (or the one `LTS_CONFORMANCE_CASE` names) on a fresh

@@ -152,6 +152,47 @@ impl JobService for JobApi {
                 .with_label_values(&["node_groups_per_call"])
                 .inc_by(over_groups);
         }
+        // Quotas per node group: a job the group has no room for is
+        // refused alone; the room the others take is held until the store
+        // answers (see `crate::quota`).
+        let reservation = if self.tracker.quotas.is_on() {
+            let wanted: Vec<(&str, u64)> = valid
+                .iter()
+                .map(|s| {
+                    (
+                        s.task_tracker_node_group.as_str(),
+                        crate::store::quota_bytes(s),
+                    )
+                })
+                .collect();
+            let (verdicts, reservation) = self.tracker.quotas.reserve(&wanted);
+            drop(wanted);
+            if verdicts.iter().any(Option::is_some) {
+                let mut kept = Vec::with_capacity(valid.len());
+                let mut kept_at = Vec::with_capacity(valid.len());
+                for ((spec, i), over) in valid.into_iter().zip(valid_at).zip(verdicts) {
+                    match over {
+                        None => {
+                            kept.push(spec);
+                            kept_at.push(i);
+                        }
+                        Some(over) => {
+                            self.tracker.metrics.limit_hit(over.limit());
+                            results[i] = Some(refused(
+                                "RESOURCE_EXHAUSTED",
+                                "task_tracker_node_group",
+                                over.message(i, &spec.task_tracker_node_group),
+                            ));
+                        }
+                    }
+                }
+                valid = kept;
+                valid_at = kept_at;
+            }
+            Some(reservation)
+        } else {
+            None
+        };
         let groups: Vec<String> = {
             let mut g: Vec<String> = valid
                 .iter()
@@ -169,6 +210,9 @@ impl JobService for JobApi {
             .submit(valid, lts_common::now_ms())
             .await
             .map_err(Status::from)?;
+        if let Some(reservation) = reservation {
+            reservation.settle(|i| !matches!(stored.get(i), Some(SubmitResult::Refused(_))));
+        }
         let mut created = 0u64;
         for (i, result) in valid_at.into_iter().zip(stored) {
             results[i] = Some(match result {

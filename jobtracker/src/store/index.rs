@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lts_common::{Job, JobState, LogEntry};
+use lts_common::{Job, JobSpec, JobState, LogEntry};
 use serde::{Deserialize, Serialize};
+
+use super::{quota_bytes, GroupUsage};
 
 /// Ordering key of a ready job: priority, trigger time, submit order.
 pub(super) type ReadyKey = (i32, i64, u64);
@@ -119,11 +121,73 @@ impl Record {
     }
 }
 
+/// The jobs that are not final, by id, and what they hold per node group
+/// (the quota's figures, [`JobStore::group_usage`](super::JobStore::group_usage)),
+/// kept exact as jobs come and go.
+#[derive(Default)]
+pub(super) struct Live {
+    jobs: HashMap<String, Box<Record>>,
+    usage: HashMap<String, GroupUsage>,
+}
+
+impl Live {
+    /// A job by id.
+    pub(super) fn get(&self, job_id: &str) -> Option<&Record> {
+        self.jobs.get(job_id).map(|r| &**r)
+    }
+
+    /// A job by id, to change. The change must leave its node group,
+    /// payload and params as they are (they are counted): take the job out
+    /// with [`remove`](Self::remove) and put it back to change those.
+    pub(super) fn get_mut(&mut self, job_id: &str) -> Option<&mut Record> {
+        self.jobs.get_mut(job_id).map(|r| &mut **r)
+    }
+
+    /// Adds (or replaces) a job.
+    pub(super) fn insert(&mut self, job_id: String, r: Box<Record>) {
+        self.count(&r.job.spec, true);
+        if let Some(old) = self.jobs.insert(job_id, r) {
+            self.count(&old.job.spec, false);
+        }
+    }
+
+    /// Takes a job out.
+    pub(super) fn remove(&mut self, job_id: &str) -> Option<Box<Record>> {
+        let r = self.jobs.remove(job_id)?;
+        self.count(&r.job.spec, false);
+        Some(r)
+    }
+
+    /// Unfinished jobs and their bytes per node group, for the groups
+    /// that hold any.
+    pub(super) fn usage(&self) -> impl Iterator<Item = (&String, &GroupUsage)> {
+        self.usage.iter()
+    }
+
+    fn count(&mut self, spec: &JobSpec, added: bool) {
+        let bytes = quota_bytes(spec);
+        if added {
+            let u = self
+                .usage
+                .entry(spec.task_tracker_node_group.clone())
+                .or_default();
+            u.jobs += 1;
+            u.bytes += bytes;
+        } else if let Some(u) = self.usage.get_mut(&spec.task_tracker_node_group) {
+            u.jobs = u.jobs.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(bytes);
+            if u.jobs == 0 {
+                self.usage.remove(&spec.task_tracker_node_group);
+            }
+        }
+    }
+}
+
 /// Every job that is not final, and the queues over them.
 #[derive(Default)]
 pub(super) struct Index {
-    /// Jobs that are not final.
-    pub(super) live: HashMap<String, Box<Record>>,
+    /// Jobs that are not final, with their count and bytes per node group.
+    pub(super) live: Live,
     /// Pending jobs per node group.
     pub(super) queues: HashMap<String, Queues>,
     /// Cron and repeat jobs by the time of their next cycle.

@@ -127,6 +127,25 @@ pub fn stale_outcome_log(report: &RunReport, current: Option<(u32, JobState)>) -
     .with_worker(&report.worker)
 }
 
+/// What the unfinished jobs of one node group hold: what counts against
+/// its quota (`--max-jobs-per-node-group`, `--max-bytes-per-node-group`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupUsage {
+    /// Jobs that are not final: pending, running, suspended, and cron and
+    /// repeat jobs that fire further cycles.
+    pub jobs: u64,
+    /// Their bytes, by [`quota_bytes`].
+    pub bytes: u64,
+}
+
+/// The bytes a job counts for in its node group's quota: its payload and
+/// its params' keys and values, the parts whose size the client chooses
+/// (the rest of a job is a few hundred bytes at most).
+pub fn quota_bytes(spec: &JobSpec) -> u64 {
+    let params: usize = spec.params.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (spec.payload.len() + params) as u64
+}
+
 /// A result queued for a submit node group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Feedback {
@@ -436,6 +455,13 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Node groups that have pending jobs.
     async fn node_groups(&self) -> Result<Vec<String>>;
+
+    /// What the unfinished jobs of each node group hold (the quotas'
+    /// figures); groups that hold none may be left out. Sees every change
+    /// of the calls that returned before it; on a store several trackers
+    /// share it is a read of the database, so callers ask at an interval,
+    /// not per submit.
+    async fn group_usage(&self) -> Result<Vec<(String, GroupUsage)>>;
 
     /// How often to look for work and feedback that other JobTrackers
     /// sharing this store produced; `None` when this tracker sees every

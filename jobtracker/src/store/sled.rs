@@ -1020,6 +1020,16 @@ impl JobStore for SledStore {
         Ok(out)
     }
 
+    async fn group_usage(&self) -> Result<Vec<(String, GroupUsage)>> {
+        // Kept exact by the index as jobs come and go: no scan.
+        Ok(self
+            .lock()
+            .live
+            .usage()
+            .map(|(g, u)| (g.clone(), *u))
+            .collect())
+    }
+
     async fn node_groups(&self) -> Result<Vec<String>> {
         Ok(self
             .lock()

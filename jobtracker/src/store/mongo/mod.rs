@@ -111,6 +111,10 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, d: Document) -> Option<T> 
     }
 }
 
+/// A job document's bytes for its node group's quota ([`quota_bytes`]),
+/// kept beside the spec so the count sums a field.
+pub(super) const QUOTA_BYTES: &str = "quota_bytes";
+
 fn group_field() -> &'static str {
     "spec.task_tracker_node_group"
 }
@@ -159,6 +163,7 @@ impl MongoStore {
         let mut d = to_doc(job)?;
         d.insert("_id", job.job_id.clone());
         d.insert("dedup_slot", "");
+        d.insert(QUOTA_BYTES, quota_bytes(&job.spec) as i64);
         if cycles::is_template(job) {
             d.insert("template", true);
         }
@@ -1163,6 +1168,49 @@ impl JobStore for MongoStore {
         Ok(seen
             .iter()
             .map(|g| (g.clone(), counts.get(g).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    async fn group_usage(&self) -> Result<Vec<(String, GroupUsage)>> {
+        let unfinished: Vec<Bson> = [JobState::Pending, JobState::Running, JobState::Suspended]
+            .into_iter()
+            .map(state_bson)
+            .collect();
+        let what = "counting unfinished jobs per node group";
+        let docs: Vec<Document> = self
+            .c()
+            .await?
+            .jobs
+            .aggregate([
+                doc! { "$match": { "state": { "$in": unfinished } } },
+                doc! { "$group": {
+                    "_id": format!("${}", group_field()),
+                    "n": { "$sum": 1 },
+                    // Jobs stored before the field was written count 0.
+                    "bytes": { "$sum": format!("${QUOTA_BYTES}") },
+                } },
+            ])
+            .await
+            .map_err(store_err(what))?
+            .try_collect()
+            .await
+            .map_err(store_err(what))?;
+        let number = |v: Option<&Bson>| match v {
+            Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
+            _ => 0,
+        };
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| {
+                let g = d.get_str("_id").ok()?.to_string();
+                let usage = GroupUsage {
+                    jobs: number(d.get("n")),
+                    bytes: number(d.get("bytes")),
+                };
+                Some((g, usage))
+            })
             .collect())
     }
 

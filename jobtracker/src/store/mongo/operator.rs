@@ -18,10 +18,14 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 
 use super::connection::store_err;
-use super::{decode, group_field, mutable_fields, regex_escape, state_bson, to_doc, MongoStore};
+use super::{
+    decode, group_field, mutable_fields, regex_escape, state_bson, to_doc, MongoStore, QUOTA_BYTES,
+};
 use crate::error::{Error, Result};
 use crate::store::operator::{decide, Decision, Effect};
-use crate::store::{new_job, new_job_id, AdminAction, Admined, OperatorStore, SubmitResult};
+use crate::store::{
+    new_job, new_job_id, quota_bytes, AdminAction, Admined, OperatorStore, SubmitResult,
+};
 
 /// How many times a verb reads and decides again when the job changed
 /// under it before it gives up: each round lost means another tracker's
@@ -101,6 +105,7 @@ impl MongoStore {
                 after.updated_at_ms = now_ms;
                 let mut set = mutable_fields(&after)?;
                 set.insert("spec", to_doc(&after.spec)?);
+                set.insert(QUOTA_BYTES, quota_bytes(&after.spec) as i64);
                 set.insert("op_token", self.op_token());
                 let r = self
                     .c()
