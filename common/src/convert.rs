@@ -714,4 +714,198 @@ mod tests {
         assert_eq!(e.field, "spec.task_id", "{e}");
         assert!(job_from_wire(bad).is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Names: valid ones, the empty one, oversized ones and arbitrary text.
+        fn name(max: usize) -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[a-z0-9_-]{1,20}",
+                1 => Just(String::new()),
+                1 => (max - 1..max + 3).prop_map(|n| "a".repeat(n)),
+                1 => (1usize..200_000).prop_map(|n| "x".repeat(n)),
+                2 => "\\PC{0,40}",
+            ]
+        }
+
+        fn params() -> impl Strategy<Value = std::collections::HashMap<String, String>> {
+            prop_oneof![
+                4 => proptest::collection::hash_map("\\PC{0,10}", "\\PC{0,20}", 0..8),
+                1 => proptest::collection::hash_map("[a-z]{1,6}", Just(String::new()), 60..70),
+                1 => (0usize..40_000).prop_map(|n| [("k".to_string(), "v".repeat(n))].into()),
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                4 => proptest::collection::vec(any::<u8>(), 0..16),
+                1 => (MAX_PAYLOAD_BYTES - 1..MAX_PAYLOAD_BYTES + 2).prop_map(|n| vec![0u8; n]),
+            ]
+        }
+
+        fn schedule() -> impl Strategy<Value = Option<pb::Schedule>> {
+            use pb::schedule::Kind;
+            let kind = prop_oneof![
+                Just(Kind::Now(pb::Now {})),
+                any::<i64>().prop_map(|at_unix_ms| Kind::At(pb::At { at_unix_ms })),
+                (
+                    prop_oneof![
+                        "\\PC{0,40}",
+                        Just("0 0 * * *".to_string()),
+                        Just("  ".to_string())
+                    ],
+                    "\\PC{0,20}",
+                    any::<i32>(),
+                    0i32..4,
+                    any::<bool>(),
+                )
+                    .prop_map(
+                        |(expression, time_zone, any_misfire, known, wild)| {
+                            Kind::Cron(pb::Cron {
+                                expression,
+                                time_zone,
+                                misfire: if wild { any_misfire } else { known },
+                            })
+                        }
+                    ),
+                (
+                    prop_oneof![Just(0u64), 1..=MAX_DELAY_MS + 1, any::<u64>()],
+                    any::<u32>()
+                )
+                    .prop_map(|(interval_ms, count)| Kind::Repeat(pb::Repeat {
+                        interval_ms,
+                        count
+                    })),
+            ];
+            proptest::option::of(proptest::option::of(kind).prop_map(|kind| pb::Schedule { kind }))
+        }
+
+        fn retry_plan() -> impl Strategy<Value = Option<pb::RetryPlan>> {
+            use pb::retry_step::Step;
+            let delay = || prop_oneof![0..=MAX_DELAY_MS + 1, any::<u64>()];
+            let step = prop_oneof![
+                Just(None),
+                Just(Some(Step::Retry(pb::Retry {}))),
+                delay().prop_map(|delay_ms| Some(Step::RetryAfter(pb::RetryAfter { delay_ms }))),
+                (delay(), any::<f64>(), delay()).prop_map(|(base_ms, factor, max_ms)| {
+                    Some(Step::Backoff(pb::Backoff {
+                        base_ms,
+                        factor,
+                        max_ms,
+                    }))
+                }),
+                Just(Some(Step::Suspend(pb::Suspend {}))),
+                Just(Some(Step::GiveUp(pb::GiveUp {}))),
+            ]
+            .prop_map(|step| pb::RetryStep { step });
+            proptest::option::of(
+                (
+                    proptest::collection::vec(step, 0..MAX_RETRY_STEPS + 3),
+                    prop_oneof![Just(0u32), any::<u32>()],
+                    any::<bool>(),
+                )
+                    .prop_map(|(steps, count, forever)| pb::RetryPlan {
+                        steps,
+                        count,
+                        forever,
+                    }),
+            )
+        }
+
+        fn wire_spec() -> impl Strategy<Value = pb::JobSpec> {
+            (
+                (
+                    name(MAX_TASK_ID_LEN),
+                    name(MAX_NODE_GROUP_LEN),
+                    name(MAX_NODE_GROUP_LEN),
+                ),
+                (proptest::option::of(any::<i32>()), params(), payload()),
+                (schedule(), retry_plan()),
+                (any::<u64>(), 0..=MAX_TIMEOUT_MS + 1),
+                proptest::array::uniform4(any::<bool>()),
+            )
+                .prop_map(
+                    |(
+                        (task_id, task_tracker_node_group, submit_node_group),
+                        (priority, params, payload),
+                        (schedule, retry_plan),
+                        (any_timeout, timeout),
+                        [need_feedback, replace_on_exist, rely_on_prev_cycle, wild_timeout],
+                    )| pb::JobSpec {
+                        task_id,
+                        task_tracker_node_group,
+                        submit_node_group,
+                        priority,
+                        params,
+                        payload,
+                        schedule,
+                        need_feedback,
+                        replace_on_exist,
+                        rely_on_prev_cycle,
+                        retry_plan,
+                        timeout_ms: if wild_timeout { any_timeout } else { timeout },
+                    },
+                )
+        }
+
+        /// The fields a refusal may name (a retry step adds its index).
+        fn known_field(field: &str) -> bool {
+            const FIELDS: [&str; 12] = [
+                "task_id",
+                "task_tracker_node_group",
+                "submit_node_group",
+                "params",
+                "payload",
+                "timeout_ms",
+                "schedule.at.at_unix_ms",
+                "schedule.cron.expression",
+                "schedule.cron.misfire",
+                "schedule.repeat.interval_ms",
+                "retry_plan.steps",
+                "retry_plan.count",
+            ];
+            FIELDS.contains(&field)
+                || field
+                    .strip_prefix("retry_plan.steps[")
+                    .and_then(|rest| rest.split_once(']'))
+                    .is_some_and(|(i, rest)| {
+                        i.parse::<usize>().is_ok_and(|i| i < MAX_RETRY_STEPS)
+                            && ["", ".factor", ".max_ms"].contains(&rest)
+                    })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Any wire spec becomes a job spec within every limit, which
+            /// converts back and validates again to itself, or is refused
+            /// naming one of its fields.
+            #[test]
+            fn any_wire_spec_is_valid_or_names_a_field(p in wire_spec()) {
+                match JobSpec::try_from(p.clone()) {
+                    Ok(s) => {
+                        prop_assert!(check_task_id(&s.task_id).is_ok());
+                        prop_assert!(check_node_group(&s.task_tracker_node_group).is_ok());
+                        prop_assert!(s.params.len() <= MAX_PARAMS);
+                        prop_assert!(s.payload.len() <= MAX_PAYLOAD_BYTES);
+                        prop_assert!(s.timeout_ms <= MAX_TIMEOUT_MS);
+                        if let Some(plan) = &s.retry_plan {
+                            prop_assert!(!plan.steps.is_empty() && plan.steps.len() <= MAX_RETRY_STEPS);
+                        }
+                        let again = JobSpec::try_from(pb::JobSpec::from(s.clone()));
+                        prop_assert_eq!(again, Ok(s));
+                    }
+                    Err(e) => {
+                        prop_assert!(known_field(&e.field), "unknown field in {}", e);
+                        prop_assert!(!e.message.is_empty(), "{}", e);
+                        let status = tonic::Status::from(e.clone());
+                        prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                        prop_assert!(status.message().starts_with(&e.field));
+                    }
+                }
+            }
+        }
+    }
 }

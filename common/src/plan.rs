@@ -560,5 +560,53 @@ mod tests {
                 }
             }
         }
+
+        /// Text near the grammar: its words, numbers of any size, units,
+        /// brackets and commas in any order, with now and then a stray
+        /// character.
+        fn plan_soup() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                4 => proptest::sample::select(vec![
+                    "[", "]", ",", "retry", "retry_after", "backoff", "suspend", "give_up",
+                    "forever", "x", "max", "ms", "s", "m", "h", "d", "x2", "1.5", "-1", "0",
+                ])
+                .prop_map(str::to_string),
+                2 => (0u64..1000).prop_map(|n| n.to_string()),
+                1 => any::<u64>().prop_map(|n| format!("{n}d")),
+                1 => any::<f64>().prop_map(|f| format!("x{f}")),
+                1 => "[0-9]{20,40}",
+                1 => "\\PC{1,3}",
+            ];
+            proptest::collection::vec(
+                (token, proptest::sample::select(vec!["", " ", "  "])),
+                0..40,
+            )
+            .prop_map(|t| t.into_iter().map(|(a, b)| format!("{a}{b}")).collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Near-grammar text parses to a plan that passes wire
+            /// validation and prints back to itself, or is refused at a
+            /// position inside the text whose token is quoted as written.
+            #[test]
+            fn near_grammar_text_parses_to_a_valid_plan_or_names_the_token(text in plan_soup()) {
+                match text.parse::<RetryPlan>() {
+                    Ok(p) => {
+                        let wire = lts_proto::v1::RetryPlan::from(p.clone());
+                        prop_assert_eq!(RetryPlan::try_from(wire), Ok(p.clone()), "{}", text);
+                        prop_assert_eq!(p.to_string().parse::<RetryPlan>(), Ok(p), "{}", text);
+                    }
+                    Err(e) => {
+                        let chars: Vec<char> = text.chars().collect();
+                        prop_assert!(e.position >= 1 && e.position <= chars.len() + 1, "{:?}: {}", text, e);
+                        prop_assert!(!e.problem.is_empty(), "{:?}", text);
+                        let at: String = chars[e.position - 1..].iter().collect();
+                        prop_assert!(at.starts_with(e.token.as_str()), "{:?}: {} (text there: {:?})", text, e, at);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1165,3 +1165,162 @@ proptest! {
         }
     }
 }
+
+// ---- hostile text ------------------------------------------------------
+
+/// Text that is mostly near the grammar: fields built from the tokens the
+/// parser knows (numbers of any size, names, `*`, `?`, `L`, `W`, `#`, `/`,
+/// `-`, `,`) glued in any order, with now and then a stray character.
+fn cron_soup() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        4 => (0u64..100).prop_map(|n| n.to_string()),
+        1 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => "[0-9]{20,30}",
+        2 => prop::sample::select(vec![
+            "*", "?", "L", "W", "#", "/", "-", ",", "LW", "L-", "JAN", "dec", "MON", "sun",
+            "@daily", "@hourly", "@yearly", "@", "1970", "2399", "2400", "-1", "+1",
+        ])
+        .prop_map(str::to_string),
+        1 => "\\PC{1,3}",
+    ];
+    let field = prop::collection::vec(token, 1..6).prop_map(|t| t.concat());
+    let separator = prop_oneof![8 => Just(" "), 1 => Just("  "), 1 => Just("\t")];
+    prop::collection::vec((field, separator), 0..9).prop_map(|fields| {
+        fields
+            .into_iter()
+            .map(|(f, s)| format!("{f}{s}"))
+            .collect::<String>()
+    })
+}
+
+/// Time zones: valid names, near misses and arbitrary text.
+fn zone_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec!["", "UTC", "Europe/Berlin", "Australia/Lord_Howe", "Pacific/Apia"])
+            .prop_map(str::to_string),
+        1 => prop::sample::select(vec!["utc", "Europe/", "../etc/passwd", "Mars/Olympus", " UTC"])
+            .prop_map(str::to_string),
+        1 => "\\PC{0,40}",
+    ]
+}
+
+/// Fire-time lookups on a parsed schedule from extreme and ordinary
+/// instants, each answered (or `None`) without a panic; what is found is
+/// after the start and fires again later or ends.
+fn lookups_terminate(schedule: &CronSchedule) -> Result<(), TestCaseError> {
+    for ms in [
+        i64::MIN,
+        -62_135_596_800_000, // year 1
+        -1,
+        0,
+        1_704_067_200_000,
+        13_569_465_600_000,  // 2400
+        253_402_300_799_999, // 9999
+        i64::MAX,
+    ] {
+        if let Some(next) = schedule.next_after_ms(ms) {
+            prop_assert!(
+                next > ms,
+                "{} after {}: {}",
+                schedule.expression(),
+                ms,
+                next
+            );
+        }
+    }
+    let start = utc("2024-01-01T00:00:00Z");
+    let mut last = start;
+    for t in schedule.upcoming(start).take(5) {
+        prop_assert!(t > last, "{}: {} then {}", schedule.expression(), last, t);
+        last = t;
+    }
+    Ok(())
+}
+
+/// What a refusal says: a field error names the field by its position
+/// within the expression and quotes text that is in it.
+fn error_names_what_is_wrong(text: &str, zone: &str, e: &CronError) -> Result<(), TestCaseError> {
+    let fields = text.split_whitespace().count();
+    let message = e.to_string();
+    prop_assert!(!message.is_empty());
+    match e {
+        CronError::Empty => prop_assert_eq!(fields, 0, "{:?}", text),
+        CronError::FieldCount { found, expression } => {
+            prop_assert_eq!(*found, fields, "{:?}", text);
+            prop_assert!(!(5..=7).contains(found), "{:?}: {}", text, message);
+            prop_assert!(text.contains(expression.trim()), "{:?}: {}", text, message);
+        }
+        CronError::UnknownMacro(name) => {
+            prop_assert!(
+                name.starts_with('@') && text.contains(name.as_str()),
+                "{:?}: {}",
+                text,
+                message
+            )
+        }
+        CronError::Field {
+            position,
+            name,
+            field,
+            problem,
+        } => {
+            prop_assert!((1..=fields).contains(position), "{:?}: {}", text, message);
+            prop_assert!(
+                !name.is_empty() && !problem.is_empty(),
+                "{:?}: {}",
+                text,
+                message
+            );
+            prop_assert_eq!(
+                text.split_whitespace().nth(position - 1),
+                Some(field.as_str()),
+                "{:?}: {}",
+                text,
+                message
+            );
+        }
+        CronError::DayFields {
+            dom_position,
+            dow_position,
+            problem,
+        } => {
+            prop_assert!(
+                *dom_position <= fields && *dow_position <= fields,
+                "{:?}: {}",
+                text,
+                message
+            );
+            prop_assert!(!problem.is_empty());
+        }
+        // The zone is named as given, less surrounding white space.
+        CronError::UnknownTimeZone(z) => prop_assert_eq!(z.as_str(), zone.trim()),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any text near the grammar, in any zone, parses or is refused with
+    /// an error naming the field; a schedule that parses answers every
+    /// fire-time lookup, including from the ends of time.
+    #[test]
+    fn near_grammar_text_parses_or_names_the_field(text in cron_soup(), zone in zone_text()) {
+        match CronSchedule::parse(&text, &zone) {
+            Ok(schedule) => {
+                lookups_terminate(&schedule)?;
+                prop_assert!(!schedule.explain().is_empty());
+            }
+            Err(e) => error_names_what_is_wrong(&text, &zone, &e)?,
+        }
+    }
+
+    /// Arbitrary printable text, long or short, never panics the parser.
+    #[test]
+    fn arbitrary_text_parses_or_is_refused(text in "\\PC{0,200}", zone in zone_text()) {
+        match CronSchedule::parse(&text, &zone) {
+            Ok(schedule) => lookups_terminate(&schedule)?,
+            Err(e) => error_names_what_is_wrong(&text, &zone, &e)?,
+        }
+    }
+}
