@@ -513,7 +513,10 @@ pub fn readme_table_mismatches(
 /// or GiB (or K, M, G); zero is refused.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     match parse_size(text)? {
-        0 => Err(format!("`{}` is out of range; say a size above zero", text.trim())),
+        0 => Err(format!(
+            "`{}` is out of range; say a size above zero",
+            text.trim()
+        )),
         n => Ok(n),
     }
 }
