@@ -246,21 +246,55 @@ async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker()
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let (t, tracker) = tracker_with(ServerLimits {
         max_connections_per_peer: 150,
-        handshake_timeout: Duration::from_millis(500),
+        // Long enough that no admitted hostile connection is closed by
+        // it (freeing a place) before all 1,000 are opened, however
+        // slow the machine: the count of refusals below is then exact.
+        handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(2),
         ..ServerLimits::default()
     })
     .await;
     let rss_before = rss_kib();
-    // 500 connections from one hostile address: half idle, half sending
-    // only the HTTP/2 preface; 150 are let in, the rest closed at once.
-    let mut idle = hostile_connections(&t.addr, "127.0.0.2", 250, b"").await;
-    let mut preface = hostile_connections(&t.addr, "127.0.0.2", 250, PREFACE).await;
+    // 1,000 connections from four hostile addresses: on each, 125 idle
+    // and 125 sending only the HTTP/2 preface; 150 per address are let
+    // in, the rest closed at once.
+    let mut idle = Vec::new();
+    let mut preface = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+        idle.extend(hostile_connections(&t.addr, source, 125, b"").await);
+        preface.extend(hostile_connections(&t.addr, source, 125, PREFACE).await);
+    }
     // Garbage bytes on a connection of their own.
     let mut garbage = hostile_connections(&t.addr, "127.0.0.3", 1, &[0xff; 4096]).await;
-    // 50 feedback streams that never read.
+    // A log line whose job id is 50 MB long, on a stream of its own.
+    let (big_tx, big_rx) = mpsc::channel(2);
+    big_tx.send(hello("big-id", "g3", 1)).await.expect("queue");
+    let mut big_stream = pb::work_service_client::WorkServiceClient::connect(t.addr.clone())
+        .await
+        .expect("connect")
+        .max_encoding_message_size(lts_common::limits::MAX_MESSAGE_BYTES)
+        .work(ReceiverStream::new(big_rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    big_tx
+        .send(pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::BizLogs(pb::BizLogs {
+                lines: vec![pb::BizLog {
+                    job_id: "x".repeat(50 * 1024 * 1024),
+                    attempt: 1,
+                    level: pb::LogLevel::Info as i32,
+                    message: "hostile".into(),
+                    at_unix_ms: lts_common::now_ms(),
+                }],
+            })),
+        })
+        .await
+        .expect("queue");
+    // 200 feedback streams that never read, on one connection.
     let mut deaf_feedback = Vec::new();
-    for i in 0..50 {
+    let deaf_client = t.jobs().await;
+    for i in 0..200 {
         let (tx, rx) = mpsc::channel(1);
         tx.send(pb::FeedbackClientMessage {
             kind: Some(pb::feedback_client_message::Kind::Subscribe(
@@ -272,7 +306,7 @@ async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker()
         })
         .await
         .expect("queue");
-        let mut c = t.jobs().await;
+        let mut c = deaf_client.clone();
         let stream = c.feedback(ReceiverStream::new(rx)).await.expect("feedback");
         deaf_feedback.push((tx, stream));
     }
@@ -302,7 +336,20 @@ async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker()
     {
         closed_by_tracker(conn).await;
     }
-    assert!(limited(&tracker, "connections_per_peer") >= 350);
+    assert!(limited(&tracker, "connections_per_peer") >= 400);
+    // The 50 MB job id ends its stream with a status naming the field.
+    let status = loop {
+        match big_stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream with a 50 MB job id ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("job_id") && status.message().contains("128"),
+        "{status:?}"
+    );
     eventually("the greedy credit to be cut", || async {
         (limited(&tracker, "credit") >= 1).then_some(())
     })
