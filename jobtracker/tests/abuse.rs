@@ -15,6 +15,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A tracker served in-process with `limits`, and its state.
 async fn tracker_with(limits: ServerLimits) -> (TestTracker, Arc<lts_jobtracker::Tracker>) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -243,7 +246,6 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker() {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let (t, tracker) = tracker_with(ServerLimits {
         max_connections_per_peer: 150,
         // Long enough that no admitted hostile connection is closed by
@@ -536,5 +538,113 @@ async fn a_task_tracker_that_stops_reading_is_dropped_and_its_runs_go_to_another
         }
     }
     beats.abort();
+    t.stop().await;
+}
+
+/// A feedback subscription of `group` on `c`'s connection; the sender
+/// keeps it open.
+async fn subscribe(
+    c: &mut JobServiceClient<tonic::transport::Channel>,
+    group: &str,
+) -> (
+    mpsc::Sender<pb::FeedbackClientMessage>,
+    tonic::Streaming<pb::FeedbackServerMessage>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::FeedbackClientMessage {
+        kind: Some(pb::feedback_client_message::Kind::Subscribe(
+            pb::Subscribe {
+                submit_node_group: group.into(),
+                client_id: format!("{group}-client"),
+            },
+        )),
+    })
+    .await
+    .expect("queue");
+    let stream = c
+        .feedback(ReceiverStream::new(rx))
+        .await
+        .expect("feedback")
+        .into_inner();
+    (tx, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_while_a_quiet_live_client_stays_connected() {
+    let (t, _tracker) = tracker_with(ServerLimits {
+        // The handshake timeout is out of the way: a close below is the
+        // idle timeout's.
+        handshake_timeout: Duration::from_secs(120),
+        idle_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    })
+    .await;
+    // A live client that then says nothing: its connection answers the
+    // tracker's pings.
+    let mut c = t.jobs().await;
+    let (_keep, mut quiet) = subscribe(&mut c, "quiet").await;
+    // A peer that completes the HTTP/2 preface and an empty SETTINGS
+    // frame, then sends nothing (and answers no ping).
+    let mut first = PREFACE.to_vec();
+    first.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut silent = hostile_connections(&t.addr, "127.0.0.2", 1, &first).await;
+    closed_by_tracker(&mut silent[0]).await;
+    // The silent peer was closed after more than the idle timeout; the
+    // quiet client's stream, open all along, still delivers.
+    let mut spec = job("after-idle", "g");
+    spec.need_feedback = true;
+    spec.submit_node_group = "quiet".into();
+    let id = submit(&mut c, vec![spec]).await.remove(0);
+    let mut worker = open_work(&t.addr, hello("tt", "g", 1))
+        .await
+        .expect("work stream");
+    let a = worker.assignments().await.remove(0);
+    worker.succeed(&[(id.clone(), a.attempt)]).await;
+    let m = tokio::time::timeout(WAIT, quiet.message())
+        .await
+        .expect("feedback within the wait")
+        .expect("the quiet client's stream is still open")
+        .expect("a message");
+    assert_eq!(m.items[0].job_id, id);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_beyond_the_streams_per_connection_waits_for_a_stream_to_end() {
+    let (t, _tracker) = tracker_with(ServerLimits {
+        max_streams_per_connection: 2,
+        ..ServerLimits::default()
+    })
+    .await;
+    let mut c = t.jobs().await;
+    let (one_tx, one) = subscribe(&mut c, "one").await;
+    let (_two_tx, _two) = subscribe(&mut c, "two").await;
+    // A third call on the same connection waits for a stream.
+    let mut third = c.clone();
+    let mut call = tokio::spawn(async move {
+        third
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .map(|r| r.into_inner().jobs.len())
+    });
+    tokio::select! {
+        r = &mut call => panic!("a third stream was opened on a connection allowing two: {r:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    // Another connection is served meanwhile.
+    let mut other = t.jobs().await;
+    other
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect("a call on another connection");
+    // Once a stream ends, the waiting call goes through.
+    drop(one_tx);
+    drop(one);
+    let listed = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("the waiting call within the wait")
+        .expect("task")
+        .expect("list");
+    assert_eq!(listed, 0);
     t.stop().await;
 }

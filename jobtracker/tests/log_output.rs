@@ -15,13 +15,14 @@ impl Drop for Reap {
     }
 }
 
-#[test]
-fn a_log_file_gets_no_colour_codes() {
+/// Starts the jobtracker listening on `listen` with its log in a file,
+/// and returns its log once it says where it listens (bounded wait).
+fn start_and_read_log(listen: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("jobtracker.log");
     let file = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_jobtracker"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", listen, "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
@@ -45,8 +46,38 @@ fn a_log_file_gets_no_colour_codes() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(text.contains("listening"), "no start line in: {text}");
+    text
+}
+
+#[test]
+fn a_log_file_gets_no_colour_codes() {
+    let text = start_and_read_log("127.0.0.1:0");
+    // On loopback, plaintext without auth is the quiet default.
+    assert!(
+        !text.contains("NO TLS") && !text.contains("NO AUTH"),
+        "a warning on loopback: {text}"
+    );
     assert!(
         !text.contains('\u{1b}'),
         "colour codes in a log file: {text:?}"
     );
+}
+
+#[test]
+fn a_listener_off_loopback_without_tls_or_auth_warns_at_start() {
+    // Bound to every address; the test itself sends it nothing.
+    let text = start_and_read_log("0.0.0.0:0");
+    let warning = |what: &str| {
+        text.lines()
+            .find(|l| l.contains("WARN") && l.contains(what))
+            .unwrap_or_else(|| panic!("no warning about {what} in: {text}"))
+            .to_string()
+    };
+    let tls = warning("NO TLS");
+    assert!(
+        tls.contains("not on loopback") && tls.contains("--tls-cert"),
+        "{tls}"
+    );
+    let auth = warning("NO AUTH");
+    assert!(auth.contains("--token-file"), "{auth}");
 }
