@@ -373,3 +373,62 @@ async fn a_50_mib_job_id_in_biz_logs_is_refused_naming_the_field_and_never_store
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_of_attempts_a_job_never_had_write_at_most_a_bounded_number_of_log_lines() {
+    let (t, tracker) = tracker().await;
+    let mut victim = open_work(&t.addr, hello("victim", "g", 1))
+        .await
+        .expect("work stream");
+    let mut c = t.jobs().await;
+    let id = submit(&mut c, vec![job("j", "g")]).await.remove(0);
+    let a = victim.assignments().await.remove(0);
+
+    // A stream of the same node group reports 150 attempts the job never
+    // had.
+    let mut spammer = open_work(&t.addr, hello("spammer", "g", 1))
+        .await
+        .expect("work stream");
+    let reports = (a.attempt + 1..=a.attempt + 150)
+        .map(|attempt| pb::OutcomeReport {
+            job_id: id.clone(),
+            attempt,
+            outcome: Some(pb::Outcome {
+                kind: Some(failed("forged")),
+            }),
+            started_at_unix_ms: lts_common::now_ms(),
+            finished_at_unix_ms: lts_common::now_ms(),
+        })
+        .collect();
+    send_and_settle(
+        &mut spammer,
+        pb::worker_message::Kind::Outcomes(pb::Outcomes { reports }),
+    )
+    .await;
+    let log = c
+        .get_job_log(pb::GetJobLogRequest {
+            job_id: id.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("log")
+        .into_inner()
+        .entries;
+    let stale = log
+        .iter()
+        .filter(|e| e.kind == pb::LogKind::StaleOutcome as i32)
+        .count();
+    assert_eq!(
+        stale,
+        lts_jobtracker::service::work::MAX_NEVER_RUN_OUTCOMES_PER_STREAM as usize,
+        "{log:?}"
+    );
+    // The 50 beyond, and the marker (of no job).
+    assert_eq!(refused(&tracker, "outcome"), 51);
+    let job = get_job(&t, &id).await;
+    assert_eq!(job.state, pb::JobState::Running as i32, "{job:?}");
+    assert_eq!(job.attempt, a.attempt, "{job:?}");
+    drop((victim, spammer));
+    t.stop().await;
+}

@@ -211,7 +211,18 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 struct RefusalLog {
     last: Option<tokio::time::Instant>,
     quiet: u64,
+    /// Outcomes of attempts their jobs never had, passed to the store
+    /// (which writes a `stale-outcome` line for each) on this stream.
+    never_run_outcomes: u32,
 }
+
+/// How many outcomes of attempts their jobs never had one stream may have
+/// written to its jobs' execution logs as `stale-outcome` lines. A
+/// TaskTracker sends such an outcome only after its tracker lost the
+/// record of a dispatch (a crash before it was stored), a handful at most;
+/// beyond this the stream is forging, and its further ones are refused
+/// without a line, so it cannot fill a job's log.
+pub const MAX_NEVER_RUN_OUTCOMES_PER_STREAM: u32 = 100;
 
 /// The latest instant a TaskTracker may report: the end of the year 9999
 /// in Unix ms. Times between 0 and it can be subtracted without overflow.
@@ -635,6 +646,17 @@ impl Session {
         Ok(false)
     }
 
+    /// Counts an outcome of an attempt its job never had; false once the
+    /// stream has sent [`MAX_NEVER_RUN_OUTCOMES_PER_STREAM`] of them.
+    fn may_log_never_run_outcome(&self) -> bool {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if log.never_run_outcomes >= MAX_NEVER_RUN_OUTCOMES_PER_STREAM {
+            return false;
+        }
+        log.never_run_outcomes += 1;
+        true
+    }
+
     /// Logs a refused report, at most once per [`REFUSAL_LOG_EVERY`] per
     /// stream; the ones in between are told as a count with the next line.
     fn refused(&self, message: &str, run: &(String, u32), why: &str) {
@@ -745,10 +767,22 @@ impl Session {
                 attempt: r.attempt,
             });
             let run = (r.job_id.clone(), r.attempt);
-            if let Some(RunOwner::Foreign(why)) = owners.get(&run) {
-                refused += 1;
-                self.refused("outcome", &run, why);
-                continue;
+            match owners.get(&run) {
+                Some(RunOwner::Foreign(why)) => {
+                    refused += 1;
+                    self.refused("outcome", &run, why);
+                    continue;
+                }
+                Some(RunOwner::NeverRun) if !self.may_log_never_run_outcome() => {
+                    refused += 1;
+                    self.refused(
+                        "outcome",
+                        &run,
+                        "the job never had this attempt, and this stream sent more such outcomes than are logged",
+                    );
+                    continue;
+                }
+                _ => {}
             }
             runs.push(run);
             let mut outcome = match r.outcome.map(Outcome::try_from) {
