@@ -480,3 +480,46 @@ async fn a_submitter_reads_and_hears_only_its_own_submit_group() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_tracker_reconnecting_under_its_own_credential_gets_its_work_back() {
+    let (t, _tracker) = tracker(0).await;
+    let mut c = t.jobs().await;
+    let mut first = open_work_as(&t.addr, WORKER_A1, "tt-1")
+        .await
+        .expect("work stream");
+    let id = submit_as(&mut c, ADMIN, job("j", "a"))
+        .await
+        .expect("submit");
+    let run = first.assignments().await.remove(0);
+    // Its connection goes; the same credential and identity come back.
+    drop(first);
+    let mut again = eventually(
+        "a stream under the same credential and identity",
+        || async { open_work_as(&t.addr, WORKER_A1, "tt-1").await.ok() },
+    )
+    .await;
+    // The run went back to the queue with the stream, and comes to the
+    // reconnected TaskTracker as a new attempt, which it completes.
+    let rerun = again.assignments().await.remove(0);
+    assert_eq!(
+        rerun.job.as_ref().map(|j| j.job_id.clone()),
+        Some(id.clone())
+    );
+    assert!(rerun.attempt > run.attempt, "{rerun:?} after {run:?}");
+    let job = get_as(&mut c, ADMIN, &id).await.expect("get");
+    assert_eq!(job.worker, "rack-1/tt-1", "{job:?}");
+    again.succeed(&[(id.clone(), rerun.attempt)]).await;
+    eventually("the reconnected run's outcome applied", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let job = get_as(&mut c, ADMIN, &id).await.expect("get");
+            (job.state == pb::JobState::Succeeded as i32 && job.attempt == rerun.attempt)
+                .then_some(())
+        }
+    })
+    .await;
+    drop(again);
+    t.stop().await;
+}
