@@ -330,10 +330,22 @@ impl Auth {
         request: &Request<T>,
         what: &str,
     ) -> Result<Arc<Principal>, Status> {
+        self.authenticate_for(request, what, "-")
+    }
+
+    /// [`Auth::authenticate`] for a call about one job: a refusal's audit
+    /// line names `job` (its first 128 bytes).
+    pub fn authenticate_for<T>(
+        &self,
+        request: &Request<T>,
+        what: &str,
+        job: &str,
+    ) -> Result<Arc<Principal>, Status> {
         let table = self.table();
         let from = peer(request);
+        let job = audit_job(job);
         let refuse = |reason: &str| {
-            tracing::warn!(target: "audit", who = "-", what, from = %from, outcome = "unauthenticated", "{reason}");
+            tracing::warn!(target: "audit", who = "-", what, job, from = %from, outcome = "unauthenticated", "{reason}");
             Status::unauthenticated(reason.to_string())
         };
         if let Some(value) = request.metadata().get("authorization") {
@@ -367,6 +379,19 @@ impl Auth {
             "no credential: send `authorization: Bearer <token>` or a client certificate",
         ))
     }
+}
+
+/// A job id as an audit line shows it: `-` when empty, else its first
+/// 128 bytes (a refused caller's id is not checked yet).
+fn audit_job(job: &str) -> &str {
+    if job.is_empty() {
+        return "-";
+    }
+    let mut end = job.len().min(lts_common::limits::MAX_JOB_ID_LEN);
+    while !job.is_char_boundary(end) {
+        end -= 1;
+    }
+    &job[..end]
 }
 
 /// The common names and DNS subject-alternative names of a DER
@@ -428,8 +453,19 @@ impl Caller {
     /// The caller of `request`; with auth on, an unknown credential fails
     /// with `UNAUTHENTICATED`.
     pub fn of<T>(auth: Option<&Auth>, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+        Self::of_for(auth, request, what, "-")
+    }
+
+    /// [`Caller::of`] for a call about one job (named in the audit line of
+    /// a refused credential).
+    pub fn of_for<T>(
+        auth: Option<&Auth>,
+        request: &Request<T>,
+        what: &str,
+        job: &str,
+    ) -> Result<Caller, Status> {
         let principal = match auth {
-            Some(a) => Some(a.authenticate(request, what)?),
+            Some(a) => Some(a.authenticate_for(request, what, job)?),
             None => None,
         };
         Ok(Caller {

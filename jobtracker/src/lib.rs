@@ -238,6 +238,16 @@ impl Tracker {
         auth::Caller::of(self.auth.as_deref(), request, what)
     }
 
+    /// [`Tracker::caller`] for a call about the job `job_id`.
+    pub fn caller_for<T>(
+        &self,
+        request: &tonic::Request<T>,
+        what: &str,
+        job_id: &str,
+    ) -> std::result::Result<auth::Caller, tonic::Status> {
+        auth::Caller::of_for(self.auth.as_deref(), request, what, job_id)
+    }
+
     /// Cancels a job; a running one's TaskTracker is told to stop it.
     pub async fn cancel_job(&self, job_id: &str) -> Result<lts_common::Job> {
         let c = self.store.cancel(job_id, lts_common::now_ms()).await?;

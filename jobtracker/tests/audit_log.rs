@@ -155,7 +155,7 @@ async fn operator_actions_and_refusals_each_leave_one_audit_line() {
     }
     let refused = lines_with(&log, &["audit", "what=\"resume\"", "unauthenticated"]).await;
     assert_eq!(refused.len(), 1, "{refused:?}");
-    for part in ["who=\"-\"", "from=127.0.0.1:"] {
+    for part in ["who=\"-\"", "from=127.0.0.1:", job.as_str()] {
         assert!(refused[0].contains(part), "{part} in {}", refused[0]);
     }
 }

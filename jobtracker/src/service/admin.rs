@@ -113,7 +113,9 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "suspend")?;
+        let caller = self
+            .tracker
+            .caller_for(&r, "suspend", &r.get_ref().job_id)?;
         self.act(caller, r.into_inner().job_id, AdminAction::Suspend)
             .await
     }
@@ -122,7 +124,7 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "resume")?;
+        let caller = self.tracker.caller_for(&r, "resume", &r.get_ref().job_id)?;
         self.act(caller, r.into_inner().job_id, AdminAction::Resume)
             .await
     }
@@ -131,7 +133,7 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "cancel")?;
+        let caller = self.tracker.caller_for(&r, "cancel", &r.get_ref().job_id)?;
         let job_id = r.into_inner().job_id;
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
@@ -150,7 +152,9 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "trigger")?;
+        let caller = self
+            .tracker
+            .caller_for(&r, "trigger", &r.get_ref().job_id)?;
         self.act(caller, r.into_inner().job_id, AdminAction::Trigger)
             .await
     }
@@ -159,7 +163,7 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::JobRef>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "delete")?;
+        let caller = self.tracker.caller_for(&r, "delete", &r.get_ref().job_id)?;
         self.act(caller, r.into_inner().job_id, AdminAction::Delete)
             .await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
@@ -169,7 +173,7 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::AdminJobResponse>, Status> {
-        let caller = self.tracker.caller(&r, "update")?;
+        let caller = self.tracker.caller_for(&r, "update", &r.get_ref().job_id)?;
         let r = r.into_inner();
         let job_id = r.job_id.clone();
         let update = read_update(r)?;

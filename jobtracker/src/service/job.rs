@@ -272,7 +272,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let caller = self.tracker.caller(&request, "get-job")?;
+        let caller = self
+            .tracker
+            .caller_for(&request, "get-job", &request.get_ref().job_id)?;
         let r = request.into_inner();
         let store = &self.tracker.store;
         let job = if !r.job_id.is_empty() {
@@ -322,7 +324,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let caller = self.tracker.caller(&request, "cancel")?;
+        let caller = self
+            .tracker
+            .caller_for(&request, "cancel", &request.get_ref().job_id)?;
         let job_id = request.into_inner().job_id;
         if job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
@@ -341,7 +345,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobLogRequest>,
     ) -> Result<Response<pb::GetJobLogResponse>, Status> {
-        let caller = self.tracker.caller(&request, "get-job-log")?;
+        let caller = self
+            .tracker
+            .caller_for(&request, "get-job-log", &request.get_ref().job_id)?;
         let r = request.into_inner();
         if r.job_id.is_empty() {
             return Err(Status::invalid_argument("job_id: is empty"));
