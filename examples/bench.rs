@@ -4,6 +4,9 @@
 //! as a child process with a fresh data directory, and drives it from this
 //! process with a JobClient and a TaskTracker whose runner does nothing.
 //! It prints:
+//! - one job per call with one call in flight: each call's latency p50/p99
+//!   and jobs/s, beside the fsync latency of the disk under the tracker's
+//!   data directory (a 4 KiB write and `fdatasync`, the same way);
 //! - batched submit: jobs/s stored (durable on ack) in batches;
 //! - end to end: no-op jobs/s from the first submit to the last outcome
 //!   stored by the tracker;
@@ -67,6 +70,9 @@ struct Args {
     /// Milliseconds between submit calls in the latency phase.
     #[arg(long, default_value_t = 1)]
     tick_ms: u64,
+    /// Calls of the one-job-per-call phase (one call in flight); 0 skips it.
+    #[arg(long, default_value_t = 2000)]
+    single_calls: usize,
     /// Path of the jobtracker binary; default: beside this program.
     #[arg(long)]
     jobtracker_bin: Option<std::path::PathBuf>,
@@ -117,11 +123,68 @@ async fn main() -> Result<()> {
     result
 }
 
+/// p50 and p99 of samples in microseconds, as ms.
+fn p50_p99_ms(samples: &[u64]) -> Result<(f64, f64)> {
+    let mut h = Histogram::<u64>::new(3)?;
+    for &us in samples {
+        h.record(us.max(1))?;
+    }
+    Ok((
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
+/// Latency of a 4 KiB write and `fdatasync` in `dir`, `n` times, in
+/// microseconds: what one durable submit cannot go below.
+fn fsync_samples(dir: &std::path::Path, n: usize) -> Result<Vec<u64>> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(t.elapsed().as_micros() as u64);
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(samples)
+}
+
 async fn run(args: &Args, tracker: &TrackerProcess) -> Result<()> {
     let pid = tracker.child.id();
     let client = JobClient::connect(vec![tracker.url.clone()]).await?;
     let mut figures: HashMap<&str, f64> = HashMap::new();
     println!("benchmark of the embedded default (sled), every process on this machine");
+
+    // 0. One job per call, one call in flight, into a node group nobody
+    // serves; then the disk's own fsync latency on the same filesystem.
+    if args.single_calls > 0 {
+        let mut samples = Vec::with_capacity(args.single_calls);
+        let t = Instant::now();
+        for i in 0..args.single_calls {
+            let spec = JobSpec::new(format!("one-{i}"), "bench-single");
+            let call = Instant::now();
+            client.submit(vec![spec]).await?;
+            samples.push(call.elapsed().as_micros() as u64);
+        }
+        let rate = args.single_calls as f64 / t.elapsed().as_secs_f64();
+        let (p50, p99) = p50_p99_ms(&samples)?;
+        let (f50, f99) = p50_p99_ms(&fsync_samples(tracker.dir.path(), 500)?)?;
+        println!(
+            "one job per call:    {rate:>10.0} jobs/s  (one call in flight; per call p50 {p50:.2} ms, p99 {p99:.2} ms; {} calls)",
+            args.single_calls
+        );
+        println!("  this disk's fsync (4 KiB write + fdatasync): p50 {f50:.2} ms, p99 {f99:.2} ms");
+        figures.insert("single_call_jobs_per_s", rate);
+        figures.insert("single_call_p50_ms", p50);
+        figures.insert("single_call_p99_ms", p99);
+        figures.insert("fsync_p50_ms", f50);
+        figures.insert("fsync_p99_ms", f99);
+    }
 
     // 1. Batched submit into a node group nobody serves.
     let specs = jobs("s", "bench-submit", args.submit_jobs, None);
