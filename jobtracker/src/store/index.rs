@@ -115,8 +115,14 @@ impl Record {
     /// Appends a transition line at `at_ms` (the store's clock, so that
     /// lines sort with the job's times); the job id is implied.
     pub(super) fn log(&mut self, mut entry: LogEntry, at_ms: i64) {
-        entry.job_id.clear();
+        // Freed, not cleared: a queued job keeps its record in memory.
+        entry.job_id = String::new();
         entry.at_ms = at_ms;
+        // A queued job has one line (its receipt): room for exactly one,
+        // not the four a first push makes room for.
+        if self.history.capacity() == 0 {
+            self.history.reserve_exact(1);
+        }
         self.history.push(entry);
     }
 }
