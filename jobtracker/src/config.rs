@@ -34,6 +34,17 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
 
+    /// Page cache of the embedded store (a number of bytes, or with KiB,
+    /// MiB, GiB); jobs that are not final are in memory anyway, so the
+    /// cache serves lookups of finished jobs and task ids.
+    #[arg(
+        long,
+        env = "JOBTRACKER_STORE_CACHE",
+        default_value = "16MiB",
+        value_parser = lts_common::config::parse_bytes
+    )]
+    pub store_cache: u64,
+
     /// Keep jobs, feedback and execution logs in MongoDB instead of the
     /// embedded store, e.g. `mongodb://db1:27017,db2:27017/?replicaSet=rs0`.
     /// Several JobTrackers may share one database.
@@ -254,6 +265,7 @@ impl TryFrom<&Cli> for TrackerConfig {
             Some(uri) => mongo_store(cli, uri)?,
             None => StoreConfig::Sled {
                 data_dir: cli.data_dir.clone(),
+                cache_bytes: cli.store_cache,
             },
         };
         let cluster = match &cli.zookeeper {
@@ -472,6 +484,25 @@ mod tests {
         let config = TrackerConfig::try_from(&cli).expect("valid");
         assert!(matches!(config.store, StoreConfig::Sled { .. }));
         assert_eq!(config.limits, crate::limits::ServerLimits::default());
+    }
+
+    #[test]
+    fn the_store_cache_is_a_size_above_zero() {
+        let cache = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args.iter().copied()))
+                    .map_err(|e| e.to_string())?;
+            match TrackerConfig::try_from(&cli).expect("valid").store {
+                StoreConfig::Sled { cache_bytes, .. } => Ok(cache_bytes),
+                _ => Err("not the embedded store".to_string()),
+            }
+        };
+        assert_eq!(cache(&[]), Ok(16 << 20));
+        assert_eq!(cache(&["--store-cache", "256MiB"]), Ok(256 << 20));
+        for bad in ["0", "lots"] {
+            let e = cache(&["--store-cache", bad]).unwrap_err();
+            assert!(e.contains("--store-cache"), "{e}");
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum StoreConfig {
     Sled {
         /// The directory.
         data_dir: PathBuf,
+        /// sled's page cache, bytes (`--store-cache`).
+        cache_bytes: u64,
     },
     /// MongoDB, shared by the trackers of a cluster.
     Mongo {
@@ -158,6 +160,7 @@ impl TrackerConfig {
         TrackerConfig {
             store: StoreConfig::Sled {
                 data_dir: data_dir.into(),
+                cache_bytes: store::sled::DEFAULT_CACHE_BYTES,
             },
             cluster: None,
             heartbeat_interval: Duration::from_secs(2),
@@ -286,11 +289,17 @@ async fn open_store_parts(
     recovery_grace: Duration,
 ) -> Result<(Arc<dyn JobStore>, SharedStore)> {
     Ok(match config {
-        StoreConfig::Sled { data_dir } => {
+        StoreConfig::Sled {
+            data_dir,
+            cache_bytes,
+        } => {
             let dir = data_dir.clone();
-            let sled = tokio::task::spawn_blocking(move || store::sled::SledStore::open(&dir))
-                .await
-                .map_err(|e| Error::internal("opening the store", e))??;
+            let cache_bytes = *cache_bytes;
+            let sled = tokio::task::spawn_blocking(move || {
+                store::sled::SledStore::open_with_cache(&dir, cache_bytes)
+            })
+            .await
+            .map_err(|e| Error::internal("opening the store", e))??;
             sled.set_recovery_grace(recovery_grace);
             let store: Arc<dyn JobStore> = Arc::new(sled);
             (store, None)

@@ -69,8 +69,13 @@ use lts_common::durable::{check_not_in_use, wait_for_release, Engine, Writes};
 /// open); the `t` keys of schema 1 are no longer written or read.
 const SCHEMA_VERSION: u64 = 2;
 
-/// sled's page cache.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache unless `--store-cache` says otherwise. Live jobs are
+/// served from the in-memory index; the cache serves dedup lookups and
+/// finished jobs. With 1,000,000 queued jobs, 16 MiB left the tracker
+/// 87 MiB smaller than 64 MiB did, at the same submit and drain rates
+/// (docs/benchmarks.md); sled's own default (1 GiB) made the tracker's
+/// memory grow with the queue.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 pub use super::cycles::{FIRE_AHEAD_MS, TEMPLATE_HISTORY_LINES};
 
@@ -148,19 +153,21 @@ fn feedback_key(id: &str) -> Vec<u8> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store under `dir`. Refuses a store written by
-    /// a newer version.
+    /// Opens (or creates) the store under `dir` with the default page
+    /// cache. Refuses a store written by a newer version.
     pub fn open(dir: &Path) -> Result<SledStore> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::unavailable(format!("creating data directory {}", dir.display()), e)
         })?;
         let config = ::sled::Config::new()
             .path(dir.join("jobs.sled"))
             .mode(::sled::Mode::HighThroughput)
-            // Live jobs are served from the in-memory index; the page cache
-            // serves dedup lookups and finished jobs. sled's default (1 GiB)
-            // made the tracker's memory grow with the queue.
-            .cache_capacity(SLED_CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             // Flushes come from the store's own flush thread only.
             .flush_every_ms(None);
         let lock_file = dir.join("jobs.sled").join("db");
