@@ -63,6 +63,10 @@ struct Args {
     /// TaskTracker slots.
     #[arg(long, default_value_t = 512)]
     slots: u32,
+    /// W1: every submit makes its own call (the JobClient otherwise lets
+    /// small submits made at the same time share calls).
+    #[arg(long)]
+    no_coalesce: bool,
     /// Directory of the jobtracker and tasktracker binaries; default: the
     /// target directory this program was built into.
     #[arg(long)]
@@ -133,7 +137,11 @@ fn dir_bytes(dir: &Path) -> u64 {
 const MIB: f64 = 1024.0 * 1024.0;
 
 async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
-    let client = JobClient::connect(vec![tracker.url.clone()]).await?;
+    let options = lts_jobclient::ClientOptions {
+        coalesce_submits: !args.no_coalesce,
+        ..Default::default()
+    };
+    let client = JobClient::connect_with(vec![tracker.url.clone()], options).await?;
     let t = Instant::now();
     submit_all(
         &client,
@@ -158,6 +166,7 @@ async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
         "batched_jobs_per_s": batched,
         "batch": args.batch,
         "in_flight": args.single_in_flight,
+        "coalesce_submits": !args.no_coalesce,
     }))
 }
 

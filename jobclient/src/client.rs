@@ -45,6 +45,10 @@ pub struct ClientOptions {
     /// Bearer token sent with every call, for trackers that run with a
     /// token file.
     pub token: Option<Token>,
+    /// Small submits made at the same time share `SubmitJobs` calls
+    /// (see [`crate::coalesce`]); each still returns once its own jobs are
+    /// stored, with its own outcomes. On by default.
+    pub coalesce_submits: bool,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +58,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(60),
             tls: None,
             token: None,
+            coalesce_submits: true,
         }
     }
 }
@@ -244,6 +249,9 @@ struct Inner {
     // In cluster mode, the ZooKeeper session that keeps the resolver's
     // list current; it closes with the last clone of the client.
     cluster: Option<Arc<lts_cluster::Cluster>>,
+    // Small submits waiting to share a call, when `coalesce_submits`.
+    coalesce: bool,
+    coalescer: crate::coalesce::Coalescer,
 }
 
 #[derive(Clone, Debug)]
@@ -311,6 +319,8 @@ impl JobClient {
                 endpoint_options,
                 current: Mutex::new(None),
                 cluster,
+                coalesce: options.coalesce_submits,
+                coalescer: Default::default(),
             }),
         }
     }
@@ -361,8 +371,18 @@ impl JobClient {
             .await
     }
 
+    /// The queue of small submits sharing calls.
+    pub(crate) fn coalescer(&self) -> &crate::coalesce::Coalescer {
+        &self.inner.coalescer
+    }
+
     /// [`JobClient::submit`] of specs already in their wire form.
     pub(crate) async fn submit_wire(&self, wire: Vec<pb::JobSpec>) -> Result<Vec<SubmitOutcome>> {
+        if self.inner.coalesce {
+            if let Some(bytes) = crate::coalesce::coalescable(&wire) {
+                return self.submit_coalesced(wire, bytes).await;
+            }
+        }
         let mut outcomes = Vec::with_capacity(wire.len());
         for chunk in split_batches(wire) {
             match self.submit_chunk(chunk).await {
@@ -379,7 +399,7 @@ impl JobClient {
         Ok(outcomes)
     }
 
-    async fn submit_chunk(&self, chunk: Vec<pb::JobSpec>) -> Result<Vec<SubmitOutcome>> {
+    pub(crate) async fn submit_chunk(&self, chunk: Vec<pb::JobSpec>) -> Result<Vec<SubmitOutcome>> {
         let task_ids: Vec<String> = chunk.iter().map(|j| j.task_id.clone()).collect();
         let request = pb::SubmitJobsRequest { jobs: chunk };
         let (address, response) = self

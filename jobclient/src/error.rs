@@ -117,6 +117,64 @@ pub enum Error {
 }
 
 impl Error {
+    /// This error again, for each of the submits that shared the call
+    /// that failed (see [`crate::coalesce`]): the same variant with the
+    /// same fields; a cluster error, which cannot be copied, as
+    /// [`Error::Unavailable`] with its text.
+    pub(crate) fn for_each_caller(&self) -> Error {
+        match self {
+            Error::InvalidAddress(e) => Error::InvalidAddress(e.clone()),
+            Error::NoAddresses => Error::NoAddresses,
+            Error::Cluster(e) => Error::Unavailable {
+                tried: Vec::new(),
+                last_error: format!("cluster: {e}"),
+            },
+            Error::Unavailable { tried, last_error } => Error::Unavailable {
+                tried: tried.clone(),
+                last_error: last_error.clone(),
+            },
+            Error::Status {
+                address,
+                code,
+                message,
+            } => Error::Status {
+                address: address.clone(),
+                code: *code,
+                message: message.clone(),
+            },
+            Error::InvalidResponse { address, reason } => Error::InvalidResponse {
+                address: address.clone(),
+                reason: reason.clone(),
+            },
+            Error::PartialSubmit { submitted, source } => Error::PartialSubmit {
+                submitted: submitted.clone(),
+                source: Box::new(source.for_each_caller()),
+            },
+            Error::AckLost { address } => Error::AckLost {
+                address: address.clone(),
+            },
+            Error::AcksUnconfirmed { address, reason } => Error::AcksUnconfirmed {
+                address: address.clone(),
+                reason: reason.clone(),
+            },
+            Error::SpoolFull { dir, limit } => Error::SpoolFull {
+                dir: dir.clone(),
+                limit: limit.clone(),
+            },
+            Error::SpoolInUse { dir } => Error::SpoolInUse { dir: dir.clone() },
+            Error::Spool {
+                dir,
+                context,
+                reason,
+            } => Error::Spool {
+                dir: dir.clone(),
+                context: context.clone(),
+                reason: reason.clone(),
+            },
+            Error::SubscriptionClosed => Error::SubscriptionClosed,
+        }
+    }
+
     /// The gRPC code of a [`Error::Status`], if it is one.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {

@@ -64,6 +64,7 @@ mod admin;
 pub mod cli;
 mod client;
 mod cluster;
+pub mod coalesce;
 mod error;
 mod feedback;
 mod spool;

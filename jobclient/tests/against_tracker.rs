@@ -751,3 +751,90 @@ async fn cli_feedback_count_prints_that_many_and_acks_them_before_exiting() {
 
     tracker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_submits_at_the_same_time_each_get_their_own_outcomes() {
+    let tracker = Tracker::start().await;
+    let client = JobClient::connect(vec![tracker.address.clone()])
+        .await
+        .expect("connect");
+    let taken = client
+        .submit(vec![later_job("taken")])
+        .await
+        .expect("submit")
+        .remove(0);
+    let SubmitOutcome::Accepted {
+        job_id: taken_id, ..
+    } = taken
+    else {
+        panic!("{taken:?}")
+    };
+    // 300 submits at once, one or two jobs each: every tenth reuses a task
+    // id already stored, every fifteenth names an impossible node group.
+    let calls: Vec<_> = (0..300)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut jobs = vec![later_job(&format!("c-{i}"))];
+                if i % 10 == 0 {
+                    jobs.push(later_job("taken"));
+                }
+                if i % 15 == 0 {
+                    let mut bad = later_job(&format!("bad-{i}"));
+                    bad.task_tracker_node_group = "no spaces allowed".into();
+                    jobs.push(bad);
+                }
+                (i, client.submit(jobs).await)
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        let (i, outcomes) = call.await.expect("task");
+        let outcomes = outcomes.expect("submit");
+        let expected = 1 + usize::from(i % 10 == 0) + usize::from(i % 15 == 0);
+        assert_eq!(outcomes.len(), expected, "call {i}: {outcomes:?}");
+        match &outcomes[0] {
+            SubmitOutcome::Accepted { task_id, job_id } => {
+                assert_eq!(task_id, &format!("c-{i}"));
+                assert!(ids.insert(job_id.clone()), "job id {job_id} given twice");
+                let job = client.get(job_id).await.expect("get");
+                assert_eq!(job.spec.task_id, format!("c-{i}"));
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+        for extra in &outcomes[1..] {
+            let SubmitOutcome::Refused(r) = extra else {
+                panic!("call {i}: {extra:?}")
+            };
+            if r.task_id == "taken" {
+                assert_eq!(r.code, "ALREADY_EXISTS", "{r:?}");
+                assert_eq!(r.existing_job_id.as_deref(), Some(taken_id.as_str()));
+            } else {
+                assert_eq!(r.task_id, format!("bad-{i}"));
+                assert_eq!(r.field, "task_tracker_node_group", "{r:?}");
+            }
+        }
+    }
+    assert_eq!(ids.len(), 300);
+    tracker.stop().await;
+
+    // With no tracker, each of the submits that shared a call gets the
+    // error, naming the address.
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let client = JobClient::new(vec![DEAD_ADDRESS.to_string()], options).expect("client");
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.submit(vec![later_job(&format!("d-{i}"))]).await })
+        })
+        .collect();
+    for call in calls {
+        let e = call.await.expect("task").unwrap_err();
+        assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+        assert!(e.to_string().contains(DEAD_ADDRESS), "{e}");
+    }
+}
