@@ -63,8 +63,8 @@ struct Args {
     /// TaskTracker slots.
     #[arg(long, default_value_t = 512)]
     slots: u32,
-    /// W1: every submit makes its own call (the JobClient otherwise lets
-    /// small submits made at the same time share calls).
+    /// Every submit makes its own call (the JobClient otherwise lets small
+    /// submits made at the same time share calls).
     #[arg(long)]
     no_coalesce: bool,
     /// Directory of the jobtracker and tasktracker binaries; default: the
@@ -136,12 +136,17 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
+/// The JobClient of a workload.
+async fn client(args: &Args, tracker: &TrackerProcess) -> Result<JobClient> {
     let options = lts_jobclient::ClientOptions {
         coalesce_submits: !args.no_coalesce,
         ..Default::default()
     };
-    let client = JobClient::connect_with(vec![tracker.url.clone()], options).await?;
+    Ok(JobClient::connect_with(vec![tracker.url.clone()], options).await?)
+}
+
+async fn w1(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
+    let client = client(args, tracker).await?;
     let t = Instant::now();
     submit_all(
         &client,
@@ -178,7 +183,7 @@ async fn enqueue_then_drain(
     group: &str,
 ) -> Result<(f64, f64, serde_json::Value)> {
     let pid = tracker.child.id();
-    let client = JobClient::connect(vec![tracker.url.clone()]).await?;
+    let client = client(args, tracker).await?;
     let (cpu0, _) = cpu_and_rss(pid)?;
     let t = Instant::now();
     submit_all(
@@ -228,7 +233,7 @@ async fn w2(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
 }
 
 async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
-    let client = JobClient::connect(vec![tracker.url.clone()]).await?;
+    let client = client(args, tracker).await?;
     let base = Instant::now();
     let probe = ProbeTracker::start(&tracker.url, "w3", args.slots, base);
     let jobs = (f64::from(args.rate) * args.seconds).round() as usize;
