@@ -324,18 +324,9 @@ impl Auth {
 
     /// Who sent `request`: its bearer token, else its client certificate.
     /// A missing or unknown credential is `UNAUTHENTICATED` (and an audit
-    /// line); the message never depends on the call's arguments.
+    /// line naming `job`, its first 128 bytes, or `-` for a call about no
+    /// single job); the message never depends on the call's arguments.
     pub fn authenticate<T>(
-        &self,
-        request: &Request<T>,
-        what: &str,
-    ) -> Result<Arc<Principal>, Status> {
-        self.authenticate_for(request, what, "-")
-    }
-
-    /// [`Auth::authenticate`] for a call about one job: a refusal's audit
-    /// line names `job` (its first 128 bytes).
-    pub fn authenticate_for<T>(
         &self,
         request: &Request<T>,
         what: &str,
@@ -465,7 +456,7 @@ impl Caller {
         job: &str,
     ) -> Result<Caller, Status> {
         let principal = match auth {
-            Some(a) => Some(a.authenticate_for(request, what, job)?),
+            Some(a) => Some(a.authenticate(request, what, job)?),
             None => None,
         };
         Ok(Caller {

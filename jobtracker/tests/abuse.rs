@@ -295,22 +295,9 @@ async fn a_well_behaved_client_is_served_while_hostile_peers_abuse_the_tracker()
         .expect("queue");
     // 200 feedback streams that never read, on one connection.
     let mut deaf_feedback = Vec::new();
-    let deaf_client = t.jobs().await;
+    let mut deaf_client = t.jobs().await;
     for i in 0..200 {
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(pb::FeedbackClientMessage {
-            kind: Some(pb::feedback_client_message::Kind::Subscribe(
-                pb::Subscribe {
-                    submit_node_group: "clients".into(),
-                    client_id: format!("deaf-{i}"),
-                },
-            )),
-        })
-        .await
-        .expect("queue");
-        let mut c = deaf_client.clone();
-        let stream = c.feedback(ReceiverStream::new(rx)).await.expect("feedback");
-        deaf_feedback.push((tx, stream));
+        deaf_feedback.push(subscribe(&mut deaf_client, "clients", &format!("deaf-{i}")).await);
     }
     // A TaskTracker of another group crediting far beyond its one slot.
     let greedy = open_work(&t.addr, hello("greedy", "g2", 1))
@@ -541,11 +528,12 @@ async fn a_task_tracker_that_stops_reading_is_dropped_and_its_runs_go_to_another
     t.stop().await;
 }
 
-/// A feedback subscription of `group` on `c`'s connection; the sender
-/// keeps it open.
+/// A feedback subscription of `group` as `client_id` on `c`'s connection;
+/// the sender keeps it open.
 async fn subscribe(
     c: &mut JobServiceClient<tonic::transport::Channel>,
     group: &str,
+    client_id: &str,
 ) -> (
     mpsc::Sender<pb::FeedbackClientMessage>,
     tonic::Streaming<pb::FeedbackServerMessage>,
@@ -555,7 +543,7 @@ async fn subscribe(
         kind: Some(pb::feedback_client_message::Kind::Subscribe(
             pb::Subscribe {
                 submit_node_group: group.into(),
-                client_id: format!("{group}-client"),
+                client_id: client_id.into(),
             },
         )),
     })
@@ -582,7 +570,7 @@ async fn an_idle_connection_is_closed_while_a_quiet_live_client_stays_connected(
     // A live client that then says nothing: its connection answers the
     // tracker's pings.
     let mut c = t.jobs().await;
-    let (_keep, mut quiet) = subscribe(&mut c, "quiet").await;
+    let (_keep, mut quiet) = subscribe(&mut c, "quiet", "quiet-client").await;
     // A peer that completes the HTTP/2 preface and an empty SETTINGS
     // frame, then sends nothing (and answers no ping).
     let mut first = PREFACE.to_vec();
@@ -617,8 +605,8 @@ async fn a_call_beyond_the_streams_per_connection_waits_for_a_stream_to_end() {
     })
     .await;
     let mut c = t.jobs().await;
-    let (one_tx, one) = subscribe(&mut c, "one").await;
-    let (_two_tx, _two) = subscribe(&mut c, "two").await;
+    let (one_tx, one) = subscribe(&mut c, "one", "one-client").await;
+    let (_two_tx, _two) = subscribe(&mut c, "two", "two-client").await;
     // A third call on the same connection waits for a stream.
     let mut third = c.clone();
     let mut call = tokio::spawn(async move {

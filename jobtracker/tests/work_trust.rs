@@ -49,6 +49,25 @@ async fn send_and_settle(peer: &mut Peer, kind: pb::worker_message::Kind) {
     }
 }
 
+/// A TaskTracker "victim" of group g running the job just submitted:
+/// its stream, a client, the job's id and the run's assignment.
+async fn a_run_on_the_victim(
+    t: &TestTracker,
+) -> (
+    Peer,
+    pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    String,
+    pb::Assignment,
+) {
+    let mut victim = open_work(&t.addr, hello("victim", "g", 1))
+        .await
+        .expect("work stream");
+    let mut c = t.jobs().await;
+    let id = submit(&mut c, vec![job("j", "g")]).await.remove(0);
+    let a = victim.assignments().await.remove(0);
+    (victim, c, id, a)
+}
+
 async fn get_job(t: &TestTracker, job_id: &str) -> pb::Job {
     t.jobs()
         .await
@@ -80,12 +99,7 @@ fn refused(tracker: &lts_jobtracker::Tracker, message: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_outcome_for_another_streams_run_is_refused() {
     let (t, tracker) = tracker().await;
-    let mut victim = open_work(&t.addr, hello("victim", "g", 1))
-        .await
-        .expect("work stream");
-    let mut c = t.jobs().await;
-    let id = submit(&mut c, vec![job("j", "g")]).await.remove(0);
-    let a = victim.assignments().await.remove(0);
+    let (victim, _, id, a) = a_run_on_the_victim(&t).await;
 
     // Streams of another node group and of the same one report the run
     // as failed.
@@ -127,12 +141,7 @@ async fn a_forged_outcome_for_another_streams_run_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_log_lines_and_starts_for_another_streams_run_are_not_written() {
     let (t, tracker) = tracker().await;
-    let mut victim = open_work(&t.addr, hello("victim", "g", 1))
-        .await
-        .expect("work stream");
-    let mut c = t.jobs().await;
-    let id = submit(&mut c, vec![job("j", "g")]).await.remove(0);
-    let a = victim.assignments().await.remove(0);
+    let (mut victim, mut c, id, a) = a_run_on_the_victim(&t).await;
 
     let mut intruder = open_work(&t.addr, hello("intruder", "g", 1))
         .await
@@ -377,12 +386,7 @@ async fn a_50_mib_job_id_in_biz_logs_is_refused_naming_the_field_and_never_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_of_attempts_a_job_never_had_write_at_most_a_bounded_number_of_log_lines() {
     let (t, tracker) = tracker().await;
-    let mut victim = open_work(&t.addr, hello("victim", "g", 1))
-        .await
-        .expect("work stream");
-    let mut c = t.jobs().await;
-    let id = submit(&mut c, vec![job("j", "g")]).await.remove(0);
-    let a = victim.assignments().await.remove(0);
+    let (victim, mut c, id, a) = a_run_on_the_victim(&t).await;
 
     // A stream of the same node group reports 150 attempts the job never
     // had.
