@@ -736,14 +736,19 @@ pub fn normalize_address(raw: &str) -> Result<String> {
 
 /// Cuts specs into requests of at most [`MAX_BATCH`] jobs and at most the
 /// message size limit, keeping their order.
+/// Bytes `job` takes in a `SubmitJobsRequest`: its encoding, and the field
+/// tag and length prefix of its repeated entry.
+pub(crate) fn entry_bytes(job: &pb::JobSpec) -> usize {
+    job.encoded_len() + 10
+}
+
 fn split_batches(jobs: Vec<pb::JobSpec>) -> Vec<Vec<pb::JobSpec>> {
     let budget = MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES;
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0usize;
     for job in jobs {
-        // Field tag and length prefix of each repeated entry.
-        let size = job.encoded_len() + 10;
+        let size = entry_bytes(&job);
         if !current.is_empty() && (current.len() == MAX_BATCH || bytes + size > budget) {
             batches.push(std::mem::take(&mut current));
             bytes = 0;

@@ -22,7 +22,6 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use lts_proto::v1 as pb;
-use prost::Message;
 use tokio::sync::oneshot;
 
 use crate::client::{JobClient, SubmitOutcome};
@@ -105,8 +104,7 @@ pub(crate) fn coalescable(jobs: &[pb::JobSpec]) -> Option<usize> {
     if jobs.is_empty() || jobs.len() > MAX_COALESCED_JOBS {
         return None;
     }
-    // Field tag and length prefix of each repeated entry.
-    let bytes: usize = jobs.iter().map(|j| j.encoded_len() + 10).sum();
+    let bytes: usize = jobs.iter().map(crate::client::entry_bytes).sum();
     (bytes <= MAX_COALESCED_BYTES).then_some(bytes)
 }
 
