@@ -45,6 +45,18 @@ pub struct Cli {
     )]
     pub store_cache: u64,
 
+    /// Memory the embedded store keeps queued jobs in (a number of bytes,
+    /// or with KiB, MiB, GiB). Past it, ready jobs wait on disk and are
+    /// read back as the queues drain; the JobTracker's RSS is about this
+    /// plus 150 MiB.
+    #[arg(
+        long,
+        env = "JOBTRACKER_MEMORY_BUDGET",
+        default_value = "192MiB",
+        value_parser = lts_common::config::parse_bytes
+    )]
+    pub memory_budget: u64,
+
     /// Keep jobs, feedback and execution logs in MongoDB instead of the
     /// embedded store, e.g. `mongodb://db1:27017,db2:27017/?replicaSet=rs0`.
     /// Several JobTrackers may share one database.
@@ -266,6 +278,7 @@ impl TryFrom<&Cli> for TrackerConfig {
             None => StoreConfig::Sled {
                 data_dir: cli.data_dir.clone(),
                 cache_bytes: cli.store_cache,
+                memory_budget: cli.memory_budget,
             },
         };
         let cluster = match &cli.zookeeper {

@@ -60,6 +60,8 @@ pub enum StoreConfig {
         data_dir: PathBuf,
         /// sled's page cache, bytes (`--store-cache`).
         cache_bytes: u64,
+        /// Memory for queued jobs, bytes (`--memory-budget`).
+        memory_budget: u64,
     },
     /// MongoDB, shared by the trackers of a cluster.
     Mongo {
@@ -161,6 +163,7 @@ impl TrackerConfig {
             store: StoreConfig::Sled {
                 data_dir: data_dir.into(),
                 cache_bytes: store::sled::DEFAULT_CACHE_BYTES,
+                memory_budget: store::sled::DEFAULT_MEMORY_BUDGET,
             },
             cluster: None,
             heartbeat_interval: Duration::from_secs(2),
@@ -292,6 +295,7 @@ async fn open_store_parts(
         StoreConfig::Sled {
             data_dir,
             cache_bytes,
+            memory_budget,
         } => {
             let dir = data_dir.clone();
             let cache_bytes = *cache_bytes;
@@ -301,6 +305,7 @@ async fn open_store_parts(
             .await
             .map_err(|e| Error::internal("opening the store", e))??;
             sled.set_recovery_grace(recovery_grace);
+            sled.set_memory_budget(*memory_budget);
             let store: Arc<dyn JobStore> = Arc::new(sled);
             (store, None)
         }

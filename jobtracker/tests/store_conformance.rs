@@ -46,6 +46,19 @@ fn sled() -> Sled {
     Sled(tempfile::tempdir().expect("temp dir"))
 }
 
+/// The sled store with no memory budget: every job submitted ready to run
+/// waits on disk until a claim reads it in, so each case also runs
+/// against the queue on disk.
+struct SledOnDisk(tempfile::TempDir);
+
+impl Backend for SledOnDisk {
+    fn open(&self) -> Arc<dyn JobStore> {
+        let store = SledStore::open(self.0.path()).expect("open sled store");
+        store.set_memory_budget(0);
+        Arc::new(store)
+    }
+}
+
 /// The MongoDB server the Mongo cases use, from `LTS_TEST_MONGODB_URI`
 /// (`.ci/run` starts one; a real MongoDB works unchanged). Without it the
 /// cases skip loudly, or fail under `CI=true`.
@@ -1621,6 +1634,14 @@ async fn run_cases(backend: &str, make: impl Fn() -> Box<dyn Backend>) {
 #[tokio::test]
 async fn every_case_on_the_sled_store() {
     run_cases("sled", || Box::new(sled())).await;
+}
+
+#[tokio::test]
+async fn every_case_on_the_sled_store_with_the_queues_on_disk() {
+    run_cases("sled (queues on disk)", || {
+        Box::new(SledOnDisk(tempfile::tempdir().expect("temp dir")))
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -22,6 +22,34 @@ pub(super) struct Queues {
     pub(super) ready: BTreeMap<ReadyKey, String>,
     /// Waiting for their trigger time, in trigger order.
     pub(super) delayed: BTreeMap<DelayedKey, String>,
+    /// Ready jobs kept on disk while the index is over its memory budget
+    /// (see [`super::paging`]).
+    pub(super) disk: OnDisk,
+}
+
+/// The ready jobs of a node group that wait on disk, not in memory.
+#[derive(Default)]
+pub(super) struct OnDisk {
+    /// How many.
+    pub(super) jobs: u64,
+    /// Their bytes by [`quota_bytes`], for the group's quota.
+    pub(super) bytes: u64,
+    /// No job on disk comes before this one in claim order (it may be one
+    /// taken off since: the bound is kept low, never high).
+    pub(super) head: Option<ReadyKey>,
+}
+
+impl Queues {
+    /// Whether the next job in claim order is on disk: none in memory is
+    /// ready, or the first one ready comes after the disk's first.
+    pub(super) fn head_on_disk(&self) -> bool {
+        self.disk.jobs > 0
+            && match (self.ready.first_key_value(), &self.disk.head) {
+                (None, _) => true,
+                (Some((first, _)), Some(head)) => head < first,
+                (Some(_), None) => false,
+            }
+    }
 }
 
 /// A job with the transition lines of its execution log.
@@ -57,6 +85,10 @@ pub(super) struct Record {
     /// below the job's (numbers skipped at the restart stay skipped).
     #[serde(skip)]
     pub(super) adopted: Option<u32>,
+    /// Read in from the queue on disk ([`super::paging`]) and not claimed
+    /// since: its next claim is made durable before it leaves.
+    #[serde(skip)]
+    pub(super) paged: bool,
 }
 
 /// [`Record`] for writing, without cloning.
@@ -80,6 +112,7 @@ impl Record {
             unflushed: None,
             recovered: None,
             adopted: None,
+            paged: false,
         }
     }
 
@@ -94,7 +127,9 @@ impl Record {
                 self.unflushed = None;
             }
         }
-        self.job.attempt > self.floor
+        // A paged job's `q` key may be on disk still: a crash would bring
+        // it back with the attempt it had.
+        std::mem::take(&mut self.paged) || self.job.attempt > self.floor
     }
 
     /// Whether `attempt` is the job's current run.
@@ -134,6 +169,16 @@ impl Record {
 pub(super) struct Live {
     jobs: HashMap<String, Box<Record>>,
     usage: HashMap<String, GroupUsage>,
+    /// The memory the jobs take, by [`resident_bytes`].
+    resident: u64,
+}
+
+/// About the memory a job kept in the index takes: its record, its ids,
+/// payload and params, and its entries in the maps and queues. W4 (a
+/// million queued jobs with small payloads) measured about 1 KiB per job
+/// in all (docs/benchmarks.md).
+pub(super) fn resident_bytes(spec: &JobSpec) -> u64 {
+    900 + quota_bytes(spec) + spec.task_id.len() as u64
 }
 
 impl Live {
@@ -164,6 +209,11 @@ impl Live {
         Some(r)
     }
 
+    /// The memory the jobs take, by [`resident_bytes`].
+    pub(super) fn resident(&self) -> u64 {
+        self.resident
+    }
+
     /// Unfinished jobs and their bytes per node group, for the groups
     /// that hold any.
     pub(super) fn usage(&self) -> impl Iterator<Item = (&String, &GroupUsage)> {
@@ -172,7 +222,9 @@ impl Live {
 
     fn count(&mut self, spec: &JobSpec, added: bool) {
         let bytes = quota_bytes(spec);
+        let resident = resident_bytes(spec);
         if added {
+            self.resident += resident;
             let u = self
                 .usage
                 .entry(spec.task_tracker_node_group.clone())
@@ -180,6 +232,7 @@ impl Live {
             u.jobs += 1;
             u.bytes += bytes;
         } else if let Some(u) = self.usage.get_mut(&spec.task_tracker_node_group) {
+            self.resident = self.resident.saturating_sub(resident);
             u.jobs = u.jobs.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(bytes);
             if u.jobs == 0 {
@@ -190,7 +243,6 @@ impl Live {
 }
 
 /// Every job that is not final, and the queues over them.
-#[derive(Default)]
 pub(super) struct Index {
     /// Jobs that are not final, with their count and bytes per node group.
     pub(super) live: Live,
@@ -210,9 +262,40 @@ pub(super) struct Index {
     /// deliver their outcomes before the jobs are handed out again.
     pub(super) held: HashSet<String>,
     pub(super) hold_until_ms: i64,
+    /// Past this many [`resident_bytes`], ready jobs submitted wait on disk
+    /// (see [`super::paging`]).
+    pub(super) budget: u64,
+    /// Ready jobs on disk, over all node groups.
+    pub(super) on_disk: u64,
+    /// Whether any (node group, task id) is held on disk rather than in
+    /// [`tasks`](Self::tasks).
+    pub(super) disk_tasks: bool,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            live: Live::default(),
+            queues: HashMap::new(),
+            timers: BTreeMap::new(),
+            waiting: HashMap::new(),
+            tasks: Default::default(),
+            next_seq: 0,
+            held: HashSet::new(),
+            hold_until_ms: 0,
+            budget: u64::MAX,
+            on_disk: 0,
+            disk_tasks: false,
+        }
+    }
 }
 
 impl Index {
+    /// Whether the jobs in memory take the budget or more.
+    pub(super) fn over_budget(&self) -> bool {
+        self.live.resident() >= self.budget
+    }
+
     /// Puts a pending job in its queue (or a cron or repeat job among the
     /// timers); any other job is left out.
     pub(super) fn enqueue(&mut self, job: &Job, now_ms: i64) {

@@ -10,6 +10,7 @@ mod cycles;
 mod index;
 pub mod mongo;
 pub mod operator;
+mod paging;
 pub mod sled;
 mod task_index;
 

@@ -61,9 +61,11 @@ use serde::Serialize;
 
 use super::index::{Index, Record, RecordRef};
 use super::operator::{self, Effect};
+use super::paging::may_wait_on_disk;
 use super::*;
 use crate::error::{Error, Result};
 use lts_common::durable::{check_not_in_use, wait_for_release, Engine, Writes};
+use std::collections::HashMap;
 
 /// 2: the task-id index lives in memory (rebuilt from the job records at
 /// open); the `t` keys of schema 1 are no longer written or read.
@@ -78,6 +80,7 @@ const SCHEMA_VERSION: u64 = 2;
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 pub use super::cycles::{FIRE_AHEAD_MS, TEMPLATE_HISTORY_LINES};
+pub use super::paging::DEFAULT_MEMORY_BUDGET;
 
 /// At most this many outcomes are applied per hold of the index lock.
 /// An outcome costs a few microseconds there (mostly encoding its record),
@@ -236,8 +239,16 @@ impl SledStore {
         self.recovery_grace_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Past `bytes` of jobs in memory, ready jobs submitted wait on disk
+    /// and are read back as the queues' heads drain (see
+    /// [`super::paging`]). Set before [`JobStore::recover`]; unbounded by
+    /// default.
+    pub fn set_memory_budget(&self, bytes: u64) {
+        self.lock().budget = bytes;
+    }
+
     /// The tree, while the store is open.
-    fn tree(&self) -> Result<::sled::Tree> {
+    pub(super) fn tree(&self) -> Result<::sled::Tree> {
         self.tree
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -340,6 +351,14 @@ impl SledStore {
                 .filter(|(_, r)| **r > 0)
                 .max_by_key(|(i, r)| (**r, std::cmp::Reverse(*i)))
             {
+                if until_ms.is_none()
+                    && index
+                        .queues
+                        .get(node_group)
+                        .is_some_and(|q| q.head_on_disk())
+                {
+                    self.page_in(&mut index, node_group, now_ms)?;
+                }
                 let Some(job_id) = index
                     .queues
                     .get_mut(node_group)
@@ -413,7 +432,15 @@ impl SledStore {
         Ok(claimed)
     }
 
-    fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
+    /// A key's value, from the write queue while a write to it waits there.
+    pub(super) fn read_key(&self, key: &[u8]) -> Result<Option<::sled::IVec>> {
+        match self.engine.unapplied(key) {
+            Some(value) => Ok(value),
+            None => self.tree()?.get(key).map_err(sled_err("reading a key")),
+        }
+    }
+
+    pub(super) fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
         let unapplied = self.engine.unapplied(&key);
         if let Some(value) = unapplied {
@@ -439,7 +466,12 @@ impl JobStore for SledStore {
             let mut index = self.lock();
             index.hold_until_ms = now_ms.saturating_add(grace_ms);
             let mut max_seq = 0;
-            for item in self.tree()?.scan_prefix(b"j") {
+            let tree = self.tree()?;
+            // Jobs wait on disk, and tasks are held there, only once the
+            // index went over its budget: most stores have neither.
+            let queue_on_disk = tree.scan_prefix(b"q").next().is_some();
+            index.disk_tasks = tree.scan_prefix(b"k").next().is_some();
+            for item in tree.scan_prefix(b"j") {
                 let (key, bytes) = item.map_err(sled_err("reading job records"))?;
                 let mut r: Record = match decode(&key, &bytes) {
                     Ok(r) => r,
@@ -454,10 +486,20 @@ impl JobStore for SledStore {
                 // it; every other job holds its own.
                 let replaced = r.history.iter().any(|e| e.kind == LogKind::Replaced);
                 let (group, task) = (&r.job.spec.task_tracker_node_group, &r.job.spec.task_id);
-                if !replaced || index.tasks.get(group, task).is_none() {
+                let held_on_disk = index.disk_tasks && self.task_on_disk(group, task)?;
+                if !held_on_disk && (!replaced || index.tasks.get(group, task).is_none()) {
                     index.tasks.set(group, task, &r.job.job_id);
                 }
                 if r.job.state.is_final() {
+                    continue;
+                }
+                // A job waiting on disk was never handed out: it stays
+                // there as it is.
+                if queue_on_disk
+                    && may_wait_on_disk(&r.job, i64::MAX)
+                    && self.recover_on_disk(&mut index, &r.job)?
+                {
+                    rec.pending += 1;
                     continue;
                 }
                 if r.job.state == JobState::Running {
@@ -519,19 +561,26 @@ impl JobStore for SledStore {
         {
             let mut index = self.lock();
             let mut batch = Writes::default();
+            let mut recent_tasks = HashMap::new();
             for spec in jobs {
-                let existing = index
-                    .tasks
-                    .get(&spec.task_tracker_node_group, &spec.task_id);
+                let existing = self.task_holder(
+                    &index,
+                    &recent_tasks,
+                    &spec.task_tracker_node_group,
+                    &spec.task_id,
+                )?;
                 let job_id = new_job_id();
                 let mut replaced = None;
-                if let Some(existing_id) = existing {
+                let mut task_on_disk = false;
+                if let Some((existing_id, on_disk)) = existing {
                     if !spec.replace_on_exist {
                         results.push(SubmitResult::Refused(SubmitRefusal::AlreadyExists {
                             job_id: existing_id,
                         }));
                         continue;
                     }
+                    task_on_disk = on_disk;
+                    self.bring_in(&mut index, &existing_id, now_ms)?;
                     let old = match index.live.remove(&existing_id) {
                         Some(old) => Some(old),
                         None => self.stored_record(&existing_id)?.map(Box::new),
@@ -562,20 +611,26 @@ impl JobStore for SledStore {
                 let mut r = Record::new(new_job(job_id.clone(), spec, seq, now_ms));
                 r.log(LogEntry::new("", LogKind::Received, 0, ""), now_ms);
                 self.put_record(&mut batch, &mut r)?;
-                index.tasks.set(
+                let due = may_wait_on_disk(&r.job, now_ms);
+                let to_disk = due && index.over_budget();
+                Self::set_task_holder(
+                    &mut index,
+                    &mut batch,
+                    &mut recent_tasks,
                     &r.job.spec.task_tracker_node_group,
                     &r.job.spec.task_id,
                     &job_id,
+                    to_disk || task_on_disk,
                 );
-                index.enqueue(&r.job, now_ms);
-                if r.job.state == JobState::Pending
-                    && !r.job.spec.schedule.is_recurring()
-                    && r.job.trigger_at_ms <= now_ms
-                    && !ready_groups.contains(&r.job.spec.task_tracker_node_group)
-                {
+                if due && !ready_groups.contains(&r.job.spec.task_tracker_node_group) {
                     ready_groups.push(r.job.spec.task_tracker_node_group.clone());
                 }
-                index.live.insert(job_id.clone(), Box::new(r));
+                if to_disk {
+                    self.spill(&mut index, &r.job)?;
+                } else {
+                    index.enqueue(&r.job, now_ms);
+                    index.live.insert(job_id.clone(), Box::new(r));
+                }
                 results.push(match replaced {
                     Some(replaced) => SubmitResult::Replaced {
                         job_id,
@@ -822,6 +877,7 @@ impl JobStore for SledStore {
     async fn cancel(&self, job_id: &str, now_ms: i64) -> Result<Cancelled> {
         let cancelled = {
             let mut index = self.lock();
+            self.bring_in(&mut index, job_id, now_ms)?;
             let Some(mut r) = index.live.remove(job_id) else {
                 return match self.stored_record(job_id)? {
                     Some(r) => Err(Error::WrongState(format!(
@@ -879,9 +935,12 @@ impl JobStore for SledStore {
     }
 
     async fn get_by_task(&self, node_group: &str, task_id: &str) -> Result<Option<Job>> {
-        let holder = self.lock().tasks.get(node_group, task_id);
+        let holder = {
+            let index = self.lock();
+            self.task_holder(&index, &HashMap::new(), node_group, task_id)?
+        };
         match holder {
-            Some(id) => self.get(&id).await,
+            Some((id, _)) => self.get(&id).await,
             None => Ok(None),
         }
     }
@@ -1022,19 +1081,26 @@ impl JobStore for SledStore {
         let mut out = Vec::with_capacity(groups.len());
         for g in groups {
             index.promote(&g, now_ms);
-            out.push((g.clone(), index.queues.get(&g).map_or(0, |q| q.ready.len())));
+            let depth = index
+                .queues
+                .get(&g)
+                .map_or(0, |q| q.ready.len() + q.disk.jobs as usize);
+            out.push((g.clone(), depth));
         }
         Ok(out)
     }
 
     async fn group_usage(&self) -> Result<Vec<(String, GroupUsage)>> {
         // Kept exact by the index as jobs come and go: no scan.
-        Ok(self
-            .lock()
-            .live
-            .usage()
-            .map(|(g, u)| (g.clone(), *u))
-            .collect())
+        let index = self.lock();
+        let mut usage: HashMap<String, GroupUsage> =
+            index.live.usage().map(|(g, u)| (g.clone(), *u)).collect();
+        for (g, q) in index.queues.iter().filter(|(_, q)| q.disk.jobs > 0) {
+            let u = usage.entry(g.clone()).or_default();
+            u.jobs += q.disk.jobs;
+            u.bytes += q.disk.bytes;
+        }
+        Ok(usage.into_iter().collect())
     }
 
     async fn node_groups(&self) -> Result<Vec<String>> {
@@ -1042,7 +1108,7 @@ impl JobStore for SledStore {
             .lock()
             .queues
             .iter()
-            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty())
+            .filter(|(_, q)| !q.ready.is_empty() || !q.delayed.is_empty() || q.disk.jobs > 0)
             .map(|(g, _)| g.clone())
             .collect())
     }
@@ -1093,6 +1159,7 @@ impl OperatorStore for SledStore {
         let admined = {
             let mut index = self.lock();
             let mut batch = Writes::default();
+            self.bring_in(&mut index, job_id, now_ms)?;
             let (mut r, live) = match index.live.remove(job_id) {
                 Some(r) => (r, true),
                 None => match self.stored_record(job_id)? {
@@ -1171,11 +1238,13 @@ impl OperatorStore for SledStore {
                             batch.remove(key);
                         }
                         batch.remove(job_key(job_id));
-                        index.tasks.remove(
+                        self.remove_task_holder(
+                            &mut index,
+                            &mut batch,
                             &r.job.spec.task_tracker_node_group,
                             &r.job.spec.task_id,
                             job_id,
-                        );
+                        )?;
                         deleted = true;
                     }
                 }
