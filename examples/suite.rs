@@ -24,7 +24,7 @@ use serde_json::json;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_and_rss, start_tracker, submit_all, ProbeTracker, TrackerProcess};
+use support::{cpu_and_rss, submit_all, ProbeTracker, TrackerProcess};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Workload {
@@ -36,15 +36,22 @@ enum Workload {
     W3,
     /// Scale: a million queued jobs in one node group.
     W4,
+    /// Backlog: W4's shape at ten million jobs, the tracker's memory
+    /// budget at 256 MiB unless `--memory-budget` says otherwise.
+    W5,
 }
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, value_enum)]
     workload: Workload,
-    /// Jobs (W1, W2, W4).
+    /// Jobs (W1, W2, W4, W5).
     #[arg(long, default_value_t = 50_000)]
     jobs: usize,
+    /// The tracker's `--memory-budget` (W5: 256MiB unless given; the
+    /// others: the tracker's default unless given).
+    #[arg(long)]
+    memory_budget: Option<String>,
     /// Jobs per second (W3).
     #[arg(long, default_value_t = 500)]
     rate: u32,
@@ -114,10 +121,8 @@ fn start_tasktracker(
     Ok(TaskTrackerProcess(child))
 }
 
-fn specs(prefix: &str, group: &str, n: usize) -> Vec<JobSpec> {
-    (0..n)
-        .map(|i| JobSpec::new(format!("{prefix}-{i}"), group))
-        .collect()
+fn specs<'a>(prefix: &'a str, group: &'a str, n: usize) -> impl Iterator<Item = JobSpec> + 'a {
+    (0..n).map(move |i| JobSpec::new(format!("{prefix}-{i}"), group))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -286,10 +291,11 @@ async fn w3(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
     }))
 }
 
-async fn w4(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> {
-    let (submit_rate, drain_rate, procs) = enqueue_then_drain(args, tracker, "w4").await?;
+async fn w4(args: &Args, tracker: &TrackerProcess, group: &str) -> Result<serde_json::Value> {
+    let (submit_rate, drain_rate, procs) = enqueue_then_drain(args, tracker, group).await?;
     Ok(json!({
         "jobs": args.jobs,
+        "memory_budget": memory_budget(args),
         "submit_jobs_per_s": submit_rate,
         "drain_jobs_per_s": drain_rate,
         "rss_mib": procs["peak_rss_mib"]["tracker"],
@@ -300,16 +306,30 @@ async fn w4(args: &Args, tracker: &TrackerProcess) -> Result<serde_json::Value> 
     }))
 }
 
+/// The `--memory-budget` the tracker runs with, if the workload sets one.
+fn memory_budget(args: &Args) -> Option<String> {
+    match (&args.memory_budget, args.workload) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Workload::W5) => Some("256MiB".into()),
+        (None, _) => None,
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = bin_dir(&args)?;
-    let tracker = start_tracker(Some(&dir.join("jobtracker"))).await?;
+    let extra: Vec<String> = match memory_budget(&args) {
+        Some(b) => vec!["--memory-budget".into(), b],
+        None => Vec::new(),
+    };
+    let tracker = support::start_tracker_with(Some(&dir.join("jobtracker")), &extra).await?;
     let result = match args.workload {
         Workload::W1 => w1(&args, &tracker).await,
         Workload::W2 => w2(&args, &tracker).await,
         Workload::W3 => w3(&args, &tracker).await,
-        Workload::W4 => w4(&args, &tracker).await,
+        Workload::W4 => w4(&args, &tracker, "w4").await,
+        Workload::W5 => w4(&args, &tracker, "w5").await,
     };
     let results = match result {
         Ok(r) => r,

@@ -145,7 +145,7 @@ fn clock_ticks() -> f64 {
 /// fails if any job is refused.
 pub async fn submit_all(
     client: &JobClient,
-    all: Vec<JobSpec>,
+    all: impl IntoIterator<Item = JobSpec>,
     per_call: usize,
     in_flight: usize,
 ) -> Result<()> {

@@ -37,6 +37,9 @@ pub(super) struct OnDisk {
     /// No job on disk comes before this one in claim order (it may be one
     /// taken off since: the bound is kept low, never high).
     pub(super) head: Option<ReadyKey>,
+    /// The last `q` key read in: the next page starts after it, unless a
+    /// job was put on disk before it since (see `page_in`).
+    pub(super) cursor: Option<Vec<u8>>,
 }
 
 impl Queues {
@@ -85,10 +88,6 @@ pub(super) struct Record {
     /// below the job's (numbers skipped at the restart stay skipped).
     #[serde(skip)]
     pub(super) adopted: Option<u32>,
-    /// Read in from the queue on disk ([`super::paging`]) and not claimed
-    /// since: its next claim is made durable before it leaves.
-    #[serde(skip)]
-    pub(super) paged: bool,
 }
 
 /// [`Record`] for writing, without cloning.
@@ -112,7 +111,6 @@ impl Record {
             unflushed: None,
             recovered: None,
             adopted: None,
-            paged: false,
         }
     }
 
@@ -127,9 +125,7 @@ impl Record {
                 self.unflushed = None;
             }
         }
-        // A paged job's `q` key may be on disk still: a crash would bring
-        // it back with the attempt it had.
-        std::mem::take(&mut self.paged) || self.job.attempt > self.floor
+        self.job.attempt > self.floor
     }
 
     /// Whether `attempt` is the job's current run.
@@ -267,6 +263,9 @@ pub(super) struct Index {
     pub(super) budget: u64,
     /// Ready jobs on disk, over all node groups.
     pub(super) on_disk: u64,
+    /// The submit order of the first job stored since the store opened:
+    /// a job before it that waits on disk was stored before the restart.
+    pub(super) opened_seq: u64,
     /// Whether any (node group, task id) is held on disk rather than in
     /// [`tasks`](Self::tasks).
     pub(super) disk_tasks: bool,
@@ -285,6 +284,7 @@ impl Default for Index {
             hold_until_ms: 0,
             budget: u64::MAX,
             on_disk: 0,
+            opened_seq: 0,
             disk_tasks: false,
         }
     }

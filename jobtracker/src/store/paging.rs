@@ -23,8 +23,11 @@
 //! through the write queue, so a scan under the lock sees exactly the jobs
 //! on disk. A crash can leave a `q` key whose record never reached
 //! the disk (the submit was not acknowledged); it is dropped when paged.
-//! A paged job's first claim is made durable before it leaves, so a crash
-//! never hands out the attempt of a job whose `q` key survived it.
+//! The deletion of a paged job's `q` key may not be durable when the job
+//! is handed out; a crash can bring the key back with the job's record as
+//! it was. So a job stored before the restart skips one attempt number when
+//! it is paged in, as the jobs in memory do at the restart: an attempt
+//! number is never handed out twice.
 //!
 //! A (node group, task id) lives in one place: in memory
 //! ([`super::task_index`]) or in a `k` key. A pair that went to disk stays
@@ -203,6 +206,15 @@ impl SledStore {
         q.disk.bytes += super::quota_bytes(&job.spec);
         let key = ready_key(job);
         q.disk.head = Some(q.disk.head.map_or(key, |h| h.min(key)));
+        let before_cursor = q
+            .disk
+            .cursor
+            .as_ref()
+            .and_then(|c| key_order(&c[c.len().saturating_sub(20)..]))
+            .is_some_and(|c| key < c);
+        if before_cursor {
+            q.disk.cursor = None;
+        }
         index.on_disk += 1;
     }
 
@@ -255,26 +267,59 @@ impl SledStore {
     }
 
     fn join_index(&self, index: &mut Index, mut r: Record, now_ms: i64) {
-        // Its `q` key is gone, maybe not durably: its first claim flushes.
-        r.paged = true;
+        if r.job.seq < index.opened_seq {
+            // What the restart did to the jobs in memory (see `recover`).
+            r.floor = r.job.attempt;
+            r.job.attempt += 1;
+        }
         index.enqueue(&r.job, now_ms);
         index.live.insert(r.job.job_id.clone(), Box::new(r));
     }
 
     /// Reads the next [`PAGE`] jobs of `group` on disk into the index, in
     /// claim order.
-    pub(super) fn page_in(&self, index: &mut Index, group: &str, now_ms: i64) -> Result<()> {
+    ///
+    /// The keys read are deleted through `batch` (off the lock); until the
+    /// write thread has applied that, a scan skips them, and the next scan
+    /// starts after the last key read unless a job was put on disk before
+    /// it since.
+    pub(super) fn page_in(
+        &self,
+        index: &mut Index,
+        batch: &mut Writes,
+        group: &str,
+        now_ms: i64,
+    ) -> Result<()> {
         let tree = self.tree()?;
         let prefix = queue_prefix(group);
+        let start = index
+            .queues
+            .get_mut(group)
+            .and_then(|q| q.disk.cursor.take())
+            .unwrap_or_else(|| prefix.clone());
         let mut next = None;
-        for (taken, item) in tree.scan_prefix(&prefix).enumerate() {
+        let mut taken = 0;
+        let mut last = None;
+        let range = tree.range::<&[u8], _>((
+            std::ops::Bound::Included(&start[..]),
+            std::ops::Bound::Unbounded,
+        ));
+        for item in range {
             let (key, id) = item.map_err(sled_err("reading the queue on disk"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            // Read in already (the last page's last key among them).
+            if self.removal_queued(&key) {
+                continue;
+            }
             if taken == PAGE {
                 next = key_order(&key[prefix.len()..]);
                 break;
             }
-            tree.remove(&key)
-                .map_err(sled_err("taking a job off the queue on disk"))?;
+            taken += 1;
+            batch.remove(key.clone());
+            last = Some(key.to_vec());
             let job_id = std::str::from_utf8(&id).map_err(|_| not_utf8(&key))?;
             match self.stored_record(job_id)? {
                 Some(r) if r.job.state == JobState::Pending => {
@@ -286,6 +331,7 @@ impl SledStore {
             }
         }
         if let Some(q) = index.queues.get_mut(group) {
+            q.disk.cursor = last;
             q.disk.head = if q.disk.jobs == 0 { None } else { next };
             if next.is_none() {
                 // The scan found the end: nothing is left on disk.

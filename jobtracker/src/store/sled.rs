@@ -335,6 +335,9 @@ impl SledStore {
     ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
         let mut write = false;
+        // Keys of jobs read in from disk are deleted through the batch;
+        // that needs no flush before the jobs leave (see `paging`).
+        let mut paged = false;
         let flushed = self.engine.flushed();
         {
             let mut index = self.lock();
@@ -357,7 +360,8 @@ impl SledStore {
                         .get(node_group)
                         .is_some_and(|q| q.head_on_disk())
                 {
-                    self.page_in(&mut index, node_group, now_ms)?;
+                    self.page_in(&mut index, &mut batch, node_group, now_ms)?;
+                    paged = true;
                 }
                 let Some(job_id) = index
                     .queues
@@ -417,7 +421,7 @@ impl SledStore {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if write {
+            if write || paged {
                 self.commit(index, batch)?;
             }
         }
@@ -438,6 +442,11 @@ impl SledStore {
             Some(value) => Ok(value),
             None => self.tree()?.get(key).map_err(sled_err("reading a key")),
         }
+    }
+
+    /// Whether a write queued and not applied yet removes `key`.
+    pub(super) fn removal_queued(&self, key: &[u8]) -> bool {
+        matches!(self.engine.unapplied(key), Some(None))
     }
 
     pub(super) fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
@@ -548,6 +557,7 @@ impl JobStore for SledStore {
                 index.live.insert(r.job.job_id.clone(), Box::new(r));
             }
             index.next_seq = max_seq + 1;
+            index.opened_seq = index.next_seq;
             rec.feedback = self.tree()?.scan_prefix(b"f").count();
             self.commit(index, batch)?;
         }
