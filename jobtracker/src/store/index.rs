@@ -37,9 +37,6 @@ pub(super) struct OnDisk {
     /// No job on disk comes before this one in claim order (it may be one
     /// taken off since: the bound is kept low, never high).
     pub(super) head: Option<ReadyKey>,
-    /// The last `q` key read in: the next page starts after it, unless a
-    /// job was put on disk before it since (see `page_in`).
-    pub(super) cursor: Option<Vec<u8>>,
 }
 
 impl Queues {
@@ -266,6 +263,9 @@ pub(super) struct Index {
     /// The submit order of the first job stored since the store opened:
     /// a job before it that waits on disk was stored before the restart.
     pub(super) opened_seq: u64,
+    /// Jobs a verb brought into memory from a chunk on disk that still
+    /// names them (see [`super::paging`]).
+    pub(super) brought_in: HashSet<String>,
     /// Whether any (node group, task id) is held on disk rather than in
     /// [`tasks`](Self::tasks).
     pub(super) disk_tasks: bool,
@@ -285,6 +285,7 @@ impl Default for Index {
             budget: u64::MAX,
             on_disk: 0,
             opened_seq: 0,
+            brought_in: HashSet::new(),
             disk_tasks: false,
         }
     }

@@ -4,30 +4,39 @@
 //! Every job that is not final is kept in memory (see [`super::index`])
 //! until the jobs there take the budget ([`Index::over_budget`],
 //! `--memory-budget`). From then on a job submitted ready to run is
-//! written as usual and, instead of joining the index, gets two keys of
-//! its own:
+//! written as usual and, instead of joining the index, goes into a chunk:
+//! the jobs of one node group that one submit call put on disk.
 //!
 //! | key | value |
 //! |---|---|
-//! | `q` node group (u32 BE length, bytes) priority, trigger time, submit order (BE, sign bit flipped) | its job id |
+//! | `q` node group (u32 BE length, bytes), the chunk's first claim order | per job: its claim order, its job id (u8 length, bytes) |
 //! | `k` node group (u32 BE length, bytes) task id | its job id (dedup) |
 //!
-//! so the `q` keys of a group sort in claim order, the order of the
-//! group's ready queue in memory. A claim takes the next job from whichever
-//! holds it: when the disk holds it ([`Queues::head_on_disk`]), a page of
-//! the group's first `q` keys is read into memory ([`PAGE`] jobs), their
-//! keys deleted. Jobs with a later trigger time, cron and repeat jobs,
+//! A claim order is priority, trigger time and submit order, each BE with
+//! the sign bit flipped, so the chunks of a group sort by their first job.
+//! A claim takes the next job from whichever holds it: when the disk's
+//! first job comes before the first in memory ([`Queues::head_on_disk`]),
+//! the group's first chunk is read into memory and its key deleted. Chunks
+//! may overlap in claim order (a call with a higher priority after
+//! another); a chunk is read in as soon as its first job is due, so the
+//! order holds. One key per call, read and deleted whole, keeps the disk's
+//! work per job small. Jobs with a later trigger time, cron and repeat jobs,
 //! their cycles and suspended jobs always stay in memory.
 //!
-//! `q` keys are written to the tree directly under the index lock, not
-//! through the write queue, so a scan under the lock sees exactly the jobs
-//! on disk. A crash can leave a `q` key whose record never reached
-//! the disk (the submit was not acknowledged); it is dropped when paged.
-//! The deletion of a paged job's `q` key may not be durable when the job
-//! is handed out; a crash can bring the key back with the job's record as
-//! it was. So a job stored before the restart skips one attempt number when
-//! it is paged in, as the jobs in memory do at the restart: an attempt
-//! number is never handed out twice.
+//! `q` keys are written and deleted in the tree directly under the index
+//! lock, so a scan under the lock sees exactly the chunks on disk. A crash
+//! can leave a chunk naming jobs whose records never reached the disk (the
+//! submit was not acknowledged), or jobs read in and finished since; a job
+//! is taken from a chunk only if its record is pending. A chunk may
+//! outlive a crash after its jobs were handed out, so a job stored before
+//! the restart skips one attempt number when it is read in, as the jobs in
+//! memory do at the restart: an attempt number is never handed out twice.
+//! At a restart the chunks are read once (their submit orders, kept as
+//! ranges) to tell the jobs waiting on disk from those to load.
+//!
+//! A verb on a job waiting on disk (cancel, an operator's verb, a replace)
+//! brings the job into memory first; its chunk still names it, and the
+//! job is skipped when the chunk is read in.
 //!
 //! A (node group, task id) lives in one place: in memory
 //! ([`super::task_index`]) or in a `k` key. A pair that went to disk stays
@@ -43,10 +52,6 @@ use lts_common::{Job, JobState};
 use super::index::{Index, ReadyKey, Record};
 use super::sled::{sled_err, SledStore};
 use crate::error::{Error, Result};
-
-/// How many jobs a claim reads from disk at a time, under the index lock
-/// (a few milliseconds).
-pub(super) const PAGE: usize = 1024;
 
 /// The index's budget unless `--memory-budget` says otherwise. With it
 /// a million queued jobs of W4 keep the JobTracker under 500 MiB.
@@ -70,14 +75,48 @@ pub(super) fn ready_key(job: &Job) -> ReadyKey {
     (job.spec.priority, job.trigger_at_ms, job.seq)
 }
 
-/// A ready job's `q` key.
-fn queue_key(job: &Job) -> Vec<u8> {
-    let (priority, trigger, seq) = ready_key(job);
-    let mut k = queue_prefix(&job.spec.task_tracker_node_group);
-    k.extend_from_slice(&((priority as u32) ^ (1 << 31)).to_be_bytes());
-    k.extend_from_slice(&((trigger as u64) ^ (1 << 63)).to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
+/// Appends a claim order, so that the bytes sort as the orders do.
+fn put_order(out: &mut Vec<u8>, (priority, trigger, seq): ReadyKey) {
+    out.extend_from_slice(&((priority as u32) ^ (1 << 31)).to_be_bytes());
+    out.extend_from_slice(&((trigger as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+}
+
+/// The bytes of a claim order.
+const ORDER_BYTES: usize = 20;
+
+/// The `q` key of a chunk whose first job has `first`.
+fn chunk_key(group: &str, first: ReadyKey) -> Vec<u8> {
+    let mut k = queue_prefix(group);
+    put_order(&mut k, first);
     k
+}
+
+/// A chunk's value: its jobs in claim order.
+fn chunk_value(jobs: &[(ReadyKey, String)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(jobs.iter().map(|(_, id)| ORDER_BYTES + 2 + id.len()).sum());
+    for (order, id) in jobs {
+        put_order(&mut v, *order);
+        // Job ids are 32 characters (the store makes them).
+        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        v.extend_from_slice(id.as_bytes());
+    }
+    v
+}
+
+/// The jobs of a chunk's value, or `None` if it is cut short.
+fn chunk_jobs(value: &[u8]) -> Option<Vec<(ReadyKey, &str)>> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let order = key_order(rest.get(..ORDER_BYTES)?)?;
+        let len = u16::from_be_bytes(rest.get(ORDER_BYTES..ORDER_BYTES + 2)?.try_into().ok()?);
+        let end = ORDER_BYTES + 2 + usize::from(len);
+        let id = rest.get(ORDER_BYTES + 2..end)?;
+        out.push((order, std::str::from_utf8(id).ok()?));
+        rest = &rest[end..];
+    }
+    Some(out)
 }
 
 /// The claim order a `q` key's tail (after its group's prefix) stands for.
@@ -187,38 +226,39 @@ impl SledStore {
         Ok(())
     }
 
-    /// Puts a due job (already written) on disk rather than in the index.
-    pub(super) fn spill(&self, index: &mut Index, job: &Job) -> Result<()> {
+    /// Puts due jobs of `group` (already written) on disk, as one chunk,
+    /// rather than in the index. `jobs`: claim order, job id, quota bytes.
+    pub(super) fn spill(
+        &self,
+        index: &mut Index,
+        group: &str,
+        mut jobs: Vec<(ReadyKey, String, u64)>,
+    ) -> Result<()> {
+        jobs.sort_unstable_by_key(|(order, _, _)| *order);
+        let Some(first) = jobs.first().map(|(order, _, _)| *order) else {
+            return Ok(());
+        };
+        let entries: Vec<(ReadyKey, String)> =
+            jobs.iter().map(|(o, id, _)| (*o, id.clone())).collect();
         self.tree()?
-            .insert(queue_key(job), job.job_id.as_bytes())
-            .map_err(sled_err("queueing a job on disk"))?;
-        self.count_on_disk(index, job);
+            .insert(chunk_key(group, first), chunk_value(&entries))
+            .map_err(sled_err("queueing jobs on disk"))?;
+        for (order, _, bytes) in jobs {
+            Self::count_on_disk(index, group, order, bytes);
+        }
         Ok(())
     }
 
-    /// Counts a job whose `q` key is on disk.
-    fn count_on_disk(&self, index: &mut Index, job: &Job) {
-        let q = index
-            .queues
-            .entry(job.spec.task_tracker_node_group.clone())
-            .or_default();
+    /// Counts a job waiting on disk.
+    fn count_on_disk(index: &mut Index, group: &str, order: ReadyKey, bytes: u64) {
+        let q = index.queues.entry(group.to_string()).or_default();
         q.disk.jobs += 1;
-        q.disk.bytes += super::quota_bytes(&job.spec);
-        let key = ready_key(job);
-        q.disk.head = Some(q.disk.head.map_or(key, |h| h.min(key)));
-        let before_cursor = q
-            .disk
-            .cursor
-            .as_ref()
-            .and_then(|c| key_order(&c[c.len().saturating_sub(20)..]))
-            .is_some_and(|c| key < c);
-        if before_cursor {
-            q.disk.cursor = None;
-        }
+        q.disk.bytes += bytes;
+        q.disk.head = Some(q.disk.head.map_or(order, |h| h.min(order)));
         index.on_disk += 1;
     }
 
-    /// Uncounts a job whose `q` key was taken off the disk.
+    /// Uncounts a job no longer waiting on disk.
     fn uncount_on_disk(index: &mut Index, job: &Job) {
         if let Some(q) = index.queues.get_mut(&job.spec.task_tracker_node_group) {
             q.disk.jobs = q.disk.jobs.saturating_sub(1);
@@ -230,17 +270,50 @@ impl SledStore {
         index.on_disk = index.on_disk.saturating_sub(1);
     }
 
-    /// At a restart: whether `job`'s `q` key is on disk (then it is counted
-    /// and stays there).
-    pub(super) fn recover_on_disk(&self, index: &mut Index, job: &Job) -> Result<bool> {
-        let present = self
-            .tree()?
-            .contains_key(queue_key(job))
-            .map_err(sled_err("reading the queue on disk"))?;
-        if present {
-            self.count_on_disk(index, job);
+    /// At a restart: the submit orders of the jobs the chunks on disk name.
+    pub(super) fn chunked_jobs(&self) -> Result<OnDiskSeqs> {
+        let mut ranges = Vec::new();
+        for item in self.tree()?.scan_prefix(b"q") {
+            let (key, value) = item.map_err(sled_err("reading the queue on disk"))?;
+            let Some(jobs) = chunk_jobs(&value) else {
+                tracing::error!(
+                    "skipping a chunk of the queue on disk cut short: {}",
+                    String::from_utf8_lossy(&key)
+                );
+                continue;
+            };
+            let mut seqs: Vec<u64> = jobs.iter().map(|((_, _, seq), _)| *seq).collect();
+            seqs.sort_unstable();
+            for seq in seqs {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end + 1 == seq => *end = seq,
+                    _ => ranges.push((seq, seq)),
+                }
+            }
         }
-        Ok(present)
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some((_, last)) if start <= *last + 1 => *last = (*last).max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        Ok(OnDiskSeqs(merged))
+    }
+
+    /// At a restart: counts `job` as waiting on disk if a chunk names it.
+    pub(super) fn recover_on_disk(index: &mut Index, seqs: &OnDiskSeqs, job: &Job) -> bool {
+        if !seqs.contains(job.seq) {
+            return false;
+        }
+        Self::count_on_disk(
+            index,
+            &job.spec.task_tracker_node_group,
+            ready_key(job),
+            super::quota_bytes(&job.spec),
+        );
+        true
     }
 
     /// Brings a job that waits on disk into the index, so that a verb can
@@ -252,17 +325,13 @@ impl SledStore {
         let Some(r) = self.stored_record(job_id)? else {
             return Ok(());
         };
+        // A pending one-off job not in memory waits on disk.
         if r.job.state != JobState::Pending || r.job.spec.schedule.is_recurring() {
             return Ok(());
         }
-        let taken = self
-            .tree()?
-            .remove(queue_key(&r.job))
-            .map_err(sled_err("taking a job off the queue on disk"))?;
-        if taken.is_some() {
-            Self::uncount_on_disk(index, &r.job);
-            self.join_index(index, r, now_ms);
-        }
+        Self::uncount_on_disk(index, &r.job);
+        index.brought_in.insert(job_id.to_string());
+        self.join_index(index, r, now_ms);
         Ok(())
     }
 
@@ -276,62 +345,50 @@ impl SledStore {
         index.live.insert(r.job.job_id.clone(), Box::new(r));
     }
 
-    /// Reads the next [`PAGE`] jobs of `group` on disk into the index, in
-    /// claim order.
-    ///
-    /// The keys read are deleted through `batch` (off the lock); until the
-    /// write thread has applied that, a scan skips them, and the next scan
-    /// starts after the last key read unless a job was put on disk before
-    /// it since.
-    pub(super) fn page_in(
-        &self,
-        index: &mut Index,
-        batch: &mut Writes,
-        group: &str,
-        now_ms: i64,
-    ) -> Result<()> {
+    /// Reads the first chunk of `group` on disk into the index and deletes
+    /// its key.
+    pub(super) fn page_in(&self, index: &mut Index, group: &str, now_ms: i64) -> Result<()> {
         let tree = self.tree()?;
         let prefix = queue_prefix(group);
-        let start = index
-            .queues
-            .get_mut(group)
-            .and_then(|q| q.disk.cursor.take())
-            .unwrap_or_else(|| prefix.clone());
+        let mut chunk = None;
         let mut next = None;
-        let mut taken = 0;
-        let mut last = None;
-        let range = tree.range::<&[u8], _>((
-            std::ops::Bound::Included(&start[..]),
-            std::ops::Bound::Unbounded,
-        ));
-        for item in range {
-            let (key, id) = item.map_err(sled_err("reading the queue on disk"))?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            // Read in already (the last page's last key among them).
-            if self.removal_queued(&key) {
-                continue;
-            }
-            if taken == PAGE {
+        for item in tree.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(sled_err("reading the queue on disk"))?;
+            if chunk.is_some() {
                 next = key_order(&key[prefix.len()..]);
                 break;
             }
-            taken += 1;
-            batch.remove(key.clone());
-            last = Some(key.to_vec());
-            let job_id = std::str::from_utf8(&id).map_err(|_| not_utf8(&key))?;
-            match self.stored_record(job_id)? {
-                Some(r) if r.job.state == JobState::Pending => {
-                    Self::uncount_on_disk(index, &r.job);
-                    self.join_index(index, r, now_ms);
+            chunk = Some((key, value));
+        }
+        if let Some((key, _)) = &chunk {
+            tree.remove(key)
+                .map_err(sled_err("taking jobs off the queue on disk"))?;
+        }
+        if let Some((key, value)) = &chunk {
+            let Some(jobs) = chunk_jobs(value) else {
+                return Err(Error::corrupt(
+                    String::from_utf8_lossy(key),
+                    "a chunk of the queue on disk is cut short",
+                ));
+            };
+            for (_, job_id) in jobs {
+                if index.brought_in.remove(job_id) {
+                    continue;
                 }
-                // A key whose submit a crash undid.
-                _ => tracing::warn!("dropping the queue entry of job {job_id}: no pending record"),
+                match self.stored_record(job_id)? {
+                    Some(r)
+                        if r.job.state == JobState::Pending && index.live.get(job_id).is_none() =>
+                    {
+                        Self::uncount_on_disk(index, &r.job);
+                        self.join_index(index, r, now_ms);
+                    }
+                    // Submitted by a call a crash undid, or read in and
+                    // finished before a crash that kept the chunk.
+                    _ => {}
+                }
             }
         }
         if let Some(q) = index.queues.get_mut(group) {
-            q.disk.cursor = last;
             q.disk.head = if q.disk.jobs == 0 { None } else { next };
             if next.is_none() {
                 // The scan found the end: nothing is left on disk.
@@ -341,6 +398,17 @@ impl SledStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The submit orders of jobs waiting on disk at a restart, as sorted,
+/// disjoint ranges (a chunk's jobs came from one call: mostly one range).
+pub(super) struct OnDiskSeqs(Vec<(u64, u64)>);
+
+impl OnDiskSeqs {
+    fn contains(&self, seq: u64) -> bool {
+        let i = self.0.partition_point(|(start, _)| *start <= seq);
+        i > 0 && self.0[i - 1].1 >= seq
     }
 }
 
@@ -418,8 +486,8 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_on_disk_survives_restarts_whole_in_order_and_deduplicated() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        // Several pages' worth, with a budget of a few dozen jobs.
-        let n = 2 * PAGE + 300;
+        // Several chunks, with a budget of a few dozen jobs.
+        let n = 2_300;
         let budget = 40 * crate::store::index::resident_bytes(&spec("t00000", 0));
         {
             let store = open(dir.path(), budget).await;
@@ -518,11 +586,76 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_chunk_that_outlives_its_jobs_hands_nothing_out_twice() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = open(dir.path(), 0).await;
+        store
+            .submit(vec![spec("a", 0), spec("b", 0), spec("c", 0)], NOW)
+            .await
+            .expect("submit");
+        let chunk: Vec<(::sled::IVec, ::sled::IVec)> = store
+            .tree()
+            .expect("tree")
+            .scan_prefix(b"q")
+            .map(|i| i.expect("read"))
+            .collect();
+        assert_eq!(chunk.len(), 1, "one call, one chunk");
+        let out = store
+            .claim("g", &[("w".to_string(), 3)], NOW)
+            .await
+            .expect("claim");
+        let jobs = &out.per_grant[0];
+        assert_eq!(jobs.len(), 3);
+        let report = crate::store::RunReport {
+            job_id: jobs[0].job_id.clone(),
+            attempt: jobs[0].attempt,
+            outcome: lts_common::Outcome::Success("ok".into()),
+            started_at_ms: NOW,
+            finished_at_ms: NOW,
+            worker: "w".into(),
+        };
+        store.complete(vec![report], NOW).await.expect("complete");
+        store.sync().await.expect("sync");
+        // A crash that lost the chunk's deletion: the chunk is back.
+        for (k, v) in &chunk {
+            store.tree().expect("tree").insert(k, v).expect("insert");
+        }
+        store.close().await.expect("close");
+        drop(store);
+        let store = open(dir.path(), 0).await;
+        let out = store
+            .claim("g", &[("w".to_string(), 10)], NOW + 1)
+            .await
+            .expect("claim");
+        let mut again: Vec<(String, u32)> = out.per_grant[0]
+            .iter()
+            .map(|j| (j.spec.task_id.clone(), j.attempt))
+            .collect();
+        again.sort();
+        // The finished job stays finished; the two that were running run
+        // again with attempts never handed out before.
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert_eq!(again[0].0, "b");
+        assert_eq!(again[1].0, "c");
+        assert!(again.iter().all(|(_, attempt)| *attempt > 1), "{again:?}");
+        assert!(store
+            .claim("g", &[("w".to_string(), 10)], NOW + 1)
+            .await
+            .expect("claim")
+            .per_grant[0]
+            .is_empty());
+    }
+
     #[test]
-    fn queue_keys_sort_in_claim_order() {
+    fn chunks_sort_by_their_first_claim_order_and_read_back_whole() {
         let job = |priority: i32, trigger: i64, seq: u64| {
-            let mut j =
-                crate::store::new_job("j".into(), lts_common::JobSpec::new("t", "g"), seq, trigger);
+            let mut j = crate::store::new_job(
+                format!("{seq:032x}"),
+                lts_common::JobSpec::new("t", "g"),
+                seq,
+                trigger,
+            );
             j.spec.priority = priority;
             j.trigger_at_ms = trigger;
             j
@@ -537,16 +670,31 @@ mod tests {
             job(i32::MAX, i64::MAX, u64::MAX),
         ];
         for pair in jobs.windows(2) {
-            assert!(ready_key(&pair[0]) < ready_key(&pair[1]));
-            assert!(
-                queue_key(&pair[0]) < queue_key(&pair[1]),
-                "{:?}",
-                ready_key(&pair[0])
-            );
+            let (a, b) = (ready_key(&pair[0]), ready_key(&pair[1]));
+            assert!(a < b);
+            assert!(chunk_key("g", a) < chunk_key("g", b), "{a:?}");
         }
         let prefix = queue_prefix("g").len();
-        for j in &jobs {
-            assert_eq!(key_order(&queue_key(j)[prefix..]), Some(ready_key(j)));
+        let entries: Vec<(ReadyKey, String)> = jobs
+            .iter()
+            .map(|j| (ready_key(j), j.job_id.clone()))
+            .collect();
+        for (order, _) in &entries {
+            assert_eq!(key_order(&chunk_key("g", *order)[prefix..]), Some(*order));
         }
+        let value = chunk_value(&entries);
+        let back: Vec<(ReadyKey, String)> = chunk_jobs(&value)
+            .expect("whole")
+            .into_iter()
+            .map(|(o, id)| (o, id.to_string()))
+            .collect();
+        assert_eq!(back, entries);
+        assert!(chunk_jobs(&value[..value.len() - 1]).is_none());
+        let seqs = OnDiskSeqs(vec![(0, 3), (7, 7), (10, 20)]);
+        let inside: Vec<u64> = (0..25).filter(|s| seqs.contains(*s)).collect();
+        assert_eq!(
+            inside,
+            [0, 1, 2, 3, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+        );
     }
 }

@@ -335,9 +335,6 @@ impl SledStore {
     ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
         let mut write = false;
-        // Keys of jobs read in from disk are deleted through the batch;
-        // that needs no flush before the jobs leave (see `paging`).
-        let mut paged = false;
         let flushed = self.engine.flushed();
         {
             let mut index = self.lock();
@@ -360,8 +357,7 @@ impl SledStore {
                         .get(node_group)
                         .is_some_and(|q| q.head_on_disk())
                 {
-                    self.page_in(&mut index, &mut batch, node_group, now_ms)?;
-                    paged = true;
+                    self.page_in(&mut index, node_group, now_ms)?;
                 }
                 let Some(job_id) = index
                     .queues
@@ -421,7 +417,7 @@ impl SledStore {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if write || paged {
+            if write {
                 self.commit(index, batch)?;
             }
         }
@@ -442,11 +438,6 @@ impl SledStore {
             Some(value) => Ok(value),
             None => self.tree()?.get(key).map_err(sled_err("reading a key")),
         }
-    }
-
-    /// Whether a write queued and not applied yet removes `key`.
-    pub(super) fn removal_queued(&self, key: &[u8]) -> bool {
-        matches!(self.engine.unapplied(key), Some(None))
     }
 
     pub(super) fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
@@ -478,7 +469,7 @@ impl JobStore for SledStore {
             let tree = self.tree()?;
             // Jobs wait on disk, and tasks are held there, only once the
             // index went over its budget: most stores have neither.
-            let queue_on_disk = tree.scan_prefix(b"q").next().is_some();
+            let on_disk = self.chunked_jobs()?;
             index.disk_tasks = tree.scan_prefix(b"k").next().is_some();
             for item in tree.scan_prefix(b"j") {
                 let (key, bytes) = item.map_err(sled_err("reading job records"))?;
@@ -504,9 +495,8 @@ impl JobStore for SledStore {
                 }
                 // A job waiting on disk was never handed out: it stays
                 // there as it is.
-                if queue_on_disk
-                    && may_wait_on_disk(&r.job, i64::MAX)
-                    && self.recover_on_disk(&mut index, &r.job)?
+                if may_wait_on_disk(&r.job, i64::MAX)
+                    && Self::recover_on_disk(&mut index, &on_disk, &r.job)
                 {
                     rec.pending += 1;
                     continue;
@@ -572,6 +562,7 @@ impl JobStore for SledStore {
             let mut index = self.lock();
             let mut batch = Writes::default();
             let mut recent_tasks = HashMap::new();
+            let mut to_disk_by_group: HashMap<String, Vec<_>> = HashMap::new();
             for spec in jobs {
                 let existing = self.task_holder(
                     &index,
@@ -636,7 +627,14 @@ impl JobStore for SledStore {
                     ready_groups.push(r.job.spec.task_tracker_node_group.clone());
                 }
                 if to_disk {
-                    self.spill(&mut index, &r.job)?;
+                    to_disk_by_group
+                        .entry(r.job.spec.task_tracker_node_group.clone())
+                        .or_default()
+                        .push((
+                            super::paging::ready_key(&r.job),
+                            job_id.clone(),
+                            super::quota_bytes(&r.job.spec),
+                        ));
                 } else {
                     index.enqueue(&r.job, now_ms);
                     index.live.insert(job_id.clone(), Box::new(r));
@@ -648,6 +646,9 @@ impl JobStore for SledStore {
                     },
                     None => SubmitResult::Created(job_id),
                 });
+            }
+            for (group, jobs) in to_disk_by_group {
+                self.spill(&mut index, &group, jobs)?;
             }
             self.commit(index, batch)?;
         }
