@@ -37,6 +37,8 @@ pub(super) struct OnDisk {
     /// No job on disk comes before this one in claim order (it may be one
     /// taken off since: the bound is kept low, never high).
     pub(super) head: Option<ReadyKey>,
+    /// A chunk is being read ahead, off the index lock.
+    pub(super) loading: bool,
 }
 
 impl Queues {
@@ -44,6 +46,7 @@ impl Queues {
     /// ready, or the first one ready comes after the disk's first.
     pub(super) fn head_on_disk(&self) -> bool {
         self.disk.jobs > 0
+            && !self.disk.loading
             && match (self.ready.first_key_value(), &self.disk.head) {
                 (None, _) => true,
                 (Some((first, _)), Some(head)) => head < first,

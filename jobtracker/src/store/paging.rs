@@ -346,59 +346,126 @@ impl SledStore {
     }
 
     /// Reads the first chunk of `group` on disk into the index and deletes
-    /// its key.
+    /// its key, under the index lock: for a claim whose next job is on
+    /// disk while no chunk is being read ahead.
     pub(super) fn page_in(&self, index: &mut Index, group: &str, now_ms: i64) -> Result<()> {
         let tree = self.tree()?;
-        let prefix = queue_prefix(group);
-        let mut chunk = None;
-        let mut next = None;
-        for item in tree.scan_prefix(&prefix) {
-            let (key, value) = item.map_err(sled_err("reading the queue on disk"))?;
-            if chunk.is_some() {
-                next = key_order(&key[prefix.len()..]);
-                break;
+        match first_chunk(&tree, group)? {
+            Some((key, value)) => {
+                let records = self.read_chunk(&key, &value)?;
+                self.take_in(index, &tree, group, &key, records, now_ms)
             }
-            chunk = Some((key, value));
+            None => self.take_in(index, &tree, group, &[], Vec::new(), now_ms),
         }
-        if let Some((key, _)) = &chunk {
+    }
+
+    /// Reads `group`'s next chunk into the index ahead of need, off the
+    /// index lock, when fewer than [`LOW_WATER`] of its jobs are ready in
+    /// memory and jobs wait on disk. The lock is held only to pick the
+    /// chunk and to take its jobs in; the claim hook is told afterwards.
+    pub(super) fn read_ahead(&self, group: &str, now_ms: i64) -> Result<()> {
+        let tree = self.tree()?;
+        let chunk = {
+            let mut index = self.lock();
+            let Some(q) = index.queues.get_mut(group) else {
+                return Ok(());
+            };
+            if q.disk.jobs == 0 || q.disk.loading || q.ready.len() >= LOW_WATER {
+                return Ok(());
+            }
+            let chunk = first_chunk(&tree, group)?;
+            q.disk.loading = chunk.is_some();
+            chunk
+        };
+        let Some((key, value)) = chunk else {
+            return Ok(());
+        };
+        let records = self.read_chunk(&key, &value);
+        let mut index = self.lock();
+        if let Some(q) = index.queues.get_mut(group) {
+            q.disk.loading = false;
+        }
+        self.take_in(&mut index, &tree, group, &key, records?, now_ms)?;
+        drop(index);
+        if let Some(hook) = self.claimable.get() {
+            hook(group);
+        }
+        Ok(())
+    }
+
+    /// The jobs a chunk names, with their records as stored.
+    fn read_chunk(&self, key: &[u8], value: &[u8]) -> Result<Vec<(String, Option<Record>)>> {
+        let Some(jobs) = chunk_jobs(value) else {
+            return Err(Error::corrupt(
+                String::from_utf8_lossy(key),
+                "a chunk of the queue on disk is cut short",
+            ));
+        };
+        jobs.into_iter()
+            .map(|(_, id)| Ok((id.to_string(), self.stored_record(id)?)))
+            .collect()
+    }
+
+    /// Deletes the chunk `key` (none if empty) and takes its jobs into the
+    /// index: those still pending and not brought in by a verb meanwhile.
+    fn take_in(
+        &self,
+        index: &mut Index,
+        tree: &::sled::Tree,
+        group: &str,
+        key: &[u8],
+        records: Vec<(String, Option<Record>)>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if !key.is_empty() {
             tree.remove(key)
                 .map_err(sled_err("taking jobs off the queue on disk"))?;
         }
-        if let Some((key, value)) = &chunk {
-            let Some(jobs) = chunk_jobs(value) else {
-                return Err(Error::corrupt(
-                    String::from_utf8_lossy(key),
-                    "a chunk of the queue on disk is cut short",
-                ));
-            };
-            for (_, job_id) in jobs {
-                if index.brought_in.remove(job_id) {
-                    continue;
+        for (job_id, record) in records {
+            if index.brought_in.remove(&job_id) {
+                continue;
+            }
+            match record {
+                Some(r)
+                    if r.job.state == JobState::Pending && index.live.get(&job_id).is_none() =>
+                {
+                    Self::uncount_on_disk(index, &r.job);
+                    self.join_index(index, r, now_ms);
                 }
-                match self.stored_record(job_id)? {
-                    Some(r)
-                        if r.job.state == JobState::Pending && index.live.get(job_id).is_none() =>
-                    {
-                        Self::uncount_on_disk(index, &r.job);
-                        self.join_index(index, r, now_ms);
-                    }
-                    // Submitted by a call a crash undid, or read in and
-                    // finished before a crash that kept the chunk.
-                    _ => {}
-                }
+                // Submitted by a call a crash undid, or read in and
+                // finished before a crash that kept the chunk.
+                _ => {}
             }
         }
+        let next = first_chunk(tree, group)?;
+        let prefix = queue_prefix(group).len();
         if let Some(q) = index.queues.get_mut(group) {
-            q.disk.head = if q.disk.jobs == 0 { None } else { next };
-            if next.is_none() {
-                // The scan found the end: nothing is left on disk.
-                index.on_disk = index.on_disk.saturating_sub(q.disk.jobs);
-                q.disk.jobs = 0;
-                q.disk.bytes = 0;
+            match next {
+                Some((key, _)) if q.disk.jobs > 0 => q.disk.head = key_order(&key[prefix..]),
+                Some(_) => q.disk.head = None,
+                None => {
+                    // Nothing is left on disk.
+                    index.on_disk = index.on_disk.saturating_sub(q.disk.jobs);
+                    q.disk.jobs = 0;
+                    q.disk.bytes = 0;
+                    q.disk.head = None;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Fewer jobs of a group ready in memory than this, and a claim reads the
+/// group's next chunk ahead ([`SledStore::read_ahead`]).
+const LOW_WATER: usize = 2048;
+
+/// The first chunk of `group` on disk.
+fn first_chunk(tree: &::sled::Tree, group: &str) -> Result<Option<(::sled::IVec, ::sled::IVec)>> {
+    tree.scan_prefix(queue_prefix(group))
+        .next()
+        .transpose()
+        .map_err(sled_err("reading the queue on disk"))
 }
 
 /// The submit orders of jobs waiting on disk at a restart, as sorted,

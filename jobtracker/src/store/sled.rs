@@ -91,7 +91,7 @@ const COMPLETE_CHUNK: usize = 64;
 
 /// The sled-backed [`JobStore`].
 pub struct SledStore {
-    claimable: std::sync::OnceLock<ClaimableHook>,
+    pub(super) claimable: std::sync::OnceLock<ClaimableHook>,
     /// The write queue and the flusher.
     engine: Engine,
     /// `None` once the store is closed.
@@ -333,6 +333,9 @@ impl SledStore {
         now_ms: i64,
         until_ms: Option<i64>,
     ) -> Result<Claimed> {
+        if until_ms.is_none() {
+            self.read_ahead(node_group, now_ms)?;
+        }
         let mut claimed = Claimed::default();
         let mut write = false;
         let flushed = self.engine.flushed();
