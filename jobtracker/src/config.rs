@@ -519,6 +519,25 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_budget_is_a_size_above_zero() {
+        let budget = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("jobtracker").chain(args.iter().copied()))
+                    .map_err(|e| e.to_string())?;
+            match TrackerConfig::try_from(&cli).expect("valid").store {
+                StoreConfig::Sled { memory_budget, .. } => Ok(memory_budget),
+                _ => Err("not the embedded store".to_string()),
+            }
+        };
+        assert_eq!(budget(&[]), Ok(crate::store::sled::DEFAULT_MEMORY_BUDGET));
+        assert_eq!(budget(&["--memory-budget", "1GiB"]), Ok(1 << 30));
+        for bad in ["0", "much"] {
+            let e = budget(&["--memory-budget", bad]).unwrap_err();
+            assert!(e.contains("--memory-budget"), "{e}");
+        }
+    }
+
+    #[test]
     fn limits_are_set_by_flags_and_bad_ones_name_the_flag() {
         let cli = Cli::try_parse_from([
             "jobtracker",
