@@ -499,17 +499,24 @@ mod tests {
         assert_eq!(config.limits, crate::limits::ServerLimits::default());
     }
 
+    /// The embedded store's (cache, memory budget) from `args`, or the
+    /// parse error.
+    fn sled_sizes(args: &[&str]) -> Result<(u64, u64), String> {
+        let cli = Cli::try_parse_from(std::iter::once("jobtracker").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        match TrackerConfig::try_from(&cli).expect("valid").store {
+            StoreConfig::Sled {
+                cache_bytes,
+                memory_budget,
+                ..
+            } => Ok((cache_bytes, memory_budget)),
+            _ => Err("not the embedded store".to_string()),
+        }
+    }
+
     #[test]
     fn the_store_cache_is_a_size_above_zero() {
-        let cache = |args: &[&str]| {
-            let cli =
-                Cli::try_parse_from(std::iter::once("jobtracker").chain(args.iter().copied()))
-                    .map_err(|e| e.to_string())?;
-            match TrackerConfig::try_from(&cli).expect("valid").store {
-                StoreConfig::Sled { cache_bytes, .. } => Ok(cache_bytes),
-                _ => Err("not the embedded store".to_string()),
-            }
-        };
+        let cache = |args: &[&str]| sled_sizes(args).map(|(c, _)| c);
         assert_eq!(cache(&[]), Ok(16 << 20));
         assert_eq!(cache(&["--store-cache", "256MiB"]), Ok(256 << 20));
         for bad in ["0", "lots"] {
@@ -520,15 +527,7 @@ mod tests {
 
     #[test]
     fn the_memory_budget_is_a_size_above_zero() {
-        let budget = |args: &[&str]| {
-            let cli =
-                Cli::try_parse_from(std::iter::once("jobtracker").chain(args.iter().copied()))
-                    .map_err(|e| e.to_string())?;
-            match TrackerConfig::try_from(&cli).expect("valid").store {
-                StoreConfig::Sled { memory_budget, .. } => Ok(memory_budget),
-                _ => Err("not the embedded store".to_string()),
-            }
-        };
+        let budget = |args: &[&str]| sled_sizes(args).map(|(_, b)| b);
         assert_eq!(budget(&[]), Ok(crate::store::sled::DEFAULT_MEMORY_BUDGET));
         assert_eq!(budget(&["--memory-budget", "1GiB"]), Ok(1 << 30));
         for bad in ["0", "much"] {
