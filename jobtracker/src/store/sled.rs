@@ -445,14 +445,7 @@ impl SledStore {
 
     pub(super) fn stored_record(&self, job_id: &str) -> Result<Option<Record>> {
         let key = job_key(job_id);
-        let unapplied = self.engine.unapplied(&key);
-        if let Some(value) = unapplied {
-            return match value {
-                Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
-                None => Ok(None),
-            };
-        }
-        match self.tree()?.get(&key).map_err(sled_err("reading a job"))? {
+        match self.read_key(&key)? {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
